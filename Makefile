@@ -1,0 +1,51 @@
+# lesionlite — the two entry points the README promises: `make demo` and `make test`.
+# Both create .venv (Python 3.11), install pinned dependencies and run; re-runs reuse the venv.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_RUN ?= runs/demo
+DEMO_EXPORT ?= artifacts/demo
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test install install-test browser clean help
+
+help:
+	@echo "make demo   - install, train a small student on the embedded default data (CPU), export it, bench it"
+	@echo "make test   - install and run the test suite"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed-all: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e '.[all]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-all
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed-all
+install-test: $(VENV)/.installed-dev
+
+# Headless Chromium for the web-page test (Debian package); best effort, the test says why it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed; the browser test will be skipped"; }
+
+demo: install
+	$(PY) -m distill --demo --out $(DEMO_RUN)
+	$(PY) -m export --checkpoint $(DEMO_RUN) --format all --precision fp32,fp16,int8 --out $(DEMO_EXPORT)
+	$(PY) -m mobile_benchmarks $(DEMO_EXPORT) --threads 1,2 --runs 50 --warmup 5 --out $(DEMO_EXPORT)/bench
+	@echo ""
+	@echo "demo artifacts:"
+	@echo "  trained student + metrics + plots : $(DEMO_RUN)/"
+	@echo "  exported models + export report   : $(DEMO_EXPORT)/export_report.md"
+	@echo "  benchmark report                  : $(DEMO_EXPORT)/bench/"
+	@echo "  serve it with                     : $(VENV)/bin/lesionlite serve $(DEMO_EXPORT)"
+
+test: install-test browser
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+clean:
+	rm -rf runs artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""distill: train lightweight dermoscopy students (scratch, Hinton KD, SSD-KD, UDCD)."""

@@ -1,0 +1,135 @@
+"""HAM10000: ``HAM10000_metadata.csv`` + images, split 70/10/20 by ``lesion_id`` (no lesion in two splits).
+
+Spec forms: ``ham10000`` (looks in the data root for ``ham10000_200x150/``, ``ham10000/``,
+``HAM10000/`` or the root itself), ``ham10000:PATH``; ``ham10000-isic8[:PATH]`` relabels with the
+8-class ISIC 2019 labelling (``label8`` in ``labels.csv``: MEL,NV,BCC,AK,BKL,DF,VASC,SCC; HAM akiec
+splits into AK and SCC). Images are found in ``images/``, ``HAM10000_images_part_1/``,
+``HAM10000_images_part_2/``, ``HAM10000_images/`` or the folder itself, and decoded lazily.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from distill.data.base import (
+    DERMAMNIST_CLASSES,
+    ISIC2019_CLASSES,
+    DatasetBundle,
+    FileDataset,
+    files_fingerprint,
+    index_images,
+    missing_images_error,
+    read_csv,
+)
+from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
+from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, grouped_stratified_split
+from lesionlite.errors import LesionliteError
+
+METADATA = "HAM10000_metadata.csv"
+LABELS = "labels.csv"
+DIR_NAMES = ("ham10000_200x150", "ham10000", "HAM10000")
+IMAGE_DIRS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", ".")
+
+
+def find_ham_dir(arg: str | None, root: Path | None) -> Path:
+    if arg:
+        p = resolve_path(arg, root)
+        if p.is_file() and p.name == METADATA:
+            p = p.parent
+        if not p.is_dir():
+            raise LesionliteError(f"HAM10000 path {p} is not a directory")
+        if not (p / METADATA).is_file():
+            raise LesionliteError(f"{p}: no {METADATA} here (expected the HAM10000 metadata CSV and images)")
+        return p
+    cands = ([root / d for d in DIR_NAMES] + [root]) if root is not None else []
+    for c in cands:
+        if (c / METADATA).is_file():
+            return c
+    looked = ", ".join(str(c / METADATA) for c in cands) or describe_root(root)
+    raise LesionliteError(
+        f"HAM10000 not found; looked for {looked}. Point to it with ham10000:/path/to/folder "
+        f"(holding {METADATA} and the images) or set the data root ({ENV_VAR} / --data-root)"
+    )
+
+
+def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
+                  labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
+    root_p = data_root(root)
+    d = find_ham_dir(arg, root_p)
+    meta = read_csv(d / METADATA, required=("lesion_id", "image_id", "dx"))
+
+    if labelling == "isic8":
+        lab_rows = read_csv(d / LABELS, required=("image_id", "label8"))
+        label8: dict[str, str] = {r["image_id"]: r["label8"] for r in lab_rows}
+        class_names = list(ISIC2019_CLASSES)
+    else:
+        class_names = list(DERMAMNIST_CLASSES)
+    cls_index = {c: i for i, c in enumerate(class_names)}
+
+    folders = [d / sub if sub != "." else d for sub in IMAGE_DIRS]
+    index = index_images(folders)
+    paths, labels, groups, ids, missing = [], [], [], [], []
+    seen: set[str] = set()
+    for n, r in enumerate(meta, start=2):
+        iid, lid, dx = r["image_id"], r["lesion_id"], r["dx"].lower()
+        if not iid:
+            raise LesionliteError(f"{d / METADATA}: line {n} has an empty image_id")
+        if iid in seen:
+            raise LesionliteError(f"{d / METADATA}: image_id {iid} listed twice (line {n})")
+        seen.add(iid)
+        if labelling == "isic8":
+            v = label8.get(iid, "")
+            try:
+                y = int(v)
+                if not 0 <= y < len(class_names):
+                    raise ValueError
+            except ValueError:
+                raise LesionliteError(
+                    f"{d / LABELS}: no valid label8 (0..7) for image {iid} (got {v!r})"
+                ) from None
+        else:
+            if dx not in cls_index:
+                raise LesionliteError(
+                    f"{d / METADATA}: line {n}: unknown dx {r['dx']!r}; expected one of {', '.join(class_names)}"
+                )
+            y = cls_index[dx]
+        p = index.get(iid)
+        if p is None:
+            missing.append(iid)
+            continue
+        paths.append(p)
+        labels.append(y)
+        groups.append(lid)
+        ids.append(iid)
+    if missing:
+        raise missing_images_error(f"HAM10000 at {d}", missing, folders)
+
+    y_arr = np.asarray(labels, dtype=np.int64)
+    splits = grouped_stratified_split(y_arr, groups, fractions=fractions, seed=seed)
+    check_disjoint_groups(groups, splits)
+    split_of = np.zeros(len(paths), dtype=np.int64)
+    for s, idx in enumerate(splits):
+        split_of[idx] = s
+
+    def part(idx: np.ndarray) -> FileDataset:
+        return FileDataset([paths[i] for i in idx], y_arr[idx], len(class_names),
+                           groups=[groups[i] for i in idx], ids=[ids[i] for i in idx])
+
+    fp = files_fingerprint(paths, y_arr, split_of, d,
+                           extra=["ham10000", labelling, seed, tuple(fractions), len(paths)])
+    name = "ham10000" if labelling != "isic8" else "ham10000-isic8"
+    lab_desc = "7 classes (dx, DermaMNIST order)" if labelling != "isic8" else "8 classes (ISIC 2019 label8)"
+    return DatasetBundle(
+        train=part(splits[0]), val=part(splits[1]), test=part(splits[2]), class_names=class_names,
+        name=name, fingerprint=fp, synthetic=False,
+        source=(f"HAM10000 at {d}: {len(paths)} images of {len(set(groups))} lesions, {lab_desc}, "
+                f"split {'/'.join(str(round(f * 100)) for f in fractions)} by lesion_id (seed {seed})"),
+        native_size=None, extra={"dir": str(d), "seed": seed, "split": "grouped by lesion_id"},
+    )
+
+
+def load_ham10000_isic8(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
+                        **kw: object) -> DatasetBundle:
+    kw.pop("labelling", None)
+    return load_ham10000(arg, root, seed=seed, labelling="isic8", **kw)

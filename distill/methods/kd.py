@@ -1,0 +1,85 @@
+"""``kd``: Hinton et al. (2015) knowledge distillation from a frozen teacher.
+
+    loss = α · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE_w(s, y)
+
+``s``/``t`` are student/teacher logits, the KL is averaged over the batch (``batchmean``), the T²
+factor keeps the soft-target gradients on the scale of the hard-label ones, and ``CE_w`` is the
+class-weighted cross-entropy of :mod:`distill.methods.scratch` (``w_c = N / (K⁺ N_c)``, batch mean),
+or plain cross-entropy with ``class_weighted: false``. The teacher runs in eval mode without
+gradients; it is loaded by the training loop from ``--teacher RUN_DIR``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distill.methods.base import Batch, DistillMethod, LossOutput
+from distill.methods.registry import register_method
+from distill.methods.scratch import class_weights, weighted_cross_entropy
+from lesionlite.errors import LesionliteError
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T² · KL(softmax(t/T) ‖ softmax(s/T))``, batch mean, computed in float32."""
+    t = float(temperature)
+    log_ps = F.log_softmax(student_logits.float() / t, dim=1)
+    log_pt = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True) * (t * t)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float, weights: torch.Tensor | None = None,
+            label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, kl term, ce term) of the Hinton loss."""
+    kl = kd_kl(student_logits, teacher_logits, temperature)
+    ce = weighted_cross_entropy(student_logits, labels, weights, label_smoothing)
+    return alpha * kl + (1.0 - alpha) * ce, kl, ce
+
+
+@dataclass
+class KDConfig:
+    #: softmax temperature of both distributions in the KL term
+    temperature: float = 4.0
+    #: weight of the KL term; (1 - alpha) weighs the cross-entropy
+    alpha: float = 0.9
+    #: class-weighted cross-entropy (w_c = N / (K⁺ N_c)); false = plain cross-entropy
+    class_weighted: bool = True
+    #: label smoothing of the cross-entropy term (0 = off)
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise LesionliteError(f"method.temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise LesionliteError(f"method.alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise LesionliteError(f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@register_method("kd")
+class KD(DistillMethod):
+    """Hinton KD: α·T²·KL(teacher ‖ student) + (1−α)·class-weighted CE; frozen teacher."""
+
+    name = "kd"
+    config_cls = KDConfig
+    num_views = 1
+    ddp_find_unused_parameters = False  # every student parameter gets a gradient each step
+    needs_teacher = True
+
+    def __init__(self, student, teacher, cfg: KDConfig, ctx) -> None:
+        if teacher is None:
+            raise LesionliteError("method 'kd' needs a teacher: pass --teacher RUN_DIR (a trained run directory)")
+        super().__init__(student, teacher, cfg, ctx)
+        weights = class_weights(ctx.class_counts) if cfg.class_weighted else None
+        self.register_buffer("class_weight", weights, persistent=False)
+
+    def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
+        x = batch.images[:, 0]
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        s_logits = self.student(x)
+        loss, kl, ce = kd_loss(s_logits, t_logits, batch.labels, self.cfg.temperature, self.cfg.alpha,
+                               self.class_weight, self.cfg.label_smoothing)
+        return LossOutput(loss=loss, logs={"kd": kl.detach(), "ce": ce.detach()}, logits=s_logits.detach())

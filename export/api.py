@@ -1,0 +1,442 @@
+"""Python API of the export stage: :func:`export_model` (the CLI is a thin wrapper around it).
+
+``export_model(checkpoint_dir, out_dir, formats, precisions, data_spec=None, data_root=None, **opts)``
+loads a student written by `distill` (:func:`distill.artifacts.load_student`), converts it to every
+requested format × precision, runs each artifact on held-out images against the PyTorch model, and
+writes ``OUT/<arch>_<format>_<precision>/{model.<ext>, manifest.json}`` plus ``OUT/export_report.{json,md}``.
+
+All artifacts are first built in hidden staging directories inside ``OUT``. An artifact whose parity
+is broken (top-1 agreement with PyTorch below its precision's threshold) is refused unless
+``force=True``: it is never renamed into place, while the artifacts that pass are installed and the
+report lists the refused ones; a :class:`ParityError` then tells the caller. A converter failure or
+bad input leaves ``OUT`` as it was.
+
+The default thresholds (:data:`DEFAULT_PARITY_THRESHOLDS`) catch a *broken* conversion, not a
+quality target: fp32 must agree on ≥ 99% of held-out images, fp16 on ≥ 98%, int8 on ≥ 90%
+(quantization legitimately flips low-margin images). The quality targets of the project (fp16 ≥ 99.5%
+agreement, int8 within 1 point of balanced accuracy) are measured by ``benchmarks/export_targets.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from lesionlite.errors import LesionliteError, require
+from lesionlite.manifest import Manifest, git_commit
+from lesionlite.preprocessing import PreprocessConfig
+from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
+
+REPORT_JSON = "export_report.json"
+REPORT_MD = "export_report.md"
+
+
+class ParityError(LesionliteError):
+    """Some artifact's top-1 agreement with PyTorch is below the threshold; nothing was written."""
+
+    def __init__(self, message: str, report: "ExportReport") -> None:
+        super().__init__(message)
+        self.report = report
+
+
+#: Top-1 agreement with PyTorch below which an artifact counts as broken (see the module docstring).
+DEFAULT_PARITY_THRESHOLDS: dict[str, float] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.90}
+
+
+@dataclass
+class ExportOptions:
+    calib_samples: int = 300
+    eval_samples: int | None = None  # cap on held-out images for parity/metrics (None: the whole split)
+    #: one threshold for every precision, or a {precision: threshold} map; None → the defaults below
+    parity_threshold: float | dict[str, float] | None = None
+    force: bool = False
+    int8_io: bool = False  # TFLite int8: int8 input/output tensors instead of float
+    onnx_quant: str = "static"  # ONNX int8: "static" (QDQ, calibrated) or "dynamic"
+    simplify: bool = False  # ONNX: run onnxslim on the fp32 graph
+    opset: int = 18
+    seed: int = 0
+    #: an already-loaded DatasetBundle to use instead of loading ``data_spec`` (tests and fixtures)
+    dataset: Any = None
+
+    @classmethod
+    def from_kwargs(cls, opts: dict[str, Any]) -> "ExportOptions":
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(opts) - names)
+        if unknown:
+            raise LesionliteError(f"unknown export option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        o = cls(**opts)
+        if o.onnx_quant not in ("static", "dynamic"):
+            raise LesionliteError(f"unknown ONNX quantization {o.onnx_quant!r}; choose 'static' or 'dynamic'")
+        if o.calib_samples < 1:
+            raise LesionliteError(f"--calib-samples must be at least 1, got {o.calib_samples}")
+        if o.eval_samples is not None and o.eval_samples < 1:
+            raise LesionliteError(f"--eval-samples must be at least 1, got {o.eval_samples}")
+        for value in o.thresholds.values():
+            if value < 0:  # above 1 is allowed: it refuses everything (useful to test the gate)
+                raise LesionliteError(f"--parity-threshold must not be negative, got {value}")
+        return o
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The top-1 agreement each precision must reach to be written."""
+        if self.parity_threshold is None:
+            return dict(DEFAULT_PARITY_THRESHOLDS)
+        if isinstance(self.parity_threshold, dict):
+            return {**DEFAULT_PARITY_THRESHOLDS, **{k: float(v) for k, v in self.parity_threshold.items()}}
+        return {k: float(self.parity_threshold) for k in DEFAULT_PARITY_THRESHOLDS}
+
+
+@dataclass
+class ExportContext:
+    """What a format converter may use: the eval-mode model, its manifest, calibration data, options."""
+
+    model: Any
+    source: Manifest
+    preprocessing: PreprocessConfig
+    calib: np.ndarray  # NCHW float32, preprocessed training images
+    options: ExportOptions
+    workdir: Path  # scratch space shared by the precisions of one format (e.g. the fp32 graph)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        return self.source.architecture
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.source.class_names)
+
+    @property
+    def temperature(self) -> float:
+        return self.source.temperature
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+
+@dataclass
+class ArtifactResult:
+    name: str
+    format: str
+    precision: str
+    status: str  # "written" | "forced" | "refused"
+    path: str | None
+    size_bytes: int
+    convert_seconds: float
+    parity: dict[str, Any] | None
+    metrics: dict[str, Any]
+    validation: dict[str, Any]
+    input: dict[str, Any]
+    output: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportReport:
+    out_dir: str
+    source: dict[str, Any]
+    data: dict[str, Any]
+    parity_threshold: dict[str, float]  # per precision
+    artifacts: list[ArtifactResult]
+
+    @property
+    def written(self) -> list[ArtifactResult]:
+        return [a for a in self.artifacts if a.status in ("written", "forced")]
+
+    @property
+    def refused(self) -> list[ArtifactResult]:
+        return [a for a in self.artifacts if a.status == "refused"]
+
+    def artifact(self, fmt: str, precision: str) -> ArtifactResult:
+        for a in self.artifacts:
+            if a.format == fmt and a.precision == precision:
+                return a
+        raise KeyError((fmt, precision))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_list(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    """'a,b' / ['a','b'] / 'all' → validated list in the given order, without duplicates."""
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value)]
+    items = [v for v in items if v]
+    if not items:
+        raise LesionliteError(f"no {what} given; choose from {', '.join(allowed)} or 'all'")
+    if "all" in items:
+        return list(allowed)
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise LesionliteError(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)} or 'all'")
+    return list(dict.fromkeys(items))
+
+
+def tool_versions(packages: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for p in packages:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def path_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence converters' Python-level progress output (bars, banners); errors still propagate."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _run_batched(fn: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + batch]) for i in range(0, len(x), batch)], axis=0)
+
+
+def _torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return _run_batched(lambda b: model(torch.from_numpy(b)).numpy(), x)
+
+
+def _install_dir(staged: Path, final: Path) -> None:
+    """Rename a finished staging directory to ``final``, replacing an existing one in two renames."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_data(ctx_manifest: Manifest, data_spec: str | None, data_root: str | None, options: ExportOptions) -> Any:
+    if options.dataset is not None:
+        return options.dataset
+    from export.data import load_bundle
+
+    if data_spec:
+        return load_bundle(str(data_spec), data_root, options.seed)
+    # Default: the checkpoint's own data. Its manifest records the bundle name (e.g.
+    # "dermamnist_jpeg_lossy") and fingerprint, not always the loader spec, so try the recorded spec,
+    # the name and the name's first word, and take the first whose fingerprint matches.
+    info = ctx_manifest.data or {}
+    candidates = [str(c) for c in (info.get("spec"), info.get("name")) if c]
+    if info.get("name"):
+        candidates.append(str(info["name"]).split("_")[0])
+    candidates = list(dict.fromkeys(candidates))
+    if not candidates:
+        raise LesionliteError(
+            "no data for calibration and parity: the checkpoint manifest names no data set; pass --data SPEC"
+        )
+    want = info.get("fingerprint")
+    first_error: LesionliteError | None = None
+    for spec in candidates:
+        try:
+            bundle = load_bundle(spec, data_root, options.seed)
+        except LesionliteError as exc:
+            first_error = first_error or exc
+            continue
+        if not want or getattr(bundle, "fingerprint", None) == want:
+            return bundle
+    raise LesionliteError(
+        f"cannot find the checkpoint's data {info.get('name')!r} (fingerprint {str(want)[:12]}) with spec(s) "
+        f"{', '.join(candidates)}" + (f" ({first_error})" if first_error else "") + "; pass --data SPEC (and --data-root)"
+    )
+
+
+def export_model(
+    checkpoint_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    formats: str | Sequence[str] = "all",
+    precisions: str | Sequence[str] = ("fp32",),
+    data_spec: str | None = None,
+    data_root: str | os.PathLike[str] | None = None,
+    **opts: Any,
+) -> ExportReport:
+    """Export a checkpoint to ``formats`` × ``precisions`` under ``out_dir``; see the module docstring.
+
+    ``opts`` are the fields of :class:`ExportOptions` (``calib_samples``, ``eval_samples``,
+    ``parity_threshold``, ``force``, ``int8_io``, ``onnx_quant``, ``simplify``, ``opset``, ``seed``,
+    ``dataset``). Raises :class:`LesionliteError` for bad input and :class:`ParityError` (nothing
+    written) when an artifact's top-1 agreement is below ``parity_threshold`` and ``force`` is false.
+    """
+    options = ExportOptions.from_kwargs(opts)
+    fmt_names = parse_list(formats, list_formats(), "export format")
+    precs = parse_list(precisions, PRECISIONS, "precision")
+    fmts: list[ExportFormat] = [get_format(n) for n in fmt_names]
+    for f in fmts:
+        unsupported = [p for p in precs if p not in f.precisions]
+        if unsupported:
+            raise LesionliteError(f"{f.name} export does not support precision {unsupported[0]!r}; choose from {', '.join(f.precisions)}")
+        with quiet():  # converters print banners on import (e.g. coremltools' missing native libs on Linux)
+            f.check_available()
+    require("torch", "export", "exporting a checkpoint")
+
+    import torch
+
+    from distill.artifacts import file_sha256, load_student
+    from export.data import prepare_data
+    from export.modelstats import model_stats
+    from export.parity import classification_metrics, compare
+
+    model, src = load_student(checkpoint_dir)
+    ckpt_dir = Path(checkpoint_dir)
+    ckpt_dir = ckpt_dir.parent if ckpt_dir.is_file() else ckpt_dir
+    sha = file_sha256(ckpt_dir / src.files.get("model", "student.pt"))
+    cfg = src.preprocessing
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LesionliteError(f"--out {out} exists and is not a directory")
+
+    bundle = _load_data(src, data_spec, None if data_root is None else str(data_root), options)
+    data = prepare_data(bundle, cfg, src.class_names, options.calib_samples, options.eval_samples, options.seed)
+    torch.manual_seed(options.seed)
+    ref_logits = _torch_logits(model, data.eval_x)
+    num_classes = src.num_classes
+    source_metrics = classification_metrics(data.eval_y, ref_logits, num_classes)
+    stats = model_stats(model, cfg.input_size)
+    source = {
+        "checkpoint": str(ckpt_dir),
+        "architecture": src.architecture,
+        "sha256": sha,
+        "params": stats["params"],
+        "macs": stats["macs"],
+        "macs_method": stats["macs_method"],
+        "size_bytes": path_size(ckpt_dir / src.files.get("model", "student.pt")),
+        "metrics": source_metrics,
+        "temperature": src.temperature,
+        "torch": torch.__version__,
+    }
+
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[ArtifactResult] = []
+    staged: list[tuple[Path, Path]] = []
+    workroot = Path(tempfile.mkdtemp(prefix="lesionlite-export-"))
+    try:
+        for fmt in fmts:
+            ctx = ExportContext(model=model, source=src, preprocessing=cfg, calib=data.calib, options=options,
+                                workdir=workroot / fmt.name)
+            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            for prec in precs:
+                name = f"{src.architecture}_{fmt.name}_{prec}"
+                stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out))
+                staged.append((stage, out / name))
+                dest = stage / fmt.model_file
+                t0 = time.perf_counter()
+                try:
+                    with quiet():
+                        info: ArtifactInfo = fmt.convert(ctx, prec, dest)
+                except LesionliteError:
+                    raise
+                except Exception as exc:  # a converter failing on an op it cannot lower, etc.
+                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    raise LesionliteError(
+                        f"{fmt.name} {prec} conversion of {src.architecture} failed: {type(exc).__name__}: {msg[:300]}"
+                    ) from None
+                seconds = time.perf_counter() - t0
+                validation = fmt.validate(dest, info, ctx)
+                runner = fmt.load_runner(dest, info)
+                notes: list[str] = list(info.extra.pop("notes", []))
+                if runner is not None:
+                    outputs = _run_batched(runner, data.eval_x)
+                    parity = compare(ref_logits, outputs, fmt.output_kind, src.temperature)
+                    metrics = classification_metrics(data.eval_y, outputs, num_classes)
+                    threshold = options.thresholds.get(prec, 0.0)
+                    accepted = parity["top1_agreement"] >= threshold
+                    parity["threshold"] = threshold
+                    parity["verified"] = True
+                else:
+                    parity = {"verified": False, "reason": info.extra.get("unverified_reason", "cannot run on this host")}
+                    metrics = {}
+                    accepted = True
+                    notes.append(f"not numerically verified: {parity['reason']}")
+                status = "written" if accepted else ("forced" if options.force else "refused")
+                manifest = Manifest(
+                    kind=fmt.kind,
+                    architecture=src.architecture,
+                    class_names=list(src.class_names),
+                    preprocessing=cfg,
+                    input=info.input,
+                    calibration=dict(src.calibration),
+                    metrics={k: v for k, v in metrics.items()},
+                    data=dict(src.data),
+                    files={"model": fmt.model_file},
+                    extra={
+                        "format": fmt.name,
+                        "precision": prec,
+                        "output": info.output,
+                        "source_checkpoint_sha256": sha,
+                        "source_metrics": source_metrics,
+                        "params": stats["params"],
+                        "macs": stats["macs"],
+                        "macs_method": stats["macs_method"],
+                        "parity": parity,
+                        "parity_accepted": accepted,
+                        "metrics_split": data.eval_split,
+                        "export_data": data.describe(),
+                        "tool_versions": tool_versions(("torch", "lesionlite", *fmt.tool_packages)),
+                        "validation": validation,
+                        **info.extra,
+                    },
+                    git_commit=git_commit(),
+                )
+                manifest.write(stage)
+                results.append(
+                    ArtifactResult(
+                        name=name, format=fmt.name, precision=prec, status=status,
+                        path=str(out / name) if status != "refused" else None,
+                        size_bytes=path_size(dest), convert_seconds=round(seconds, 3), parity=parity,
+                        metrics=metrics, validation=validation, input=info.input, output=info.output, notes=notes,
+                    )
+                )
+        report = ExportReport(out_dir=str(out), source=source, data=data.describe(),
+                              parity_threshold=options.thresholds, artifacts=results)
+        refused = {a.name for a in report.refused}
+        for stage, final in staged:
+            if final.name not in refused:
+                _install_dir(stage, final)
+        staged = [(stage, final) for stage, final in staged if final.name in refused]
+        if refused:
+            worst = ", ".join(
+                f"{a.name} top-1 agreement {a.parity['top1_agreement']:.4f} < {a.parity['threshold']}"
+                for a in report.refused if a.parity
+            )
+            written = len(report.artifacts) - len(refused)
+            if written == 0:
+                raise ParityError(f"refused to write: parity broken ({worst}); nothing was written; "
+                                  "pass --force to write anyway", report)
+        from export.report import write_report
+
+        write_report(report, out)
+        if refused:
+            raise ParityError(
+                f"refused to write: parity broken ({worst}); wrote the other {written} artifact(s) and "
+                f"{out / 'export_report.md'}; pass --force to write the refused ones anyway",
+                report,
+            )
+        return report
+    finally:
+        for stage, _ in staged:
+            shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(workroot, ignore_errors=True)

@@ -1,0 +1,67 @@
+"""``lesionlite export`` / ``python -m export``: quantize and convert a student, check parity, report.
+
+Example::
+
+    lesionlite export --checkpoint runs/demo --format all --precision fp32,fp16,int8 --out artifacts/demo
+
+Bad input (missing or foreign checkpoint, unknown format or precision, a converter that is not
+installed, an op a converter cannot lower, parity below the threshold) ends with one line
+``lesionlite export: error: …`` and exit status 2, and leaves ``--out`` as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lesionlite.errors import LesionliteError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors → one line, exit 2
+        raise LesionliteError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lesionlite export", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by 'lesionlite distill'")
+    p.add_argument("--format", default="all", help="onnx, tflite, coreml (comma-separated) or all")
+    p.add_argument("--precision", default="fp32,fp16,int8", help="fp32, fp16, int8 (comma-separated) or all")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN_DIR/export)")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="data set for calibration and parity (default: the checkpoint's training data)")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="where data sets live (default: the loader's)")
+    p.add_argument("--calib-samples", type=int, default=300, help="training images for int8 calibration")
+    p.add_argument("--eval-samples", type=int, default=None,
+                   help="cap on held-out images for parity and metrics (default: the whole test split)")
+    p.add_argument("--parity-threshold", type=float, default=None,
+                   help="refuse artifacts whose top-1 agreement with PyTorch is below this "
+                        "(default per precision: fp32 0.99, fp16 0.98, int8 0.90)")
+    p.add_argument("--force", action="store_true", help="write artifacts even when parity is below the threshold")
+    p.add_argument("--int8-io", action="store_true", help="TFLite int8: int8 input/output tensors (default float32)")
+    p.add_argument("--onnx-quant", choices=("static", "dynamic"), default="static", help="ONNX int8 method")
+    p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
+    p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration/eval images")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from export.api import export_model
+
+    out = Path(args.out) if args.out else Path(args.checkpoint) / "export"
+    report = export_model(
+        args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
+        calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
+        force=args.force, int8_io=args.int8_io, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
+    )
+    for a in report.artifacts:
+        p = a.parity or {}
+        agree = f"top-1 agreement {p['top1_agreement']:.2%}" if p.get("verified") else "not numerically verified"
+        bal = a.metrics.get("balanced_accuracy")
+        print(f"{a.status:8s} {a.path}  {a.size_bytes / 1e6:.2f} MB  {agree}"
+              + (f"  bal.acc {bal:.4f}" if bal is not None else ""))
+    print(f"report: {out / 'export_report.md'}", file=sys.stdout)
+    return 0

@@ -1,0 +1,121 @@
+"""The images export needs: calibration (train split) and evaluation (held-out test split).
+
+Data come from :func:`distill.data.load_dataset` (``DatasetBundle(train, val, test, class_names, name,
+fingerprint, synthetic, source)``; datasets yield ``(PIL.Image, label)``), defaulting to the data the
+checkpoint was trained on (its manifest's ``data.name``). Every image goes through
+:func:`lesionlite.preprocessing.preprocess_batch` — the same function `serve` and
+`mobile_benchmarks` call — so calibration and parity see exactly the deployed inputs.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lesionlite.errors import LesionliteError
+from lesionlite.preprocessing import PreprocessConfig, preprocess_batch
+
+
+@dataclass
+class ExportData:
+    """Preprocessed NCHW float32 arrays; ``eval_split`` names the held-out split used for parity."""
+
+    name: str
+    fingerprint: str
+    synthetic: bool
+    calib: np.ndarray
+    eval_x: np.ndarray
+    eval_y: np.ndarray
+    eval_split: str
+    class_names: list[str]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "synthetic": self.synthetic,
+            "calibration_split": "train",
+            "calibration_samples": int(len(self.calib)),
+            "eval_split": self.eval_split,
+            "eval_samples": int(len(self.eval_x)),
+        }
+
+
+def load_bundle(spec: str, root: str | None, seed: int = 0) -> Any:
+    """Load a dataset bundle with the project's loader; a missing loader or bad spec is one line."""
+    try:
+        from distill.data import load_dataset
+    except ImportError as exc:
+        raise LesionliteError(
+            f"cannot load data {spec!r}: the dataset loader distill.data.load_dataset is unavailable ({exc})"
+        ) from None
+    try:
+        return load_dataset(spec, root, seed)
+    except LesionliteError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise LesionliteError(f"cannot load data {spec!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _take(dataset: Any, n: int | None, seed: int) -> list[tuple[Any, int]]:
+    """Up to ``n`` (image, label) pairs: a seeded random subset of an indexable dataset, else the first n."""
+    if dataset is None:
+        return []
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        total = len(dataset)
+        if n is None or n >= total:
+            idx: Sequence[int] = range(total)
+        else:
+            idx = sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+        return [dataset[int(i)] for i in idx]
+    it: Iterable = iter(dataset)
+    return list(it if n is None else itertools.islice(it, n))
+
+
+def _to_arrays(pairs: list[tuple[Any, int]], cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    if not pairs:
+        s = cfg.input_size
+        return np.zeros((0, 3, s, s), np.float32), np.zeros((0,), np.int64)
+    images = [p[0] for p in pairs]
+    labels = np.asarray([int(p[1]) for p in pairs], dtype=np.int64)
+    return preprocess_batch(images, cfg, "NCHW"), labels
+
+
+def prepare_data(
+    bundle: Any,
+    cfg: PreprocessConfig,
+    class_names: list[str],
+    calib_samples: int = 300,
+    eval_samples: int | None = None,
+    seed: int = 0,
+) -> ExportData:
+    """Preprocess a calibration subset of ``train`` and the held-out ``test`` split (``val`` if empty)."""
+    data_classes = [str(c) for c in getattr(bundle, "class_names", class_names)]
+    if len(data_classes) != len(class_names):
+        raise LesionliteError(
+            f"data {getattr(bundle, 'name', '?')!r} has {len(data_classes)} classes but the checkpoint "
+            f"has {len(class_names)} ({', '.join(class_names)}); pass the data the model was trained on"
+        )
+    calib_x, _ = _to_arrays(_take(bundle.train, calib_samples, seed), cfg)
+    if len(calib_x) == 0:
+        raise LesionliteError(f"data {getattr(bundle, 'name', '?')!r}: the train split is empty; no calibration images")
+    split = "test"
+    pairs = _take(getattr(bundle, "test", None), eval_samples, seed + 1)
+    if not pairs:
+        split = "val"
+        pairs = _take(getattr(bundle, "val", None), eval_samples, seed + 1)
+    if not pairs:
+        raise LesionliteError(f"data {getattr(bundle, 'name', '?')!r} has no test or val images for parity")
+    eval_x, eval_y = _to_arrays(pairs, cfg)
+    return ExportData(
+        name=str(getattr(bundle, "name", "unknown")),
+        fingerprint=str(getattr(bundle, "fingerprint", "")),
+        synthetic=bool(getattr(bundle, "synthetic", False)),
+        calib=calib_x,
+        eval_x=eval_x,
+        eval_y=eval_y,
+        eval_split=split,
+        class_names=data_classes,
+    )

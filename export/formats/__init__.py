@@ -1,0 +1,114 @@
+"""Export-format registry: one module per format in this package, found by name.
+
+Adding a format touches one file: create ``export/formats/<name>.py`` that defines a subclass of
+:class:`ExportFormat` decorated with :func:`register_format`. Modules are discovered with
+:mod:`pkgutil` and imported lazily, so a format whose converter is not installed costs nothing until
+it is asked for (and then fails with :class:`~lesionlite.errors.MissingDependencyError`).
+
+The contract between a format and :mod:`export.api`:
+
+* :meth:`ExportFormat.convert` writes the artifact (a file or an ``.mlpackage`` directory) to the path
+  it is given and returns an :class:`ArtifactInfo` (the manifest's ``input`` block, the ``output``
+  description and format-specific extras);
+* :meth:`ExportFormat.load_runner` returns a callable that maps a float32 NCHW batch, preprocessed by
+  :func:`lesionlite.preprocessing.preprocess`, to float outputs (quantized I/O is handled inside) — or
+  ``None`` where the artifact cannot be run on this host (CoreML on Linux);
+* :meth:`ExportFormat.validate` performs structural checks that do not need to run the model.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import numpy as np
+
+from lesionlite.errors import LesionliteError, require
+
+if TYPE_CHECKING:  # pragma: no cover
+    from export.api import ExportContext
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+#: A runner maps a float32 NCHW batch to float outputs (``ExportFormat.output_kind`` says which).
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class ArtifactInfo:
+    """What a converter tells the manifest about the artifact it wrote."""
+
+    input: dict[str, Any]
+    output: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExportFormat:
+    """Base class of one export format (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # lesionlite.manifest kind
+    model_file: ClassVar[str] = ""  # file (or directory) name of the artifact inside its directory
+    is_dir: ClassVar[bool] = False
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS
+    #: (import name, purpose) of every module the converter needs; checked before any work starts
+    requires: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: python distributions whose versions are recorded in the manifest
+    tool_packages: ClassVar[tuple[str, ...]] = ()
+
+    def check_available(self) -> None:
+        for module, purpose in self.requires:
+            require(module, "export", purpose)
+
+    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+        raise NotImplementedError
+
+    def load_runner(self, path: Path, info: ArtifactInfo) -> Runner | None:
+        """A callable NCHW float32 batch → float outputs, or None where this host cannot run it."""
+        return None
+
+    #: what the runner's outputs are: "logits" (ONNX, TFLite) or "probabilities" (CoreML classifier)
+    output_kind: ClassVar[str] = "logits"
+
+    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+        """Structural checks (no inference); raise LesionliteError when the artifact is malformed."""
+        return {}
+
+
+_FORMATS: dict[str, type[ExportFormat]] = {}
+
+
+def register_format(cls: type[ExportFormat]) -> type[ExportFormat]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} must set a format name")
+    _FORMATS[cls.name] = cls
+    return cls
+
+
+#: the order of ``--format all`` (then any other format modules, alphabetically)
+_PREFERRED_ORDER = ("onnx", "tflite", "coreml")
+
+
+def _discover() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    rank = {n: i for i, n in enumerate(_PREFERRED_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def list_formats() -> list[str]:
+    """Names of all format modules (without importing their converters)."""
+    return _discover()
+
+
+def get_format(name: str) -> ExportFormat:
+    """Instantiate the format ``name``; unknown names give one clear error."""
+    names = _discover()
+    if name not in names:
+        raise LesionliteError(f"unknown export format {name!r}; choose from {', '.join(names)} or 'all'")
+    if name not in _FORMATS:
+        importlib.import_module(f"{__name__}.{name}")
+    if name not in _FORMATS:  # pragma: no cover - a module that forgot @register_format
+        raise LesionliteError(f"export format module {name!r} registers no format")
+    return _FORMATS[name]()

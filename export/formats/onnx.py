@@ -1,0 +1,216 @@
+"""ONNX export: fp32 (dynamic batch), fp16 and int8 (static QDQ or dynamic), run in onnxruntime.
+
+* fp32: ``torch.onnx.export(..., dynamo=True)`` (the torch.export-based exporter, opset 18) with a
+  dynamic batch axis, checked by ``onnx.checker``; ``--simplify`` runs onnxslim on the graph.
+  Why dynamo: with torch 2.14.1 it is the default and maintained exporter, it folds BatchNorm into the
+  convolutions and gives a clean graph (MobileNetV2: 100 nodes vs 209 from TorchScript), while
+  ``dynamo=False`` (the TorchScript exporter) warns that it is deprecated and "will be removed". Both
+  produced identical outputs on tiny_cnn and MobileNetV2 here; dynamo costs a few seconds more (≈6 s
+  tiny_cnn, ≈17 s MobileNetV2 on 2 CPU cores vs ≈0.2 s / 3 s). If the dynamo exporter fails on some
+  model, the TorchScript exporter is tried and the manifest records which one produced the graph.
+* fp16: ``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)`` (onnxconverter-
+  common is not installed; this is the same algorithm shipped inside onnxruntime): fp16 weights and
+  compute, float32 input/output so callers do not change.
+* int8 static (default): ``onnxruntime.quantization.quantize_static`` in QDQ format, per-channel int8
+  weights, int8 activations (S8S8, onnxruntime's recommended default on x86 and ARM), MinMax
+  calibration over training images (:func:`export.quantize.onnx_calibration_reader`). Input/output
+  stay float32 (the graph quantizes internally).
+* int8 dynamic (``--onnx-quant dynamic``): int8 weights, activations quantized at run time.
+
+Graph metadata (``metadata_props``): ``lesionlite.class_names`` and ``lesionlite.preprocessing`` (JSON),
+``lesionlite.temperature``, ``lesionlite.architecture``, ``lesionlite.precision``, ``lesionlite.output``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export.formats import ArtifactInfo, ExportFormat, register_format
+from lesionlite.errors import LesionliteError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from export.api import ExportContext
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def _export_fp32(ctx: "ExportContext", path: Path) -> str:
+    """Write the fp32 graph with a dynamic batch axis; return the exporter used."""
+    import torch
+
+    model = ctx.model.eval()
+    s = ctx.input_size
+    example = (torch.zeros(2, 3, s, s),)
+    try:
+        torch.onnx.export(
+            model, example, str(path), dynamo=True, external_data=False, opset_version=ctx.options.opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
+        )
+        return "torch.onnx.export(dynamo=True)"
+    except Exception as dynamo_exc:  # fall back to the (deprecated) TorchScript exporter
+        try:
+            torch.onnx.export(
+                model, example, str(path), dynamo=False, opset_version=ctx.options.opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except Exception:
+            raise dynamo_exc from None
+        return f"torch.onnx.export(dynamo=False) after dynamo failed: {type(dynamo_exc).__name__}"
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder ``graph.node`` topologically (the fp16 converter appends its input Casts at the end)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave it to onnx.checker to report
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _metadata(ctx: "ExportContext", precision: str) -> dict[str, str]:
+    return {
+        "lesionlite.architecture": ctx.architecture,
+        "lesionlite.class_names": json.dumps(ctx.class_names),
+        "lesionlite.preprocessing": json.dumps(ctx.preprocessing.to_dict()),
+        "lesionlite.temperature": repr(ctx.temperature),
+        "lesionlite.precision": precision,
+        "lesionlite.output": "logits (apply softmax(logits / temperature) for calibrated probabilities)",
+    }
+
+
+def _set_metadata(model: Any, meta: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    model.producer_name = "lesionlite"
+
+
+@register_format
+class OnnxFormat(ExportFormat):
+    name = "onnx"
+    kind = "onnx"
+    model_file = "model.onnx"
+    requires = (("onnx", "ONNX export"), ("onnxscript", "ONNX export (torch.export-based exporter)"),
+                ("onnxruntime", "ONNX quantization and parity checks"))
+    tool_packages = ("onnx", "onnxscript", "onnxruntime", "onnxslim")
+
+    def _fp32_path(self, ctx: "ExportContext") -> Path:
+        """Export (once per run) the fp32 graph, checked and optionally simplified."""
+        import onnx
+
+        if "onnx_fp32" not in ctx.cache:
+            raw = ctx.workdir / "fp32_raw.onnx"
+            exporter = _export_fp32(ctx, raw)
+            model = onnx.load(str(raw))
+            if ctx.options.simplify:
+                import onnxslim
+
+                model = onnxslim.slim(model)
+            onnx.checker.check_model(model, full_check=True)
+            path = ctx.workdir / "fp32.onnx"
+            onnx.save(model, str(path))
+            ctx.cache["onnx_fp32"] = path
+            ctx.cache["onnx_exporter"] = exporter
+        return ctx.cache["onnx_fp32"]
+
+    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+        import onnx
+
+        fp32 = self._fp32_path(ctx)
+        extra: dict[str, Any] = {"onnx_exporter": ctx.cache["onnx_exporter"], "opset": ctx.options.opset,
+                                 "simplified": bool(ctx.options.simplify)}
+        if precision == "fp32":
+            model = onnx.load(str(fp32))
+        elif precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+            _toposort(model.graph)
+            extra["fp16"] = "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"
+        elif ctx.options.onnx_quant == "dynamic":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = ctx.workdir / "int8_dynamic.onnx"
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            model = onnx.load(str(tmp))
+            extra["quantization"] = {"method": "onnxruntime dynamic", "weights": "int8 per-channel",
+                                     "activations": "int8, quantized at run time"}
+        else:
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            from export.quantize import onnx_calibration_reader
+
+            pre = ctx.workdir / "fp32_pre.onnx"
+            if not pre.exists():
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            tmp = ctx.workdir / "int8_static.onnx"
+            quantize_static(
+                str(pre), str(tmp), onnx_calibration_reader(ctx.calib, INPUT_NAME),
+                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+            )
+            model = onnx.load(str(tmp))
+            extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
+                                     "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
+                                     "calibration_samples": int(len(ctx.calib))}
+        _set_metadata(model, _metadata(ctx, precision))
+        onnx.checker.check_model(model)
+        onnx.save(model, str(dest))
+        s = ctx.input_size
+        return ArtifactInfo(
+            input={"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32", "shape": [1, 3, s, s],
+                   "dynamic_batch": True, "quantization": None},
+            output={"name": OUTPUT_NAME, "kind": "logits", "dtype": "float32", "shape": [1, len(ctx.class_names)],
+                    "quantization": None, "temperature_applied": False},
+            extra=extra,
+        )
+
+    def load_runner(self, path: Path, info: ArtifactInfo):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return np.asarray(sess.run(None, {name: x.astype(np.float32, copy=False)})[0], dtype=np.float32)
+
+        return run
+
+    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+        import onnx
+
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        inputs = [i.name for i in model.graph.input]
+        outputs = [o.name for o in model.graph.output]
+        if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
+            raise LesionliteError(f"{path.name}: unexpected graph I/O {inputs} -> {outputs}")
+        ops: dict[str, int] = {}
+        for n in model.graph.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        return {"onnx_checker": "passed", "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                "nodes": len(model.graph.node), "op_types": dict(sorted(ops.items()))}

@@ -1,0 +1,199 @@
+"""The single source of truth for turning an image into a model input.
+
+Training (eval transform), export calibration/parity, `serve` and `mobile_benchmarks` all call
+:func:`preprocess` so that a model sees the same numbers wherever it runs. It depends only on
+numpy and Pillow so that the torch-free stages can import it; `distill` wraps it in a torch
+transform and a test checks the two agree bit for bit.
+
+Pipeline (version ``PREPROCESSING_VERSION``):
+1. decode → honour EXIF orientation → convert any mode (L, LA, P, RGBA, I;16, CMYK, …) to RGB
+   (alpha is dropped rather than composited: a background colour would tint dermoscopy images);
+2. with ``resize_size`` unset, squash to ``input_size`` × ``input_size`` (bilinear, antialiased);
+   otherwise resize the shorter side to ``resize_size`` and centre-crop ``input_size``;
+4. scale to [0, 1], subtract ``mean``, divide by ``std`` (float32);
+5. lay out as CHW (``layout="NCHW"``) or HWC (``layout="NHWC"``).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lesionlite.errors import LesionliteError
+
+PREPROCESSING_VERSION = "1"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The ImageNet MobileNetV2 / EfficientNet-Lite weights converted from TF expect [-1, 1] inputs.
+TF_MEAN = (0.5, 0.5, 0.5)
+TF_STD = (0.5, 0.5, 0.5)
+
+# Decompression-bomb guard: refuse images above this many pixels before decoding them fully.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageDecodeError(LesionliteError):
+    """Raised when bytes are not a decodable image (corrupt, truncated, not an image)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything needed to reproduce the model input from an image; stored in every manifest."""
+
+    input_size: int = 224
+    resize_size: int | None = None  # shorter side before the crop; default input_size (no crop)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    version: str = PREPROCESSING_VERSION
+    interpolation: str = "bilinear"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def effective_resize(self) -> int:
+        return self.resize_size or self.input_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        version = str(d.get("version", PREPROCESSING_VERSION))
+        if version != PREPROCESSING_VERSION:
+            raise LesionliteError(
+                f"preprocessing version {version!r} in manifest is not supported by this "
+                f"lesionlite (supports {PREPROCESSING_VERSION!r}); re-export the model"
+            )
+        return cls(
+            input_size=int(d["input_size"]),
+            resize_size=None if d.get("resize_size") is None else int(d["resize_size"]),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+            version=version,
+            interpolation=str(d.get("interpolation", "bilinear")),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode bytes into an RGB PIL image, honouring EXIF orientation.
+
+    Raises :class:`ImageDecodeError` with a message naming the problem for empty, corrupt,
+    truncated or oversized input (never a Pillow traceback).
+    """
+    if not data:
+        raise ImageDecodeError("empty image: no bytes received")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+            fmt = probe.format
+        if w * h > max_pixels:
+            raise ImageDecodeError(
+                f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
+            )
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}") from None
+    except Exception as exc:  # PIL raises many types for corrupt input
+        raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    img.info["source_format"] = fmt
+    return to_rgb(img)
+
+
+def load_image_file(path: str) -> Image.Image:
+    """Read an image file into RGB; a missing or corrupt file raises :class:`ImageDecodeError`."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read image file {path}: {exc.strerror or exc}") from None
+    try:
+        return load_image_bytes(data)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """EXIF-transpose and convert any Pillow mode (incl. 16-bit and alpha) to 8-bit RGB."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block must not make a readable image unusable
+        pass
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        if hi > 255:
+            scale = 65535.0 if hi > 4095 else 4095.0
+            arr = arr / scale * 255.0
+        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        img = img.convert("RGBA").convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    """Resize the shorter side to ``cfg.effective_resize`` and centre-crop ``cfg.input_size``."""
+    img = to_rgb(img)
+    w, h = img.size
+    target = cfg.effective_resize
+    if cfg.resize_size is None:
+        # No separate crop: squash straight to the square input (keeps the whole lesion visible).
+        new_w = new_h = target
+    elif w <= h:
+        new_w, new_h = target, max(1, round(h * target / w))
+    else:
+        new_w, new_h = max(1, round(w * target / h)), target
+    resample = _RESAMPLE.get(cfg.interpolation, Image.BILINEAR)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), resample=resample)
+    s = cfg.input_size
+    if (new_w, new_h) != (s, s):
+        left = (new_w - s) // 2
+        top = (new_h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    return img
+
+
+def normalize(arr_hwc_uint8: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """uint8 HWC → float32 HWC normalised with the config's mean/std."""
+    x = arr_hwc_uint8.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    return (x - mean) / std
+
+
+def preprocess(
+    img: Image.Image, cfg: PreprocessConfig, layout: Literal["NCHW", "NHWC"] = "NCHW"
+) -> np.ndarray:
+    """Image → float32 array (C,H,W) or (H,W,C), ready to be batched."""
+    arr = np.asarray(resize_and_crop(img, cfg), dtype=np.uint8)
+    x = normalize(arr, cfg)
+    if layout == "NCHW":
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+    if layout == "NHWC":
+        return np.ascontiguousarray(x)
+    raise LesionliteError(f"unknown layout {layout!r}; expected 'NCHW' or 'NHWC'")
+
+
+def preprocess_batch(
+    images: list[Image.Image], cfg: PreprocessConfig, layout: Literal["NCHW", "NHWC"] = "NCHW"
+) -> np.ndarray:
+    """Stack :func:`preprocess` outputs into one float32 batch."""
+    return np.stack([preprocess(im, cfg, layout) for im in images]).astype(np.float32, copy=False)

@@ -1,0 +1,457 @@
+"""Find the exported artifacts in a model directory and describe them (size, params, MACs, accuracy).
+
+A model directory is either one artifact directory (``manifest.json`` + model file) or a directory
+whose subdirectories (up to three levels deep) each hold one. ``export_report.json`` at the top may
+carry accuracy per artifact. Parameter counts and MACs come from the manifest's ``extra`` when the
+exporter recorded them; otherwise they are counted here from the model file itself (ONNX
+initializers / TFLite constant tensors; MACs by walking Conv/Gemm/MatMul resp. CONV_2D /
+DEPTHWISE_CONV_2D / FULLY_CONNECTED with their shapes). Torch is never imported.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lesionlite.errors import LesionliteError
+from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
+
+RUNNABLE_KINDS = ("onnx", "tflite", "coreml")
+ACCURACY_KEYS = (
+    "accuracy", "test_accuracy", "top1", "top1_accuracy", "acc", "test_acc", "val_accuracy",
+    "balanced_accuracy", "test_balanced_accuracy",
+)
+
+
+@dataclass
+class Artifact:
+    name: str
+    directory: Path
+    manifest: Manifest
+    model_path: Path | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _manifest_dirs(root: Path, max_depth: int = 3, skip: set[Path] | None = None) -> Iterator[Path]:
+    skip = skip or set()
+    stack = [(root, 0)]
+    while stack:
+        d, depth = stack.pop()
+        if d.resolve() in skip:
+            continue
+        if (d / MANIFEST_NAME).is_file():
+            yield d
+            continue  # an artifact directory's own subfolders (e.g. .mlpackage) are not artifacts
+        if depth >= max_depth:
+            continue
+        try:
+            children = sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")), reverse=True)
+        except OSError:
+            continue
+        stack.extend((c, depth + 1) for c in children)
+
+
+def discover(model_dir: str | Path, exclude: list[Path] | None = None) -> list[Artifact]:
+    """All exported artifacts under ``model_dir``; clear :class:`LesionliteError` when there are none."""
+    root = Path(model_dir)
+    if not root.exists():
+        raise LesionliteError(f"model directory not found: {root} does not exist")
+    if not root.is_dir():
+        raise LesionliteError(f"{root} is not a directory; pass the directory written by 'lesionlite export'")
+    skip = {p.resolve() for p in (exclude or [])}
+    dirs = sorted(_manifest_dirs(root, skip=skip))
+    report = _load_export_report(root)
+    arts: list[Artifact] = []
+    skipped_checkpoints = []
+    for d in dirs:
+        m = read_manifest(d)
+        if m.kind == "checkpoint":
+            skipped_checkpoints.append(d)
+            continue
+        rel = d.relative_to(root).as_posix()
+        name = rel if rel != "." else d.resolve().name
+        model_file = m.files.get("model")
+        model_path = (d / model_file) if model_file else None
+        art = Artifact(name=name, directory=d, manifest=m, model_path=model_path)
+        art.info = describe(art, report)
+        arts.append(art)
+    if not arts:
+        hint = (
+            f" (found only training checkpoints: {', '.join(str(p) for p in skipped_checkpoints)}; "
+            "export them first with 'lesionlite export')"
+            if skipped_checkpoints
+            else "; run 'lesionlite export' first"
+        )
+        raise LesionliteError(
+            f"no exported artifacts in {root}: no {MANIFEST_NAME} of kind onnx/tflite/coreml in it or its "
+            f"subdirectories{hint}"
+        )
+    return arts
+
+
+# --------------------------------------------------------------------------- description
+
+
+def _file_size(p: Path | None) -> int | None:
+    if p is None or not p.exists():
+        return None
+    if p.is_dir():  # CoreML .mlpackage
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _accuracy_from(d: Any) -> tuple[float | None, str | None]:
+    if not isinstance(d, dict):
+        return None, None
+    for k in ACCURACY_KEYS:
+        if k in d and _num(d[k]) is not None:
+            return _num(d[k]), k
+    for sub in ("metrics", "test", "eval", "parity"):
+        if isinstance(d.get(sub), dict):
+            v, k = _accuracy_from(d[sub])
+            if v is not None:
+                return v, f"{sub}.{k}"
+    return None, None
+
+
+def _load_export_report(root: Path) -> Any:
+    p = root / "export_report.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _report_entries(report: Any) -> Iterator[tuple[str | None, dict]]:
+    """(key, entry) pairs of per-artifact entries in an export report of unknown exact shape."""
+    if isinstance(report, list):
+        for e in report:
+            if isinstance(e, dict):
+                yield None, e
+    elif isinstance(report, dict):
+        for key in ("artifacts", "results", "exports", "formats"):
+            if key in report:
+                yield from _report_entries(report[key])
+        for k, v in report.items():
+            if isinstance(v, dict):
+                yield k, v
+
+
+def _accuracy_from_report(report: Any, art: Artifact) -> tuple[float | None, str | None]:
+    if report is None:
+        return None, None
+    names = {art.name, art.directory.name, art.directory.as_posix()}
+    if art.model_path is not None:
+        names |= {art.model_path.name, art.model_path.as_posix()}
+    for key, entry in _report_entries(report):
+        ids = {str(v) for k, v in entry.items() if k in ("name", "artifact", "dir", "path", "directory", "file", "model", "model_path") and isinstance(v, str)}
+        ids |= {Path(v).name for v in list(ids)}
+        if key is not None:
+            ids.add(key)
+        if ids & names:
+            v, k = _accuracy_from(entry)
+            if v is not None:
+                return v, f"export_report.json:{k}"
+    return None, None
+
+
+def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
+    m = art.manifest
+    extra = m.extra or {}
+    info: dict[str, Any] = {
+        "name": art.name,
+        "kind": m.kind,
+        "directory": str(art.directory),
+        "model_file": None if art.model_path is None else art.model_path.name,
+        "architecture": m.architecture,
+        "precision": extra.get("precision") or _guess_precision(art.name),
+        "num_classes": m.num_classes,
+        "input": m.input,
+        "size_bytes": _file_size(art.model_path),
+    }
+    if art.model_path is None:
+        info["problem"] = f"{art.directory / MANIFEST_NAME} names no model file (files.model)"
+    elif not art.model_path.exists():
+        info["problem"] = f"model file {art.model_path} listed in {MANIFEST_NAME} is missing"
+    info["size_mb"] = None if info["size_bytes"] is None else info["size_bytes"] / 1e6
+
+    params = _num(extra.get("params", extra.get("num_params", extra.get("parameters"))))
+    macs = _num(extra.get("macs", extra.get("MACs")))
+    info["params"], info["params_source"] = (int(params), "manifest extra") if params is not None else (None, None)
+    info["macs"], info["macs_source"] = (int(macs), "manifest extra") if macs is not None else (None, None)
+    if (info["params"] is None or info["macs"] is None) and "problem" not in info:
+        try:
+            counted = count_model(art.model_path, m.kind)
+        except Exception as exc:  # a file we cannot parse: say so rather than guess
+            counted = {"params_source": f"not counted ({type(exc).__name__}: {exc})",
+                       "macs_source": f"not counted ({type(exc).__name__}: {exc})"}
+        for key in ("params", "macs"):
+            if info[key] is None:
+                info[key] = counted.get(key)
+                info[f"{key}_source"] = counted.get(f"{key}_source")
+
+    acc, key = _accuracy_from(m.metrics)
+    source = f"manifest metrics.{key}" if acc is not None else None
+    if acc is None:
+        acc, source = _accuracy_from_report(report, art)
+    info["accuracy"], info["accuracy_source"] = acc, source
+    return info
+
+
+def _guess_precision(name: str) -> str | None:
+    low = name.lower()
+    for p in ("int8", "uint8", "fp16", "float16", "fp32", "float32", "dynamic"):
+        if p in low:
+            return p
+    return None
+
+
+def count_model(path: Path | None, kind: str) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    if kind == "onnx":
+        return count_onnx(path)
+    if kind == "tflite":
+        return count_tflite(path)
+    return {"params_source": f"not counted for {kind} artifacts", "macs_source": f"not counted for {kind} artifacts"}
+
+
+# --------------------------------------------------------------------------- ONNX
+
+# Minimal protobuf wire-format reader: enough of onnx.proto (ModelProto.graph=7, GraphProto.node=1,
+# initializer=5; NodeProto.input=1, op_type=4; TensorProto.dims=1, data_type=2, name=8) to count
+# parameters without the onnx package (not a dependency of the bench extra).
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        c = b[i]
+        i += 1
+        result |= (c & 0x7F) << shift
+        if not c & 0x80:
+            return result, i
+        shift += 7
+
+
+def _pb_fields(b: bytes) -> Iterator[tuple[int, int, Any]]:
+    i, n = 0, len(b)
+    while i < n:
+        key, i = _varint(b, i)
+        fno, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(b, i)
+        elif wt == 2:
+            ln, i = _varint(b, i)
+            v = b[i:i + ln]
+            i += ln
+        elif wt == 1:
+            v = b[i:i + 8]
+            i += 8
+        elif wt == 5:
+            v = b[i:i + 4]
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wt}")
+        yield fno, wt, v
+
+
+def _packed_varints(b: bytes) -> list[int]:
+    out, i = [], 0
+    while i < len(b):
+        v, i = _varint(b, i)
+        out.append(v)
+    return out
+
+
+# onnx TensorProto.DataType: FLOAT=1 UINT8=2 INT8=3 UINT16=4 INT16=5 INT32=6 INT64=7 FLOAT16=10 DOUBLE=11 BFLOAT16=16
+_ONNX_WEIGHT_TYPES = {1, 2, 3, 4, 5, 6, 10, 11, 16}
+
+
+def onnx_initializer_dims(path: Path) -> tuple[dict[str, tuple[int, list[int]]], list[tuple[str, list[str]]]]:
+    """{initializer name: (data_type, dims)} and [(op_type, inputs)] read straight from the protobuf."""
+    data = Path(path).read_bytes()
+    graph = None
+    for fno, wt, v in _pb_fields(data):
+        if fno == 7 and wt == 2:
+            graph = v
+    if graph is None:
+        raise ValueError("no graph in ONNX file")
+    inits: dict[str, tuple[int, list[int]]] = {}
+    nodes: list[tuple[str, list[str]]] = []
+    for fno, wt, v in _pb_fields(graph):
+        if fno == 5 and wt == 2:
+            dims: list[int] = []
+            dtype, name = 0, ""
+            for f2, w2, v2 in _pb_fields(v):
+                if f2 == 1:
+                    dims.extend(_packed_varints(v2) if w2 == 2 else [v2])
+                elif f2 == 2 and w2 == 0:
+                    dtype = v2
+                elif f2 == 8 and w2 == 2:
+                    name = v2.decode("utf-8", "replace")
+            inits[name] = (dtype, dims)
+        elif fno == 1 and wt == 2:
+            op, ins = "", []
+            for f2, w2, v2 in _pb_fields(v):
+                if f2 == 1 and w2 == 2:
+                    ins.append(v2.decode("utf-8", "replace"))
+                elif f2 == 4 and w2 == 2:
+                    op = v2.decode("utf-8", "replace")
+            nodes.append((op, ins))
+    return inits, nodes
+
+
+def count_onnx(path: Path) -> dict[str, Any]:
+    inits, nodes = onnx_initializer_dims(path)
+    qparams = set()  # scales / zero points of Q/DQ nodes are quantization metadata, not weights
+    for op, ins in nodes:
+        if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+            qparams.update(ins[1:])
+        elif op in ("QLinearConv", "QLinearMatMul"):
+            qparams.update(ins[k] for k in (1, 2, 4, 5, 6, 7) if k < len(ins))
+        elif op in ("ConvInteger", "MatMulInteger"):
+            qparams.update(ins[2:4])
+    params = 0
+    for name, (dtype, dims) in inits.items():
+        if dtype in _ONNX_WEIGHT_TYPES and name not in qparams:
+            params += math.prod(dims) if dims else 1
+    out: dict[str, Any] = {"params": params, "params_source": "counted from ONNX initializers"}
+    try:
+        out["macs"] = onnx_macs(path)
+        out["macs_source"] = "counted: Conv/Gemm/MatMul nodes with ONNX shape inference"
+    except ImportError:
+        out["macs"], out["macs_source"] = None, "not counted (the 'onnx' package is not installed)"
+    except Exception as exc:
+        out["macs"], out["macs_source"] = None, f"not counted ({type(exc).__name__}: {exc})"
+    return out
+
+
+def onnx_macs(path: Path) -> int:
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path), load_external_data=False)
+    model = shape_inference.infer_shapes(model)
+    g = model.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    # follow DequantizeLinear so QDQ weights get the float shape they have
+    total = 0
+    for n in g.node:
+        op = n.op_type
+        if op in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes.get(n.input[3] if op == "QLinearConv" else n.input[1])
+            o = shapes.get(n.output[0])
+            if w and o:
+                total += math.prod(o) * math.prod(w[1:])
+        elif op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+            a = shapes.get(n.input[0])
+            o = shapes.get(n.output[0])
+            if a and o:
+                trans_a = any(at.name == "transA" and at.i for at in n.attribute)
+                k = a[-2] if (op == "Gemm" and trans_a and len(a) >= 2) else a[-1]
+                total += math.prod(o) * k
+    return int(total)
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+def count_tflite(path: Path) -> dict[str, Any]:
+    try:
+        from ai_edge_litert import schema_py_generated as S  # flatbuffers schema bindings
+    except ImportError:
+        return {"params_source": "not counted (ai_edge_litert is not installed)",
+                "macs_source": "not counted (ai_edge_litert is not installed)"}
+    buf = Path(path).read_bytes()
+    model = S.Model.GetRootAs(buf, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        codes.append(max(int(oc.BuiltinCode()), int(oc.DeprecatedBuiltinCode())))
+    B = S.BuiltinOperator
+    weight_types = {S.TensorType.FLOAT32, S.TensorType.FLOAT16, S.TensorType.INT8, S.TensorType.UINT8, S.TensorType.INT16}
+    if hasattr(S.TensorType, "INT4"):
+        weight_types.add(S.TensorType.INT4)
+    sg = model.Subgraphs(0)
+
+    def shape(t: int) -> list[int]:
+        if t < 0:
+            return []
+        s = sg.Tensors(t).ShapeAsNumpy()
+        return [] if isinstance(s, int) else [max(int(v), 1) for v in s]
+
+    def is_const(t: int) -> bool:
+        if t < 0:
+            return False
+        b = sg.Tensors(t).Buffer()
+        if b <= 0 or b >= model.BuffersLength():
+            return False
+        buf_t = model.Buffers(b)
+        return buf_t.DataLength() > 0 or (hasattr(buf_t, "Offset") and buf_t.Offset() > 1)
+
+    bias_inputs: set[int] = set()
+    macs = 0
+    for j in range(sg.OperatorsLength()):
+        op = sg.Operators(j)
+        code = codes[op.OpcodeIndex()]
+        ins = [int(v) for v in op.InputsAsNumpy()] if op.InputsLength() else []
+        outs = [int(v) for v in op.OutputsAsNumpy()] if op.OutputsLength() else []
+        o = shape(outs[0]) if outs else []
+        if code in (B.CONV_2D, B.DEPTHWISE_CONV_2D, B.FULLY_CONNECTED) and len(ins) > 2 and ins[2] >= 0:
+            bias_inputs.add(ins[2])
+        if not o or len(ins) < 2:
+            continue
+        w = shape(ins[1])
+        if code == B.CONV_2D and len(w) == 4:
+            macs += math.prod(o) * w[1] * w[2] * w[3]
+        elif code == B.DEPTHWISE_CONV_2D and len(w) == 4:
+            macs += math.prod(o) * w[1] * w[2]
+        elif code == B.FULLY_CONNECTED and w:
+            macs += math.prod(o) * w[-1]
+        elif code == B.BATCH_MATMUL:
+            a = shape(ins[0])
+            if a:
+                macs += math.prod(o) * a[-1]
+        elif code == B.TRANSPOSE_CONV and len(ins) >= 3:
+            w = shape(ins[1])
+            x = shape(ins[2])
+            if len(w) == 4 and x:
+                macs += math.prod(x) * w[0] * w[1] * w[2]
+    params = 0
+    for t in range(sg.TensorsLength()):
+        if not is_const(t):
+            continue
+        tt = sg.Tensors(t).Type()
+        if tt in weight_types or (tt == S.TensorType.INT32 and t in bias_inputs):
+            params += math.prod(shape(t)) if shape(t) else 1
+    return {
+        "params": params,
+        "params_source": "counted from TFLite constant tensors",
+        "macs": int(macs),
+        "macs_source": "counted: CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED/BATCH_MATMUL/TRANSPOSE_CONV with tensor shapes",
+    }

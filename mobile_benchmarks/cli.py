@@ -1,0 +1,123 @@
+"""``lesionlite bench`` ≡ ``python -m mobile_benchmarks``.
+
+    lesionlite bench [run] MODEL_DIR [--target local|adb[:SERIAL]|ssh://[USER@]HOST[:PORT]]
+                     [--threads 1,2,4] [--runs 100] [--warmup 10] [--out DIR]
+                     [--benchmark-model PATH] [--use-xnnpack|--use-gpu|--use-nnapi]
+                     [--taskset MASK] [--remote-python python3] [--image FILE]
+    lesionlite bench compare A.json B.json
+    lesionlite bench report bench.json [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lesionlite.errors import LesionliteError
+
+SUBCOMMANDS = ("run", "compare", "report")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line + status 2, like LesionliteError
+        raise LesionliteError(f"{message} (see --help)")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lesionlite bench [run]", description="Benchmark every exported artifact of a model.")
+    p.add_argument("model_dir", help="directory with one artifact (manifest.json) or several artifact subdirectories")
+    p.add_argument("--target", default="local", help="local (default) | adb | adb:SERIAL | ssh://[USER@]HOST[:PORT]")
+    p.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")
+    p.add_argument("--runs", type=int, default=100, help="timed inferences per artifact and thread count (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed warmup inferences (default 10)")
+    p.add_argument("--out", help="output directory (default MODEL_DIR/bench)")
+    p.add_argument("--benchmark-model", help="adb: path of TFLite's benchmark_model binary for the phone")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--use-xnnpack", dest="delegate", action="store_const", const="xnnpack", help="TFLite: XNNPACK (local default)")
+    g.add_argument("--use-gpu", dest="delegate", action="store_const", const="gpu", help="adb: TFLite GPU delegate")
+    g.add_argument("--use-nnapi", dest="delegate", action="store_const", const="nnapi", help="adb: NNAPI delegate")
+    p.add_argument("--taskset", help="CPU affinity mask (hex, as taskset: 0x3 / f0) set for each measurement")
+    p.add_argument("--remote-python", default="python3", help="ssh: python on the board (default python3)")
+    p.add_argument("--image", help="use this image (through lesionlite.preprocessing) instead of random noise as input")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (default 600)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def cmd_run(argv: Sequence[str]) -> int:
+    from mobile_benchmarks.bench import parse_threads, run_bench
+    from mobile_benchmarks.targets import BenchOptions
+
+    a = _run_parser().parse_args(list(argv))
+    opts = BenchOptions(
+        threads=parse_threads(a.threads), runs=a.runs, warmup=a.warmup, delegate=a.delegate, taskset=a.taskset,
+        benchmark_model=a.benchmark_model, remote_python=a.remote_python, timeout_s=a.timeout,
+    )
+    log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    doc = run_bench(a.model_dir, a.target, opts, out_dir=a.out, image=a.image, log=log)
+    ok = sum(r["status"] == "ok" for r in doc["results"])
+    failed = [r for r in doc["results"] if r["status"] == "failed"]
+    print(f"measured {ok} of {len(doc['results'])} artifact x thread combinations; reports: {doc['outputs']['markdown']}, "
+          f"{doc['outputs']['html']}, {doc['outputs']['json']}")
+    if failed:
+        print(f"{len(failed)} measurement(s) failed: " + "; ".join(f"{r['artifact']}@{r['threads']}: {r['reason']}" for r in failed),
+              file=sys.stderr)
+        return 1
+    if ok == 0:
+        print("nothing could be measured on this target (see 'Not measured' in the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_compare(argv: Sequence[str]) -> int:
+    from mobile_benchmarks.report import compare, format_compare, load_bench
+
+    p = _Parser(prog="lesionlite bench compare", description="Ratios B/A per artifact and thread count.")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    a = p.parse_args(list(argv))
+    da, db = load_bench(a.a), load_bench(a.b)
+    rows = compare(da, db)
+    ka = {(r["artifact"], r["threads"]) for r in da["results"] if r["status"] == "ok"}
+    kb = {(r["artifact"], r["threads"]) for r in db["results"] if r["status"] == "ok"}
+    if a.json:
+        print(json.dumps({"a": a.a, "b": a.b, "rows": rows, "only_a": sorted(ka - kb), "only_b": sorted(kb - ka)}, indent=2))
+    else:
+        print(f"A = {a.a}\nB = {a.b}")
+        print(format_compare(rows, sorted(ka - kb), sorted(kb - ka)))
+    if not rows:
+        raise LesionliteError("the two benchmark files share no measured artifact x thread count")
+    return 0
+
+
+def cmd_report(argv: Sequence[str]) -> int:
+    from mobile_benchmarks.report import load_bench, write_reports
+
+    p = _Parser(prog="lesionlite bench report", description="Re-render the Markdown/HTML report of a bench.json.")
+    p.add_argument("bench_json")
+    p.add_argument("--out", help="output directory (default: beside bench.json)")
+    a = p.parse_args(list(argv))
+    src = Path(a.bench_json)
+    doc = load_bench(src)
+    out = Path(a.out) if a.out else (src if src.is_dir() else src.parent)
+    same = (out / "bench.json").resolve() == (src if src.is_file() else src / "bench.json").resolve()
+    paths = write_reports(doc, out, write_json=not same)
+    print(f"reports: {paths['markdown']}, {paths['html']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if args[0] == "compare":
+        return cmd_compare(args[1:])
+    if args[0] == "report":
+        return cmd_report(args[1:])
+    if args[0] == "run":
+        args = args[1:]
+    return cmd_run(args)

@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Self-contained benchmark runner: measures ONE artifact at ONE thread count, prints JSON.
+
+This file is copied as-is to a Linux board (``--target ssh://…``) and is also what the local
+target runs, in a fresh subprocess per artifact × thread count so that peak-memory figures of
+different artifacts never mix. It therefore imports only the standard library, numpy and the
+runtime it measures (``onnxruntime`` or ``ai_edge_litert`` / ``tflite_runtime``) — never
+lesionlite, never torch.
+
+Timing: ``time.perf_counter_ns`` is read immediately before and after each ``run``/``invoke``;
+inputs are prepared (and, for TFLite, copied into the input tensor) before the timed loop.
+``--mode bare`` instead puts one timer around the whole loop (no per-call timers), which is what
+``benchmarks/bench_overhead.py`` compares against to measure the harness's own overhead.
+
+Output: one line ``LESIONLITE_RUNNER_JSON: {...}`` on stdout (other lines, e.g. runtime logs,
+are ignored by the caller). Exit status 0 on success, 3 when the runtime is missing, 4 when the
+model cannot be loaded or run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+MARKER = "LESIONLITE_RUNNER_JSON: "
+RUNNER_VERSION = 1
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(MARKER + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(code: int, status: str, reason: str) -> "None":
+    _emit({"status": status, "reason": reason, "runner_version": RUNNER_VERSION})
+    raise SystemExit(code)
+
+
+def parse_mask(mask: str) -> list[int]:
+    """taskset-style hex mask ("0x3", "f") or CPU list ("0,2-3") → sorted CPU ids."""
+    m = mask.strip().lower()
+    if "," in m or "-" in m:
+        cpus: set[int] = set()
+        for part in m.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                cpus.update(range(int(a), int(b) + 1))
+            elif part:
+                cpus.add(int(part))
+        return sorted(cpus)
+    value = int(m, 16)
+    return [i for i in range(value.bit_length()) if value >> i & 1]
+
+
+def _rss_bytes() -> int | None:
+    """Current resident set size (bytes) from /proc (Linux) or psutil."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import psutil  # optional
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def _peak_rss_bytes() -> int | None:
+    """High-water mark of resident memory for this process (ru_maxrss; KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+
+        v = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(v) if sys.platform == "darwin" else int(v) * 1024
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                k, _, v = line.partition(":")
+                if k.strip().lower() in ("model name", "hardware", "model") and v.strip() and not v.strip().isdigit():
+                    return v.strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _vm_hwm_bytes() -> int | None:
+    """Peak RSS (VmHWM) from /proc/self/status; resettable with :func:`_reset_peak`."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _make_input(np, shape, dtype: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    if dtype in ("float32", "float16", "float64"):
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+
+
+def _delegate_coverage_tflite(interp) -> dict:
+    """Share of the original graph nodes replaced by DELEGATE nodes, from the interpreter's node list.
+
+    The interpreter exposes its nodes (original ops + one DELEGATE node per partition) but not the
+    execution plan; a node is counted as delegated when it lies on a path from a DELEGATE node's
+    inputs to its outputs. Returns {} when the node list is unavailable.
+    """
+    try:
+        ops = interp._get_ops_details()
+    except Exception:
+        return {}
+    delegates = [o for o in ops if o.get("op_name") == "DELEGATE"]
+    originals = [o for o in ops if o.get("op_name") != "DELEGATE"]
+    if not delegates:
+        return {"delegated_nodes": 0, "total_nodes": len(originals), "partitions": 0}
+    covered: set[int] = set()
+    for d in delegates:
+        d_in = {int(t) for t in d["inputs"] if int(t) >= 0}
+        d_out = {int(t) for t in d["outputs"] if int(t) >= 0}
+        fwd_t = set(d_in)
+        fwd_nodes: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for o in originals:
+                if o["index"] in fwd_nodes:
+                    continue
+                if any(int(t) in fwd_t for t in o["inputs"]):
+                    fwd_nodes.add(o["index"])
+                    fwd_t.update(int(t) for t in o["outputs"])
+                    changed = True
+        bwd_t = set(d_out)
+        bwd_nodes: set[int] = set()
+        changed = True
+        while changed:
+            changed = False
+            for o in originals:
+                if o["index"] in bwd_nodes:
+                    continue
+                if any(int(t) in bwd_t for t in o["outputs"]):
+                    bwd_nodes.add(o["index"])
+                    bwd_t.update(int(t) for t in o["inputs"] if int(t) >= 0)
+                    changed = True
+        covered |= fwd_nodes & bwd_nodes
+    return {"delegated_nodes": len(covered), "total_nodes": len(originals), "partitions": len(delegates)}
+
+
+def _load_onnx(path: str, threads: int):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        _fail(3, "skipped", "onnxruntime is not installed on this host")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    t0 = time.perf_counter_ns()
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    t1 = time.perf_counter_ns()
+    inp = sess.get_inputs()[0]
+    info = {
+        "runtime": "onnxruntime",
+        "runtime_version": ort.__version__,
+        "providers": sess.get_providers(),
+        "session": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "sequential"},
+        "input_name": inp.name,
+    }
+    return sess, t1 - t0, info
+
+
+def _load_tflite(path: str, threads: int, delegate: str):
+    Interpreter = None
+    version = None
+    runtime = None
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore
+        import ai_edge_litert
+
+        runtime = "ai_edge_litert"
+        version = getattr(ai_edge_litert, "__version__", None)
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore
+            import tflite_runtime
+
+            runtime = "tflite_runtime"
+            version = getattr(tflite_runtime, "__version__", None)
+        except ImportError:
+            _fail(3, "skipped", "neither ai_edge_litert nor tflite_runtime is installed on this host")
+    kwargs = {}
+    if delegate == "none":
+        try:
+            from ai_edge_litert.interpreter import OpResolverType  # type: ignore
+
+            kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        except ImportError:
+            pass
+    t0 = time.perf_counter_ns()
+    interp = Interpreter(model_path=path, num_threads=threads, **kwargs)
+    interp.allocate_tensors()
+    t1 = time.perf_counter_ns()
+    cov = _delegate_coverage_tflite(interp)
+    info = {
+        "runtime": runtime,
+        "runtime_version": version,
+        "delegate_requested": delegate,
+        "delegate_coverage": cov,
+        "interpreter": {"num_threads": threads},
+    }
+    return interp, t1 - t0, info
+
+
+def run(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    affinity = None
+    if args.taskset:
+        cpus = parse_mask(args.taskset)
+        try:
+            os.sched_setaffinity(0, cpus)
+        except (AttributeError, OSError, ValueError) as exc:
+            _fail(4, "failed", f"cannot set CPU affinity {args.taskset!r} ({cpus}): {exc}")
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+
+    if args.input:
+        x = np.load(args.input)
+    else:
+        shape = [int(s) for s in args.input_shape.split(",")]
+        x = _make_input(np, shape, args.input_dtype)
+    x = np.ascontiguousarray(x)
+
+    # import the runtime now so that the memory baseline below includes it
+    for mod in (["onnxruntime"] if args.kind == "onnx" else ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]):
+        try:
+            __import__(mod)
+            break
+        except ImportError:
+            continue
+    peak_before_load = _peak_rss_bytes()
+    peak_reset = _reset_peak() and _vm_hwm_bytes() is not None
+    rss_baseline = _rss_bytes()
+
+    try:
+        if args.kind == "onnx":
+            model, load_ns, info = _load_onnx(args.model, args.threads)
+            from functools import partial
+
+            call = partial(model.run, None, {info["input_name"]: x})
+        elif args.kind == "tflite":
+            model, load_ns, info = _load_tflite(args.model, args.threads, args.delegate)
+            d = model.get_input_details()[0]
+            want = np.dtype(d["dtype"])
+            if x.dtype != want or tuple(x.shape) != tuple(int(s) for s in d["shape"]):
+                raise ValueError(
+                    f"input {x.dtype}{list(x.shape)} does not match the model's input "
+                    f"{want}{[int(s) for s in d['shape']]}"
+                )
+            model.set_tensor(d["index"], x)
+            call = model.invoke
+        else:
+            _fail(4, "failed", f"unknown kind {args.kind!r}")
+        rss_after_load = _rss_bytes()
+
+        t0 = time.perf_counter_ns()
+        call()
+        first_ns = time.perf_counter_ns() - t0
+
+        pc = time.perf_counter_ns
+        warm = [0] * max(args.warmup, 0)
+        for i in range(len(warm)):
+            t0 = pc()
+            call()
+            warm[i] = pc() - t0
+
+        result: dict = {}
+        n = args.runs
+        if args.mode in ("harness", "both"):
+            timings = [0] * n
+            blocks = args.blocks if args.mode == "both" else 1
+            bare_walls: list[int] = []
+            harness_walls: list[int] = []
+            bare_cpu: list[int] = []
+            harness_cpu: list[int] = []
+            tt = time.thread_time_ns
+            all_timings: list[int] = []
+            for _ in range(blocks):
+                if args.mode == "both":
+                    # bare loop: same calls, one timer around the whole loop
+                    c0 = tt()
+                    w0 = pc()
+                    for _i in range(n):
+                        call()
+                    bare_walls.append(pc() - w0)
+                    bare_cpu.append(tt() - c0)
+                c0 = tt()
+                w0 = pc()
+                for i in range(n):
+                    t0 = pc()
+                    call()
+                    t1 = pc()
+                    timings[i] = t1 - t0
+                harness_walls.append(pc() - w0)
+                harness_cpu.append(tt() - c0)
+                all_timings.extend(timings)
+            result["latencies_ns"] = all_timings
+            if args.mode == "both":
+                result["bare_wall_ns"] = bare_walls
+                result["harness_wall_ns"] = harness_walls
+                # CPU time of the calling thread: with 1 runtime thread all work runs here, and CPU time
+                # is not inflated when other processes preempt this one
+                result["bare_thread_cpu_ns"] = bare_cpu
+                result["harness_thread_cpu_ns"] = harness_cpu
+                result["runs_per_block"] = n
+                # cost of the timers themselves: the harness loop with no work minus a plain loop with no
+                # work (fastest of several blocks, so preemption by other processes does not count)
+                t_empty = [0] * n
+                timed, plain = [], []
+                for _b in range(max(blocks, 5)):
+                    w0 = pc()
+                    for i in range(n):
+                        t0 = pc()
+                        t1 = pc()
+                        t_empty[i] = t1 - t0
+                    timed.append(pc() - w0)
+                    w0 = pc()
+                    for _i in range(n):
+                        pass
+                    plain.append(pc() - w0)
+                result["empty_timer_wall_ns"] = min(timed)
+                result["empty_loop_wall_ns"] = min(plain)
+        else:  # bare
+            w0 = pc()
+            for _i in range(n):
+                call()
+            result["bare_wall_ns"] = [pc() - w0]
+            result["runs_per_block"] = n
+    except SystemExit:
+        raise
+    except Exception as exc:  # model cannot be loaded/run on this host
+        _fail(4, "failed", f"{type(exc).__name__}: {exc}")
+
+    rss_end = _rss_bytes()
+    lifetime_peak = _peak_rss_bytes()
+    if peak_reset:
+        peak = _vm_hwm_bytes()
+        method = ("peak = VmHWM of a fresh process measuring only this artifact, reset (/proc/self/clear_refs) "
+                  "after the runtime was imported and the input allocated; delta = peak minus the RSS at that point")
+    else:
+        peak = lifetime_peak
+        method = ("peak = ru_maxrss of a fresh process measuring only this artifact (includes the runtime import); "
+                  "delta = peak minus the RSS after the runtime import, before the model is loaded")
+    mb = 1024.0 * 1024.0
+    conv = lambda v: None if v is None else v / mb  # noqa: E731
+    memory = {
+        "baseline_rss_mb": conv(rss_baseline),
+        "after_load_rss_mb": conv(rss_after_load),
+        "end_rss_mb": conv(rss_end),
+        "peak_rss_mb": conv(peak),
+        "peak_delta_mb": None if (peak is None or rss_baseline is None) else max(peak - rss_baseline, 0) / mb,
+        # ru_maxrss of the whole process life; on Linux it can include the parent's RSS inherited at fork/exec
+        "ru_maxrss_mb": conv(lifetime_peak),
+        "peak_before_load_mb": conv(peak_before_load),
+        "method": method,
+    }
+    out = {
+        "status": "ok",
+        "runner_version": RUNNER_VERSION,
+        "kind": args.kind,
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "load_ns": load_ns,
+        "first_inference_ns": first_ns,
+        "warmup_ns": warm,
+        "memory": memory,
+        "affinity": affinity,
+        "input": {"dtype": str(x.dtype), "shape": list(x.shape)},
+        "platform": {
+            "cpu_model": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "hostname": platform.node(),
+            "machine": platform.machine(),
+            "system": platform.system(),
+            "release": platform.release(),
+            "python": platform.python_version(),
+            "pid": os.getpid(),
+        },
+        **info,
+        **result,
+    }
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--kind", required=True, choices=["onnx", "tflite"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--input", help=".npy file with the exact model input (preprocessed, quantized)")
+    p.add_argument("--input-shape", default="1,3,224,224")
+    p.add_argument("--input-dtype", default="float32")
+    p.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "none"])
+    p.add_argument("--taskset", help="CPU mask (hex, like taskset) or list '0,2-3'")
+    p.add_argument("--mode", default="harness", choices=["harness", "bare", "both"])
+    p.add_argument("--blocks", type=int, default=3, help="--mode both: alternating bare/harness blocks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.runs < 1:
+        _fail(4, "failed", "--runs must be at least 1")
+    if not os.path.exists(args.model):
+        _fail(4, "failed", f"model file not found: {args.model}")
+    _emit(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

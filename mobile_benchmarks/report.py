@@ -1,0 +1,284 @@
+"""Render bench.json as Markdown + HTML with plots, and compare two bench.json files."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
+from lesionlite.errors import LesionliteError
+from mobile_benchmarks import BENCH_SCHEMA
+
+LAT_PLOT = "latency_distribution.png"
+ACC_PLOT = "accuracy_vs_latency.png"
+
+
+def load_bench(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "bench.json"
+    if not p.is_file():
+        raise LesionliteError(f"bench file not found: {p}")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LesionliteError(f"{p}: unreadable bench.json ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA:
+        raise LesionliteError(f"{p}: not a lesionlite bench.json (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
+    return doc
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _big(v: Any) -> str:
+    if v is None:
+        return "—"
+    v = float(v)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def artifact_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["artifact", "kind", "precision", "size (MB)", "params", "params source", "MACs", "MACs source", "accuracy", "accuracy source"]
+    rows = []
+    for a in doc["artifacts"]:
+        rows.append([a["name"], a["kind"], _f(a.get("precision")), _f(a.get("size_mb"), 3), _big(a.get("params")),
+                     _f(a.get("params_source")), _big(a.get("macs")), _f(a.get("macs_source")),
+                     _f(a.get("accuracy"), 4), _f(a.get("accuracy_source"))])
+    return head, rows
+
+
+def result_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = ["artifact", "threads", "load (ms)", "first (ms)", "mean ± std (ms)", "min", "p50", "p90", "p95", "p99", "max",
+            "throughput (inf/s)", "peak RSS (MB)", "Δ peak (MB)", "delegate share"]
+    rows = []
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            continue
+        lat = r["latency_ms"]
+        mem = r.get("memory") or {}
+        d = r.get("delegate") or {}
+        if d.get("share") is not None:
+            share = f"{d['share'] * 100:.0f}% ({d.get('name') or '?'})"
+        else:
+            share = d.get("source") or "—"
+        rows.append([
+            r["artifact"], str(r["threads"]), _f(r.get("load_ms")), _f(r.get("first_inference_ms")),
+            f"{_f(lat.get('mean'), 4)} ± {_f(lat.get('std'), 4)}", _f(lat.get("min"), 4), _f(lat.get("p50"), 4),
+            _f(lat.get("p90"), 4), _f(lat.get("p95"), 4), _f(lat.get("p99"), 4), _f(lat.get("max"), 4),
+            _f(r.get("throughput_ips"), 1), _f(mem.get("peak_rss_mb"), 1), _f(mem.get("peak_delta_mb"), 1), share,
+        ])
+    return head, rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    h = doc.get("host") or {}
+    t = doc.get("target") or {}
+    pairs = [("target", t.get("spec", "?"))]
+    if t.get("name") != "local":
+        for k, v in (t.get("device") or {}).items():
+            pairs.append((f"device {k}", _f(v)))
+    keys = ["cpu_model", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
+            "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "lesionlite"]
+    label = "host " if t.get("name") != "local" else ""
+    pairs += [(f"{label}{k}", _f(h.get(k))) for k in keys]
+    return pairs
+
+
+def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
+    s = doc["settings"]
+    out = [f"# Benchmark: {doc['model_dir']}", "",
+           f"Created {doc['created']} (git {doc.get('git_commit') or 'n/a'}) on target `{doc['target'].get('spec')}`.", "",
+           "## Host", "", _md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
+           *([f"> **Warning:** {w}" for w in doc.get("warnings") or []] + ([""] if doc.get("warnings") else [])),
+           "## Method", "",
+           f"- threads {s['threads']}, {s['runs']} timed runs after {s['warmup']} warmup runs, delegate: {s['delegate']}, "
+           f"taskset: {s.get('taskset') or 'none (affinity as inherited)'}",
+           f"- timing: {s['timing']}", f"- isolation and memory: {s['isolation']}", "",
+           "## Artifacts", "", _md_table(*artifact_rows(doc)), "",
+           "## Results (latencies in ms)", "", _md_table(*result_rows(doc)), ""]
+    notes = [r for r in doc["results"] if r["status"] != "ok"]
+    if notes:
+        out += ["## Not measured", ""]
+        out += [f"- **{r['artifact']}** (threads {r['threads']}): {r['status']} — {r['reason']}" for r in notes]
+        out.append("")
+    extra = [(r["artifact"], r["threads"], n) for r in doc["results"] for n in r.get("notes") or []]
+    if extra:
+        out += ["## Notes", ""] + [f"- {a} (threads {t}): {n}" for a, t, n in extra] + [""]
+    out += ["## Plots", ""]
+    for key, title in (("latency", "Latency distribution"), ("accuracy", "Accuracy vs latency")):
+        if plots.get(key):
+            out.append(f"![{title}]({plots[key]})")
+        else:
+            out.append(f"- {title}: {plots.get(key + '_reason') or 'not drawn'}")
+        out.append("")
+    return "\n".join(out)
+
+
+def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
+    e = html.escape
+
+    def table(head: list[str], rows: list[list[str]]) -> str:
+        h = "".join(f"<th>{e(c)}</th>" for c in head)
+        b = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+
+    s = doc["settings"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>lesionlite bench</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+        "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+        f"<h1>Benchmark: {e(doc['model_dir'])}</h1>",
+        f"<p>Created {e(doc['created'])} (git {e(str(doc.get('git_commit') or 'n/a'))}) on target <code>{e(str(doc['target'].get('spec')))}</code>.</p>",
+        "<h2>Host</h2>", table(["field", "value"], [list(p) for p in _host_pairs(doc)]),
+        *[f"<p><b>Warning:</b> {e(w)}</p>" for w in doc.get("warnings") or []],
+        "<h2>Method</h2><ul>",
+        f"<li>threads {e(str(s['threads']))}, {s['runs']} timed runs after {s['warmup']} warmup runs, delegate: {e(str(s['delegate']))}, taskset: {e(str(s.get('taskset') or 'none'))}</li>",
+        f"<li>timing: {e(s['timing'])}</li><li>isolation and memory: {e(s['isolation'])}</li></ul>",
+        "<h2>Artifacts</h2>", table(*artifact_rows(doc)),
+        "<h2>Results (latencies in ms)</h2>", table(*result_rows(doc)),
+    ]
+    notes = [r for r in doc["results"] if r["status"] != "ok"]
+    if notes:
+        parts.append("<h2>Not measured</h2><ul>" + "".join(
+            f"<li><b>{e(r['artifact'])}</b> (threads {r['threads']}): {e(r['status'])} — {e(str(r['reason']))}</li>" for r in notes) + "</ul>")
+    parts.append("<h2>Plots</h2>")
+    for key, title in (("latency", "Latency distribution"), ("accuracy", "Accuracy vs latency")):
+        if plots.get(key):
+            parts.append(f"<h3>{title}</h3><img src='{e(plots[key])}' alt='{title}'>")
+        else:
+            parts.append(f"<p>{title}: {e(str(plots.get(key + '_reason') or 'not drawn'))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
+    plots: dict[str, str | None] = {"latency": None, "accuracy": None}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plots["latency_reason"] = plots["accuracy_reason"] = "matplotlib is not installed (pip install 'lesionlite[bench]')"
+        return plots
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    dist = [r for r in ok if r.get("latencies_ms")]
+    if dist:
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(dist) + 2), 4.5))
+        ax.boxplot([r["latencies_ms"] for r in dist], showfliers=True, whis=(1, 99))
+        ax.set_xticks(range(1, len(dist) + 1))
+        ax.set_xticklabels([f"{r['artifact']}\n{r['threads']} thr" for r in dist], rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per inference (ms, log scale)")
+        ax.set_title("Warm latency distribution (box: p25–p75, whiskers: p1–p99, dots: beyond)")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(out / LAT_PLOT) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        plots["latency"] = LAT_PLOT
+    else:
+        plots["latency_reason"] = "no per-run latencies (the target reported summaries only)" if ok else "no artifact was measured"
+    acc = {a["name"]: a for a in doc["artifacts"] if a.get("accuracy") is not None}
+    best: dict[str, dict[str, Any]] = {}  # per artifact: the thread count with the lowest p50
+    for r in ok:
+        if r["artifact"] in acc and r["latency_ms"].get("p50") is not None:
+            if r["artifact"] not in best or r["latency_ms"]["p50"] < best[r["artifact"]]["latency_ms"]["p50"]:
+                best[r["artifact"]] = r
+    if best:
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        markers = {"onnx": "o", "tflite": "s", "coreml": "^"}
+        for name, r in sorted(best.items()):
+            a = acc[name]
+            ax.scatter(r["latency_ms"]["p50"], a["accuracy"], marker=markers.get(a["kind"], "x"), s=60,
+                       label=f"{name} ({a['kind']}, {a.get('precision') or '?'}, {r['threads']} thr)")
+        ax.set_xlabel("p50 latency (ms), best thread count per artifact")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy vs latency across formats and precisions")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        fig.tight_layout()
+        with atomic_path(out / ACC_PLOT) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        plots["accuracy"] = ACC_PLOT
+    else:
+        plots["accuracy_reason"] = "accuracy is not known for any measured artifact (no metrics in the manifests or export_report.json)"
+    return plots
+
+
+def write_reports(doc: dict[str, Any], out: str | Path, write_json: bool = True) -> dict[str, str]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = draw_plots(doc, out)
+    paths = {"json": str(out / "bench.json"), "markdown": str(out / "bench.md"), "html": str(out / "bench.html")}
+    for k in ("latency", "accuracy"):
+        if plots.get(k):
+            paths[f"plot_{k}"] = str(out / plots[k])  # type: ignore[operator]
+    doc["outputs"] = paths
+    doc["plots"] = plots
+    if write_json:
+        write_json_atomic(out / "bench.json", doc)
+    write_text_atomic(out / "bench.md", render_markdown(doc, plots))
+    write_text_atomic(out / "bench.html", render_html(doc, plots))
+    return paths
+
+
+COMPARE_METRICS = (
+    ("p50", lambda r, a: r["latency_ms"].get("p50")),
+    ("p90", lambda r, a: r["latency_ms"].get("p90")),
+    ("p99", lambda r, a: r["latency_ms"].get("p99")),
+    ("throughput", lambda r, a: r.get("throughput_ips")),
+    ("peak_rss", lambda r, a: (r.get("memory") or {}).get("peak_rss_mb")),
+    ("peak_delta", lambda r, a: (r.get("memory") or {}).get("peak_delta_mb")),
+    ("size", lambda r, a: a.get("size_bytes")),
+)
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (artifact, threads) present and measured in both: B/A ratio of each metric (None if missing)."""
+    arts_a = {x["name"]: x for x in a["artifacts"]}
+    arts_b = {x["name"]: x for x in b["artifacts"]}
+    ra = {(r["artifact"], r["threads"]): r for r in a["results"] if r["status"] == "ok"}
+    rb = {(r["artifact"], r["threads"]): r for r in b["results"] if r["status"] == "ok"}
+    rows = []
+    for key in sorted(set(ra) & set(rb), key=lambda k: (k[0], k[1])):
+        row: dict[str, Any] = {"artifact": key[0], "threads": key[1]}
+        for name, get in COMPARE_METRICS:
+            va, vb = get(ra[key], arts_a.get(key[0], {})), get(rb[key], arts_b.get(key[0], {}))
+            row[name] = {"a": va, "b": vb, "ratio": (vb / va) if (va and vb is not None) else None}
+        rows.append(row)
+    return rows
+
+
+def format_compare(rows: list[dict[str, Any]], only_a: list, only_b: list) -> str:
+    names = [n for n, _ in COMPARE_METRICS]
+    head = ["artifact", "threads"] + [f"{n} B/A" for n in names]
+    body = [[r["artifact"], str(r["threads"])] + ["—" if r[n]["ratio"] is None else f"{r[n]['ratio']:.3f}" for n in names] for r in rows]
+    widths = [max(len(h), *(len(x[i]) for x in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines.append("ratio = B / A: latency and memory below 1 mean B is faster / smaller; throughput above 1 means B is faster")
+    if only_a:
+        lines.append("only in A: " + ", ".join(f"{a}@{t}" for a, t in only_a))
+    if only_b:
+        lines.append("only in B: " + ", ".join(f"{a}@{t}" for a, t in only_b))
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Turn raw measurements (runner JSON, benchmark_model text) into the bench.json result schema."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mobile_benchmarks.parsers import parse_delegate_lines
+from mobile_benchmarks.remote_runner import MARKER
+from mobile_benchmarks.stats import summarize_ms, throughput_ips
+
+NOT_REPORTED = "not reported by runtime"
+
+
+def empty_result(artifact: dict[str, Any], threads: int | None, status: str, reason: str) -> dict[str, Any]:
+    return {
+        "artifact": artifact["name"], "kind": artifact["kind"], "precision": artifact.get("precision"),
+        "threads": threads, "status": status, "reason": reason,
+    }
+
+
+def find_runner_json(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                return json.loads(line[len(MARKER):])
+            except ValueError:
+                return None
+    return None
+
+
+def from_runner(artifact: dict[str, Any], threads: int, data: dict[str, Any], log_text: str, source: str) -> dict[str, Any]:
+    """Runner JSON (+ the runtime's own log lines) → one result entry."""
+    if data.get("status") != "ok":
+        return empty_result(artifact, threads, data.get("status", "failed"), data.get("reason") or "runner failed")
+    lat_ms = [v / 1e6 for v in data["latencies_ns"]]
+    lat = summarize_ms(lat_ms)
+    warm = [v / 1e6 for v in data.get("warmup_ns") or []]
+    res = empty_result(artifact, threads, "ok", None)
+    res.update({
+        "source": source,
+        "runtime": {k: data.get(k) for k in ("runtime", "runtime_version", "providers", "session", "interpreter", "delegate_requested") if data.get(k) is not None},
+        "load_ms": data["load_ns"] / 1e6,
+        "first_inference_ms": data["first_inference_ns"] / 1e6,
+        "warmup_mean_ms": (sum(warm) / len(warm)) if warm else None,
+        "warmup_runs": len(warm),
+        "latency_ms": lat,
+        "throughput_ips": throughput_ips(lat["mean"]),
+        "memory": data.get("memory"),
+        "affinity": data.get("affinity"),
+        "input": data.get("input"),
+        "platform": data.get("platform"),
+        "delegate": delegate_info(artifact["kind"], data, log_text),
+        "latencies_ms": lat_ms,
+        "notes": [],
+    })
+    aff = data.get("affinity")
+    if aff and threads > len(aff):
+        res["notes"].append(f"{threads} threads requested but only {len(aff)} CPU(s) available to the process "
+                            f"(affinity {aff}): oversubscribed")
+    return res
+
+
+def delegate_info(kind: str, data: dict[str, Any], log_text: str) -> dict[str, Any]:
+    if kind != "tflite":
+        prov = data.get("providers") or []
+        return {"name": None, "share": None, "source": f"not applicable (ONNX Runtime providers: {', '.join(prov) or 'CPU'})"}
+    logged = parse_delegate_lines(log_text or "")
+    if logged["delegated_nodes"] is not None:
+        return {
+            "name": logged["delegate"], "share": logged["share"], "delegated_nodes": logged["delegated_nodes"],
+            "total_nodes": logged["total_nodes"], "partitions": logged["partitions"],
+            "created": logged["created"], "source": "runtime log ('Replacing … node(s) with delegate …')",
+        }
+    cov = data.get("delegate_coverage") or {}
+    name = ("XNNPACK" if "XNNPACK" in logged["created"] else (logged["created"][0] if logged["created"] else None))
+    if cov.get("total_nodes"):
+        share = cov["delegated_nodes"] / cov["total_nodes"] if cov["total_nodes"] else None
+        return {
+            "name": name, "share": share, "delegated_nodes": cov["delegated_nodes"], "total_nodes": cov["total_nodes"],
+            "partitions": cov.get("partitions"), "created": logged["created"],
+            "source": "interpreter node list (nodes between each DELEGATE node's inputs and outputs); "
+            "the runtime did not log the node count",
+        }
+    return {"name": name, "share": None, "created": logged["created"], "source": NOT_REPORTED}
+
+
+def from_benchmark_model(artifact: dict[str, Any], threads: int, parsed: dict[str, Any]) -> dict[str, Any]:
+    """Parsed TFLite ``benchmark_model`` output → one result entry (only what the tool printed)."""
+    res = empty_result(artifact, threads, "ok", None)
+    st = parsed.get("inference_stats") or {}
+    us = 1e-3
+    mean = st.get("avg", parsed.get("inference_avg_us"))
+    lat = {
+        "count": st.get("count"),
+        "mean": None if mean is None else mean * us,
+        "std": None if st.get("std") is None else st["std"] * us,
+        "min": None if st.get("min") is None else st["min"] * us,
+        "max": None if st.get("max") is None else st["max"] * us,
+        "p50": None if st.get("median") is None else st["median"] * us,
+        "p90": None,
+        "p95": None if st.get("p95") is None else st["p95"] * us,
+        "p99": None,
+    }
+    missing = [k for k in ("p50", "p90", "p95", "p99") if lat[k] is None]
+    dl = parsed.get("delegate") or {}
+    res.update({
+        "source": "benchmark_model",
+        "runtime": {"runtime": "TFLite benchmark_model", "num_threads": parsed.get("num_threads")},
+        "load_ms": None if parsed.get("init_us") is None else parsed["init_us"] * us,
+        "first_inference_ms": None if parsed.get("first_inference_us") is None else parsed["first_inference_us"] * us,
+        "warmup_mean_ms": None if parsed.get("warmup_avg_us") is None else parsed["warmup_avg_us"] * us,
+        "latency_ms": lat,
+        "throughput_ips": throughput_ips(lat["mean"]),
+        "memory": {
+            "init_delta_mb": parsed.get("memory_init_mb"),
+            "peak_delta_mb": parsed.get("memory_overall_mb"),
+            "peak_rss_mb": parsed.get("peak_memory_mb"),
+            "method": f"benchmark_model '{parsed.get('memory_label') or 'memory footprint'}' (overall)",
+        },
+        "delegate": {
+            "name": dl.get("delegate") or (dl.get("created") or [None])[0],
+            "share": dl.get("share"), "delegated_nodes": dl.get("delegated_nodes"), "total_nodes": dl.get("total_nodes"),
+            "partitions": dl.get("partitions"), "coverage": dl.get("coverage"), "created": dl.get("created"),
+            "source": "benchmark_model log" if (dl.get("share") is not None or dl.get("coverage")) else NOT_REPORTED,
+        },
+        "notes": [f"{', '.join(missing)} not printed by benchmark_model"] if missing else [],
+        "latencies_ms": [],
+    })
+    return res

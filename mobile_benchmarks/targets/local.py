@@ -1,0 +1,85 @@
+"""``--target local``: measure on this host with ONNX Runtime and the LiteRT interpreter.
+
+Each artifact × thread count runs in a fresh Python subprocess (``remote_runner.py``) so that the
+peak resident memory of one artifact never leaks into another's figure and each measurement
+starts from a cold runtime. ONNX Runtime: ``InferenceSession`` with ``intra_op_num_threads=N``,
+``inter_op_num_threads=1``, sequential execution, CPU provider. LiteRT:
+``ai_edge_litert.interpreter.Interpreter(model_path, num_threads=N)`` (XNNPACK is its default
+delegate). CoreML cannot run on Linux and is reported as skipped.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from lesionlite.errors import LesionliteError
+from mobile_benchmarks import remote_runner
+from mobile_benchmarks.hostinfo import host_info
+from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner
+
+RUNNER = Path(remote_runner.__file__).resolve()
+
+
+class Target:
+    name = "local"
+
+    def __init__(self, spec: str, options: BenchOptions) -> None:
+        self.spec = spec
+        self.options = options
+
+    def check(self) -> None:
+        if self.options.delegate in ("gpu", "nnapi"):
+            raise LesionliteError(
+                f"--use-{self.options.delegate} applies to --target adb (an Android phone); on this host the "
+                "LiteRT interpreter runs on the CPU with XNNPACK (its default delegate)"
+            )
+        if self.options.taskset:
+            try:
+                cpus = remote_runner.parse_mask(self.options.taskset)
+            except ValueError:
+                raise LesionliteError(f"bad --taskset {self.options.taskset!r}: expected a hex mask like 0x3 or a list like 0,2-3") from None
+            if not cpus:
+                raise LesionliteError(f"--taskset {self.options.taskset!r} selects no CPU")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "local", "spec": self.spec, "device": host_info()}
+
+    def measure(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
+        kind = art["kind"]
+        if kind == "coreml":
+            if platform.system() != "Darwin":
+                return empty_result(art, threads, "skipped",
+                                    f"CoreML cannot run on Linux ({platform.system()}): Core ML executes only on Apple "
+                                    "platforms (macOS/iOS); no figures measured")
+            return empty_result(art, threads, "skipped", "CoreML benchmarking is not implemented by this tool")
+        cmd = [
+            sys.executable, str(RUNNER), "--model", str(model_path), "--kind", kind,
+            "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
+            "--delegate", "xnnpack",
+        ]
+        if input_npy is not None:
+            cmd += ["--input", str(input_npy)]
+        if self.options.taskset:
+            cmd += ["--taskset", self.options.taskset]
+        return run_runner_process(cmd, art, threads, self.options.timeout_s, source="local subprocess")
+
+    def close(self) -> None:
+        pass
+
+
+def run_runner_process(cmd: list[str], art: dict[str, Any], threads: int, timeout_s: float, source: str) -> dict[str, Any]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return empty_result(art, threads, "failed", f"measurement timed out after {timeout_s:.0f} s")
+    except OSError as exc:
+        return empty_result(art, threads, "failed", f"cannot start the runner: {exc}")
+    data = find_runner_json(proc.stdout)
+    if data is None:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        return empty_result(art, threads, "failed", f"runner exited with status {proc.returncode}: {tail[0][:300]}")
+    return from_runner(art, threads, data, (proc.stderr or "") + "\n" + (proc.stdout or ""), source=source)

@@ -1,0 +1,443 @@
+"""The FastAPI app: prediction endpoints, Open Inference Protocol metadata/health, metrics, web page.
+
+Endpoints (see ``/docs`` for the schema):
+
+* ``POST /predict`` — one image, multipart field ``file``; ``?model=NAME`` (default: the default
+  model), ``?top_k=K``. Answer: ``{model, version, probabilities, top_k, uncertainty, abstain,
+  latency_ms}``; probabilities are ``softmax(logits / T)`` with the manifest's calibration
+  temperature, ``uncertainty`` is the normalised entropy (0 = certain, 1 = uniform) and ``abstain``
+  is true when the top probability is below ``--abstain-threshold``.
+* ``POST /predict/batch`` — several images, multipart field ``files`` (repeated). Answer:
+  ``{model, version, results: [...], latency_ms}`` with one result per file, in order. A bad image
+  does NOT fail the batch: its result is ``{index, filename, error, detail, status}`` (status = what
+  ``/predict`` would have answered for it alone) and the other images are classified. Limits that
+  concern the whole request (body size, too many files, queue full, auth) fail the whole request.
+* ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models``, ``/v2/models/{name}``,
+  ``/v2/models/{name}/ready`` — Open Inference Protocol conventions (metadata adds class names,
+  preprocessing and calibration).
+* ``GET /metrics`` — Prometheus text format. ``GET /`` — a small web page.
+
+Status codes: 400 empty/corrupt/truncated image or malformed request; 401 missing/wrong API key;
+404 unknown model or route; 405 wrong method; 413 request body or file over ``--max-upload-mb``
+(checked on Content-Length and while reading) or image over the pixel limit (decompression-bomb
+guard, checked from the header before decoding); 415 not an accepted image (decided from the bytes,
+not the name or Content-Type) or not a multipart body; 422 missing form field or invalid query
+parameter; 503 + ``Retry-After`` when the model's queue is full. Every error body is
+``{"error": code, "detail": message}``.
+
+Privacy: uploads are held in memory only (never written to disk) and neither image bytes nor file
+names are logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from lesionlite import __version__
+from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, preprocess
+from serve.batching import MicroBatcher, Overloaded
+from serve.errors import ApiError, install_handlers
+from serve.metrics import Metrics, MetricsMiddleware
+from serve.models import LoadedModel, load_models
+from serve.postprocess import summarize
+from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
+from serve.uploads import ACCEPTED_FORMATS, body_limit, describe_non_image, parse_multipart, read_body, sniff_image_format
+
+log = logging.getLogger("serve")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# --------------------------------------------------------------------------------------- schemas
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="short machine-readable code, e.g. 'corrupt_image'")
+    detail: str = Field(description="human-readable explanation")
+
+
+class TopK(BaseModel):
+    label: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    model: str
+    version: str
+    probabilities: dict[str, float] = Field(description="calibrated: softmax(logits / temperature)")
+    top_k: list[TopK]
+    uncertainty: float = Field(ge=0.0, le=1.0, description="normalised entropy: 0 certain, 1 uniform")
+    abstain: bool = Field(description="true when the top probability is below the abstain threshold")
+    latency_ms: float
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None = None
+    probabilities: dict[str, float] | None = None
+    top_k: list[TopK] | None = None
+    uncertainty: float | None = None
+    abstain: bool | None = None
+    error: str | None = Field(None, description="set instead of the prediction when this image failed")
+    detail: str | None = None
+    status: int | None = Field(None, description="HTTP status /predict would give this image alone")
+
+
+class BatchPrediction(BaseModel):
+    model: str
+    version: str
+    results: list[BatchItem]
+    latency_ms: float
+
+
+class TensorMeta(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta]
+    class_names: list[str]
+    architecture: str
+    kind: str
+    layout: str
+    max_batch: int | None
+    preprocessing: dict[str, Any]
+    calibration: dict[str, Any]
+    precision: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelMetadata]
+
+
+_ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 413, 415, 422, 503)}
+_MULTIPART_SINGLE = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": f"the image ({ACCEPTED_FORMATS})"}},
+        }}},
+    }
+}
+_MULTIPART_BATCH = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["files"],
+            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                     "description": f"the images ({ACCEPTED_FORMATS})"}},
+        }}},
+    }
+}
+
+# ----------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    models: dict[str, LoadedModel]
+    default_model: str
+    metrics: Metrics
+    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
+    preprocess_pool: ThreadPoolExecutor | None = None
+    pending: int = 0  # predict requests admitted and not yet answered
+    max_pending: int = 0
+
+    def model(self, name: str | None) -> LoadedModel:
+        key = name or self.default_model
+        if key not in self.models:
+            raise ApiError(404, "model_not_found",
+                           f"unknown model {key!r}; available: {', '.join(sorted(self.models))}")
+        return self.models[key]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.batchers) and all(b.running for b in self.batchers.values())
+
+
+def _decode(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray:
+    """Bytes → preprocessed float32 image, or ApiError naming what is wrong with the upload."""
+    if not data:
+        raise ApiError(400, "empty_file", "the uploaded file is empty")
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise ApiError(415, "unsupported_media_type",
+                       f"the upload is not an accepted image (it looks like {describe_non_image(data)}); "
+                       f"accepted formats: {ACCEPTED_FORMATS}")
+    try:
+        img = load_image_bytes(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        msg = str(exc)
+        if msg.startswith("image too large"):
+            raise ApiError(413, "image_too_large", msg) from None
+        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be decoded (corrupt or truncated): {msg}") from None
+    except Exception as exc:  # e.g. an exotic mode that cannot be converted to RGB
+        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be read: {type(exc).__name__}: {exc}") from None
+    try:
+        return preprocess(img, entry.manifest.preprocessing, layout=entry.runtime.layout)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise ApiError(400, "corrupt_image", f"the {fmt} image could not be preprocessed: {type(exc).__name__}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------- factory
+
+
+def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastAPI:
+    """Load the models under ``model_dir`` and build the app (batchers start with the app)."""
+    settings = settings or Settings()
+    models = load_models(model_dir, threads=settings.threads)
+    default = settings.default_model or sorted(models)[0]
+    if default not in models:
+        from lesionlite.errors import LesionliteError
+
+        raise LesionliteError(f"--default-model {default!r} is not among the loaded models: {', '.join(sorted(models))}")
+    metrics = Metrics()
+    state = ServerState(settings=settings, models=models, default_model=default, metrics=metrics,
+                        max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.preprocess_pool = ThreadPoolExecutor(settings.effective_preprocess_threads, thread_name_prefix="preprocess")
+        for name, entry in models.items():
+            b = MicroBatcher(
+                name, entry.runtime.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
+                on_batch=lambda n, s, name=name: (metrics.batch_size.labels(name).observe(n),
+                                                  metrics.inference.labels(name).observe(s),
+                                                  metrics.images.labels(name).inc(n)),
+                on_queue_depth=lambda d, name=name: metrics.queue_depth.labels(name).set(d),
+            )
+            await b.start()
+            state.batchers[name] = b
+        log.info("serving %d model(s): %s (default %s)", len(models), ", ".join(sorted(models)), default)
+        try:
+            yield
+        finally:
+            for b in state.batchers.values():
+                await b.stop()
+            state.batchers.clear()
+            state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="lesionlite serve",
+        version=__version__,
+        description=(
+            "Skin-lesion classification with exported lesionlite models. **Research prototype — not a "
+            "diagnosis.** Every error body is `{\"error\", \"detail\"}`."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    install_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
+    bearer = HTTPBearer(auto_error=False, description="the server's --api-key as a bearer token")
+
+    async def require_api_key(
+        key: str | None = Depends(api_key_header),
+        cred: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
+        expected = settings.api_key
+        if expected is None:
+            return
+        given = key if key is not None else (cred.credentials if cred is not None else None)
+        if given is None:
+            raise ApiError(401, "unauthorized", "missing API key: send 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
+            raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+    protected = [Depends(require_api_key)]
+
+    # ---------------------------------------------------------------------------- prediction
+    def _admit(entry: LoadedModel) -> None:
+        if state.pending >= state.max_pending:
+            metrics.rejected.labels(entry.name).inc()
+            raise ApiError(503, "overloaded", f"server busy ({state.pending} requests in progress); retry later",
+                           headers={"Retry-After": str(settings.retry_after_s)})
+        state.pending += 1
+
+    async def _classify(entry: LoadedModel, images: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            return await state.batchers[entry.name].submit_many(images)
+        except Overloaded as exc:
+            metrics.rejected.labels(entry.name).inc()
+            raise ApiError(503, "overloaded", f"{exc}; retry later",
+                           headers={"Retry-After": str(settings.retry_after_s)}) from None
+
+    def _clamp_top_k(top_k: int | None, entry: LoadedModel) -> int:
+        return min(top_k or settings.top_k, entry.manifest.num_classes)
+
+    @app.post("/predict", response_model=Prediction, responses=_ERRORS, dependencies=protected,
+              openapi_extra=_MULTIPART_SINGLE, tags=["predict"])
+    async def predict(
+        request: Request,
+        model: str | None = Query(None, max_length=200, description="model name (default: the default model)"),
+        top_k: int | None = Query(None, ge=1, le=1000, description="how many classes in top_k"),
+    ) -> dict[str, Any]:
+        """Classify one image (multipart field `file`)."""
+        t0 = time.perf_counter()
+        entry = state.model(model)
+        _admit(entry)
+        try:
+            limit = settings.max_upload_bytes
+            body = await read_body(request, body_limit(limit, 1))
+            parts = parse_multipart(request.headers.get("content-type"), body, limit)
+            del body
+            files = [p for p in parts if p.name == "file"]
+            if not files:
+                raise ApiError(422, "missing_field", "form field 'file' (the image) is missing")
+            if len(files) > 1:
+                raise ApiError(400, "too_many_files", "send one 'file' to /predict; use /predict/batch for several")
+            loop = asyncio.get_running_loop()
+            x = await loop.run_in_executor(state.preprocess_pool, _decode, bytes(files[0].data), entry,
+                                           settings.max_pixels)
+            del parts, files
+            (logits,) = await _classify(entry, [x])
+        finally:
+            state.pending -= 1
+        out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry),
+                        settings.abstain_threshold)
+        return {"model": entry.name, "version": entry.version, **out,
+                "latency_ms": (time.perf_counter() - t0) * 1000.0}
+
+    @app.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS, dependencies=protected,
+              openapi_extra=_MULTIPART_BATCH, tags=["predict"], response_model_exclude_none=True)
+    async def predict_batch(
+        request: Request,
+        model: str | None = Query(None, max_length=200, description="model name (default: the default model)"),
+        top_k: int | None = Query(None, ge=1, le=1000, description="how many classes in top_k"),
+    ) -> dict[str, Any]:
+        """Classify several images (repeated multipart field `files`); a bad image gets a per-item error."""
+        t0 = time.perf_counter()
+        entry = state.model(model)
+        max_files = min(settings.max_batch_files, settings.queue_size)
+        _admit(entry)
+        try:
+            limit = settings.max_upload_bytes
+            body = await read_body(request, body_limit(limit, max_files))
+            parts = parse_multipart(request.headers.get("content-type"), body, limit, max_parts=max_files + 16)
+            del body
+            files = [p for p in parts if p.name in ("files", "file")]
+            if not files:
+                raise ApiError(422, "missing_field", "form field 'files' (one or more images) is missing")
+            if len(files) > max_files:
+                raise ApiError(400, "too_many_files", f"{len(files)} files sent; at most {max_files} per batch")
+            loop = asyncio.get_running_loop()
+            decoded = await asyncio.gather(
+                *[loop.run_in_executor(state.preprocess_pool, _decode, bytes(f.data), entry, settings.max_pixels)
+                  for f in files],
+                return_exceptions=True,
+            )
+            ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+            for d in decoded:
+                if isinstance(d, BaseException) and not isinstance(d, ApiError):
+                    raise d
+            logits = await _classify(entry, [decoded[i] for i in ok]) if ok else []
+        finally:
+            state.pending -= 1
+        k = _clamp_top_k(top_k, entry)
+        by_index = dict(zip(ok, logits))
+        results = []
+        for i, f in enumerate(files):
+            item: dict[str, Any] = {"index": i, "filename": f.filename}
+            if i in by_index:
+                item.update(summarize(by_index[i], entry.class_names, entry.temperature, k, settings.abstain_threshold))
+            else:
+                err: ApiError = decoded[i]  # type: ignore[assignment]
+                item.update(error=err.error, detail=err.detail, status=err.status)
+            results.append(item)
+        return {"model": entry.name, "version": entry.version, "results": results,
+                "latency_ms": (time.perf_counter() - t0) * 1000.0}
+
+    # ---------------------------------------------------------------------- OIP metadata/health
+    @app.get("/v2", tags=["health"])
+    async def server_metadata() -> dict[str, Any]:
+        """Open Inference Protocol server metadata."""
+        return {"name": "lesionlite", "version": __version__, "extensions": []}
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"], responses={503: {"model": ErrorBody}})
+    async def ready() -> Any:
+        if state.ready:
+            return {"ready": True}
+        return JSONResponse({"ready": False, "error": "not_ready", "detail": "models are not loaded yet"}, 503)
+
+    @app.get("/v2/models", response_model=ModelList, dependencies=protected, tags=["models"],
+             responses={401: {"model": ErrorBody}})
+    async def list_models() -> dict[str, Any]:
+        return {"default": state.default_model, "models": [state.models[n].metadata() for n in sorted(state.models)]}
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, dependencies=protected, tags=["models"],
+             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    async def model_metadata(name: str) -> dict[str, Any]:
+        return state.model(name).metadata()
+
+    @app.get("/v2/models/{name}/ready", dependencies=protected, tags=["models"],
+             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def model_ready(name: str) -> Any:
+        entry = state.model(name)
+        b = state.batchers.get(entry.name)
+        if b is not None and b.running:
+            return {"name": entry.name, "ready": True}
+        return JSONResponse({"name": entry.name, "ready": False, "error": "not_ready", "detail": "model not started"}, 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def prometheus() -> Response:
+        for name, b in state.batchers.items():
+            metrics.queue_depth.labels(name).set(b.depth)
+        data, ctype = metrics.render()
+        return Response(data, media_type=ctype)
+
+    # --------------------------------------------------------------------------------- web page
+    _page_headers = {
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                                   "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_page_headers)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes (``--workers N``): model dir and settings come from env."""
+    model_dir = os.environ.get(MODEL_DIR_ENV)
+    if not model_dir:
+        raise RuntimeError(f"{MODEL_DIR_ENV} is not set")
+    raw = os.environ.get(SETTINGS_ENV)
+    return create_app(model_dir, Settings.from_json(raw) if raw else Settings())

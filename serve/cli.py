@@ -1,0 +1,87 @@
+"""``lesionlite serve MODEL_DIR [options]``: load the exported models and serve them with uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Sequence
+
+from lesionlite.errors import require
+from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="lesionlite serve",
+        description="Serve exported lesionlite models (ONNX, TFLite) over HTTP. MODEL_DIR is one artifact "
+                    "directory (manifest.json + model file) or a directory holding several. "
+                    "Research prototype — not a diagnosis.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="exported artifact directory, or a parent of several")
+    p.add_argument("--host", default=d.host, help="interface to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port (default %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="uvicorn worker processes, each loading the models (default %(default)s)")
+    p.add_argument("--api-key", default=os.environ.get("LESIONLITE_API_KEY"),
+                   help="require this key (X-API-Key or Authorization: Bearer) on /predict and /v2/models; "
+                        "default: $LESIONLITE_API_KEY, else no key")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="micro-batch size (default %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long a micro-batch waits to fill (default %(default)s ms)")
+    p.add_argument("--queue-size", type=int, default=d.queue_size,
+                   help="images waiting per model before 503 (default %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
+                   help="largest image file / request (default %(default)s MiB)")
+    p.add_argument("--max-batch-files", type=int, default=d.max_batch_files,
+                   help="most images per /predict/batch request (default %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="decompression-bomb guard: most pixels per image (default %(default)s)")
+    p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold,
+                   help="abstain when the top calibrated probability is below this (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="default top_k (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="runtime intra-op threads per model, 0 = runtime default (default %(default)s)")
+    p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads,
+                   help="image decoding threads, 0 = min(4, CPUs) (default %(default)s)")
+    p.add_argument("--default-model", default=None, help="model used when a request names none")
+    p.add_argument("--log-level", default=d.log_level, choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return Settings(
+        host=args.host, port=args.port, workers=args.workers, api_key=args.api_key,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+        max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files, max_pixels=args.max_pixels,
+        abstain_threshold=args.abstain_threshold, top_k=args.top_k, threads=args.threads,
+        preprocess_threads=args.preprocess_threads, default_model=args.default_model, log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    uvicorn = require("uvicorn", "serve", "lesionlite serve")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from serve.app import create_app
+
+    # Load once here so that a bad MODEL_DIR fails with one line before anything binds a port.
+    app = create_app(args.model_dir, settings)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.api_key is None:
+        logging.getLogger("serve").warning("listening on %s without --api-key: anyone who can reach it can use it",
+                                           settings.host)
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  proxy_headers=False, server_header=False, timeout_graceful_shutdown=10)
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+    else:
+        del app
+        os.environ[MODEL_DIR_ENV] = os.path.abspath(args.model_dir)
+        os.environ[SETTINGS_ENV] = settings.to_json()
+        uvicorn.run("serve.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Prometheus metrics, in a registry per app (so several apps can live in one process, e.g. tests).
+
+With ``--workers N > 1`` each worker process keeps its own counters; a scrape sees one worker.
+"""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("lesionlite_requests_total", "HTTP requests by endpoint and status code",
+                                ["endpoint", "method", "status"], registry=r)
+        self.latency = Histogram("lesionlite_request_latency_seconds", "HTTP request latency",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("lesionlite_requests_in_flight", "HTTP requests being handled", registry=r)
+        self.batch_size = Histogram("lesionlite_batch_size", "Images per runtime call (micro-batch size)",
+                                    ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r)
+        self.inference = Histogram("lesionlite_inference_seconds", "Runtime time per micro-batch",
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("lesionlite_queue_depth", "Images waiting for the runtime", ["model"], registry=r)
+        self.rejected = Counter("lesionlite_overload_rejections_total", "Requests refused with 503 (queue full)",
+                                ["model"], registry=r)
+        self.images = Counter("lesionlite_images_total", "Images classified", ["model"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _endpoint(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if path else "unmatched"  # never the raw path: unknown URLs must not add labels
+
+
+class MetricsMiddleware:
+    """Counts requests by route template and status, times them and tracks in-flight requests."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def _send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        m = self.metrics
+        m.in_flight.inc()
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            m.in_flight.dec()
+            ep = _endpoint(scope)
+            m.requests.labels(ep, scope.get("method", ""), str(status["code"])).inc()
+            m.latency.labels(ep).observe(time.perf_counter() - t0)

@@ -1,0 +1,37 @@
+"""Logits → calibrated probabilities, top-k, uncertainty and the abstain flag (numpy only)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) in float64 (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def normalized_entropy(p: np.ndarray) -> float:
+    """Shannon entropy of ``p`` divided by log(C): 0 = certain, 1 = uniform."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.size < 2:
+        return 0.0
+    nz = p[p > 0]
+    h = float(-(nz * np.log(nz)).sum())
+    return float(min(1.0, max(0.0, h / math.log(p.size))))
+
+
+def summarize(logits: np.ndarray, class_names: list[str], temperature: float, top_k: int,
+              abstain_threshold: float) -> dict[str, Any]:
+    p = calibrated_probabilities(logits, temperature)
+    order = np.argsort(-p, kind="stable")[: max(1, min(top_k, len(class_names)))]
+    return {
+        "probabilities": {c: float(v) for c, v in zip(class_names, p)},
+        "top_k": [{"label": class_names[i], "probability": float(p[i])} for i in order],
+        "uncertainty": normalized_entropy(p),
+        "abstain": bool(p.max() < abstain_threshold),
+    }

@@ -1,0 +1,93 @@
+// lesionlite web page: pick or drop an image, POST it to /predict, draw the top classes as bars.
+// No external requests: everything comes from this server.
+"use strict";
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const fileInput = $("file"), drop = $("drop"), status = $("status"), modelSel = $("model");
+  let previewUrl = null;
+
+  function headers() {
+    const key = $("apikey").value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  function setStatus(text, isError) {
+    status.textContent = text;
+    status.className = isError ? "error" : "";
+  }
+
+  async function loadModels() {
+    try {
+      const r = await fetch("/v2/models", { headers: headers() });
+      if (r.status === 401) { $("auth").open = true; setStatus("This server needs an API key.", true); return; }
+      if (!r.ok) return;
+      const data = await r.json();
+      modelSel.innerHTML = "";
+      for (const m of data.models) {
+        const o = document.createElement("option");
+        o.value = m.name;
+        o.textContent = m.name + " (" + m.kind + (m.precision ? ", " + m.precision : "") + ")";
+        if (m.name === data.default) o.selected = true;
+        modelSel.appendChild(o);
+      }
+    } catch (e) { /* the page still works with the default model */ }
+  }
+
+  function pct(p) { return (100 * p).toFixed(1) + "%"; }
+
+  function render(res) {
+    const bars = $("bars");
+    bars.innerHTML = "";
+    for (const t of res.top_k) {
+      const li = document.createElement("li");
+      li.className = "bar-row";
+      const lab = document.createElement("div");
+      lab.className = "bar-label";
+      const name = document.createElement("span"); name.className = "label"; name.textContent = t.label;
+      const val = document.createElement("span"); val.className = "value"; val.textContent = pct(t.probability);
+      lab.append(name, val);
+      const bar = document.createElement("div"); bar.className = "bar";
+      const fill = document.createElement("span"); fill.style.width = pct(t.probability);
+      bar.appendChild(fill);
+      li.append(lab, bar);
+      bars.appendChild(li);
+    }
+    $("uncertainty").textContent = "Uncertainty: " + pct(res.uncertainty) + " (normalised entropy; 0% = certain, 100% = no idea)";
+    $("abstain").hidden = !res.abstain;
+    $("meta").textContent = "model " + res.model + " · version " + res.version + " · " + res.latency_ms.toFixed(1) + " ms";
+    $("result").hidden = false;
+  }
+
+  async function classify(file) {
+    if (!file) return;
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    $("preview").src = previewUrl;
+    setStatus("Classifying…", false);
+    const form = new FormData();
+    form.append("file", file, file.name || "image");
+    const q = new URLSearchParams({ top_k: "5" });
+    if (modelSel.value) q.set("model", modelSel.value);
+    try {
+      const r = await fetch("/predict?" + q.toString(), { method: "POST", body: form, headers: headers() });
+      const body = await r.json().catch(() => ({ error: "bad_response", detail: "the server sent no JSON" }));
+      if (!r.ok) {
+        $("result").hidden = true;
+        if (r.status === 401) $("auth").open = true;
+        setStatus("Error " + r.status + ": " + (body.detail || body.error || "request failed"), true);
+        return;
+      }
+      setStatus("Done.", false);
+      render(body);
+    } catch (e) {
+      setStatus("Could not reach the server: " + e, true);
+    }
+  }
+
+  fileInput.addEventListener("change", () => classify(fileInput.files[0]));
+  for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f) classify(f); });
+  $("apikey").addEventListener("change", loadModels);
+  loadModels();
+})();

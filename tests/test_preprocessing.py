@@ -1,0 +1,107 @@
+"""The torch eval transform equals lesionlite.preprocessing.preprocess bit for bit; decode guards;
+training augmentation keeps the shape and the single normalisation."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distill.data.transforms import TrainTransform, eval_transform, train_transform
+from lesionlite.preprocessing import (
+    ImageDecodeError,
+    PreprocessConfig,
+    load_image_bytes,
+    normalize,
+    preprocess,
+)
+
+CFGS = [
+    PreprocessConfig(input_size=32),
+    PreprocessConfig(input_size=24, resize_size=28, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    PreprocessConfig(input_size=40, interpolation="bicubic"),
+]
+
+
+def _rgb(w: int = 50, h: int = 37, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _images() -> dict[str, Image.Image]:
+    rgb = _rgb()
+    out = {
+        "RGB": Image.fromarray(rgb, "RGB"),
+        "L": Image.fromarray(rgb[..., 0], "L"),
+        "RGBA": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+        "P": Image.fromarray(rgb, "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=32),
+        "I;16": Image.frombytes("I;16", (rgb.shape[1], rgb.shape[0]),
+                                (rgb[..., 1].astype("<u2") * 257).tobytes()),
+    }
+    # EXIF-rotated JPEG (orientation 6 = rotate 90° CW on display), decoded through the byte loader.
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    out["JPEG-EXIF6"] = Image.open(io.BytesIO(buf.getvalue()))
+    out["JPEG-EXIF6-bytes"] = load_image_bytes(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=["squash", "resize-crop", "bicubic"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "I;16", "JPEG-EXIF6", "JPEG-EXIF6-bytes"])
+def test_eval_transform_equals_preprocess_bit_for_bit(cfg: PreprocessConfig, mode: str) -> None:
+    img = _images()[mode]
+    t = eval_transform(cfg)(img)
+    ref = torch.from_numpy(preprocess(img, cfg))
+    assert t.dtype == torch.float32 and t.shape == (3, cfg.input_size, cfg.input_size)
+    assert torch.equal(t, ref)
+    # "none" augmentation is the eval pipeline too
+    assert torch.equal(train_transform(cfg, "none")(img), ref)
+
+
+def test_exif_orientation_is_honoured() -> None:
+    img = _images()["JPEG-EXIF6-bytes"]
+    assert img.size == (37, 50)  # the 50x37 JPEG displays rotated
+
+
+def test_corrupt_and_empty_bytes_raise_decode_error() -> None:
+    with pytest.raises(ImageDecodeError, match="empty"):
+        load_image_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        load_image_bytes(b"\x89PNG\r\n\x1a\n definitely not a png")
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(), "RGB").save(buf, format="JPEG")
+    with pytest.raises(ImageDecodeError):
+        load_image_bytes(buf.getvalue()[:60])  # truncated
+
+
+def test_decompression_bomb_guard() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (4000, 3000)).save(buf, format="PNG")  # 12 Mpx, compresses to a few KB
+    with pytest.raises(ImageDecodeError, match="too large"):
+        load_image_bytes(buf.getvalue(), max_pixels=10_000_000)
+    assert load_image_bytes(buf.getvalue(), max_pixels=20_000_000).size == (4000, 3000)
+
+
+@pytest.mark.parametrize("strength", ["default", "light"])
+def test_train_transform_shape_and_normalisation(strength: str) -> None:
+    torch.manual_seed(0)
+    cfg = PreprocessConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    img = Image.fromarray(_rgb(60, 45), "RGB")
+    tr = train_transform(cfg, strength)
+    assert isinstance(tr, TrainTransform)
+    a, b = tr(img), tr(img)
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert not torch.equal(a, b)  # random
+    assert a.min() >= -1.0 and a.max() <= 1.0  # values come from normalize() on uint8
+    # the values are exactly normalize(uint8) for some uint8 image
+    u8 = np.rint((a.numpy().transpose(1, 2, 0) * 0.5 + 0.5) * 255).astype(np.uint8)
+    assert np.array_equal(normalize(u8, cfg).transpose(2, 0, 1), a.numpy())
+    # a constant image stays constant under geometric + mild colour augmentation (no stray tint)
+    flat = Image.new("RGB", (40, 30), (128, 128, 128))
+    out = tr(flat)
+    assert float(out.std()) < 0.2
+    with pytest.raises(Exception, match="strength"):
+        train_transform(cfg, "extreme")  # type: ignore[arg-type]

@@ -1,0 +1,172 @@
+"""benchmarks/reproduce.py: aggregation on hand-made numbers, target verdicts, and the smoke protocol
+end to end (synthetic data, tiny_cnn, 1 epoch, int8 exports), its skip/resume and time-budget logic."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load()
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure functions
+# ------------------------------------------------------------------------------------------------
+def test_aggregate_mean_and_sample_std():
+    a = R.aggregate([0.7, 0.8, 0.9])
+    assert a["n"] == 3
+    assert a["mean"] == pytest.approx(0.8)
+    assert a["std"] == pytest.approx(0.1)  # sample std (ddof = 1): sqrt((0.01 + 0 + 0.01) / 2)
+    assert R.fmt_pm(a) == "80.0 ± 10.0"
+    b = R.aggregate([2.0, 4.0])
+    assert b["mean"] == 3.0 and b["std"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_aggregate_edge_cases():
+    one = R.aggregate([0.5])
+    assert one == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}
+    assert R.fmt_pm(one) == "50.0"
+    skip = R.aggregate([None, float("nan"), 1.0, float("inf")])
+    assert skip["n"] == 1 and skip["mean"] == 1.0
+    empty = R.aggregate([])
+    assert empty["mean"] is None and empty["n"] == 0
+    assert R.fmt_pm(empty) == "n/a"
+    assert R.fmt_pm(R.aggregate([120.0, 140.0]), scale=1.0, nd=0) == "130 ± 14"
+
+
+def _run(key, seed, acc, bal, ips, arch="mobilenet_v2", role="student", status="done"):
+    return {"protocol": "cpu-reduced", "reduced": True, "key": key, "role": role, "label": R.METHOD_LABELS[key],
+            "method": "udcd" if key == "udcd-densenet121" else ("scratch" if key == "teacher" else key),
+            "arch": arch, "seed": seed, "epochs": 2, "weights_note": "w", "run_dir": f"/x/{key}{seed}", "status": status,
+            "metrics": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": 0.5, "macro_auc": 0.8, "ece": 0.05},
+            "params": 1000, "macs": 5000, "images_per_s": ips, "wall_time_s": 10.0 + seed, "export_time_s": 1.0,
+            "int8": {"tflite": {"size_bytes": 100, "accuracy": acc - 0.01}, "onnx": {"size_bytes": 120, "accuracy": acc}}}
+
+
+def test_rows_targets_and_relative_throughput():
+    runs = [
+        _run("teacher", 0, 0.80, 0.60, 50.0, arch="efficientnet_lite0", role="teacher"),
+        _run("scratch", 0, 0.70, 0.50, 100.0), _run("scratch", 1, 0.72, 0.52, 110.0),
+        _run("ssdkd", 0, 0.76, 0.55, 25.0), _run("ssdkd", 1, 0.78, 0.57, 22.0),
+        _run("udcd", 0, 0.69, 0.45, 50.0), _run("udcd", 1, 0.71, 0.47, 55.0),
+        _run("kd", 0, 0.7, 0.5, 90.0), _run("kd", 1, 0.7, 0.5, 90.0, status="partial (budget)"),
+    ]
+    settings, _ = R.build_plan(R.build_parser().parse_args(["--protocol", "smoke"]), R.load_recipe("smoke"))
+    settings.update(protocol="cpu-reduced", seeds=[0, 1], methods=["scratch", "kd", "ssdkd", "udcd"], image_size=64,
+                    student_arch="mobilenet_v2", teacher_arch="efficientnet_lite0", title="T")
+    doc = R.build_doc(settings, runs, {"cpu": "c", "cpu_count": 2, "torch": "t", "python": "p"}, {"description": "d"},
+                      1.0, complete=False)
+    rows = {r["key"]: r for r in doc["rows"]}
+    assert [r["key"] for r in doc["rows"]] == ["teacher", "scratch", "kd", "ssdkd", "udcd"]
+    assert rows["scratch"]["accuracy"]["mean"] == pytest.approx(0.71)
+    assert rows["scratch"]["accuracy"]["std"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert rows["ssdkd"]["balanced_accuracy"]["mean"] == pytest.approx(0.56)
+    # images/s relative to scratch of the same seed: (25/100 + 22/110) / 2
+    assert rows["ssdkd"]["images_per_s_vs_scratch"]["mean"] == pytest.approx((0.25 + 0.2) / 2)
+    assert rows["teacher"]["images_per_s_vs_scratch"]["mean"] is None  # another architecture
+    assert rows["kd"]["status"] == "1/2 seeds done" and rows["kd"]["seeds"] == [0]
+    assert rows["ssdkd"]["int8_tflite_accuracy"]["mean"] == pytest.approx(0.76)
+    v = {t["target"].split(" beats")[0].split(" at")[0]: t["verdict"] for t in doc["targets"]}
+    assert v["SSD-KD"] == "pass" and v["UDCD"] == "fail" and v["UDCD (public code)"] == "n/a"
+    acc_target = doc["targets"][-1]
+    assert acc_target["verdict"] == "pass" and "ssdkd" in acc_target["detail"]  # 77% >= 75.4%
+    md = R.render_markdown(doc)
+    assert "CPU-REDUCED protocol" in md and "INCOMPLETE" in md and "76.0 ± 1.4" in md
+    assert R.evaluate_targets(doc["rows"], 28, "mobilenet_v2")[-1]["verdict"] == "n/a"
+
+
+def test_bad_method_is_a_one_line_error(tmp_path, capsys):
+    rc = R.main(["--protocol", "smoke", "--methods", "scratch,nope", "--out", str(tmp_path / "r"),
+                 "--results", str(tmp_path)])
+    assert rc == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoke protocol end to end
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    args = ["--protocol", "smoke", "--out", str(root / "runs"), "--results", str(root / "results")]
+    rc = R.main(args)
+    return root, args, rc
+
+
+def test_smoke_writes_every_row_with_numbers_in_range(smoke):
+    root, _, rc = smoke
+    assert rc == 0
+    doc = json.loads((root / "results" / "paper_table_smoke.json").read_text())
+    md = (root / "results" / "paper_table_smoke.md").read_text()
+    assert doc["complete"] is True and doc["protocol"] == "smoke" and doc["reduced"] is True
+    assert doc["data"]["synthetic"] is True
+    keys = [r["key"] for r in doc["rows"]]
+    assert keys == ["teacher", *R.METHODS]
+    for r in doc["rows"]:
+        assert r["status"] == "done" and r["seeds"] == [0]
+        for m in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
+            assert 0.0 <= r[m]["mean"] <= 1.0, (r["key"], m)
+        assert r["params"] > 0 and r["macs"] > 0
+        assert r["wall_time_s"]["mean"] > 0 and r["images_per_s"]["mean"] > 0
+        assert f"| SMOKE protocol | {r['label']} |" in md
+    for run in doc["runs"]:
+        assert run["protocol"] == "smoke" and run["reduced"] is True
+    rows = {r["key"]: r for r in doc["rows"]}
+    assert rows["scratch"]["images_per_s_vs_scratch"]["mean"] == pytest.approx(1.0)
+    for key in ("scratch", "ssdkd"):  # the smoke recipe exports these two
+        for fmt in ("tflite", "onnx"):
+            assert rows[key][f"int8_{fmt}_size_bytes"]["mean"] > 0
+            assert 0.0 <= rows[key][f"int8_{fmt}_accuracy"]["mean"] <= 1.0
+    assert rows["kd"]["int8_tflite_size_bytes"]["mean"] is None  # not exported in smoke: n/a, not invented
+    assert {t["verdict"] for t in doc["targets"]} <= {"pass", "fail", "n/a"}
+    assert len(doc["targets"]) == 4
+    assert "## Targets" in md and "SYNTHETIC" in md
+
+
+def test_smoke_rerun_skips_finished_runs(smoke, capsys):
+    root, args, _ = smoke
+    before = json.loads((root / "results" / "paper_table_smoke.json").read_text())
+    capsys.readouterr()
+    assert R.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[reproduce] train" not in out and "[reproduce] export" not in out
+    after = json.loads((root / "results" / "paper_table_smoke.json").read_text())
+    assert [r["accuracy"] for r in after["rows"]] == [r["accuracy"] for r in before["rows"]]
+
+
+def test_more_epochs_resumes_the_run(smoke, capsys):
+    root, _, _ = smoke
+    args = ["--protocol", "smoke", "--methods", "scratch", "--epochs", "2", "--no-export",
+            "--out", str(root / "runs"), "--results", str(root / "results2")]
+    capsys.readouterr()
+    assert R.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[reproduce] resume scratch seed 0" in out
+    doc = json.loads((root / "results2" / "paper_table_smoke.json").read_text())
+    run = [r for r in doc["runs"] if r["key"] == "scratch"][0]
+    assert run["status"] == "done" and run["epochs_run"] == 2
+
+
+def test_time_budget_stops_before_starting(tmp_path, capsys):
+    rc = R.main(["--protocol", "smoke", "--methods", "scratch,udcd", "--no-export", "--time-budget", "0",
+                 "--out", str(tmp_path / "r"), "--results", str(tmp_path)])
+    assert rc == R.EXIT_INCOMPLETE
+    doc = json.loads((tmp_path / "paper_table_smoke.json").read_text())
+    assert doc["complete"] is False
+    assert all(r["status"].startswith("pending") for r in doc["runs"])
+    assert "INCOMPLETE" in (tmp_path / "paper_table_smoke.md").read_text()

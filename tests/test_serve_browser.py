@@ -1,0 +1,82 @@
+"""The web page in a real headless Chromium (Playwright + Debian's chromium package).
+
+Install the browser with ``apt-get install -y chromium`` (``make browser`` does it when run as
+root); without /usr/bin/chromium this test is skipped with that reason.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_serve_support import CLASS_NAMES, ServerThread, image_variants, model_root
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("torch")
+    from serve.app import create_app
+    from serve.settings import Settings
+
+    app = create_app(model_root(tmp_path_factory.getbasetemp()), Settings())
+    with ServerThread(app) as s:
+        yield s
+
+
+def test_page_classifies_an_uploaded_image(server) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    jpeg = image_variants()["rgb_jpeg"][0]
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"],
+        )
+        try:
+            page = browser.new_page()
+            page.on("request", lambda req: requests.append(req.url))
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server.url + "/", wait_until="domcontentloaded")
+            notice = page.locator("#notice").inner_text()
+            assert "Research prototype — not a diagnosis" in notice
+            # (selector-based waits only: the page's CSP forbids the eval that wait_for_function uses)
+            page.wait_for_selector("#model option[value='onnx']", state="attached", timeout=10_000)
+            assert page.locator("#model").input_value() == "onnx"
+
+            page.set_input_files("#file", files=[{"name": "lesion.jpg", "mimeType": "image/jpeg", "buffer": jpeg}])
+            page.wait_for_selector("#bars li", timeout=15_000)
+            rows = page.locator("#bars li")
+            assert rows.count() == 5  # the page asks for top_k=5
+            labels = [rows.nth(i).locator(".label").inner_text() for i in range(rows.count())]
+            assert set(labels) <= set(CLASS_NAMES) and len(set(labels)) == 5
+            values = [float(rows.nth(i).locator(".value").inner_text().rstrip("%")) for i in range(rows.count())]
+            assert values == sorted(values, reverse=True) and 0 < values[0] <= 100
+            style = rows.nth(0).locator(".bar > span").get_attribute("style")
+            width = style.split("width:")[1].split(";")[0].strip()
+            assert width.endswith("%") and float(width[:-1]) == pytest.approx(values[0], abs=0.1)
+            assert "Uncertainty:" in page.locator("#uncertainty").inner_text()
+            assert "model onnx" in page.locator("#meta").inner_text()
+            assert page.locator("#preview").get_attribute("src").startswith("blob:")
+
+            # a non-image shows the server's message instead of bars
+            page.set_input_files("#file", files=[{"name": "scan.jpg", "mimeType": "image/jpeg",
+                                                  "buffer": b"%PDF-1.7 not really an image"}])
+            page.locator("#status", has_text="Error 415").wait_for(timeout=10_000)
+            assert "not an accepted image" in page.locator("#status").inner_text()
+            assert page.locator("#result").is_hidden()
+            assert not errors, errors
+        finally:
+            browser.close()
+    external = [u for u in requests if not (u.startswith(server.url) or u.startswith("blob:") or u.startswith("data:"))]
+    assert not external, f"the page fetched outside the server: {external}"
