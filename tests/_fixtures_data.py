@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def real_data_root() -> Path | None:
-    """Same rule as tests/conftest.py: LESIONLITE_DATA, else ../shared/data beside the checkout."""
+    """The one real-data setting: LESIONLITE_DATA, else ../shared/data beside the checkout (None if absent)."""
     env = os.environ.get("LESIONLITE_DATA")
     if env:
         return Path(env) if Path(env).is_dir() else None

@@ -10,16 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def real_data_root() -> Path | None:
-    env = os.environ.get("LESIONLITE_DATA")
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    default = REPO_ROOT.parent / "shared" / "data"
-    return default if default.is_dir() else None
+from _fixtures_data import real_data_root
 
 
 @pytest.fixture(scope="session")

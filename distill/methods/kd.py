@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from distill.methods.base import Batch, DistillMethod, LossOutput
 from distill.methods.registry import register_method
-from distill.methods.scratch import class_weights, weighted_cross_entropy
+from distill.methods.scratch import ScratchConfig, class_weight_buffer, weighted_cross_entropy
 from lesionlite.errors import LesionliteError
 
 
@@ -39,23 +39,20 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 @dataclass
-class KDConfig:
+class KDConfig(ScratchConfig):
+    """Scratch's cross-entropy options (``class_weighted``, ``label_smoothing``) plus the KL term's."""
+
     #: softmax temperature of both distributions in the KL term
     temperature: float = 4.0
     #: weight of the KL term; (1 - alpha) weighs the cross-entropy
     alpha: float = 0.9
-    #: class-weighted cross-entropy (w_c = N / (K⁺ N_c)); false = plain cross-entropy
-    class_weighted: bool = True
-    #: label smoothing of the cross-entropy term (0 = off)
-    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.temperature > 0:
             raise LesionliteError(f"method.temperature must be positive, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise LesionliteError(f"method.alpha must be in [0, 1], got {self.alpha}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise LesionliteError(f"method.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @register_method("kd")
@@ -72,8 +69,7 @@ class KD(DistillMethod):
         if teacher is None:
             raise LesionliteError("method 'kd' needs a teacher: pass --teacher RUN_DIR (a trained run directory)")
         super().__init__(student, teacher, cfg, ctx)
-        weights = class_weights(ctx.class_counts) if cfg.class_weighted else None
-        self.register_buffer("class_weight", weights, persistent=False)
+        self.register_buffer("class_weight", class_weight_buffer(ctx.class_counts, cfg), persistent=False)
 
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
         x = batch.images[:, 0]

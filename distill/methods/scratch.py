@@ -43,6 +43,11 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return (per * weights.to(per.device)[labels]).mean()
 
 
+def class_weight_buffer(counts: Sequence[int], cfg: "ScratchConfig") -> torch.Tensor | None:
+    """The cross-entropy weights a method registers as a buffer: :func:`class_weights` or None (plain CE)."""
+    return class_weights(counts) if cfg.class_weighted else None
+
+
 @dataclass
 class ScratchConfig:
     #: weight the cross-entropy by w_c = N / (K⁺ N_c) (see the module docstring)
@@ -67,9 +72,8 @@ class Scratch(DistillMethod):
 
     def __init__(self, student, teacher, cfg: ScratchConfig, ctx) -> None:
         super().__init__(student, None, cfg, ctx)
-        weights = class_weights(ctx.class_counts) if cfg.class_weighted else None
         # Derived from the data, so not checkpointed (persistent=False); moves with .to(device).
-        self.register_buffer("class_weight", weights, persistent=False)
+        self.register_buffer("class_weight", class_weight_buffer(ctx.class_counts, cfg), persistent=False)
 
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
         logits = self.student(batch.images[:, 0])
