@@ -13,7 +13,12 @@ minute or two) on real data (default DermaMNIST, 28×28 upsampled to ``--input-s
 artifact-vs-fp32 deltas are. Calibration: 300 training images; parity and metrics: a seeded subset of
 ``--eval-samples`` (default 1000) test images.
 
+With ``--checkpoint RUN_DIR`` the linear probe is skipped and a student trained by ``distill`` is
+exported instead (its own data and preprocessing, from its manifest; ``--data`` overrides the data):
+the honest measurement for a fine-tuned model, whose logit margins differ from a probe's.
+
 Run:  python benchmarks/export_targets.py [--data dermamnist] [--compare-pt2e]
+      python benchmarks/export_targets.py --checkpoint runs/reproduce/seed0/scratch --json benchmarks/results/export_targets_finetuned.json
 Writes benchmarks/results/export_targets.json (and the export report under --out).
 """
 from __future__ import annotations
@@ -82,7 +87,9 @@ def train_student(bundle, cfg, weights: Path | None, train_images: int, seed: in
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default="dermamnist")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="a distill run directory to export instead of training a linear probe")
+    ap.add_argument("--data", default=None, help="dataset spec (default: dermamnist, or the checkpoint's own data)")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--input-size", type=int, default=96)
@@ -104,17 +111,33 @@ def main(argv=None) -> int:
     from lesionlite.preprocessing import TF_MEAN, TF_STD, PreprocessConfig
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    bundle = load_dataset(args.data, args.data_root, args.seed)
-    cfg = PreprocessConfig(input_size=args.input_size, mean=TF_MEAN, std=TF_STD)
-    model, train_info = train_student(bundle, cfg, args.weights, args.train_images, args.seed)
-    run_dir = args.out / "run"
-    save_student(run_dir, model, Manifest(
-        kind="checkpoint", architecture="mobilenet_v2", class_names=list(bundle.class_names), preprocessing=cfg,
-        data={"name": bundle.name, "fingerprint": bundle.fingerprint, "synthetic": bool(bundle.synthetic)},
-        extra={"trained_by": "benchmarks/export_targets.py (quick CPU fine-tune)", **train_info}))
+    if args.checkpoint is not None:
+        from distill.artifacts import load_student
+
+        model, manifest = load_student(args.checkpoint)
+        model.eval()
+        cfg = manifest.preprocessing
+        args.input_size = cfg.input_size
+        # None: export finds the checkpoint's own data from its manifest (name + fingerprint)
+        bundle = load_dataset(args.data, args.data_root, args.seed) if args.data else None
+        run_dir = args.checkpoint
+        train_info = {"init": f"distill run {args.checkpoint}", "method": f"distill ({manifest.extra.get('method', 'see manifest')})",
+                      "run_metrics": manifest.metrics}
+        label = f"distill student from {args.checkpoint} ({manifest.architecture}, {cfg.input_size}px)"
+    else:
+        bundle = load_dataset(args.data or "dermamnist", args.data_root, args.seed)
+        cfg = PreprocessConfig(input_size=args.input_size, mean=TF_MEAN, std=TF_STD)
+        model, train_info = train_student(bundle, cfg, args.weights, args.train_images, args.seed)
+        run_dir = args.out / "run"
+        save_student(run_dir, model, Manifest(
+            kind="checkpoint", architecture="mobilenet_v2", class_names=list(bundle.class_names), preprocessing=cfg,
+            data={"name": bundle.name, "fingerprint": bundle.fingerprint, "synthetic": bool(bundle.synthetic)},
+            extra={"trained_by": "benchmarks/export_targets.py (quick CPU fine-tune)", **train_info}))
+        label = (f"quickly trained on CPU: {train_info['method']} on {train_info['train_images']} images "
+                 f"({train_info['train_seconds']} s) from {train_info['init']}; not a converged model")
 
     t0 = time.time()
-    report = export_model(run_dir, args.out / "export", args.formats, "fp32,fp16,int8", dataset=bundle,
+    report = export_model(run_dir, args.out / "export", args.formats, "fp32,fp16,int8", dataset=bundle, data_root=args.data_root,
                           eval_samples=args.eval_samples, force=True)  # force: report the numbers, never hide them
     export_seconds = time.time() - t0
 
@@ -150,14 +173,14 @@ def main(argv=None) -> int:
 
     pt2e = None
     if args.compare_pt2e:
+        if bundle is None:
+            raise SystemExit("export_targets: --compare-pt2e with --checkpoint needs --data SPEC (the checkpoint's data)")
         pt2e = compare_pt2e(model, cfg, report, bundle, args)
 
     result = {
         "benchmark": "export_targets",
         "model": {"architecture": "mobilenet_v2", "input_size": args.input_size, "params": src["params"],
-                  "macs": src["macs"], "training": train_info,
-                  "label": f"quickly trained on CPU: {train_info['method']} on {train_info['train_images']} images "
-                           f"({train_info['train_seconds']} s) from {train_info['init']}; not a converged model"},
+                  "macs": src["macs"], "training": train_info, "label": label},
         "data": report.data,
         "pytorch_metrics": src["metrics"],
         "rows": rows,

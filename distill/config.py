@@ -72,6 +72,11 @@ class ModelConfig:
     dropout: float | None = None
     #: run directory of a trained teacher (``--teacher``), for methods that need one
     teacher: str | None = None
+    #: what to do when ``weights`` has BatchNorm folded into its convolutions (identity BN layers, e.g.
+    #: weights recovered from a TFLite model): "recalibrate" = measure each BN's input statistics on 512
+    #: training images and unfold (same function, trainable BN; best measured), "freeze" = keep BN in
+    #: eval mode while training, "train" = nothing (BN re-normalises the folded features: stays at chance)
+    folded_bn: Literal["recalibrate", "freeze", "train"] = "recalibrate"
 
 
 @dataclass

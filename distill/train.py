@@ -298,6 +298,23 @@ def _autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+#: images whose BatchNorm input statistics unfold BN-folded ImageNet weights (model.folded_bn=recalibrate)
+BN_CALIBRATION_IMAGES = 512
+
+
+def _bn_calibration_batches(ds: Any, pre: PreprocessConfig, batch: int = 64) -> Iterator[torch.Tensor]:
+    """The first :data:`BN_CALIBRATION_IMAGES` of a fixed permutation of ``ds``, eval transform, on CPU.
+
+    Deterministic (same images on every rank and every run of the same split), so DDP ranks agree.
+    """
+    from distill.data.transforms import eval_transform
+
+    tf = eval_transform(pre)
+    order = np.random.default_rng(0).permutation(len(ds))[:BN_CALIBRATION_IMAGES]
+    for i in range(0, len(order), batch):
+        yield torch.stack([tf(ds[int(j)][0]) for j in order[i:i + batch]])
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader: Any, device: torch.device, amp: bool, info: ddp.DistInfo,
             channels_last: bool = False, desc: str = "eval", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -522,11 +539,26 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
                 mean = tuple(winfo.get("mean", IMAGENET_MEAN))
                 std = tuple(winfo.get("std", IMAGENET_STD))
                 weights_note = f"ImageNet weights {cfg.model.weights}"
-                weights_meta = {k: winfo.get(k) for k in ("path", "sha256", "source", "normalization_source")}
+                weights_meta = {k: winfo.get(k) for k in ("path", "sha256", "source", "normalization_source",
+                                                          "bn_folded")}
             elif teacher_pre is not None:  # a random-init student may as well share the teacher's normalisation
                 mean, std = tuple(teacher_pre.mean), tuple(teacher_pre.std)
             pre = PreprocessConfig(input_size=cfg.data.image_size, resize_size=cfg.data.resize_size,
                                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+        bn_is_folded = bool((weights_meta or {}).get("bn_folded"))
+        if bn_is_folded and cfg.model.folded_bn == "recalibrate" and ckpt is None:
+            from distill.weights import recalibrate_folded_bn
+
+            n_bn = recalibrate_folded_bn(student, _bn_calibration_batches(bundle.train, pre))
+            log.info("weights have BatchNorm folded into the convolutions: recalibrated %d BatchNorm layers on "
+                     "%d training images (model.folded_bn=recalibrate)", n_bn, BN_CALIBRATION_IMAGES)
+        student.frozen_bn = bn_is_folded and cfg.model.folded_bn == "freeze"
+        if student.frozen_bn:
+            log.info("weights have BatchNorm folded into the convolutions: BatchNorm kept in eval mode while "
+                     "training (model.folded_bn=freeze)")
+        elif bn_is_folded and cfg.model.folded_bn == "train":
+            log.warning("WARNING: weights have BatchNorm folded into the convolutions and model.folded_bn=train: "
+                        "batch statistics will re-normalise the pretrained features")
         log.info("student: %s (%s), %.2fM parameters, input %dpx, mean %s std %s",
                  cfg.model.arch, weights_note, sum(p.numel() for p in student.parameters()) / 1e6,
                  pre.input_size, [round(v, 4) for v in pre.mean], [round(v, 4) for v in pre.std])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
@@ -97,7 +97,7 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
     """Load the backbone of ``model`` from an ImageNet state dict at ``path`` (strict on the backbone).
 
     Returns ``{"path", "sha256", "arch", "layout", "num_tensors", "dropped", "mean", "std",
-    "normalization_source", "source"}``; ``mean``/``std`` override the normalisation the file
+    "normalization_source", "source", "bn_folded"}``; ``mean``/``std`` override the normalisation the file
     is known (or assumed) to expect.
     """
     import torch
@@ -188,4 +188,80 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
         "std": out_std,
         "normalization_source": norm_src,
         "source": known["source"] if known else "unregistered local file",
+        "bn_folded": bn_folded(model),
     }
+
+
+def bn_folded(model: Any) -> bool:
+    """True when every BatchNorm of the backbone is the identity (γ=1, running mean 0, var 1) but β is not 0.
+
+    Such files (e.g. weights recovered from a TFLite model) carry BatchNorm folded into the convolution
+    weights and biases into β. In train mode BatchNorm would normalise by batch statistics that the
+    folded network never had, which destroys the pretrained features (measured: MobileNetV2 on HAM10000
+    stays at chance); the loop therefore keeps such BatchNorm layers frozen (``model.freeze_bn``).
+    """
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    with torch.no_grad():
+        for m in bns:
+            if m.running_mean is None or m.running_var is None:
+                return False
+            if m.running_mean.abs().max() > 1e-6 or (m.running_var - 1).abs().max() > 1e-3:
+                return False
+            if m.weight is not None and (m.weight - 1).abs().max() > 1e-6:
+                return False
+        # a freshly initialised network is identity BN too, but with β = 0; folding puts the biases in β
+        return any(m.bias is not None and bool(m.bias.abs().max() > 0) for m in bns)
+
+
+def recalibrate_folded_bn(model: Any, batches: Iterable[Any]) -> int:
+    """Unfold identity BatchNorm layers: give each the statistics of its input on ``batches``.
+
+    For every BatchNorm of ``model.features`` with input statistics μ, σ² (per channel, over all
+    images and positions of ``batches``, measured in eval mode, where an identity BN is ``x + β``):
+    running mean := μ, running var := σ², γ := √(σ² + ε), β := β + μ. The eval-mode function is
+    unchanged (``(x − μ)/√(σ²+ε) · √(σ²+ε) + β + μ = x + β``), and in train mode batch statistics
+    are now close to identity again, so fine-tuning starts from the pretrained network instead of
+    a re-normalised one. Returns the number of layers changed. ``model`` is left in eval mode.
+    """
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sums: dict[int, list[Any]] = {}
+
+    def hook(mod: Any, inputs: tuple[Any, ...], _out: Any) -> None:
+        x = inputs[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        acc = sums.setdefault(id(mod), [0, 0.0, 0.0])
+        acc[0] += x.numel() // x.shape[1]
+        acc[1] = acc[1] + x.sum(dims)
+        acc[2] = acc[2] + (x * x).sum(dims)
+
+    handles = [m.register_forward_hook(hook) for m in bns]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for xb in batches:
+                model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+    changed = 0
+    with torch.no_grad():
+        for m in bns:
+            if id(m) not in sums or sums[id(m)][0] == 0:
+                continue
+            n, s1, s2 = sums[id(m)]
+            mu = s1 / n
+            var = (s2 / n - mu * mu).clamp_min(0)
+            m.running_mean.copy_(mu.to(m.running_mean.dtype))
+            m.running_var.copy_(var.to(m.running_var.dtype))
+            m.weight.copy_((var + m.eps).sqrt().to(m.weight.dtype))
+            m.bias.add_(mu.to(m.bias.dtype))
+            changed += 1
+    return changed

@@ -177,3 +177,72 @@ def test_load_student_with_wrong_class_count_is_one_clear_error(tmp_path: Path) 
     torch.save(payload, tmp_path / STUDENT_FILE)
     with pytest.raises(LesionliteError, match="shape mismatch"):
         load_student(tmp_path)
+
+
+def test_bn_folded_weights_keep_batchnorm_frozen_in_train_mode(tmp_path: Path) -> None:
+    """A file with identity BatchNorm (BN folded into the convs) is detected, and ``frozen_bn`` keeps
+    BatchNorm in eval mode under ``train()`` so fine-tuning does not re-normalise the folded features."""
+    from torch import nn
+
+    src = build_model("mobilenet_v2", 7)
+    assert not load_imagenet_weights_roundtrip(src, tmp_path / "fresh.pth")["bn_folded"]  # identity BN, β = 0
+    src.train()
+    with torch.no_grad():
+        src(torch.randn(4, 3, 32, 32))  # BN statistics move off the identity, as in any trained file
+    assert not load_imagenet_weights_roundtrip(src, tmp_path / "trained.pth")["bn_folded"]
+    with torch.no_grad():  # simulate a BN-folded export: γ=1, running mean 0 / var 1, β = the folded bias
+        for m in src.features.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0), m.running_mean.zero_(), m.running_var.fill_(1.0), m.bias.normal_()
+    dst = build_model("mobilenet_v2", 7)
+    info = load_imagenet_weights_roundtrip(src, tmp_path / "folded.pth", dst)
+    assert info["bn_folded"] is True
+
+    dst.frozen_bn = True
+    dst.train()
+    bns = [m for m in dst.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert dst.training and dst.classifier.training and dst.dropout.training
+    assert bns and not any(m.training for m in bns)
+    before = bns[0].running_mean.clone()
+    dst(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(bns[0].running_mean, before)  # statistics untouched by a training forward
+    assert bns[0].weight.grad is not None  # γ/β still learn
+    dst.frozen_bn = False
+    dst.train()
+    assert all(m.training for m in bns)
+
+
+def load_imagenet_weights_roundtrip(src, path: Path, dst=None) -> dict:
+    """Save ``src``'s backbone in torchvision layout and load it into ``dst`` (a fresh model by default)."""
+    sd = {k: v for k, v in src.state_dict().items() if k.startswith("features.")}
+    torch.save(sd, path)
+    return load_imagenet_weights(dst if dst is not None else build_model("mobilenet_v2", 7), path)
+
+
+def test_recalibrating_folded_bn_keeps_the_function_and_restores_batch_statistics(tmp_path: Path) -> None:
+    """Unfolding identity BN (``model.folded_bn=recalibrate``): eval outputs are unchanged, and in train
+    mode the batch statistics of the calibration images are ≈ identity (the pretrained function)."""
+    from torch import nn
+
+    from distill.weights import bn_folded, recalibrate_folded_bn
+
+    torch.manual_seed(0)
+    m = build_model("mobilenet_v2", 7)
+    with torch.no_grad():
+        for mod in m.features.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight.fill_(1.0), mod.running_mean.zero_(), mod.running_var.fill_(1.0), mod.bias.normal_()
+    assert bn_folded(m)
+    x = torch.randn(16, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        before = m(x)
+    assert recalibrate_folded_bn(m, [x[:8], x[8:]]) == sum(isinstance(t, nn.BatchNorm2d) for t in m.features.modules())
+    assert not bn_folded(m)
+    with torch.no_grad():
+        after_eval = m(x)
+        m.train()
+        m.dropout.eval()
+        after_train = m(x)  # batch statistics of the very images calibrated on = the running ones
+    assert torch.allclose(after_eval, before, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(after_train, before, atol=1e-2, rtol=1e-2)

@@ -37,6 +37,21 @@ class LesionClassifier(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, num_classes)
+        #: keep every BatchNorm in eval mode (running statistics) even while training; see ``train``
+        self.frozen_bn = False
+
+    def train(self, mode: bool = True) -> "LesionClassifier":
+        """``nn.Module.train``, except that BatchNorm layers stay in eval mode when ``frozen_bn`` is set.
+
+        Needed to fine-tune weights whose BatchNorm was folded into the convolutions (see
+        :func:`distill.weights.bn_folded`); their γ/β stay trainable, only the statistics are fixed.
+        """
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward_all(self, x: torch.Tensor) -> ModelOutput:
         fmap = self.final_activation(self.features(x))
