@@ -8,6 +8,8 @@ run seed changes):
 * MobileNetV2 students by ``scratch``, Hinton ``kd``, ``ssdkd``, ``udcd`` and ``udcd-code``
   (``kd``/``ssdkd`` distil the teacher above; UDCD is self-distillation with an EMA teacher);
 * ``udcd-densenet121``: UDCD on DenseNet-121, its own student and teacher, as in the UDCD paper;
+* ablation rows defined by the recipe (``ablations:``; ``--ablations`` picks or ``none``): a method's
+  settings with some terms switched off, e.g. SSD-KD without L5, to show which term helps or hurts;
 
 exports every student to int8 TFLite and int8 ONNX (:func:`export.api.export_model`), and writes
 ``benchmarks/results/paper_table[_<protocol>].{json,md}``: test accuracy, balanced accuracy, macro-F1,
@@ -278,7 +280,7 @@ class GpuSampler:
 @dataclass
 class RunSpec:
     key: str  # "teacher" or a METHODS entry
-    role: str  # teacher | student
+    role: str  # teacher | student | ablation
     method: str
     arch: str
     weights: str | None
@@ -289,10 +291,11 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     teacher_dir: Path | None = None
     export: bool = True
+    label_text: str | None = None  # ablation rows name themselves
 
     @property
     def label(self) -> str:
-        return METHOD_LABELS.get(self.key, self.key)
+        return self.label_text or METHOD_LABELS.get(self.key, self.key)
 
 
 def load_recipe(protocol: str, path: str | None = None) -> dict[str, Any]:
@@ -329,6 +332,19 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise LesionliteError(f"unknown method {bad[0]!r} for the table; choose from {', '.join(METHODS)}")
+    ablations = dict(recipe.get("ablations") or {})
+    if args.ablations is None:  # default: the recipe's ablations of the methods being run
+        ablations = {k: v for k, v in ablations.items() if not isinstance(v, dict) or v.get("method") in methods}
+    else:
+        wanted = [] if args.ablations.strip().lower() == "none" else parse_list(args.ablations, [])
+        unknown = [a for a in wanted if a not in ablations]
+        if unknown:
+            raise LesionliteError(f"unknown ablation {unknown[0]!r}; the recipe defines: {', '.join(ablations) or 'none'}")
+        ablations = {a: ablations[a] for a in wanted}
+    for name, ab in ablations.items():
+        if name in METHODS or not isinstance(ab, dict) or ab.get("method") not in METHODS:
+            raise LesionliteError(f"ablation {name!r}: needs a name other than a method's and 'method:' one of "
+                                  f"{', '.join(METHODS)}")
     seeds = parse_list(args.seeds, recipe.get("seeds", [0]), int)
     if not seeds:
         raise LesionliteError("--seeds: give at least one seed")
@@ -369,6 +385,8 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
         "student_arch": student.get("arch", "mobilenet_v2"), "student_weights": s_note,
         "self_distill_arch": selfd.get("arch", "densenet121"), "self_distill_weights": d_note,
         "common_overrides": common, "method_overrides": mo, "export": dict(recipe.get("export") or {}),
+        "ablations": {k: {"method": v["method"], "label": v.get("label", k), "overrides": dict(v.get("overrides") or {})}
+                      for k, v in ablations.items()},
         "out": str(out), "title": recipe.get("title", f"Paper table ({args.protocol} protocol)"),
     }
     if args.no_export:
@@ -377,7 +395,7 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
     for seed in seeds:
         sd = out / f"seed{seed}"
         tdir = sd / f"teacher_{settings['teacher_arch']}"
-        need_teacher = any(m in ("kd", "ssdkd") for m in methods)
+        need_teacher = any(m in ("kd", "ssdkd") for m in [*methods, *(a["method"] for a in ablations.values())])
         if need_teacher:
             plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seed, t_epochs,
                                 tdir, dict(teacher.get("overrides") or {}), export=False))
@@ -394,6 +412,14 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
                 ov.setdefault("method.cons_rampup_epochs", max(1.0, epochs * UDCD_CODE_RAMPUP_FRACTION))
             plan.append(RunSpec(m, "student", method, arch, w, note, seed, epochs, sd / f"{m}_{arch}", ov,
                                 teacher_dir=tdir if method in ("kd", "ssdkd") else None))
+        for name, ab in settings["ablations"].items():  # the base method's settings, then the switched-off terms
+            base = ab["method"]
+            ov = {**mo.get(base, {}), **ab["overrides"]}
+            if base in ("udcd", "udcd-code"):
+                ov.setdefault("method.seed", seed)
+            arch = settings["student_arch"]
+            plan.append(RunSpec(name, "ablation", base, arch, s_w, s_note, seed, epochs, sd / f"{name}_{arch}", ov,
+                                teacher_dir=tdir if base in ("kd", "ssdkd") else None, label_text=ab["label"], export=False))
     return settings, plan
 
 
@@ -671,6 +697,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
               f"- common overrides: `{json.dumps(s['common_overrides'])}`",
               f"- per-method overrides: `{json.dumps(s['method_overrides'])}` (udcd-code warm-up/ramp-up scaled "
               "to the epoch count: 20/80 and 30/80 of it)",
+              "- ablations (rows after the students; the base method's settings with these overrides): "
+              + ("; ".join(f"{k} = {v['method']} + `{json.dumps(v['overrides'])}`" for k, v in s.get("ablations", {}).items())
+                 or "none"),
               f"- export: {', '.join(s['export'].get('formats') or []) or 'none'} int8, calibration "
               f"{s['export'].get('calib_samples')} train images, parity gate off (int8 accuracy is reported instead)"
               + (f"; only {', '.join(s['export']['only'])} exported" if s["export"].get("only") else "")
@@ -802,6 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps per epoch (0 = whole training split)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (run.threads)")
     p.add_argument("--workers", type=int, help="data loader workers (data.workers)")
+    p.add_argument("--ablations", help="comma-separated subset of the recipe's ablation rows, or 'none' "
+                                       "(default: the recipe's ablations of the methods being run)")
     p.add_argument("--no-export", action="store_true", help="skip the int8 exports")
     p.add_argument("--out", default="runs/reproduce", help="root of the run directories (default runs/reproduce)")
     p.add_argument("--results", default=str(RESULTS), help="where paper_table*.{json,md} go (default benchmarks/results)")

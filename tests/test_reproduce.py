@@ -90,6 +90,12 @@ def test_rows_targets_and_relative_throughput():
     assert R.evaluate_targets(doc["rows"], 28, "mobilenet_v2")[-1]["verdict"] == "n/a"
 
 
+def test_unknown_ablation_is_a_one_line_error(tmp_path, capsys):
+    rc = R.main(["--protocol", "smoke", "--ablations", "nope", "--out", str(tmp_path / "r"), "--results", str(tmp_path)])
+    assert rc == 2
+    assert "unknown ablation 'nope'; the recipe defines: ssdkd-no-relations" in capsys.readouterr().err
+
+
 def test_bad_method_is_a_one_line_error(tmp_path, capsys):
     rc = R.main(["--protocol", "smoke", "--methods", "scratch,nope", "--out", str(tmp_path / "r"),
                  "--results", str(tmp_path)])
@@ -116,7 +122,12 @@ def test_smoke_writes_every_row_with_numbers_in_range(smoke):
     assert doc["complete"] is True and doc["protocol"] == "smoke" and doc["reduced"] is True
     assert doc["data"]["synthetic"] is True
     keys = [r["key"] for r in doc["rows"]]
-    assert keys == ["teacher", *R.METHODS]
+    assert keys == ["teacher", *R.METHODS, "ssdkd-no-relations"]  # ablation rows after the students
+    ab = doc["rows"][-1]
+    assert ab["role"] == "ablation" and ab["method"] == "ssdkd" and ab["int8_tflite_size_bytes"]["mean"] is None
+    ab_cfg = (root / "runs" / "seed0" / "ssdkd-no-relations_tiny_cnn" / "config.yaml").read_text()
+    assert "hr_weight: 0.0" in ab_cfg and "ss_max_batches: 2" in ab_cfg  # ablation overrides on the base method's
+    assert "ssdkd-no-relations = ssdkd + `{\"method.hr_weight\": 0.0}`" in md
     for r in doc["rows"]:
         assert r["status"] == "done" and r["seeds"] == [0]
         for m in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece"):
