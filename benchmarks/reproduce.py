@@ -667,7 +667,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
               "images per second (each image counted once whatever the number of views); × scratch = relative "
               "to scratch training of the same student.", ""]
     head = ("| Protocol | Method | Model | Init | Seeds | ACC | Bal-ACC | Macro-F1 | Macro-AUC | ECE | Params | MACs "
-            "| int8 TFLite | int8 TFLite ACC | int8 ONNX | int8 ONNX ACC | img/s | × scratch | wall s (train) | status |")
+            "| int8 TFLite | int8 TFLite ACC / Bal-ACC | int8 ONNX | int8 ONNX ACC / Bal-ACC | img/s | × scratch "
+            "| wall s (train) | status |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for r in doc["rows"]:
         proto = doc["protocol_label"]
@@ -678,8 +679,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"| {proto} | {r['label']} | {r['arch']} | {r['weights']} | {seeds} | {fmt_pm(r['accuracy'])} | "
             f"{fmt_pm(r['balanced_accuracy'])} | {fmt_pm(r['macro_f1'])} | {fmt_pm(r['macro_auc'])} | "
             f"{fmt_pm(r['ece'])} | {_fmt_num(r['params'])} | {_fmt_num(r['macs'])} | "
-            f"{_fmt_bytes(r['int8_tflite_size_bytes'])} | {fmt_pm(r['int8_tflite_accuracy'])} | "
-            f"{_fmt_bytes(r['int8_onnx_size_bytes'])} | {fmt_pm(r['int8_onnx_accuracy'])} | {ips} | {rel} | "
+            f"{_fmt_bytes(r['int8_tflite_size_bytes'])} | {fmt_pm(r['int8_tflite_accuracy'])} / "
+            f"{fmt_pm(r['int8_tflite_balanced_accuracy'])} | {_fmt_bytes(r['int8_onnx_size_bytes'])} | "
+            f"{fmt_pm(r['int8_onnx_accuracy'])} / {fmt_pm(r['int8_onnx_balanced_accuracy'])} | {ips} | {rel} | "
             f"{_fmt_plain(r['wall_time_s'])} | {r['status']} |")
     lines += ["", "## Targets (verdicts computed from the numbers above)", "",
               "| Target | Verdict | Detail |", "|---|---|---|"]
@@ -787,6 +789,16 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
         notes.append("UDCD on DenseNet-121 (the UDCD paper's own self-distillation setting) is not in this run.")
     if "random init" in settings["teacher_weights"]:
         notes.append(f"teacher {settings['teacher_arch']} trained from scratch (no ImageNet weights available here).")
+    by_key = {(r["role"], r["key"]): r for r in rows}
+    t_row, s_row = by_key.get(("teacher", "teacher")), by_key.get(("student", "scratch"))
+    t_bal = (t_row or {}).get("balanced_accuracy", {}).get("mean")
+    s_bal = (s_row or {}).get("balanced_accuracy", {}).get("mean")
+    if t_bal is not None and s_bal is not None and t_bal <= s_bal:
+        notes.append(f"the teacher ({settings['teacher_arch']}, test Bal-ACC {t_bal * 100:.1f}) is not better than "
+                     f"the scratch student ({s_bal * 100:.1f}): KD and SSD-KD distil a weaker model here, so they are "
+                     "not expected to beat scratch; the papers' teachers are far stronger than their students.")
+    notes.append("img/s and wall times are those of this machine while the run went on: runs that shared the "
+                 "CPU with other work are slower; compare them with care (load average at start in the setup).")
     notes.append("torch.compile is not used: the shared training loop has no compile hook (bf16 autocast and "
                  "channels_last are the loop's defaults on CUDA).")
     title = settings["title"]
