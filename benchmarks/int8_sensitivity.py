@@ -31,11 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def balanced_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    p = logits.argmax(1)
-    return float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)]))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", type=Path, help="a distill run directory")
@@ -54,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from distill.artifacts import load_student
-    from export.api import _load_data
-    from export.api import ExportOptions
+    from export.api import ExportOptions, _load_data, export_model
     from export.data import prepare_data
+    from export.formats.onnx import INPUT_NAME
+    from export.parity import classification_metrics, compare
     from export.quantize import onnx_calibration_reader
 
     model, manifest = load_student(args.checkpoint)
@@ -66,15 +62,18 @@ def main(argv: list[str] | None = None) -> int:
                         args.eval_samples, args.seed)
     x, y = data.eval_x, data.eval_y
 
+    num_classes = len(manifest.class_names)
     with torch.no_grad():
         ref = torch.cat([model(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
-    rows = [{"variant": "PyTorch fp32 (reference)", "balanced_accuracy": balanced_accuracy(ref, y),
-             "top1_agreement": 1.0, "max_abs_logits": 0.0}]
+    rows: list[dict] = []
 
-    def record(name: str, out: np.ndarray, seconds: float) -> None:
-        rows.append({"variant": name, "balanced_accuracy": balanced_accuracy(out, y),
-                     "top1_agreement": float(np.mean(out.argmax(1) == ref.argmax(1))),
-                     "max_abs_logits": float(np.abs(out - ref).max()), "seconds": round(seconds, 1)})
+    def record(name: str, out: np.ndarray, seconds: float = 0.0) -> None:
+        par = compare(ref, out)
+        rows.append({"variant": name, "balanced_accuracy": classification_metrics(y, out, num_classes)["balanced_accuracy"],
+                     "top1_agreement": par["top1_agreement"], "max_abs_logits": par["max_abs_logits"],
+                     "seconds": round(seconds, 1)})
+
+    record("PyTorch fp32 (reference)", ref)
 
     # weight-only int8: per-output-channel symmetric fake quantization of every conv / linear weight
     t0 = time.time()
@@ -89,15 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     record("PyTorch, int8 weights only (per-channel), float activations", out, time.time() - t0)
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
-        torch.onnx.export(model, (torch.from_numpy(x[:1]),), str(fp32), input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+        # the fp32 ONNX graph export itself writes, so the variants start from what users ship
+        report = export_model(args.checkpoint, Path(tmp) / "export", "onnx", "fp32", dataset=bundle,
+                              calib_samples=args.calib_samples, eval_samples=args.eval_samples, seed=args.seed)
+        fp32, pre = Path(report.artifact("onnx", "fp32").path), Path(tmp) / "pre.onnx"
+        if fp32.is_dir():
+            fp32 = fp32 / "model.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
 
         def run(path: Path) -> np.ndarray:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return np.concatenate([sess.run(None, {"input": x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+            return np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
 
         t0 = time.time()
         record("ONNX fp32", run(fp32), time.time() - t0)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = Path(tmp) / f"int8_{i}.onnx"
             opts = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QInt8,
                     "weight_type": QuantType.QInt8, **kw}
-            quantize_static(str(pre), str(dest), onnx_calibration_reader(data.calib, "input"), **opts)
+            quantize_static(str(pre), str(dest), onnx_calibration_reader(data.calib, INPUT_NAME), **opts)
             record(name, run(dest), time.time() - t0)
 
     base = rows[0]["balanced_accuracy"]

@@ -76,6 +76,8 @@ METHOD_LABELS = {
     "udcd-code": "UDCD (public code)",
     "udcd-densenet121": "UDCD self-distillation",
 }
+#: methods that distil the protocol's trained teacher (the others need none)
+TEACHER_METHODS = ("kd", "ssdkd")
 #: the metrics aggregated over seeds (keys of a run's ``metrics``)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
 #: MedMNIST v2 DermaMNIST, best ACC (ResNet-18 at 224 px); the papers' baseline to beat
@@ -326,6 +328,21 @@ def parse_list(value: str | None, default: Sequence[Any], cast=str) -> list[Any]
     return [cast(v.strip()) for v in value.split(",") if v.strip()]
 
 
+def run_overrides(method: str, overrides: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
+    """A run's method overrides plus what the protocol derives for it (same for student and ablation rows).
+
+    UDCD variants draw their own seed from the run seed; udcd-code's 20/80-epoch warm-up and 30/80
+    ramp-up are scaled to shorter runs.
+    """
+    ov = dict(overrides)
+    if method in ("udcd", "udcd-code"):
+        ov.setdefault("method.seed", seed)
+    if method == "udcd-code" and epochs < 80:
+        ov.setdefault("method.warmup_epochs", int(round(epochs * UDCD_CODE_WARMUP_FRACTION)))
+        ov.setdefault("method.cons_rampup_epochs", max(1.0, epochs * UDCD_CODE_RAMPUP_FRACTION))
+    return ov
+
+
 def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[str, Any], list[RunSpec]]:
     """Resolve recipe + flags into the settings and the ordered list of runs."""
     methods = parse_list(args.methods, recipe.get("methods", METHODS))
@@ -395,7 +412,7 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
     for seed in seeds:
         sd = out / f"seed{seed}"
         tdir = sd / f"teacher_{settings['teacher_arch']}"
-        need_teacher = any(m in ("kd", "ssdkd") for m in [*methods, *(a["method"] for a in ablations.values())])
+        need_teacher = any(m in TEACHER_METHODS for m in [*methods, *(a["method"] for a in ablations.values())])
         if need_teacher:
             plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seed, t_epochs,
                                 tdir, dict(teacher.get("overrides") or {}), export=False))
@@ -404,22 +421,16 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
                 arch, w, note, method = settings["self_distill_arch"], d_w, d_note, "udcd"
             else:
                 arch, w, note, method = settings["student_arch"], s_w, s_note, m
-            ov = dict(mo.get(m, {}))
-            if method in ("udcd", "udcd-code"):
-                ov.setdefault("method.seed", seed)
-            if method == "udcd-code" and epochs < 80:  # scale the code's 20/80 warm-up and 30/80 ramp-up
-                ov.setdefault("method.warmup_epochs", int(round(epochs * UDCD_CODE_WARMUP_FRACTION)))
-                ov.setdefault("method.cons_rampup_epochs", max(1.0, epochs * UDCD_CODE_RAMPUP_FRACTION))
+            ov = run_overrides(method, dict(mo.get(m, {})), seed, epochs)
             plan.append(RunSpec(m, "student", method, arch, w, note, seed, epochs, sd / f"{m}_{arch}", ov,
-                                teacher_dir=tdir if method in ("kd", "ssdkd") else None))
+                                teacher_dir=tdir if method in TEACHER_METHODS else None))
         for name, ab in settings["ablations"].items():  # the base method's settings, then the switched-off terms
             base = ab["method"]
-            ov = {**mo.get(base, {}), **ab["overrides"]}
-            if base in ("udcd", "udcd-code"):
-                ov.setdefault("method.seed", seed)
+            ov = run_overrides(base, {**mo.get(base, {}), **ab["overrides"]}, seed, epochs)
             arch = settings["student_arch"]
             plan.append(RunSpec(name, "ablation", base, arch, s_w, s_note, seed, epochs, sd / f"{name}_{arch}", ov,
-                                teacher_dir=tdir if base in ("kd", "ssdkd") else None, label_text=ab["label"], export=False))
+                                teacher_dir=tdir if base in TEACHER_METHODS else None, label_text=ab["label"],
+                                export=False))
     return settings, plan
 
 

@@ -192,18 +192,25 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
     }
 
 
+def _backbone_batchnorms(model: Any) -> list[Any]:
+    """Every BatchNorm layer of ``model.features`` (the part ImageNet weights load into)."""
+    from torch import nn
+
+    return [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def bn_folded(model: Any) -> bool:
     """True when every BatchNorm of the backbone is the identity (γ=1, running mean 0, var 1) but β is not 0.
 
     Such files (e.g. weights recovered from a TFLite model) carry BatchNorm folded into the convolution
     weights and biases into β. In train mode BatchNorm would normalise by batch statistics that the
     folded network never had, which destroys the pretrained features (measured: MobileNetV2 on HAM10000
-    stays at chance); the loop therefore keeps such BatchNorm layers frozen (``model.freeze_bn``).
+    stays at chance); the loop therefore unfolds them first (:func:`recalibrate_folded_bn`) or keeps
+    them in eval mode, as ``model.folded_bn`` says.
     """
     import torch
-    from torch import nn
 
-    bns = [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = _backbone_batchnorms(model)
     if not bns:
         return False
     with torch.no_grad():
@@ -224,14 +231,13 @@ def recalibrate_folded_bn(model: Any, batches: Iterable[Any]) -> int:
     For every BatchNorm of ``model.features`` with input statistics μ, σ² (per channel, over all
     images and positions of ``batches``, measured in eval mode, where an identity BN is ``x + β``):
     running mean := μ, running var := σ², γ := √(σ² + ε), β := β + μ. The eval-mode function is
-    unchanged (``(x − μ)/√(σ²+ε) · √(σ²+ε) + β + μ = x + β``), and in train mode batch statistics
-    are now close to identity again, so fine-tuning starts from the pretrained network instead of
-    a re-normalised one. Returns the number of layers changed. ``model`` is left in eval mode.
+    unchanged up to the identity layer's own 1/√(1+ε) (``(x − μ)/√(σ²+ε) · √(σ²+ε) + β + μ = x + β``),
+    and in train mode batch statistics are now close to identity again, so fine-tuning starts from
+    the pretrained network instead of a re-normalised one. Returns the number of layers changed. ``model`` is left in eval mode.
     """
     import torch
-    from torch import nn
 
-    bns = [m for m in model.features.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = _backbone_batchnorms(model)
     sums: dict[int, list[Any]] = {}
 
     def hook(mod: Any, inputs: tuple[Any, ...], _out: Any) -> None:
