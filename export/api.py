@@ -63,6 +63,8 @@ class ExportOptions:
     int8_io: bool = False  # TFLite int8: int8 input/output tensors instead of float
     onnx_quant: str = "static"  # ONNX int8: "static" (QDQ, calibrated) or "dynamic"
     simplify: bool = False  # ONNX: run onnxslim on the fp32 graph
+    #: int8: quantize a BN-folded, grid-snapped, bias-corrected copy (export.int8_prep) rather than the raw model
+    bias_correction: bool = True
     opset: int = 18
     seed: int = 0
     #: an already-loaded DatasetBundle to use instead of loading ``data_spec`` (tests and fixtures)
@@ -111,6 +113,21 @@ class ExportContext:
     @property
     def architecture(self) -> str:
         return self.source.architecture
+
+    def model_for(self, precision: str) -> Any:
+        """The float model a precision is converted from: int8 uses the prepared copy (once per export)."""
+        if precision != "int8" or not self.options.bias_correction:
+            return self.model
+        if "int8_model" not in self.cache:
+            from export.int8_prep import prepare_for_int8
+
+            self.cache["int8_model"], report = prepare_for_int8(self.model, self.calib)
+            self.cache["int8_prep"] = report.as_dict()
+        return self.cache["int8_model"]
+
+    def int8_prep_info(self) -> dict[str, Any] | None:
+        """What :meth:`model_for` did for int8, for the artifact manifest (None when disabled)."""
+        return self.cache.get("int8_prep") if self.options.bias_correction else None
 
     @property
     def class_names(self) -> list[str]:
@@ -277,8 +294,8 @@ def export_model(
     """Export a checkpoint to ``formats`` × ``precisions`` under ``out_dir``; see the module docstring.
 
     ``opts`` are the fields of :class:`ExportOptions` (``calib_samples``, ``eval_samples``,
-    ``parity_threshold``, ``force``, ``int8_io``, ``onnx_quant``, ``simplify``, ``opset``, ``seed``,
-    ``dataset``). Raises :class:`LesionliteError` for bad input and :class:`ParityError` (nothing
+    ``parity_threshold``, ``force``, ``int8_io``, ``onnx_quant``, ``simplify``, ``bias_correction``, ``opset``,
+    ``seed``, ``dataset``). Raises :class:`LesionliteError` for bad input and :class:`ParityError` (nothing
     written) when an artifact's top-1 agreement is below ``parity_threshold`` and ``force`` is false.
     """
     options = ExportOptions.from_kwargs(opts)

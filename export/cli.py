@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-io", action="store_true", help="TFLite int8: int8 input/output tensors (default float32)")
     p.add_argument("--onnx-quant", choices=("static", "dynamic"), default="static", help="ONNX int8 method")
     p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="int8: quantize the model as trained, without BatchNorm folding, int8 weight snapping and "
+                        "empirical bias correction (default: on, see export/int8_prep.py)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration/eval images")
     return p
 
@@ -56,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
         force=args.force, int8_io=args.int8_io, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
+        bias_correction=args.bias_correction,
     )
     for a in report.artifacts:
         p = a.parity or {}

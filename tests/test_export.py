@@ -102,6 +102,9 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
             if fmt != "coreml":
                 assert set(m.metrics) >= {"accuracy", "balanced_accuracy", "macro_f1"}
                 assert m.extra["parity"]["verified"] is True
+            if prec == "int8":  # every format quantizes the same prepared copy (export.int8_prep)
+                prep = m.extra["quantization"]["preparation"]
+                assert prep["folded_batchnorms"] == 4 and prep["corrected_layers"] == 5
     # no staging leftovers
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 

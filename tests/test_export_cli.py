@@ -126,7 +126,9 @@ def test_no_data_named(tmp_path, bundle, capsys):
 
 def test_converter_that_cannot_lower_an_op(tmp_path, run_dir, capsys, data, monkeypatch):
     """A converter failure mid-run (TFLite after ONNX succeeded) is one line and writes nothing."""
-    import litert_torch
+    from export.formats.tflite import _import_litert_torch
+
+    litert_torch = _import_litert_torch()  # as export imports it: without torch's deprecation chatter
 
     def unlowerable(*_a, **_k):
         raise RuntimeError("failed to legalize operation 'aten.fancy_op' that was explicitly marked illegal\n<mlir dump>")
@@ -180,3 +182,13 @@ def test_default_data_is_the_checkpoints_own(tmp_path):
     report = export_model(run, tmp_path / "o", "onnx", "fp32", calib_samples=16, eval_samples=40)
     assert report.data["name"] == real.name and report.data["fingerprint"] == real.fingerprint
     assert report.artifacts[0].parity["top1_agreement"] == 1.0
+
+
+def test_no_bias_correction_quantizes_the_model_as_trained(tmp_path, run_dir, capsys, data):
+    out = tmp_path / "o"
+    args = ["--checkpoint", str(run_dir), "--format", "onnx", "--precision", "int8", "--data", "syn",
+            "--calib-samples", "10", "--out", str(out), "--force"]
+    assert run_stage(export_main, [*args, "--no-bias-correction"], prog="lesionlite export") == 0, capsys.readouterr().err
+    assert "preparation" not in read_manifest(out / "tiny_cnn_onnx_int8").extra["quantization"]
+    assert run_stage(export_main, args, prog="lesionlite export") == 0, capsys.readouterr().err
+    assert read_manifest(out / "tiny_cnn_onnx_int8").extra["quantization"]["preparation"]["corrected_layers"] == 5

@@ -44,7 +44,7 @@ PROBS_NAME = "classLabel_probs"
 UNVERIFIED = "CoreML prediction needs macOS; on Linux only the spec (inputs, outputs, labels, ops) is checked"
 
 
-def _classifier_wrapper(ctx: "ExportContext") -> Any:
+def _classifier_wrapper(ctx: "ExportContext", model: Any) -> Any:
     import torch
     from torch import nn
 
@@ -62,7 +62,7 @@ def _classifier_wrapper(ctx: "ExportContext") -> Any:
             logits = self.inner((x - self.mean) / self.std)
             return torch.softmax(logits / self.temperature, dim=1)
 
-    return ImageClassifier(ctx.model).eval()
+    return ImageClassifier(model).eval()
 
 
 def _ops(spec: Any) -> dict[str, int]:
@@ -89,9 +89,10 @@ class CoreMLFormat(ExportFormat):
         import torch
 
         s = ctx.input_size
-        key = "coreml_fp32" if precision == "fp32" else "coreml_fp16"
+        model = ctx.model_for(precision)  # int8: the prepared copy (export.int8_prep)
+        key = "coreml_fp32" if precision == "fp32" else "coreml_fp16" if model is ctx.model else "coreml_int8prep"
         if key not in ctx.cache:
-            traced = torch.jit.trace(_classifier_wrapper(ctx), torch.rand(1, 3, s, s))
+            traced = torch.jit.trace(_classifier_wrapper(ctx, model), torch.rand(1, 3, s, s))
             ctx.cache[key] = ct.convert(
                 traced,
                 inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, s, s), scale=1.0 / 255.0, bias=[0.0, 0.0, 0.0],
@@ -115,6 +116,8 @@ class CoreMLFormat(ExportFormat):
             )
             extra["quantization"] = {"method": "coremltools linear_quantize_weights", "weights":
                                      "int8 symmetric per-channel (tensors >= 2048 elements)", "activations": "float16"}
+            if ctx.int8_prep_info():
+                extra["quantization"]["preparation"] = ctx.int8_prep_info()
         meta = mlmodel.user_defined_metadata
         meta["lesionlite.architecture"] = ctx.architecture
         meta["lesionlite.class_names"] = json.dumps(ctx.class_names)

@@ -38,11 +38,11 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def _export_fp32(ctx: "ExportContext", path: Path) -> str:
-    """Write the fp32 graph with a dynamic batch axis; return the exporter used."""
+def _export_fp32(ctx: "ExportContext", path: Path, model: Any) -> str:
+    """Write ``model``'s fp32 graph with a dynamic batch axis; return the exporter used."""
     import torch
 
-    model = ctx.model.eval()
+    model = model.eval()
     s = ctx.input_size
     example = (torch.zeros(2, 3, s, s),)
     try:
@@ -115,29 +115,35 @@ class OnnxFormat(ExportFormat):
                 ("onnxruntime", "ONNX quantization and parity checks"))
     tool_packages = ("onnx", "onnxscript", "onnxruntime", "onnxslim")
 
-    def _fp32_path(self, ctx: "ExportContext") -> Path:
-        """Export (once per run) the fp32 graph, checked and optionally simplified."""
+    def _fp32_path(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
+        """Export (once per run) the float graph ``precision`` starts from, checked and optionally simplified.
+
+        fp32 and fp16 start from the trained model; int8 from its prepared copy (``ctx.model_for``).
+        """
         import onnx
 
-        if "onnx_fp32" not in ctx.cache:
-            raw = ctx.workdir / "fp32_raw.onnx"
-            exporter = _export_fp32(ctx, raw)
-            model = onnx.load(str(raw))
+        model = ctx.model_for(precision)
+        key = "onnx_fp32" if model is ctx.model else "onnx_fp32_int8prep"
+        if key not in ctx.cache:
+            stem = "fp32" if key == "onnx_fp32" else "fp32_int8prep"
+            raw = ctx.workdir / f"{stem}_raw.onnx"
+            exporter = _export_fp32(ctx, raw, model)
+            graph = onnx.load(str(raw))
             if ctx.options.simplify:
                 import onnxslim
 
-                model = onnxslim.slim(model)
-            onnx.checker.check_model(model, full_check=True)
-            path = ctx.workdir / "fp32.onnx"
-            onnx.save(model, str(path))
-            ctx.cache["onnx_fp32"] = path
+                graph = onnxslim.slim(graph)
+            onnx.checker.check_model(graph, full_check=True)
+            path = ctx.workdir / f"{stem}.onnx"
+            onnx.save(graph, str(path))
+            ctx.cache[key] = path
             ctx.cache["onnx_exporter"] = exporter
-        return ctx.cache["onnx_fp32"]
+        return ctx.cache[key]
 
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
         import onnx
 
-        fp32 = self._fp32_path(ctx)
+        fp32 = self._fp32_path(ctx, precision)
         extra: dict[str, Any] = {"onnx_exporter": ctx.cache["onnx_exporter"], "opset": ctx.options.opset,
                                  "simplified": bool(ctx.options.simplify)}
         if precision == "fp32":
@@ -162,7 +168,7 @@ class OnnxFormat(ExportFormat):
 
             from export.quantize import onnx_calibration_reader
 
-            pre = ctx.workdir / "fp32_pre.onnx"
+            pre = fp32.with_name(fp32.stem + "_pre.onnx")
             if not pre.exists():
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             tmp = ctx.workdir / "int8_static.onnx"
@@ -175,6 +181,8 @@ class OnnxFormat(ExportFormat):
             extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
                                      "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                      "calibration_samples": int(len(ctx.calib))}
+        if precision == "int8" and ctx.int8_prep_info():
+            extra["quantization"]["preparation"] = ctx.int8_prep_info()
         _set_metadata(model, _metadata(ctx, precision))
         onnx.checker.check_model(model)
         onnx.save(model, str(dest))

@@ -38,6 +38,7 @@ PyTorch 49 % vs 63 %, same size (2.77 vs 2.83 MB). Trained-model numbers:
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,22 @@ def _nhwc_wrapper(model: Any) -> Any:
     return NHWCInput(model).eval()
 
 
+def _import_litert_torch() -> Any:
+    """Import litert_torch without the deprecation line its import makes torch log on stderr.
+
+    (torch's pytree warns that registering an Enum as a constant is deprecated; it is litert-torch's
+    business, and our CLI promises one clear line on errors, not library chatter before it.)
+    """
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        import litert_torch
+    finally:
+        pytree_log.setLevel(level)
+    return litert_torch
+
+
 def _tensor_spec(detail: dict[str, Any]) -> dict[str, Any]:
     dtype = _NP_DTYPE_NAME.get(detail["dtype"], str(np.dtype(detail["dtype"])))
     scale, zero = detail.get("quantization", (0.0, 0))
@@ -93,21 +110,24 @@ class TFLiteFormat(ExportFormat):
                 ("ai_edge_litert", "running TFLite models (parity checks)"))
     tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
-    def _fp32_path(self, ctx: "ExportContext") -> Path:
-        if "tflite_fp32" not in ctx.cache:
-            import litert_torch
+    def _fp32_path(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
+        """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy."""
+        model = ctx.model_for(precision)
+        key = "tflite_fp32" if model is ctx.model else "tflite_fp32_int8prep"
+        if key not in ctx.cache:
             import torch
 
+            litert_torch = _import_litert_torch()
             litert_torch.config.show_progress = False
             s = ctx.input_size
-            edge = litert_torch.convert(_nhwc_wrapper(ctx.model), (torch.zeros(1, s, s, 3),))
-            path = ctx.workdir / "fp32.tflite"
+            edge = litert_torch.convert(_nhwc_wrapper(model), (torch.zeros(1, s, s, 3),))
+            path = ctx.workdir / ("fp32.tflite" if key == "tflite_fp32" else "fp32_int8prep.tflite")
             edge.export(str(path))
-            ctx.cache["tflite_fp32"] = path
-        return ctx.cache["tflite_fp32"]
+            ctx.cache[key] = path
+        return ctx.cache[key]
 
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
-        fp32 = self._fp32_path(ctx)
+        fp32 = self._fp32_path(ctx, precision)
         extra: dict[str, Any] = {"converter": "litert_torch.convert (NHWC wrapper)"}
         if precision == "fp32":
             dest.write_bytes(fp32.read_bytes())
@@ -139,6 +159,8 @@ class TFLiteFormat(ExportFormat):
                                          "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                          "io": "int8" if ctx.options.int8_io else "float32",
                                          "calibration_samples": int(len(ctx.calib))}
+                if ctx.int8_prep_info():
+                    extra["quantization"]["preparation"] = ctx.int8_prep_info()
             dest.write_bytes(bytes(result.quantized_model))
         it = _interpreter(dest, 1)
         inp = _tensor_spec(it.get_input_details()[0])
