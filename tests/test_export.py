@@ -105,6 +105,9 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
             if prec == "int8":  # every format quantizes the same prepared copy (export.int8_prep)
                 prep = m.extra["quantization"]["preparation"]
                 assert prep["folded_batchnorms"] == 4 and prep["corrected_layers"] == 5
+                if fmt == "tflite":  # duplicate zero-point vectors stored once, outputs checked bit-identical
+                    assert m.extra["flatbuffer_dedup"]["applied"] is True
+                    assert m.extra["flatbuffer_dedup"]["bytes_saved"] > 0
     # no staging leftovers
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
