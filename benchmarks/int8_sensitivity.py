@@ -8,7 +8,9 @@ causes on the same calibration and test images as ``export``:
   classifier left in float, uint8 activations;
 * weight-only int8 (per-output-channel symmetric, fake-quantized in PyTorch, activations float): if this
   alone loses most of the accuracy, the model's weights are what int8 cannot represent, and no
-  activation calibration will recover it (quantization-aware training would).
+  activation calibration will recover it;
+* the same with export's int8 preparation (:mod:`export.int8_prep`: BatchNorm folded, weights snapped,
+  biases corrected), and the calibration variants again on the prepared graph export now quantizes.
 
     python benchmarks/int8_sensitivity.py runs/reproduce/seed0/scratch_mobilenet_v2 [--data ham10000]
 
@@ -49,15 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from distill.artifacts import load_student
-    from export.api import ExportOptions, _load_data, export_model
+    from export.api import ExportContext, ExportOptions, load_export_data
     from export.data import prepare_data
-    from export.formats.onnx import INPUT_NAME
+    from export.formats.onnx import INPUT_NAME, OnnxFormat
+    from export.int8_prep import prepare_for_int8
     from export.parity import classification_metrics, compare
     from export.quantize import onnx_calibration_reader
 
     model, manifest = load_student(args.checkpoint)
     model.eval()
-    bundle = _load_data(manifest, args.data, args.data_root, ExportOptions.from_kwargs({"seed": args.seed}))
+    options = ExportOptions.from_kwargs({"seed": args.seed})
+    bundle = load_export_data(manifest, args.data, args.data_root, options)
     data = prepare_data(bundle, manifest.preprocessing, list(manifest.class_names), args.calib_samples,
                         args.eval_samples, args.seed)
     x, y = data.eval_x, data.eval_y
@@ -87,39 +91,46 @@ def main(argv: list[str] | None = None) -> int:
         out = torch.cat([wq(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
     record("PyTorch, int8 weights only (per-channel), float activations", out, time.time() - t0)
 
+    prepared, _ = prepare_for_int8(model, data.calib)
+    with torch.no_grad():
+        out = torch.cat([prepared(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
+    record("PyTorch, int8 weights after int8 preparation (fold, snap, bias-correct)", out)
+
     with tempfile.TemporaryDirectory() as tmp:
-        # the fp32 ONNX graph export itself writes, so the variants start from what users ship
-        report = export_model(args.checkpoint, Path(tmp) / "export", "onnx", "fp32", dataset=bundle,
-                              calib_samples=args.calib_samples, eval_samples=args.eval_samples, seed=args.seed)
-        fp32, pre = Path(report.artifact("onnx", "fp32").path), Path(tmp) / "pre.onnx"
-        if fp32.is_dir():
-            fp32 = fp32 / "model.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
+        # the float graphs export itself quantizes: as trained (--no-bias-correction) and prepared (default)
+        ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
+                            options=options, workdir=Path(tmp))
+        onnx_format = OnnxFormat()
 
         def run(path: Path) -> np.ndarray:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             return np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
 
         t0 = time.time()
-        record("ONNX fp32", run(fp32), time.time() - t0)
+        raw_graph = onnx_format.float_graph(ctx, "fp32")
+        record("ONNX fp32", run(raw_graph), time.time() - t0)
         variants = [
-            ("ONNX int8 static QDQ, MinMax (export's default)", {"calibrate_method": CalibrationMethod.MinMax}),
-            ("ONNX int8, Percentile 99.99", {"calibrate_method": CalibrationMethod.Percentile,
-                                             "extra_options": {"CalibPercentile": 99.99}}),
-            ("ONNX int8, Entropy", {"calibrate_method": CalibrationMethod.Entropy}),
-            ("ONNX int8, MinMax, classifier left in float", {"calibrate_method": CalibrationMethod.MinMax,
-                                                             "nodes_to_exclude": head}),
-            ("ONNX int8, MinMax, uint8 activations", {"calibrate_method": CalibrationMethod.MinMax,
-                                                      "activation_type": QuantType.QUInt8}),
+            ("MinMax (export's recipe)", {"calibrate_method": CalibrationMethod.MinMax}),
+            ("Percentile 99.99", {"calibrate_method": CalibrationMethod.Percentile,
+                                  "extra_options": {"CalibPercentile": 99.99}}),
+            ("Entropy", {"calibrate_method": CalibrationMethod.Entropy}),
+            ("MinMax, classifier left in float", {"calibrate_method": CalibrationMethod.MinMax, "nodes_to_exclude": "head"}),
+            ("MinMax, uint8 activations", {"calibrate_method": CalibrationMethod.MinMax,
+                                           "activation_type": QuantType.QUInt8}),
         ]
-        for i, (name, kw) in enumerate(variants):
-            t0 = time.time()
-            dest = Path(tmp) / f"int8_{i}.onnx"
-            opts = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QInt8,
-                    "weight_type": QuantType.QInt8, **kw}
-            quantize_static(str(pre), str(dest), onnx_calibration_reader(data.calib, INPUT_NAME), **opts)
-            record(name, run(dest), time.time() - t0)
+        graphs = [("as trained", raw_graph), ("prepared", onnx_format.float_graph(ctx, "int8"))]
+        for label, graph in graphs:
+            pre = Path(tmp) / f"{graph.stem}_sens_pre.onnx"
+            quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
+            head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
+            for i, (name, kw) in enumerate(variants):
+                kw = {**kw, "nodes_to_exclude": head} if kw.get("nodes_to_exclude") == "head" else kw
+                t0 = time.time()
+                dest = Path(tmp) / f"{graph.stem}_int8_{i}.onnx"
+                opts = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QInt8,
+                        "weight_type": QuantType.QInt8, **kw}
+                quantize_static(str(pre), str(dest), onnx_calibration_reader(data.calib, INPUT_NAME), **opts)
+                record(f"ONNX int8 QDQ, {label} graph, {name}", run(dest), time.time() - t0)
 
     base = rows[0]["balanced_accuracy"]
     for r in rows:
@@ -133,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{manifest.architecture} {manifest.preprocessing.input_size}px, {data.name}: {len(y)} {data.eval_split} "
           f"images, {len(data.calib)} calibration images")
-    print(f"{'variant':62} {'bal-acc':>8} {'Δ pt':>7} {'agree':>7} {'max|Δ|':>7}")
+    print(f"{'variant':72} {'bal-acc':>8} {'Δ pt':>7} {'agree':>7} {'max|Δ|':>7}")
     for r in rows:
-        print(f"{r['variant'][:62]:62} {r['balanced_accuracy']:8.4f} {r['delta_points']:+7.2f} "
+        print(f"{r['variant'][:72]:72} {r['balanced_accuracy']:8.4f} {r['delta_points']:+7.2f} "
               f"{r['top1_agreement']:7.3f} {r['max_abs_logits']:7.2f}")
     print(f"wrote {args.json}")
     return 0

@@ -775,7 +775,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             improved = _better(val_bal, val_loss, best_bal, best_loss)
             if improved:
                 best_bal, best_loss, best_epoch = val_bal, val_loss, epoch + 1
-                best_state = _cpu_state(student.state_dict())
+                best_state = _cpu_state(method.student_state_for_export())
                 bad_epochs = 0
             else:
                 bad_epochs += 1

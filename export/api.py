@@ -247,7 +247,11 @@ def _install_dir(staged: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_data(ctx_manifest: Manifest, data_spec: str | None, data_root: str | None, options: ExportOptions) -> Any:
+def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: str | None, options: ExportOptions) -> Any:
+    """The data export calibrates and evaluates on: ``options.dataset``, else ``data_spec``, else the checkpoint's own.
+
+    Public so that benchmarks measure on exactly the images ``export_model`` uses.
+    """
     if options.dataset is not None:
         return options.dataset
     from export.data import load_bundle
@@ -326,7 +330,7 @@ def export_model(
     if out.exists() and not out.is_dir():
         raise LesionliteError(f"--out {out} exists and is not a directory")
 
-    bundle = _load_data(src, data_spec, None if data_root is None else str(data_root), options)
+    bundle = load_export_data(src, data_spec, None if data_root is None else str(data_root), options)
     data = prepare_data(bundle, cfg, src.class_names, options.calib_samples, options.eval_samples, options.seed)
     torch.manual_seed(options.seed)
     ref_logits = _torch_logits(model, data.eval_x)

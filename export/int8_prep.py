@@ -10,11 +10,9 @@ correction* (Nagel et al., "Data-Free Quantization", ICCV 2019; also AIMET, Tens
 
 1. fold every Conv→BatchNorm2d pair (``torch.fx`` pattern fusion, the data flow not the module order;
    models FX cannot trace are used unfolded);
-2. in forward order, for each Conv2d / Linear: round its weight onto the grid every backend here uses
-   (per-output-channel symmetric int8, ``scale = max|w| / 127``, zero point 0: onnxruntime's
-   ``QInt8`` symmetric per-channel, ai-edge-quantizer's ``static_wi8_ai8``, coremltools'
-   ``linear_symmetric``) and subtract from its bias the mean output shift this causes on calibration
-   images, measured with the already-corrected layers upstream.
+2. in forward order, for each Conv2d / Linear: round its weight onto the int8 grid every backend here
+   uses (:mod:`lesionlite.int8_grid`) and subtract from its bias the mean output shift this causes on
+   calibration images, measured with the already-corrected layers upstream.
 
 The returned float model's weights already lie on the int8 grid (the quantizers re-derive the same
 scale from the same max, so they round nothing further) and its biases absorb the rounding's mean
@@ -28,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lesionlite.int8_grid import snap_to_int8_grid
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,6 @@ class Int8PrepReport:
                 "folded_batchnorms": self.folded_batchnorms, "corrected_layers": self.corrected_layers,
                 "samples": self.samples, "max_abs_bias_shift": round(self.max_abs_shift, 6),
                 "fold_note": self.fold_note}
-
-
-def snap_to_int8_grid(weight: Any) -> Any:
-    """Round ``weight`` to per-output-channel symmetric int8 (scale = max|w|/127 per channel)."""
-    import torch
-
-    dims = tuple(range(1, weight.dim()))
-    scale = weight.abs().amax(dim=dims, keepdim=True) / 127.0
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, (weight / safe).round().clamp(-127, 127) * safe, weight)
 
 
 def fold_batchnorm(model: Any) -> tuple[Any, int, str]:

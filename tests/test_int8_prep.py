@@ -15,7 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from export.int8_prep import fold_batchnorm, prepare_for_int8, snap_to_int8_grid  # noqa: E402
+from export.int8_prep import fold_batchnorm, prepare_for_int8  # noqa: E402
+from lesionlite.int8_grid import snap_to_int8_grid  # noqa: E402
 
 
 class DeadChannelNet(nn.Module):

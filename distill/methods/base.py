@@ -92,6 +92,13 @@ class DistillMethod(nn.Module):
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
         raise NotImplementedError
 
+    def student_state_for_export(self) -> dict[str, Any]:
+        """The student weights the run's artifact (``student.pt``) keeps; by default, as trained.
+
+        (QAT overrides it to round the weights onto the int8 grid it trained with.)
+        """
+        return self.student.state_dict()
+
     def after_optimizer_step(self, step: int) -> None:
         """Optional hook after each optimizer step (e.g. UDCD's EMA teacher update)."""
 

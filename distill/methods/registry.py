@@ -8,7 +8,7 @@ from lesionlite.errors import LesionliteError
 
 _METHODS: dict[str, type] = {}
 # Modules imported on first lookup so that each method file registers itself.
-_BUILTIN_MODULES = ("scratch", "kd", "ssdkd", "udcd")
+_BUILTIN_MODULES = ("scratch", "kd", "ssdkd", "udcd", "qat")
 
 T = TypeVar("T", bound=type)
 

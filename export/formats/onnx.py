@@ -115,7 +115,7 @@ class OnnxFormat(ExportFormat):
                 ("onnxruntime", "ONNX quantization and parity checks"))
     tool_packages = ("onnx", "onnxscript", "onnxruntime", "onnxslim")
 
-    def _fp32_path(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
+    def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
         """Export (once per run) the float graph ``precision`` starts from, checked and optionally simplified.
 
         fp32 and fp16 start from the trained model; int8 from its prepared copy (``ctx.model_for``).
@@ -143,7 +143,7 @@ class OnnxFormat(ExportFormat):
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
         import onnx
 
-        fp32 = self._fp32_path(ctx, precision)
+        fp32 = self.float_graph(ctx, precision)
         extra: dict[str, Any] = {"onnx_exporter": ctx.cache["onnx_exporter"], "opset": ctx.options.opset,
                                  "simplified": bool(ctx.options.simplify)}
         if precision == "fp32":

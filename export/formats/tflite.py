@@ -149,7 +149,7 @@ class TFLiteFormat(ExportFormat):
                 ("ai_edge_litert", "running TFLite models (parity checks)"))
     tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
 
-    def _fp32_path(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
+    def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
         """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy."""
         model = ctx.model_for(precision)
         key = "tflite_fp32" if model is ctx.model else "tflite_fp32_int8prep"
@@ -166,7 +166,7 @@ class TFLiteFormat(ExportFormat):
         return ctx.cache[key]
 
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
-        fp32 = self._fp32_path(ctx, precision)
+        fp32 = self.float_graph(ctx, precision)
         extra: dict[str, Any] = {"converter": "litert_torch.convert (NHWC wrapper)"}
         if precision == "fp32":
             dest.write_bytes(fp32.read_bytes())

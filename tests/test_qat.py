@@ -1,0 +1,123 @@
+"""Quantization-aware fine-tuning (``distill --method qat``): folding, fake quantization, a real tiny run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from distill.config import resolve_config
+from distill.methods.base import MethodContext
+from distill.methods.qat import QAT, ActivationRange, QATConfig, fold_batchnorm_into_identity
+from distill.models import build_model
+from lesionlite.errors import LesionliteError
+from lesionlite.int8_grid import snap_to_int8_grid
+
+TINY = {
+    "data.name": "synthetic", "data.image_size": 16, "data.workers": 0,
+    "data.options": {"synthetic_counts": [112, 28, 28]}, "model.arch": "tiny_cnn", "optim.lr": 0.01,
+    "optim.batch_size": 16, "run.threads": 1, "run.device": "cpu", "run.progress": False, "run.plots": False,
+}
+
+
+def _ctx() -> MethodContext:
+    return MethodContext(num_classes=3, class_counts=[4, 4, 4], num_train=12, device=torch.device("cpu"),
+                         epochs=1, steps_per_epoch=1)
+
+
+def _trained_like(arch: str = "tiny_cnn") -> nn.Module:
+    """A model with non-trivial BatchNorm statistics, as after training."""
+    torch.manual_seed(0)
+    m = build_model(arch, 3)
+    with torch.no_grad():
+        for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    return m.eval()
+
+
+def _conv_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_fold_batchnorm_into_identity_keeps_function_and_format():
+    model = _trained_like()
+    keys = set(model.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        pairs = fold_batchnorm_into_identity(model)
+        after = model(x)
+    assert pairs == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
+    assert torch.allclose(before, after, atol=1e-5)
+    assert set(model.state_dict()) == keys  # same checkpoint format: loads into a fresh model
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+        assert torch.all(bn.weight == 1) and torch.all(bn.running_mean == 0)
+        assert torch.all(1 / torch.sqrt(bn.running_var + bn.eps) == 1)  # exactly the identity scale
+
+
+def test_activation_range_fake_quantizes_on_256_levels_including_zero():
+    act = ActivationRange()
+    x = torch.linspace(0.5, 6.0, 1000)
+    assert torch.equal(act(x), x)  # no range yet: pass through
+    act.observe(x, None)
+    assert float(act.lo) == 0.0 and float(act.hi) == 6.0  # the range always includes 0
+    y = act(x)
+    scale = 6.0 / 255
+    assert len(torch.unique(y)) <= 256
+    assert (y - x).abs().max() <= scale / 2 + 1e-6
+    act.observe(torch.full((4,), 12.0), 0.5)  # EMA while training
+    assert float(act.hi) == pytest.approx(9.0)
+
+
+def test_qat_starts_from_the_teacher_and_exports_grid_weights():
+    teacher = _trained_like()
+    t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = build_model("tiny_cnn", 3)
+    with pytest.raises(LesionliteError, match="--teacher"):
+        QAT(student, None, QATConfig(), _ctx())
+    method = QAT(student, teacher, QATConfig(), _ctx())
+    x = torch.randn(8, 3, 16, 16)
+    float_copy = build_model("tiny_cnn", 3).eval()
+    float_copy.load_state_dict(method.student.state_dict())
+    with torch.no_grad():  # the student's float weights are the teacher's with BatchNorm folded
+        assert torch.allclose(float_copy(x), teacher(x), atol=1e-5)
+        method.student.eval()  # its forward already rounds the weights (activations: not until calibrated)
+        assert 0 < (method.student(x) - teacher(x)).abs().max() < 0.05
+    method.prepare([type("B", (), {"images": x[:, None]})()], None)
+    assert all(bool(a.seen) for a in method.act_ranges)
+    state = method.student_state_for_export()
+    assert set(state) == set(t_state)
+    fresh = build_model("tiny_cnn", 3)
+    fresh.load_state_dict(state)
+    for w in _conv_weights(fresh):
+        assert torch.allclose(snap_to_int8_grid(w), w, atol=1e-6)
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in t_state.items())  # teacher untouched
+    assert not any(k.startswith("student.") for k in method.extra_state_dict())
+    with pytest.raises(LesionliteError, match="--model with that run's architecture"):
+        QAT(build_model("mobilenet_v2", 3), teacher, QATConfig(), _ctx())
+
+
+@pytest.mark.slow
+def test_qat_run_on_a_trained_tiny_model(tmp_path: Path):
+    from distill.artifacts import load_student
+    from distill.train import train
+    from lesionlite.manifest import read_manifest
+
+    torch.set_num_threads(1)
+    base = train(resolve_config(flags={**TINY, "method.name": "scratch", "run.epochs": 4,
+                                       "run.out": str(tmp_path / "fp32")}))
+    qat = train(resolve_config(flags={**TINY, "method.name": "qat", "model.teacher": str(base.run_dir),
+                                      "optim.lr": 0.002, "run.epochs": 2, "run.out": str(tmp_path / "qat")}))
+    man = read_manifest(qat.run_dir)
+    assert man.extra["method"] == "qat" and man.preprocessing == read_manifest(base.run_dir).preprocessing
+    for r in qat.history:  # alpha 0.5: the total is half KD, half CE
+        assert r["train_loss"] == pytest.approx(0.5 * r["train_kd"] + 0.5 * r["train_ce"], rel=1e-5)
+    model, _ = load_student(qat.run_dir)
+    for w in _conv_weights(model):
+        assert torch.allclose(snap_to_int8_grid(w), w, atol=1e-6)
+    # the simulated-int8 student still does the job the float one learned
+    assert man.metrics["test_balanced_accuracy"] >= read_manifest(base.run_dir).metrics["test_balanced_accuracy"] - 0.1
