@@ -36,6 +36,7 @@ from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest, git_commit
 from lesionlite.preprocessing import PreprocessConfig
 from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
+from export.parity import host_int8_note
 
 REPORT_JSON = "export_report.json"
 REPORT_MD = "export_report.md"
@@ -387,6 +388,16 @@ def export_model(
                     accepted = parity["top1_agreement"] >= threshold
                     parity["threshold"] = threshold
                     parity["verified"] = True
+                    parity["host_int8_kernels"] = host_int8_note() if prec == "int8" else None
+                    reference = fmt.reference_runner(dest, info)
+                    if reference is not None:  # the artifact as defined, beside what this host's kernels did
+                        ref_out = _run_batched(reference[0], data.eval_x)
+                        parity["as_defined"] = {
+                            **compare(ref_logits, ref_out, fmt.output_kind, src.temperature),
+                            **{f"{k}": v for k, v in classification_metrics(data.eval_y, ref_out, num_classes).items()
+                               if k in ("accuracy", "balanced_accuracy", "macro_f1")},
+                            "how": reference[1],
+                        }
                 else:
                     parity = {"verified": False, "reason": info.extra.get("unverified_reason", "cannot run on this host")}
                     metrics = {}

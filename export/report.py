@@ -58,6 +58,15 @@ def render_markdown(report: "ExportReport") -> str:
             f"{_num(dbal, '+.2f')} pt | {_num(m.get('macro_f1'), '.4f')} | {status} |"
         )
     lines += ["", "Δ bal. acc is in percentage points against the PyTorch model on the same images."]
+    defined = [(a, a.parity["as_defined"]) for a in report.artifacts if (a.parity or {}).get("as_defined")]
+    if defined:
+        host = next((a.parity.get("host_int8_kernels") for a, _ in defined if a.parity.get("host_int8_kernels")), None)
+        lines += ["", "The same artifacts evaluated as defined (QDQ arithmetic as written, without this host's fused int8 "
+                  "kernels)" + (f" — this host: {host['note']}" if host else "") + ":", ""]
+        for a, d in defined:
+            dbal = 100 * (d["balanced_accuracy"] - sm["balanced_accuracy"])
+            lines.append(f"- {a.name}: top-1 agree {d['top1_agreement']:.2%}, bal. acc {d['balanced_accuracy']:.4f} "
+                         f"({dbal:+.2f} pt), max Δlogit {d['max_abs_logits']:.2e}")
     notes = [f"- {a.name}: {n}" for a in report.artifacts for n in a.notes]
     if notes:
         lines += ["", "Notes:", *notes]

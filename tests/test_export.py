@@ -105,6 +105,9 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
             if prec == "int8":  # every format quantizes the same prepared copy (export.int8_prep)
                 prep = m.extra["quantization"]["preparation"]
                 assert prep["folded_batchnorms"] == 4 and prep["corrected_layers"] == 5
+                if fmt == "onnx":  # also evaluated as defined, beside this host's fused int8 kernels
+                    assert m.extra["parity"]["as_defined"]["top1_agreement"] >= INT8_MIN_AGREEMENT
+                    assert m.extra["parity"]["host_int8_kernels"]["machine"]
                 if fmt == "tflite":  # duplicate zero-point vectors stored once, outputs checked bit-identical
                     assert m.extra["flatbuffer_dedup"]["applied"] is True
                     assert m.extra["flatbuffer_dedup"]["bytes_saved"] > 0
@@ -119,6 +122,7 @@ def test_report_files(exported):
     assert data["source"]["metrics"]["balanced_accuracy"] > 0.9  # the fixture model really learned
     md = (out / "export_report.md").read_text()
     assert "| tiny_cnn_onnx_int8 |" in md and "PyTorch (source)" in md and "not numerically verified" in md
+    assert "- tiny_cnn_onnx_int8: top-1 agree" in md and "evaluated as defined" in md
     for a in data["artifacts"]:
         assert a["size_bytes"] > 0
 

@@ -32,6 +32,7 @@ Training-only state (activation ranges) lives in the method, never in the export
 """
 from __future__ import annotations
 
+import logging
 import types
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -44,6 +45,8 @@ from distill.methods.kd import KD, KDConfig
 from distill.methods.registry import register_method
 from lesionlite.errors import LesionliteError
 from lesionlite.int8_grid import snap_to_int8_grid
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -164,6 +167,8 @@ class QAT(KD):
         self._calibrating = False
         for layer, act in zip(self._layers, self.act_ranges):
             layer.forward = types.MethodType(self._quantized_forward(act), layer)
+        log.info("qat: student initialised from the teacher run (the 'random init' above is replaced), %d BatchNorm "
+                 "layers folded, %d layers with int8 weights and inputs simulated", self.folded, len(self._layers))
 
     def _quantized_forward(self, act: ActivationRange):  # noqa: ANN202 - a bound forward for one layer
         method = self

@@ -69,6 +69,15 @@ class ExportFormat:
         """A callable NCHW float32 batch → float outputs, or None where this host cannot run it."""
         return None
 
+    def reference_runner(self, path: Path, info: ArtifactInfo) -> tuple[Runner, str] | None:
+        """A runner computing the artifact's arithmetic exactly as defined, independent of this host's
+        fast kernels, and how — or None where :meth:`load_runner` already is that (the default).
+
+        Reported beside the host's numbers so that a kernel artifact of this CPU (e.g. onnxruntime's
+        int8 saturation on x86 without VNNI) is not mistaken for a quantization loss, or hidden.
+        """
+        return None
+
     #: what the runner's outputs are: "logits" (ONNX, TFLite) or "probabilities" (CoreML classifier)
     output_kind: ClassVar[str] = "logits"
 

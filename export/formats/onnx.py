@@ -195,11 +195,13 @@ class OnnxFormat(ExportFormat):
             extra=extra,
         )
 
-    def load_runner(self, path: Path, info: ArtifactInfo):
+    def load_runner(self, path: Path, info: ArtifactInfo, optimize: bool = True):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if not optimize:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
 
@@ -207,6 +209,20 @@ class OnnxFormat(ExportFormat):
             return np.asarray(sess.run(None, {name: x.astype(np.float32, copy=False)})[0], dtype=np.float32)
 
         return run
+
+    def reference_runner(self, path: Path, info: ArtifactInfo):
+        """Static int8 (QDQ): the graph with optimizations off, so each QuantizeLinear/DequantizeLinear pair
+        runs as written (float arithmetic on exactly the int8 values) instead of being fused into
+        onnxruntime's int8 kernels. Those kernels can saturate on x86 CPUs without VNNI (u8s8
+        VPMADDUBSW; onnxruntime's quantization docs): measured on the AVX2-only host of
+        ``benchmarks/RESULTS.md``, 86.7 % top-1 agreement with the fused kernels vs 96.1 % as defined.
+        ARM and VNNI kernels compute the QDQ arithmetic up to rounding.
+        """
+        quant = info.extra.get("quantization") or {}
+        if "static QDQ" not in str(quant.get("method", "")):
+            return None
+        return self.load_runner(path, info, optimize=False), ("onnxruntime with graph optimizations disabled: "
+                                                               "QDQ arithmetic as written, no fused int8 kernels")
 
     def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
         import onnx
