@@ -187,6 +187,8 @@ def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
         "num_classes": m.num_classes,
         "input": m.input,
         "size_bytes": _file_size(art.model_path),
+        # onnxruntime settings export recorded (benchmarked as the artifact is meant to run)
+        "ort_session_config": dict(extra.get("onnxruntime_session_config") or {}),
     }
     if art.model_path is None:
         info["problem"] = f"{art.directory / MANIFEST_NAME} names no model file (files.model)"

@@ -170,7 +170,7 @@ def _delegate_coverage_tflite(interp) -> dict:
     return {"delegated_nodes": len(covered), "total_nodes": len(originals), "partitions": len(delegates)}
 
 
-def _load_onnx(path: str, threads: int):
+def _load_onnx(path: str, threads: int, config: list[str] | None = None):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -180,6 +180,9 @@ def _load_onnx(path: str, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    for entry in config or []:
+        key, _, value = entry.partition("=")
+        so.add_session_config_entry(key, value)
     t0 = time.perf_counter_ns()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     t1 = time.perf_counter_ns()
@@ -271,7 +274,8 @@ def run(args: argparse.Namespace) -> dict:
 
     try:
         if args.kind == "onnx":
-            model, load_ns, info = _load_onnx(args.model, args.threads)
+            model, load_ns, info = _load_onnx(args.model, args.threads, args.ort_config)
+            info["session_config"] = dict(e.partition("=")[::2] for e in args.ort_config or [])
             from functools import partial
 
             call = partial(model.run, None, {info["input_name"]: x})
@@ -431,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default="1,3,224,224")
     p.add_argument("--input-dtype", default="float32")
     p.add_argument("--delegate", default="xnnpack", choices=["xnnpack", "none"])
+    p.add_argument("--ort-config", action="append", metavar="KEY=VALUE",
+                   help="onnxruntime session config entry (repeatable), e.g. session.x64quantprecision=1")
     p.add_argument("--taskset", help="CPU mask (hex, like taskset) or list '0,2-3'")
     p.add_argument("--mode", default="harness", choices=["harness", "bare", "both"])
     p.add_argument("--blocks", type=int, default=3, help="--mode both: alternating bare/harness blocks")

@@ -108,6 +108,7 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
                 if fmt == "onnx":  # also evaluated as defined, beside this host's fused int8 kernels
                     assert m.extra["parity"]["as_defined"]["top1_agreement"] >= INT8_MIN_AGREEMENT
                     assert m.extra["parity"]["host_int8_kernels"]["machine"]
+                    assert m.extra["onnxruntime_session_config"] == {"session.x64quantprecision": "1"}
                 if fmt == "tflite":  # duplicate zero-point vectors stored once, outputs checked bit-identical
                     assert m.extra["flatbuffer_dedup"]["applied"] is True
                     assert m.extra["flatbuffer_dedup"]["bytes_saved"] > 0

@@ -37,6 +37,14 @@ if TYPE_CHECKING:  # pragma: no cover
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
+#: onnxruntime session settings a static-int8 artifact should run with, carried in its manifest
+#: (``extra.onnxruntime_session_config``) and applied by export's parity runner, ``serve`` and ``bench``:
+#: on x86 CPUs without VNNI the default u8s8 kernels (VPMADDUBSW) saturate 16-bit sums; measured on the
+#: AVX2 host of benchmarks/RESULTS.md with the QAT MobileNetV2: 86.7 % top-1 agreement with PyTorch by
+#: default vs 96.1 % with this setting (= the QDQ arithmetic as written), ~35 % slower there. It has no
+#: effect on ARM or VNNI CPUs.
+INT8_SESSION_CONFIG = {"session.x64quantprecision": "1"}
+
 
 def _export_fp32(ctx: "ExportContext", path: Path, model: Any) -> str:
     """Write ``model``'s fp32 graph with a dynamic batch axis; return the exporter used."""
@@ -178,6 +186,7 @@ class OnnxFormat(ExportFormat):
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             )
             model = onnx.load(str(tmp))
+            extra["onnxruntime_session_config"] = dict(INT8_SESSION_CONFIG)
             extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
                                      "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                      "calibration_samples": int(len(ctx.calib))}
@@ -200,6 +209,8 @@ class OnnxFormat(ExportFormat):
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        for key, value in (info.extra.get("onnxruntime_session_config") or {}).items():
+            so.add_session_config_entry(key, str(value))
         if not optimize:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -214,9 +225,8 @@ class OnnxFormat(ExportFormat):
         """Static int8 (QDQ): the graph with optimizations off, so each QuantizeLinear/DequantizeLinear pair
         runs as written (float arithmetic on exactly the int8 values) instead of being fused into
         onnxruntime's int8 kernels. Those kernels can saturate on x86 CPUs without VNNI (u8s8
-        VPMADDUBSW; onnxruntime's quantization docs): measured on the AVX2-only host of
-        ``benchmarks/RESULTS.md``, 86.7 % top-1 agreement with the fused kernels vs 96.1 % as defined.
-        ARM and VNNI kernels compute the QDQ arithmetic up to rounding.
+        VPMADDUBSW; onnxruntime's quantization docs), which :data:`INT8_SESSION_CONFIG` avoids; this
+        runner checks that claim on every export.
         """
         quant = info.extra.get("quantization") or {}
         if "static QDQ" not in str(quant.get("method", "")):

@@ -61,6 +61,8 @@ class Target:
             "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
             "--delegate", "xnnpack",
         ]
+        for key, value in (art.get("ort_session_config") or {}).items():
+            cmd += ["--ort-config", f"{key}={value}"]
         if input_npy is not None:
             cmd += ["--input", str(input_npy)]
         if self.options.taskset:

@@ -31,6 +31,9 @@ class OnnxRuntime(Runtime):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # settings export recorded for this artifact (e.g. precise int8 kernels on x86 without VNNI)
+        for key, value in ((manifest.extra or {}).get("onnxruntime_session_config") or {}).items():
+            opts.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=opts,
                                                 providers=["CPUExecutionProvider"])

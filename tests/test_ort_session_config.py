@@ -1,0 +1,53 @@
+"""The onnxruntime settings export records for an int8 artifact reach serve's and bench's sessions.
+
+(export writes ``extra.onnxruntime_session_config`` = ``session.x64quantprecision=1`` for static int8:
+precise int8 kernels on x86 CPUs without VNNI; asserted in tests/test_export.py.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from lesionlite.manifest import Manifest  # noqa: E402
+from lesionlite.preprocessing import PreprocessConfig  # noqa: E402
+
+CONFIG = {"session.x64quantprecision": "1"}
+
+
+@pytest.fixture()
+def tiny_onnx(tmp_path: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_serve_runtime_applies_the_manifest_session_config(tiny_onnx: Path):
+    from serve.runtimes.onnx import OnnxRuntime
+
+    manifest = Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
+                        preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
+                        extra={"onnxruntime_session_config": CONFIG})
+    rt = OnnxRuntime(tiny_onnx, manifest)
+    assert rt.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+
+
+def test_bench_runner_applies_ort_config(tiny_onnx: Path):
+    from mobile_benchmarks import remote_runner
+
+    sess, _load_ns, _info = remote_runner._load_onnx(str(tiny_onnx), 1, ["session.x64quantprecision=1"])
+    assert sess.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    args = remote_runner.build_parser().parse_args(["--model", "m", "--kind", "onnx", "--ort-config", "a=1",
+                                                    "--ort-config", "b=2"])
+    assert args.ort_config == ["a=1", "b=2"]
