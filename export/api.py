@@ -126,6 +126,12 @@ class ExportContext:
             self.cache["int8_prep"] = report.as_dict()
         return self.cache["int8_model"]
 
+    def float_source(self, precision: str) -> tuple[Any, str]:
+        """(model, tag) ``precision`` is converted from; the tag ("fp32" or "fp32_int8prep") names that float
+        model so each format converts it once per export and the precisions sharing it reuse the graph."""
+        model = self.model_for(precision)
+        return model, "fp32" if model is self.model else "fp32_int8prep"
+
     def int8_prep_info(self) -> dict[str, Any] | None:
         """What :meth:`model_for` did for int8, for the artifact manifest (None when disabled)."""
         return self.cache.get("int8_prep") if self.options.bias_correction else None
@@ -388,13 +394,13 @@ def export_model(
                     accepted = parity["top1_agreement"] >= threshold
                     parity["threshold"] = threshold
                     parity["verified"] = True
-                    parity["host_int8_kernels"] = host_int8_note() if prec == "int8" else None
+                    parity["host_int8_kernels"] = dict(host_int8_note()) if prec == "int8" else None
                     reference = fmt.reference_runner(dest, info)
                     if reference is not None:  # the artifact as defined, beside what this host's kernels did
                         ref_out = _run_batched(reference[0], data.eval_x)
                         parity["as_defined"] = {
                             **compare(ref_logits, ref_out, fmt.output_kind, src.temperature),
-                            **{f"{k}": v for k, v in classification_metrics(data.eval_y, ref_out, num_classes).items()
+                            **{k: v for k, v in classification_metrics(data.eval_y, ref_out, num_classes).items()
                                if k in ("accuracy", "balanced_accuracy", "macro_f1")},
                             "how": reference[1],
                         }

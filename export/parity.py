@@ -6,6 +6,7 @@ probabilities on the same preprocessed held-out images; metrics are accuracy, ba
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: 
     }
 
 
+@functools.lru_cache(maxsize=1)
 def host_int8_note() -> dict[str, Any]:
     """What this CPU's int8 kernels are, for reading int8 parity: x86 without VNNI may saturate (onnxruntime)."""
     import platform

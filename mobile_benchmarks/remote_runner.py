@@ -180,8 +180,8 @@ def _load_onnx(path: str, threads: int, config: list[str] | None = None):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
-    for entry in config or []:
-        key, _, value = entry.partition("=")
+    session_config = dict(entry.partition("=")[::2] for entry in config or [])
+    for key, value in session_config.items():
         so.add_session_config_entry(key, value)
     t0 = time.perf_counter_ns()
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -192,6 +192,7 @@ def _load_onnx(path: str, threads: int, config: list[str] | None = None):
         "runtime_version": ort.__version__,
         "providers": sess.get_providers(),
         "session": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "sequential"},
+        "session_config": session_config,
         "input_name": inp.name,
     }
     return sess, t1 - t0, info
@@ -275,7 +276,6 @@ def run(args: argparse.Namespace) -> dict:
     try:
         if args.kind == "onnx":
             model, load_ns, info = _load_onnx(args.model, args.threads, args.ort_config)
-            info["session_config"] = dict(e.partition("=")[::2] for e in args.ort_config or [])
             from functools import partial
 
             call = partial(model.run, None, {info["input_name"]: x})

@@ -174,13 +174,13 @@ class QAT(KD):
         method = self
 
         def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            if method._calibrating:
+            if method._calibrating:  # float forward, widening the observed range
                 act.observe(x, None)
-                return layer._conv_forward(x, layer.weight, layer.bias) if isinstance(layer, nn.Conv2d) \
-                    else F.linear(x, layer.weight, layer.bias)
-            if layer.training:
-                act.observe(x, method.cfg.act_momentum)
-            xq, wq = act(x), _ste_int8_weight(layer.weight)
+                xq, wq = x, layer.weight
+            else:
+                if layer.training:
+                    act.observe(x, method.cfg.act_momentum)
+                xq, wq = act(x), _ste_int8_weight(layer.weight)
             if isinstance(layer, nn.Conv2d):
                 return layer._conv_forward(xq, wq, layer.bias)
             return F.linear(xq, wq, layer.bias)
@@ -207,8 +207,8 @@ class QAT(KD):
     def student_state_for_export(self) -> dict[str, Any]:
         """The student with every Conv2d/Linear weight rounded onto the int8 grid it was trained on."""
         state = self.student.state_dict()
-        names = {id(m): n for n, m in self.student.named_modules()}
-        for layer in self._layers:
-            key = f"{names[id(layer)]}.weight" if names[id(layer)] else "weight"
-            state[key] = snap_to_int8_grid(state[key])
+        for name, module in self.student.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                key = f"{name}.weight" if name else "weight"
+                state[key] = snap_to_int8_grid(state[key])
         return state

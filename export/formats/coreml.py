@@ -89,8 +89,8 @@ class CoreMLFormat(ExportFormat):
         import torch
 
         s = ctx.input_size
-        model = ctx.model_for(precision)  # int8: the prepared copy (export.int8_prep)
-        key = "coreml_fp32" if precision == "fp32" else "coreml_fp16" if model is ctx.model else "coreml_int8prep"
+        model, source = ctx.float_source(precision)  # int8: the prepared copy (export.int8_prep)
+        key = "coreml_fp32" if precision == "fp32" else f"coreml_fp16_{source}"
         if key not in ctx.cache:
             traced = torch.jit.trace(_classifier_wrapper(ctx, model), torch.rand(1, 3, s, s))
             ctx.cache[key] = ct.convert(

@@ -130,10 +130,9 @@ class OnnxFormat(ExportFormat):
         """
         import onnx
 
-        model = ctx.model_for(precision)
-        key = "onnx_fp32" if model is ctx.model else "onnx_fp32_int8prep"
+        model, stem = ctx.float_source(precision)
+        key = f"onnx_{stem}"
         if key not in ctx.cache:
-            stem = "fp32" if key == "onnx_fp32" else "fp32_int8prep"
             raw = ctx.workdir / f"{stem}_raw.onnx"
             exporter = _export_fp32(ctx, raw, model)
             graph = onnx.load(str(raw))

@@ -151,8 +151,8 @@ class TFLiteFormat(ExportFormat):
 
     def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
         """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy."""
-        model = ctx.model_for(precision)
-        key = "tflite_fp32" if model is ctx.model else "tflite_fp32_int8prep"
+        model, stem = ctx.float_source(precision)
+        key = f"tflite_{stem}"
         if key not in ctx.cache:
             import torch
 
@@ -160,7 +160,7 @@ class TFLiteFormat(ExportFormat):
             litert_torch.config.show_progress = False
             s = ctx.input_size
             edge = litert_torch.convert(_nhwc_wrapper(model), (torch.zeros(1, s, s, 3),))
-            path = ctx.workdir / ("fp32.tflite" if key == "tflite_fp32" else "fp32_int8prep.tflite")
+            path = ctx.workdir / f"{stem}.tflite"
             edge.export(str(path))
             ctx.cache[key] = path
         return ctx.cache[key]

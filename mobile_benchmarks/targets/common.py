@@ -11,6 +11,14 @@ from mobile_benchmarks.stats import summarize_ms, throughput_ips
 NOT_REPORTED = "not reported by runtime"
 
 
+def ort_config_args(artifact: dict[str, Any]) -> list[str]:
+    """``--ort-config KEY=VALUE`` runner arguments for the onnxruntime settings export recorded."""
+    args: list[str] = []
+    for key, value in (artifact.get("ort_session_config") or {}).items():
+        args += ["--ort-config", f"{key}={value}"]
+    return args
+
+
 def empty_result(artifact: dict[str, Any], threads: int | None, status: str, reason: str) -> dict[str, Any]:
     return {
         "artifact": artifact["name"], "kind": artifact["kind"], "precision": artifact.get("precision"),

@@ -19,7 +19,7 @@ from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner
+from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, ort_config_args
 
 RUNNER = Path(remote_runner.__file__).resolve()
 
@@ -61,8 +61,7 @@ class Target:
             "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
             "--delegate", "xnnpack",
         ]
-        for key, value in (art.get("ort_session_config") or {}).items():
-            cmd += ["--ort-config", f"{key}={value}"]
+        cmd += ort_config_args(art)
         if input_npy is not None:
             cmd += ["--input", str(input_npy)]
         if self.options.taskset:

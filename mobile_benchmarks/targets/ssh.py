@@ -17,7 +17,7 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner
+from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, ort_config_args
 
 
 class Target:
@@ -108,8 +108,7 @@ class Target:
         rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
         args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--kind", art["kind"],
                 "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup)]
-        for key, value in (art.get("ort_session_config") or {}).items():
-            args += ["--ort-config", f"{key}={value}"]
+        args += ort_config_args(art)
         if input_npy is not None:
             args += ["--input", self._copy_once(input_npy, f"{safe}_input.npy")]
         if self.options.taskset:
