@@ -1,4 +1,4 @@
-"""How much does the bench harness itself cost per timed inference, and how well do runs agree?
+"""How much does the bench harness itself cost per timed inference?
 
     python benchmarks/bench_overhead.py [MODEL_DIR] [--runs 300] [--blocks 7]
 
@@ -20,8 +20,8 @@ and reports, per inference:
                   work runs in the calling thread; CPU time is not inflated by preemption),
 
 each relative to the measured latency (target: below 2 %). Medians over the blocks are used.
-Run-to-run agreement: the normal harness is run 3 times, each in a fresh process; the spread of
-their means/p50s is compared with the std each run reports.
+Run-to-run agreement is measured by ``benchmarks/bench_agreement.py`` (``lesionlite bench`` itself,
+with its repeats and noise rule).
 
 Writes ``benchmarks/results/bench_overhead.json`` and prints a table.
 """
@@ -46,7 +46,6 @@ from mobile_benchmarks.artifacts import discover  # noqa: E402
 from mobile_benchmarks.bench import make_input  # noqa: E402
 from mobile_benchmarks.hostinfo import host_info  # noqa: E402
 from mobile_benchmarks.remote_runner import __file__ as RUNNER  # noqa: E402
-from mobile_benchmarks.stats import summarize_ms  # noqa: E402
 from mobile_benchmarks.targets.common import find_runner_json  # noqa: E402
 
 
@@ -96,7 +95,6 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--blocks", type=int, default=101)
-    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_overhead.json"))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -105,7 +103,7 @@ def main() -> int:
         if not a.model_dir:
             print("building tiny_cnn fixtures (ONNX + TFLite, 32, 96 and 224 px) ...", file=sys.stderr)
             build_fixtures(model_dir)
-        rows, agreement = [], []
+        rows = []
         for art in discover(model_dir):
             if art.kind not in ("onnx", "tflite"):
                 continue
@@ -146,24 +144,6 @@ def main() -> int:
             row["under_2pct_cpu"] = abs(row["cpu_overhead_pct_of_latency"]) < 2
             row["under_2pct_timer"] = row["empty_timer_pct_of_latency"] < 2
             rows.append(row)
-            reps = []
-            for _ in range(a.repeats):
-                r = runner(art.model_path, art.kind, npy, "harness", a.runs, a.warmup, 1)
-                s = summarize_ms([v / 1e6 for v in r["latencies_ns"]])
-                reps.append({"mean_ms": s["mean"], "p50_ms": s["p50"], "std_ms": s["std"], "p99_ms": s["p99"]})
-            means = [x["mean_ms"] for x in reps]
-            p50s = [x["p50_ms"] for x in reps]
-            std_med = statistics.median(x["std_ms"] for x in reps)
-            agreement.append({
-                "artifact": art.name, "runs": reps,
-                "mean_spread_ms": max(means) - min(means),
-                "mean_spread_pct": 100 * (max(means) - min(means)) / statistics.fmean(means),
-                "p50_spread_ms": max(p50s) - min(p50s),
-                "p50_spread_pct": 100 * (max(p50s) - min(p50s)) / statistics.fmean(p50s),
-                "median_reported_std_ms": std_med,
-                "mean_spread_over_std": (max(means) - min(means)) / std_med if std_med else None,
-                "mean_spread_over_stderr": (max(means) - min(means)) / (std_med / a.runs ** 0.5) if std_med else None,
-            })
         import os
 
         doc = {
@@ -171,10 +151,9 @@ def main() -> int:
             "description": __doc__.strip().splitlines()[0],
             "host": host_info(),
             "python": platform.python_version(),
-            "settings": {"runs_per_block": a.runs, "blocks": a.blocks, "warmup": a.warmup, "repeats": a.repeats,
-                         "threads": 1},
+            "settings": {"runs_per_block": a.runs, "blocks": a.blocks, "warmup": a.warmup, "threads": 1},
             "overhead": rows,
-            "run_to_run": agreement,
+            "run_to_run": "measured by benchmarks/bench_agreement.py (lesionlite bench's own repeats and noise rule)",
         }
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,12 +169,6 @@ def main() -> int:
                   f"{r['reported_vs_bare_bias_pct']:>8.2f}{r['cpu_bare_per_inference_us']:>12.2f}"
                   f"{r['cpu_overhead_per_inference_us']:>11.3f}{r['cpu_overhead_pct_of_latency']:>10.2f}"
                   f"{r['empty_timer_iteration_ns']:>9.0f}{r['empty_timer_pct_of_latency']:>8.2f}")
-        print()
-        print(f"{'artifact':<26}{'means (ms)':>30}{'spread %':>10}{'p50 spread %':>14}{'std (ms)':>10}{'spread/std':>11}")
-        for g in agreement:
-            ms = ", ".join(f"{x['mean_ms']:.4f}" for x in g["runs"])
-            print(f"{g['artifact']:<26}{ms:>30}{g['mean_spread_pct']:>10.2f}{g['p50_spread_pct']:>14.2f}"
-                  f"{g['median_reported_std_ms']:>10.4f}{(g['mean_spread_over_std'] or 0):>11.2f}")
         print(f"\nwrote {out}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

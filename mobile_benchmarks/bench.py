@@ -15,6 +15,7 @@ from lesionlite.preprocessing import load_image_file, preprocess
 from mobile_benchmarks import BENCH_SCHEMA
 from mobile_benchmarks.artifacts import Artifact, discover
 from mobile_benchmarks.hostinfo import host_info
+from mobile_benchmarks.repeats import merge_repeats
 from mobile_benchmarks.targets import BenchOptions, get_target, parse_target
 from mobile_benchmarks.targets.common import empty_result
 
@@ -25,8 +26,11 @@ ISOLATION_NOTE = (
 )
 TIMING_NOTE = (
     "time.perf_counter_ns read immediately around each run()/invoke() call only; the input is prepared "
-    "before the loop (TFLite: copied into the input tensor once); warmup runs are excluded; "
-    "throughput = 1000 / mean latency (single stream, batch 1)"
+    "before the loop (TFLite: copied into the input tensor once); warmup runs are excluded; at least --runs "
+    "timed calls and at least --min-secs of timing after at least --warmup calls and --warmup-min-secs of "
+    "warm-up (benchmark_model's num_runs/min_secs/warmup_runs/warmup_min_secs); "
+    "throughput = 1000 / mean latency (single stream, batch 1); with --repeats R each figure is the median over "
+    "R fresh processes (run repeat-major across artifacts) and noise_ms is half the range of those R values"
 )
 
 
@@ -95,6 +99,10 @@ def run_bench(
     log = log or (lambda s: print(s, file=sys.stderr))
     if options.runs < 1 or options.warmup < 0:
         raise LesionliteError("--runs must be >= 1 and --warmup >= 0")
+    if options.repeats < 1:
+        raise LesionliteError("--repeats must be >= 1")
+    if options.min_secs < 0 or options.warmup_min_secs < 0:
+        raise LesionliteError("--min-secs and --warmup-min-secs must be >= 0")
     parse_target(target_spec)  # unknown target → error before anything else
     model_dir = Path(model_dir)
     out = Path(out_dir) if out_dir else model_dir / "bench"
@@ -104,6 +112,7 @@ def run_bench(
     results: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="lesionlite-bench-") as tmp:
+            runnable: list[tuple[Artifact, Path | None]] = []
             for art in arts:
                 info = art.info
                 if info.get("problem"):
@@ -123,15 +132,8 @@ def run_bench(
                     np.save(npy, x)
                     info["bench_input"] = {"shape": list(x.shape), "dtype": str(x.dtype),
                                            "source": image or "random RGB noise (seed 0) through lesionlite.preprocessing"}
-                for t in options.threads:
-                    log(f"[bench] {art.name} ({art.kind}) threads={t} ...")
-                    res = target.measure(info, art.model_path, t, npy)  # type: ignore[arg-type]
-                    if res["status"] == "ok":
-                        lat = res["latency_ms"]
-                        log(f"[bench]   mean {lat['mean']:.4f} ms  p50 {_fmt(lat.get('p50'))}  p99 {_fmt(lat.get('p99'))}")
-                    else:
-                        log(f"[bench]   {res['status']}: {res['reason']}")
-                    results.append(res)
+                runnable.append((art, npy))
+            results += measure_interleaved(target, runnable, options, log)
     finally:
         target.close()
     host = host_info()
@@ -145,7 +147,8 @@ def run_bench(
         "host": host,
         "warnings": warnings,
         "settings": {
-            "threads": options.threads, "runs": options.runs, "warmup": options.warmup,
+            "threads": options.threads, "runs": options.runs, "warmup": options.warmup, "repeats": options.repeats,
+            "min_secs": options.min_secs, "warmup_min_secs": options.warmup_min_secs,
             "delegate": options.delegate or "runtime default (LiteRT: XNNPACK)", "taskset": options.taskset,
             "isolation": ISOLATION_NOTE, "timing": TIMING_NOTE,
         },
@@ -156,6 +159,38 @@ def run_bench(
 
     doc["outputs"] = write_reports(doc, out)
     return doc
+
+
+def measure_interleaved(target: Any, runnable: list[tuple[Artifact, Path | None]], options: BenchOptions,
+                        log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every artifact × thread count ``options.repeats`` times, repeat-major, merged per combination.
+
+    Repeat r of every combination runs before repeat r+1 of any (see :mod:`mobile_benchmarks.repeats`).
+    A combination that is skipped (e.g. CoreML on Linux) is not repeated.
+    """
+    measured: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for rep in range(options.repeats):
+        for art, npy in runnable:
+            for t in options.threads:
+                runs = measured.setdefault((art.name, t), [])
+                if runs and runs[-1]["status"] != "ok":
+                    continue  # skipped or failed once: the merged result is that, no need to retry
+                tag = f" repeat {rep + 1}/{options.repeats}" if options.repeats > 1 else ""
+                log(f"[bench] {art.name} ({art.kind}) threads={t}{tag} ...")
+                res = target.measure(art.info, art.model_path, t, npy)
+                if res["status"] == "ok":
+                    lat = res["latency_ms"]
+                    log(f"[bench]   mean {lat['mean']:.4f} ms  p50 {_fmt(lat.get('p50'))}  p99 {_fmt(lat.get('p99'))}")
+                else:
+                    log(f"[bench]   {res['status']}: {res['reason']}")
+                runs.append(res)
+    merged = [merge_repeats(runs) for runs in measured.values()]
+    for res in merged:
+        noise = (res.get("noise_ms") or {}).get("p50")
+        if noise is not None and res["latency_ms"].get("p50"):
+            log(f"[bench] {res['artifact']} threads={res['threads']}: p50 {res['latency_ms']['p50']:.4f} ms "
+                f"± {noise:.4f} ({100 * noise / res['latency_ms']['p50']:.1f} %) over {res['repeats']} processes")
+    return merged
 
 
 def busy_host_warnings(host: dict[str, Any]) -> list[str]:

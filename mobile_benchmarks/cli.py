@@ -1,7 +1,8 @@
 """``lesionlite bench`` ≡ ``python -m mobile_benchmarks``.
 
     lesionlite bench [run] MODEL_DIR [--target local|adb[:SERIAL]|ssh://[USER@]HOST[:PORT]]
-                     [--threads 1,2,4] [--runs 100] [--warmup 10] [--out DIR]
+                     [--threads 1,2,4] [--runs 100] [--warmup 10] [--min-secs 1]
+                     [--warmup-min-secs 0.5] [--repeats 3] [--out DIR]
                      [--benchmark-model PATH] [--use-xnnpack|--use-gpu|--use-nnapi]
                      [--taskset MASK] [--remote-python python3] [--image FILE]
     lesionlite bench compare A.json B.json
@@ -32,6 +33,14 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")
     p.add_argument("--runs", type=int, default=100, help="timed inferences per artifact and thread count (default 100)")
     p.add_argument("--warmup", type=int, default=10, help="untimed warmup inferences (default 10)")
+    p.add_argument("--min-secs", type=float, default=1.0,
+                   help="keep timing until at least this many seconds have passed, as benchmark_model's "
+                        "--min_secs (default 1.0)")
+    p.add_argument("--warmup-min-secs", type=float, default=0.5,
+                   help="warm up for at least this many seconds, as benchmark_model's --warmup_min_secs (default 0.5)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="fresh processes per artifact and thread count; figures are their medians and the "
+                        "spread between them is reported as the noise (default 3)")
     p.add_argument("--out", help="output directory (default MODEL_DIR/bench)")
     p.add_argument("--benchmark-model", help="adb: path of TFLite's benchmark_model binary for the phone")
     g = p.add_mutually_exclusive_group()
@@ -52,7 +61,8 @@ def cmd_run(argv: Sequence[str]) -> int:
 
     a = _run_parser().parse_args(list(argv))
     opts = BenchOptions(
-        threads=parse_threads(a.threads), runs=a.runs, warmup=a.warmup, delegate=a.delegate, taskset=a.taskset,
+        threads=parse_threads(a.threads), runs=a.runs, warmup=a.warmup, repeats=a.repeats,
+        min_secs=a.min_secs, warmup_min_secs=a.warmup_min_secs, delegate=a.delegate, taskset=a.taskset,
         benchmark_model=a.benchmark_model, remote_python=a.remote_python, timeout_s=a.timeout,
     )
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))

@@ -300,10 +300,17 @@ def run(args: argparse.Namespace) -> dict:
 
         pc = time.perf_counter_ns
         warm = [0] * max(args.warmup, 0)
+        w_start = pc()
         for i in range(len(warm)):
             t0 = pc()
             call()
             warm[i] = pc() - t0
+        # like benchmark_model's --warmup_min_secs: keep warming up until this much time has passed
+        w_deadline = w_start + int(max(args.warmup_min_secs, 0.0) * 1e9)
+        while pc() < w_deadline:
+            t0 = pc()
+            call()
+            warm.append(pc() - t0)
 
         result: dict = {}
         n = args.runs
@@ -332,6 +339,16 @@ def run(args: argparse.Namespace) -> dict:
                     call()
                     t1 = pc()
                     timings[i] = t1 - t0
+                if args.mode == "harness" and args.min_secs > 0:
+                    # like benchmark_model's --min_secs: at least --runs calls AND at least this long, so
+                    # that a fast model is timed across more than a blink of the host's state
+                    deadline = w0 + int(args.min_secs * 1e9)
+                    t1 = pc()
+                    while t1 < deadline:
+                        t0 = pc()
+                        call()
+                        t1 = pc()
+                        timings.append(t1 - t0)
                 harness_walls.append(pc() - w0)
                 harness_cpu.append(tt() - c0)
                 all_timings.extend(timings)
@@ -402,6 +419,8 @@ def run(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "runs": args.runs,
         "warmup": args.warmup,
+        "min_secs": args.min_secs,
+        "warmup_min_secs": args.warmup_min_secs,
         "load_ns": load_ns,
         "first_inference_ns": first_ns,
         "warmup_ns": warm,
@@ -431,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--min-secs", type=float, default=0.0,
+                   help="time at least this long (after --runs calls, keep going until it has passed)")
+    p.add_argument("--warmup-min-secs", type=float, default=0.0, help="warm up at least this long")
     p.add_argument("--input", help=".npy file with the exact model input (preprocessed, quantized)")
     p.add_argument("--input-shape", default="1,3,224,224")
     p.add_argument("--input-dtype", default="float32")
@@ -447,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1:
         _fail(4, "failed", "--runs must be at least 1")
+    if args.min_secs < 0 or args.warmup_min_secs < 0:
+        _fail(4, "failed", "--min-secs and --warmup-min-secs must be >= 0")
     if not os.path.exists(args.model):
         _fail(4, "failed", f"model file not found: {args.model}")
     _emit(run(args))

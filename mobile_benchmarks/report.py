@@ -9,6 +9,7 @@ from typing import Any
 from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import BENCH_SCHEMA
+from mobile_benchmarks.repeats import agreement
 
 LAT_PLOT = "latency_distribution.png"
 ACC_PLOT = "accuracy_vs_latency.png"
@@ -58,8 +59,8 @@ def artifact_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def result_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    head = ["artifact", "threads", "load (ms)", "first (ms)", "mean ± std (ms)", "min", "p50", "p90", "p95", "p99", "max",
-            "throughput (inf/s)", "peak RSS (MB)", "Δ peak (MB)", "delegate share"]
+    head = ["artifact", "threads", "load (ms)", "first (ms)", "mean ± std (ms)", "min", "p50", "p50 noise", "p90", "p95",
+            "p99", "max", "throughput (inf/s)", "peak RSS (MB)", "Δ peak (MB)", "delegate share"]
     rows = []
     for r in doc["results"]:
         if r["status"] != "ok":
@@ -74,7 +75,7 @@ def result_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([
             r["artifact"], str(r["threads"]), _f(r.get("load_ms")), _f(r.get("first_inference_ms")),
             f"{_f(lat.get('mean'), 4)} ± {_f(lat.get('std'), 4)}", _f(lat.get("min"), 4), _f(lat.get("p50"), 4),
-            _f(lat.get("p90"), 4), _f(lat.get("p95"), 4), _f(lat.get("p99"), 4), _f(lat.get("max"), 4),
+            _noise(r, "p50"), _f(lat.get("p90"), 4), _f(lat.get("p95"), 4), _f(lat.get("p99"), 4), _f(lat.get("max"), 4),
             _f(r.get("throughput_ips"), 1), _f(mem.get("peak_rss_mb"), 1), _f(mem.get("peak_delta_mb"), 1), share,
         ])
     return head, rows
@@ -101,6 +102,15 @@ def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
+def _noise(r: dict[str, Any], figure: str) -> str:
+    """'± x ms (y %, R proc.)': half the range of the figure over the repeats' processes."""
+    n = (r.get("noise_ms") or {}).get(figure)
+    v = (r.get("latency_ms") or {}).get(figure)
+    if n is None or not v:
+        return "— (1 process)" if r.get("repeats") == 1 else "—"
+    return f"± {n:.4f} ({100 * n / v:.1f} %, {r.get('repeats')} proc.)"
+
+
 def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     s = doc["settings"]
     out = [f"# Benchmark: {doc['model_dir']}", "",
@@ -108,7 +118,8 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
            "## Host", "", _md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
            *([f"> **Warning:** {w}" for w in doc.get("warnings") or []] + ([""] if doc.get("warnings") else [])),
            "## Method", "",
-           f"- threads {s['threads']}, {s['runs']} timed runs after {s['warmup']} warmup runs, delegate: {s['delegate']}, "
+           f"- threads {s['threads']}, {s['runs']} timed runs after {s['warmup']} warmup runs in each of "
+           f"{s.get('repeats', 1)} fresh process(es), delegate: {s['delegate']}, "
            f"taskset: {s.get('taskset') or 'none (affinity as inherited)'}",
            f"- timing: {s['timing']}", f"- isolation and memory: {s['isolation']}", "",
            "## Artifacts", "", _md_table(*artifact_rows(doc)), "",
@@ -265,18 +276,34 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         for name, get in COMPARE_METRICS:
             va, vb = get(ra[key], arts_a.get(key[0], {})), get(rb[key], arts_b.get(key[0], {}))
             row[name] = {"a": va, "b": vb, "ratio": (vb / va) if (va and vb is not None) else None}
+        row["p50_agreement"] = agreement(ra[key], rb[key], "p50")
         rows.append(row)
     return rows
 
 
+def _agreement_cell(g: dict[str, Any] | None) -> str:
+    if not g:
+        return "— (no noise band)"
+    verdict = "within noise" if g["within_noise"] else "OUTSIDE noise"
+    return f"{g['difference_ms']:.4f} vs {g['noise_ms']:.4f} ms: {verdict}"
+
+
 def format_compare(rows: list[dict[str, Any]], only_a: list, only_b: list) -> str:
     names = [n for n, _ in COMPARE_METRICS]
-    head = ["artifact", "threads"] + [f"{n} B/A" for n in names]
-    body = [[r["artifact"], str(r["threads"])] + ["—" if r[n]["ratio"] is None else f"{r[n]['ratio']:.3f}" for n in names] for r in rows]
+    head = ["artifact", "threads"] + [f"{n} B/A" for n in names] + ["p50 |B−A| vs noise"]
+    body = [[r["artifact"], str(r["threads"])] + ["—" if r[n]["ratio"] is None else f"{r[n]['ratio']:.3f}" for n in names]
+            + [_agreement_cell(r.get("p50_agreement"))] for r in rows]
     widths = [max(len(h), *(len(x[i]) for x in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
     lines.append("ratio = B / A: latency and memory below 1 mean B is faster / smaller; throughput above 1 means B is faster")
+    judged = [r["p50_agreement"] for r in rows if r.get("p50_agreement")]
+    if judged:
+        inside = sum(g["within_noise"] for g in judged)
+        lines.append(f"p50 difference within the two runs' between-process noise (noise A + noise B): {inside} of {len(judged)}; "
+                     "a difference outside it is a real change, one inside it is not distinguishable from noise")
+    else:
+        lines.append("no noise bands to judge differences by (runs made with --repeats 1)")
     if only_a:
         lines.append("only in A: " + ", ".join(f"{a}@{t}" for a, t in only_a))
     if only_b:

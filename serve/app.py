@@ -209,7 +209,7 @@ def _decode(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray:
 def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastAPI:
     """Load the models under ``model_dir`` and build the app (batchers start with the app)."""
     settings = settings or Settings()
-    models = load_models(model_dir, threads=settings.threads)
+    models = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin)
     default = settings.default_model or sorted(models)[0]
     if default not in models:
         from lesionlite.errors import LesionliteError

@@ -2,13 +2,19 @@
 
 Each model has a bounded :class:`asyncio.Queue` of preprocessed images and one batcher task. The
 batcher takes the first waiting image, then waits at most ``max_wait_ms`` for up to ``max_batch - 1``
-more, and runs the batch in the model's own worker thread (the event loop never blocks on
-inference). While a batch runs, new images wait in the queue; when the queue is full, :meth:`submit`
-refuses at once (:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up.
+more, and hands the batch to the model's own worker thread (the event loop never blocks on
+inference). Up to ``max_in_flight`` batches are handed over at once (default 2: one running, the next
+waiting in the worker's queue), so the worker starts the next batch the moment one ends instead of
+idling while the event loop — which competes with request handling and image decoding for the GIL —
+delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured that idle gap at
+over a third of the worker's time with one batch at a time. New images wait in the queue; when it is
+full, :meth:`submit` refuses at once (:class:`Overloaded` → HTTP 503 + Retry-After) rather than
+letting work pile up.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +39,10 @@ class MicroBatcher:
         queue_size: int,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        max_in_flight: int = 2,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
         self.name = name
         self.predict_fn = predict
         self.max_batch = max_batch
@@ -43,6 +52,10 @@ class MicroBatcher:
         self._on_depth = on_queue_depth or (lambda n: None)
         self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
+        self.max_in_flight = max_in_flight
+        self._slots: asyncio.Semaphore | None = None
+        #: batches handed to the worker and not yet delivered → their (image, future) items
+        self._in_flight: dict[asyncio.Future, list[tuple[np.ndarray, asyncio.Future]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
 
     @property
@@ -55,6 +68,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -64,6 +78,10 @@ class MicroBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for run, items in list(self._in_flight.items()):
+            run.cancel()
+            _fail(items, Overloaded("server is shutting down"))
+        self._in_flight.clear()
         if self._queue is not None:
             while not self._queue.empty():
                 _, fut = self._queue.get_nowait()
@@ -96,45 +114,73 @@ class MicroBatcher:
         return (await self.submit_many([image]))[0]
 
     async def _loop(self) -> None:
-        assert self._queue is not None
-        q = self._queue
+        assert self._queue is not None and self._slots is not None
+        q, slots = self._queue, self._slots
         loop = asyncio.get_running_loop()
         while True:
-            items = [await q.get()]
-            deadline = loop.time() + self.max_wait_s
-            while len(items) < self.max_batch:
-                try:
-                    items.append(q.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    items.append(await asyncio.wait_for(q.get(), remaining))
-                except (asyncio.TimeoutError, TimeoutError):
-                    break
+            await slots.acquire()  # at most max_in_flight batches handed to the worker
+            try:
+                items = await self._collect(q, loop)
+            except BaseException:
+                slots.release()
+                raise
             self._on_depth(q.qsize())
             live = [(x, f) for x, f in items if not f.done()]
             if not live:
+                slots.release()
                 continue
             batch = np.stack([x for x, _ in live])
-            t0 = time.perf_counter()
+            run = loop.run_in_executor(self._executor, _timed, self.predict_fn, batch)
+            self._in_flight[run] = live
+            run.add_done_callback(functools.partial(self._deliver, live))
+
+    async def _collect(self, q: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> list:
+        """The first waiting item, then more for at most ``max_wait`` (up to ``max_batch`` in all)."""
+        items = [await q.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(items) < self.max_batch:
             try:
-                logits = await loop.run_in_executor(self._executor, self.predict_fn, batch)
-            except asyncio.CancelledError:
-                for _, f in live:
-                    if not f.done():
-                        f.set_exception(Overloaded("server is shutting down"))
-                raise
-            except Exception as exc:  # a runtime failure fails this batch, not the server
-                log.error("model %s failed on a batch of %d: %s: %s", self.name, len(live), type(exc).__name__, exc)
-                for _, f in live:
-                    if not f.done():
-                        f.set_exception(exc)
+                items.append(q.get_nowait())
                 continue
-            self._on_batch(len(live), time.perf_counter() - t0)
-            for i, (_, f) in enumerate(live):
-                if not f.done():
-                    f.set_result(logits[i])
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(q.get(), remaining))
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        return items
+
+    def _deliver(self, live: list[tuple[np.ndarray, asyncio.Future]], run: asyncio.Future) -> None:
+        """On the event loop when a batch has run: each caller gets its row, or the batch's error."""
+        self._in_flight.pop(run, None)
+        if self._slots is not None:
+            self._slots.release()
+        if run.cancelled():
+            _fail(live, Overloaded("server is shutting down"))
+            return
+        exc = run.exception()
+        if exc is not None:  # a runtime failure fails this batch, not the server
+            log.error("model %s failed on a batch of %d: %s: %s", self.name, len(live), type(exc).__name__, exc)
+            _fail(live, exc)
+            return
+        logits, seconds = run.result()
+        self._on_batch(len(live), seconds)
+        for i, (_, f) in enumerate(live):
+            if not f.done():
+                f.set_result(logits[i])
+
+
+def _timed(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> tuple[np.ndarray, float]:
+    """Runs in the worker thread: the logits and the time the runtime took (queueing excluded)."""
+    t0 = time.perf_counter()
+    out = predict(batch)
+    return out, time.perf_counter() - t0
+
+
+def _fail(items: list[tuple[np.ndarray, asyncio.Future]], exc: BaseException) -> None:
+    for _, f in items:
+        if not f.done():
+            f.set_exception(exc)

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=d.top_k, help="default top_k (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="runtime intra-op threads per model, 0 = runtime default (default %(default)s)")
+    p.add_argument("--runtime-spin", action="store_true", default=d.runtime_spin,
+                   help="let onnxruntime's idle threads busy-wait (its own default); off by default because "
+                        "they would take CPU from image decoding in the same process")
     p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads,
                    help="image decoding threads, 0 = min(4, CPUs) (default %(default)s)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
@@ -55,6 +58,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files, max_pixels=args.max_pixels,
         abstain_threshold=args.abstain_threshold, top_k=args.top_k, threads=args.threads,
+        runtime_spin=args.runtime_spin,
         preprocess_threads=args.preprocess_threads, default_model=args.default_model, log_level=args.log_level,
     )
 

@@ -92,7 +92,7 @@ def find_artifacts(model_dir: str | Path) -> list[Path]:
     return sorted(set(found))
 
 
-def load_models(model_dir: str | Path, threads: int = 0) -> dict[str, LoadedModel]:
+def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False) -> dict[str, LoadedModel]:
     """Load every servable artifact under ``model_dir``; raise if there is none."""
     root = Path(model_dir)
     dirs = find_artifacts(root)
@@ -115,7 +115,7 @@ def load_models(model_dir: str | Path, threads: int = 0) -> dict[str, LoadedMode
         name = _model_name(root, d)
         if name in models:
             raise LesionliteError(f"two artifacts map to the model name {name!r}: {models[name].directory} and {d}")
-        runtime = load_runtime(path, manifest, threads)
+        runtime = load_runtime(path, manifest, threads, spin_wait=spin_wait)
         version = str(manifest.extra.get("version") or _file_version(path))
         models[name] = LoadedModel(name, version, d, manifest, runtime)
         log.info("loaded model %s (%s, %s, version %s) from %s", name, manifest.kind,

@@ -39,6 +39,9 @@ class Settings:
     top_k: int = 3
     #: Intra-op threads per runtime (onnxruntime / LiteRT); 0 = the runtime's default.
     threads: int = 0
+    #: Let the runtime's idle threads busy-wait (onnxruntime's default). Off: the server's own threads
+    #: decode uploads on the same cores, and spinning runtime threads take CPU from them.
+    runtime_spin: bool = False
     #: Threads decoding + preprocessing images; 0 = min(4, CPU count).
     preprocess_threads: int = 0
     #: Seconds suggested to an overloaded client in Retry-After.

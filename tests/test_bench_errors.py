@@ -139,7 +139,7 @@ def test_adb_end_to_end_with_fake_device(tmp_path, capsys, monkeypatch):
     bm = tmp_path / "benchmark_model"
     bm.write_bytes(b"\x7fELF")
     rc = main([str(tmp_path / "m"), "--target", "adb", "--benchmark-model", str(bm), "--threads", "4",
-               "--use-xnnpack", "--taskset", "f0", "--quiet"])
+               "--use-xnnpack", "--taskset", "f0", "--repeats", "2", "--quiet"])
     assert rc == 0
     doc = json.loads((tmp_path / "m" / "bench" / "bench.json").read_text())
     assert doc["target"]["device"]["serial"] == "FAKE1"
@@ -149,6 +149,8 @@ def test_adb_end_to_end_with_fake_device(tmp_path, capsys, monkeypatch):
     t = res["m_tflite"]
     assert t["status"] == "ok" and t["source"] == "benchmark_model"
     assert t["latency_ms"]["mean"] == pytest.approx(105.784) and t["latency_ms"]["p99"] is None
+    # two benchmark_model runs of the same replayed output: medians equal it, no spread between them
+    assert t["repeats"] == 2 and t["noise_ms"]["mean"] == 0 and t["noise_ms"]["p99"] is None
 
 
 def test_adb_command_line():

@@ -72,7 +72,8 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bench_a(model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench_a")
-    rc = main([str(model_dir), "--threads", "1,2", "--runs", "30", "--warmup", "3", "--out", str(out), "--quiet"])
+    rc = main([str(model_dir), "--threads", "1,2", "--runs", "30", "--warmup", "3", "--repeats", "2", "--min-secs", "0",
+               "--warmup-min-secs", "0", "--out", str(out), "--quiet"])
     assert rc == 0
     return out
 
@@ -90,7 +91,7 @@ def test_local_schema_and_numbers(bench_a):
     for k in ("cpu_model", "logical_cores", "affinity", "affinity_mask", "os", "python", "onnxruntime", "ai_edge_litert"):
         assert k in host
     assert host["onnxruntime"] and host["ai_edge_litert"]
-    assert doc["settings"]["threads"] == [1, 2] and doc["settings"]["runs"] == 30
+    assert doc["settings"]["threads"] == [1, 2] and doc["settings"]["runs"] == 30 and doc["settings"]["repeats"] == 2
     assert "fresh process" in doc["settings"]["isolation"]
 
     arts = {a["name"]: a for a in doc["artifacts"]}
@@ -114,7 +115,12 @@ def test_local_schema_and_numbers(bench_a):
         lat = r["latency_ms"]
         for k in LAT_KEYS:
             assert lat[k] is not None and lat[k] >= 0, (k, lat)
-        assert lat["count"] == 30 and len(r["latencies_ms"]) == 30
+        # two fresh processes of 30 runs each: pooled latencies, medians of the per-process figures, noise band
+        assert lat["count"] == 60 and len(r["latencies_ms"]) == 60 and r["repeats"] == 2
+        per = r["repeat_figures_ms"]
+        assert len(per) == 2 and lat["p50"] == pytest.approx((per[0]["p50"] + per[1]["p50"]) / 2)
+        assert r["noise_ms"]["p50"] == pytest.approx(abs(per[0]["p50"] - per[1]["p50"]) / 2)
+        assert lat["min"] == min(r["latencies_ms"]) and lat["max"] == max(r["latencies_ms"])
         assert lat["mean"] > 0 and lat["min"] > 0 and _ordered(lat)
         assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["throughput_ips"] > 0
         assert r["throughput_ips"] == pytest.approx(1000 / lat["mean"])
@@ -154,7 +160,8 @@ def test_report_rerender(bench_a, tmp_path, capsys):
 
 def test_compare(bench_a, model_dir, tmp_path, capsys):
     out_b = tmp_path / "b"
-    rc = main([str(model_dir), "--threads", "1", "--runs", "20", "--warmup", "2", "--out", str(out_b), "--quiet"])
+    rc = main([str(model_dir), "--threads", "1", "--runs", "20", "--warmup", "2", "--repeats", "2", "--min-secs", "0",
+               "--warmup-min-secs", "0", "--out", str(out_b), "--quiet"])
     assert rc == 0
     capsys.readouterr()
     rc = run_stage(main, ["compare", str(bench_a / "bench.json"), str(out_b / "bench.json")], prog="lesionlite bench")
@@ -164,11 +171,16 @@ def test_compare(bench_a, model_dir, tmp_path, capsys):
     lines = [l for l in out.splitlines() if l.startswith("tiny_cnn_")]
     assert {l.split()[0] for l in lines} == {"tiny_cnn_onnx_fp32", "tiny_cnn_tflite_fp32"}
     assert all(l.split()[1] == "1" for l in lines)
-    assert all(l.split()[-1] == "1.000" for l in lines)  # same files → size ratio exactly 1
+    assert all("within noise" in l or "OUTSIDE noise" in l for l in lines)  # p50 judged against both runs' noise
+    assert "p50 difference within the two runs' between-process noise" in out
     assert "only in A: " in out  # threads=2 was measured in A only
     rc = run_stage(main, ["compare", str(bench_a / "bench.json"), str(out_b / "bench.json"), "--json"], prog="lesionlite bench")
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert all(r["p50"]["ratio"] > 0 for r in rows)
+    assert all(r["size"]["ratio"] == 1.0 for r in rows)  # same files → size ratio exactly 1
+    for r in rows:
+        g = r["p50_agreement"]
+        assert g["noise_ms"] >= 0 and g["within_noise"] == (g["difference_ms"] <= g["noise_ms"])
 
 
 def test_bench_without_torch_and_taskset(model_dir, tmp_path):
@@ -180,7 +192,7 @@ def test_bench_without_torch_and_taskset(model_dir, tmp_path):
     code = (
         "import sys, runpy; sys.modules['torch'] = None\n"
         f"sys.argv = ['mobile_benchmarks', {str(model_dir)!r}, '--threads', '1', '--runs', '10', '--warmup', '1', "
-        f"'--out', {str(tmp_path)!r}, '--taskset', {mask!r}, '--quiet']\n"
+        f"'--out', {str(tmp_path)!r}, '--taskset', {mask!r}, '--repeats', '1', '--min-secs', '0', '--quiet']\n"
         "runpy.run_module('mobile_benchmarks', run_name='__main__')\n"
     )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -195,7 +207,7 @@ def test_missing_model_file_is_reported(model_dir, tmp_path):
     broken = tmp_path / "m"
     shutil.copytree(model_dir / "tiny_cnn_onnx_fp32", broken / "tiny_cnn_onnx_fp32")
     (broken / "tiny_cnn_onnx_fp32" / "model.onnx").unlink()
-    rc = main([str(broken), "--threads", "1", "--runs", "5", "--warmup", "1", "--quiet"])
+    rc = main([str(broken), "--threads", "1", "--runs", "5", "--warmup", "1", "--repeats", "1", "--quiet"])
     assert rc == 1
     doc = json.loads((broken / "bench" / "bench.json").read_text())
     (r,) = doc["results"]
@@ -222,7 +234,7 @@ def test_ssh_target_with_loopback_stand_ins(model_dir, tmp_path, monkeypatch):
     src = tmp_path / "m"
     shutil.copytree(model_dir / "tiny_cnn_tflite_fp32", src / "tiny_cnn_tflite_fp32")
     rc = main([str(src), "--target", "ssh://bench@board.invalid:2222", "--remote-python", sys.executable,
-               "--threads", "1", "--runs", "10", "--warmup", "1", "--quiet"])
+               "--threads", "1", "--runs", "10", "--warmup", "1", "--repeats", "1", "--min-secs", "0", "--quiet"])
     assert rc == 0
     doc = json.loads((src / "bench" / "bench.json").read_text())
     assert doc["target"]["name"] == "ssh" and doc["target"]["device"]["port"] == 2222
@@ -246,3 +258,21 @@ def test_int8_input_quantized_per_manifest(tmp_path):
     f = make_input(Artifact("a", tmp_path, m, None))
     expect = np.clip(np.rint(f / 0.0117) - 22, -128, 127).astype(np.int8)
     assert np.array_equal(x, expect)
+
+
+def test_runner_times_at_least_min_secs(model_dir):
+    """--min-secs / --warmup-min-secs (benchmark_model's min_secs / warmup_min_secs): a fast model gets more
+    than --runs timed calls and more than --warmup warm-up calls, for at least that long."""
+    from mobile_benchmarks.targets.common import find_runner_json
+
+    model = model_dir / "tiny_cnn_onnx_fp32" / "model.onnx"
+    cmd = [sys.executable, "-m", "mobile_benchmarks.remote_runner", "--model", str(model), "--kind", "onnx",
+           "--input-shape", "1,3,32,32", "--runs", "5", "--warmup", "2", "--min-secs", "0.3", "--warmup-min-secs", "0.2"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    data = find_runner_json(p.stdout)
+    assert data and data["status"] == "ok", p.stderr[-500:]
+    lat, warm = data["latencies_ns"], data["warmup_ns"]
+    assert len(lat) > 5 and len(warm) > 2
+    assert data["min_secs"] == 0.3 and data["warmup_min_secs"] == 0.2
+    # the timed calls (and the timers between them) span the 0.3 s; the warm-up spans 0.2 s
+    assert 0.1e9 < sum(lat) < 0.3e9 + 0.2e9 and sum(warm) > 0.05e9

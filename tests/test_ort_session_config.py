@@ -51,3 +51,28 @@ def test_bench_runner_applies_ort_config(tiny_onnx: Path):
     args = remote_runner.build_parser().parse_args(["--model", "m", "--kind", "onnx", "--ort-config", "a=1",
                                                     "--ort-config", "b=2"])
     assert args.ort_config == ["a=1", "b=2"]
+
+
+def test_serve_runtime_does_not_spin_unless_asked(tiny_onnx: Path):
+    """serve turns onnxruntime's spin-waiting off (its threads share the cores with image decoding);
+    --runtime-spin restores it; a setting recorded in the manifest still applies on top."""
+    from serve.runtimes import load_runtime
+
+    manifest = Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
+                        preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
+                        extra={"onnxruntime_session_config": CONFIG})
+    key = "session.intra_op.allow_spinning"
+    quiet = load_runtime(tiny_onnx, manifest)
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    assert quiet.describe()["spin_wait"] is False
+    spinning = load_runtime(tiny_onnx, manifest, threads=1, spin_wait=True)
+    opts = spinning.session.get_session_options()
+    assert opts.get_session_config_entry(key) == "1"
+    assert opts.get_session_config_entry("session.x64quantprecision") == "1"
+
+
+def test_serve_cli_runtime_spin_flag():
+    from serve.cli import build_parser, settings_from_args
+
+    assert settings_from_args(build_parser().parse_args(["m"])).runtime_spin is False
+    assert settings_from_args(build_parser().parse_args(["m", "--runtime-spin"])).runtime_spin is True

@@ -10,11 +10,15 @@ import torch
 from PIL import Image
 
 from distill.data.transforms import TrainTransform, eval_transform, train_transform
+from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ImageDecodeError,
     PreprocessConfig,
     load_image_bytes,
     normalize,
+    normalize_formula,
     preprocess,
 )
 
@@ -105,3 +109,29 @@ def test_train_transform_shape_and_normalisation(strength: str) -> None:
     assert float(out.std()) < 0.2
     with pytest.raises(Exception, match="strength"):
         train_transform(cfg, "extreme")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mean,std", [(IMAGENET_MEAN, IMAGENET_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                                      ((0.1, 0.9, 0.33), (0.07, 1.3, 0.49))])
+def test_normalize_lookup_equals_the_formula_bit_for_bit(mean, std):
+    """The per-level lookup table gives exactly (x/255 − mean)/std in float32, every level and layout."""
+    cfg = PreprocessConfig(input_size=16, mean=mean, std=std)
+    every_level = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    noise = np.random.default_rng(1).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    for arr in (every_level, noise, np.ascontiguousarray(noise[::2, ::-1])):
+        ref = normalize_formula(arr, cfg)
+        hwc = normalize(arr, cfg)
+        chw = normalize(arr, cfg, "NCHW")
+        assert hwc.dtype == chw.dtype == np.float32
+        assert hwc.tobytes() == ref.tobytes()
+        assert chw.tobytes() == np.ascontiguousarray(ref.transpose(2, 0, 1)).tobytes()
+
+
+def test_normalize_refuses_what_is_not_uint8_rgb():
+    cfg = PreprocessConfig(input_size=4)
+    with pytest.raises(LesionliteError, match="uint8 HxWx3"):
+        normalize(np.zeros((4, 4, 3), np.float32), cfg)
+    with pytest.raises(LesionliteError, match="uint8 HxWx3"):
+        normalize(np.zeros((4, 4), np.uint8), cfg)
+    with pytest.raises(LesionliteError, match="layout"):
+        normalize(np.zeros((4, 4, 3), np.uint8), cfg, "CHW")  # type: ignore[arg-type]

@@ -450,3 +450,24 @@ def test_cli_starts_uvicorn(models_dir: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode in (0, -signal.SIGINT), proc.returncode
+
+
+# ------------------------------------------------------------------------------ the benchmark's load generator
+
+
+def test_benchmark_load_generator_reads_real_answers(server) -> None:
+    """benchmarks/loadgen.py (serve_load's lean client) against the real server: 200s with
+    probabilities are counted as such, a non-image is a 415 (not a success), keep-alive holds."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.loadgen import drive_fast, multipart_request
+
+    ok = multipart_request(server.url, "/predict", "file", "a.jpg", JPEG)
+    res = asyncio.run(drive_fast(server.url, ok, concurrency=3, n_requests=12, duration=60))
+    assert res["statuses"] == {"200": 12} and res["ok"] == 12 and res["unexpected_count"] == 0
+    assert res["p50_ms"] > 0 and res["throughput_rps"] > 0
+    pdf = multipart_request(server.url, "/predict", "file", "a.jpg", b"%PDF-1.7 not an image", "application/pdf")
+    res = asyncio.run(drive_fast(server.url, pdf, concurrency=2, n_requests=4, duration=60))
+    assert res["statuses"] == {"415": 4} and res["ok"] == 0 and res["errors"] == 4
+    # a 200 without the expected body is not counted as a success
+    res = asyncio.run(drive_fast(server.url, ok, concurrency=1, n_requests=2, duration=60, expect_in_body=b"nope"))
+    assert res["ok"] == 0 and res["unexpected_count"] == 2

@@ -166,6 +166,51 @@ def test_micro_batcher_groups_and_bounds() -> None:
     asyncio.run(run())
 
 
+def test_micro_batcher_hands_over_the_next_batch_while_one_runs() -> None:
+    """At most max_in_flight batches are handed to the worker; every caller still gets its own row,
+    and stopping with batches in flight fails their callers cleanly instead of hanging."""
+    import threading
+    import time
+
+    running = threading.Event()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        running.set()
+        time.sleep(0.03)
+        return batch.reshape(batch.shape[0], -1)[:, :1] + 1
+
+    async def run() -> None:
+        b = MicroBatcher("m", predict, max_batch=2, max_wait_ms=0, queue_size=32, max_in_flight=2)
+        await b.start()
+        peak = 0
+        try:
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, len(b._in_flight))
+                    await asyncio.sleep(0.002)
+
+            w = asyncio.create_task(watch())
+            xs = [np.full((1, 1, 1), i, np.float32) for i in range(12)]
+            outs = await asyncio.gather(*[b.submit(x) for x in xs])
+            w.cancel()
+            assert [float(o[0]) for o in outs] == [i + 1.0 for i in range(12)]
+            assert peak == 2  # the next batch waited in the worker's queue while one ran, never more
+            # stop while batches are in flight: their callers get Overloaded, nothing hangs
+            pending = [asyncio.ensure_future(b.submit(x)) for x in xs[:6]]
+            await asyncio.sleep(0.01)
+            assert running.is_set()
+        finally:
+            await b.stop()
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+        assert all(isinstance(r, (np.ndarray, Overloaded)) for r in results)
+        assert any(isinstance(r, Overloaded) for r in results)
+        with pytest.raises(ValueError):
+            MicroBatcher("m", predict, max_batch=1, max_wait_ms=0, queue_size=1, max_in_flight=0)
+
+    asyncio.run(run())
+
+
 def test_quantized_tflite_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """int8 in / uint8 out, NHWC, fixed batch 1: (de)quantised with the tensor details' parameters."""
     import types

@@ -44,7 +44,7 @@ def eval_transform(cfg: PreprocessConfig) -> Callable[[Image.Image], torch.Tenso
 def to_normalized_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     """RGB PIL image (already at the input size) → normalised CHW float32 via ``normalize``."""
     arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(normalize(arr, cfg).transpose(2, 0, 1)))
+    return torch.from_numpy(normalize(arr, cfg, "NCHW"))
 
 
 class RandomRotationCrop:

@@ -27,6 +27,12 @@ class BenchOptions:
     threads: list[int] = field(default_factory=lambda: [1])
     runs: int = 100
     warmup: int = 10
+    #: time each measurement at least this long and warm up at least this long (benchmark_model's
+    #: --min_secs / --warmup_min_secs, same defaults): a fast model's 100 runs last milliseconds
+    min_secs: float = 1.0
+    warmup_min_secs: float = 0.5
+    #: fresh processes per artifact × thread count; the spread between them is the reported noise
+    repeats: int = 3
     delegate: str | None = None  # None (runtime default) | xnnpack | gpu | nnapi
     taskset: str | None = None
     benchmark_model: str | None = None

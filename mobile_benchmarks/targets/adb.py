@@ -129,7 +129,7 @@ class Target:
     def benchmark_command(self, remote_model: str, threads: int) -> str:
         o = self.options
         args = [f"{REMOTE_DIR}/benchmark_model", f"--graph={remote_model}", f"--num_threads={threads}",
-                f"--num_runs={o.runs}", f"--warmup_runs={o.warmup}", "--min_secs=0", "--warmup_min_secs=0"]
+                f"--num_runs={o.runs}", f"--warmup_runs={o.warmup}", f"--min_secs={o.min_secs:g}", f"--warmup_min_secs={o.warmup_min_secs:g}"]
         if o.delegate == "xnnpack":
             args.append("--use_xnnpack=true")
         elif o.delegate == "gpu":

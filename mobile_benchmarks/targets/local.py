@@ -59,6 +59,7 @@ class Target:
         cmd = [
             sys.executable, str(RUNNER), "--model", str(model_path), "--kind", kind,
             "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
+            "--min-secs", str(self.options.min_secs), "--warmup-min-secs", str(self.options.warmup_min_secs),
             "--delegate", "xnnpack",
         ]
         cmd += ort_config_args(art)

@@ -107,7 +107,8 @@ class Target:
         safe = art["name"].replace("/", "_")
         rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
         args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--kind", art["kind"],
-                "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup)]
+                "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
+                "--min-secs", str(self.options.min_secs), "--warmup-min-secs", str(self.options.warmup_min_secs)]
         args += ort_config_args(art)
         if input_npy is not None:
             args += ["--input", self._copy_once(input_npy, f"{safe}_input.npy")]

@@ -22,13 +22,13 @@ def servable_kinds() -> tuple[str, ...]:
     return tuple(RUNTIMES)
 
 
-def load_runtime(model_path: Path, manifest: Manifest, threads: int = 0) -> Runtime:
+def load_runtime(model_path: Path, manifest: Manifest, threads: int = 0, spin_wait: bool = False) -> Runtime:
     if manifest.kind not in RUNTIMES:
         raise LesionliteError(f"artifact kind {manifest.kind!r} cannot be served; servable kinds: "
                               f"{', '.join(RUNTIMES)}")
     module_name, cls_name = RUNTIMES[manifest.kind]
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(model_path, manifest, threads)
+    return cls(model_path, manifest, threads, spin_wait=spin_wait)
 
 
 __all__ = ["Runtime", "RUNTIMES", "load_runtime", "servable_kinds"]

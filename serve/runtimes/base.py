@@ -45,10 +45,12 @@ class Runtime(ABC):
     kind: str = ""
     platform: str = ""
 
-    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0) -> None:
+    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0, spin_wait: bool = False) -> None:
         self.model_path = Path(model_path)
         self.manifest = manifest
         self.threads = threads
+        #: Whether idle runtime threads may busy-wait for the next parallel section (see Settings.runtime_spin).
+        self.spin_wait = spin_wait
         self._lock = threading.Lock()
         self.layout: str = "NCHW"
         self.input_name = "input"
@@ -89,7 +91,8 @@ class Runtime(ABC):
         """Run one batch (size ≤ max_batch) and return dequantised logits."""
 
     def describe(self) -> dict[str, Any]:
-        return {"platform": self.platform, "layout": self.layout, "max_batch": self.max_batch}
+        return {"platform": self.platform, "layout": self.layout, "max_batch": self.max_batch,
+                "threads": self.threads or "runtime default", "spin_wait": self.spin_wait}
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:

@@ -23,14 +23,18 @@ class OnnxRuntime(Runtime):
     kind = "onnx"
     platform = "onnxruntime_onnx"
 
-    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0) -> None:
-        super().__init__(model_path, manifest, threads)
+    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0, spin_wait: bool = False) -> None:
+        super().__init__(model_path, manifest, threads, spin_wait)
         ort = require("onnxruntime", "serve", "serving ONNX models")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's pool threads busy-wait between parallel sections by default; in a server the
+        # same cores decode the next uploads, and the spinning took CPU from them (measured in
+        # benchmarks/serve_load.py: about a third of the server's CPU per request).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         # settings export recorded for this artifact (e.g. precise int8 kernels on x86 without VNNI)
         for key, value in ((manifest.extra or {}).get("onnxruntime_session_config") or {}).items():
             opts.add_session_config_entry(str(key), str(value))

@@ -30,8 +30,9 @@ class TFLiteRuntime(Runtime):
     kind = "tflite"
     platform = "tflite"
 
-    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0) -> None:
-        super().__init__(model_path, manifest, threads)
+    def __init__(self, model_path: Path, manifest: Manifest, threads: int = 0, spin_wait: bool = False) -> None:
+        # LiteRT's interpreter has no switch for its thread pool's waiting; spin_wait is recorded only.
+        super().__init__(model_path, manifest, threads, spin_wait)
         interp_mod = require("ai_edge_litert.interpreter", "serve", "serving TFLite models")
         try:
             self.interpreter = interp_mod.Interpreter(model_path=str(model_path), num_threads=threads or None)
