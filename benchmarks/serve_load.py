@@ -27,6 +27,7 @@ machine as the server, so on a small host they compete for CPU; the JSON records
 
     python benchmarks/serve_load.py                      # fixture model, c=1 and c=8
     python benchmarks/serve_load.py --model-dir artifacts/demo --soak 30
+    python benchmarks/serve_load.py --threads 1 --max-batch 1 --soak 600   # RESULTS.md, section 3
 """
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ class Server:
                "--queue-size", str(args.queue_size), "--log-level", "warning", "--max-upload-mb", "2"]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        if getattr(args, "runtime_spin", False):
+        if args.runtime_spin:
             cmd += ["--runtime-spin"]
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

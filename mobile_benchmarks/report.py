@@ -219,9 +219,11 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
         markers = {"onnx": "o", "tflite": "s", "coreml": "^"}
         for name, r in sorted(best.items()):
             a = acc[name]
-            ax.scatter(r["latency_ms"]["p50"], a["accuracy"], marker=markers.get(a["kind"], "x"), s=60,
-                       label=f"{name} ({a['kind']}, {a.get('precision') or '?'}, {r['threads']} thr)")
-        ax.set_xlabel("p50 latency (ms), best thread count per artifact")
+            noise = (r.get("noise_ms") or {}).get("p50")
+            ax.errorbar(r["latency_ms"]["p50"], a["accuracy"], xerr=noise, fmt=markers.get(a["kind"], "x"),
+                        markersize=7, capsize=3,
+                        label=f"{name} ({a['kind']}, {a.get('precision') or '?'}, {r['threads']} thr)")
+        ax.set_xlabel("p50 latency (ms), best thread count per artifact; bars: noise between processes")
         ax.set_ylabel("accuracy")
         ax.set_title("Accuracy vs latency across formats and precisions")
         ax.grid(alpha=0.3)
