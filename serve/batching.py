@@ -138,19 +138,23 @@ class MicroBatcher:
         """The first waiting item, then more for at most ``max_wait`` (up to ``max_batch`` in all)."""
         items = [await q.get()]
         deadline = loop.time() + self.max_wait_s
-        while len(items) < self.max_batch:
-            try:
-                items.append(q.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                items.append(await asyncio.wait_for(q.get(), remaining))
-            except (asyncio.TimeoutError, TimeoutError):
-                break
+        try:
+            while len(items) < self.max_batch:
+                try:
+                    items.append(q.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(q.get(), remaining))
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+        except asyncio.CancelledError:  # stopping: the images taken from the queue fail, never hang
+            _fail(items, Overloaded("server is shutting down"))
+            raise
         return items
 
     def _deliver(self, live: list[tuple[np.ndarray, asyncio.Future]], run: asyncio.Future) -> None:

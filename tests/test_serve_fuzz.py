@@ -211,6 +211,22 @@ def test_micro_batcher_hands_over_the_next_batch_while_one_runs() -> None:
     asyncio.run(run())
 
 
+def test_micro_batcher_stop_fails_images_it_was_still_collecting() -> None:
+    """An image the batcher took from the queue while waiting for more must fail on stop, not hang."""
+
+    async def run() -> None:
+        b = MicroBatcher("m", lambda x: x, max_batch=4, max_wait_ms=5000, queue_size=4)
+        await b.start()
+        waiting = asyncio.ensure_future(b.submit(np.zeros((1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # the batcher holds the image and waits up to 5 s for three more
+        assert b.depth == 0 and not waiting.done()
+        await b.stop()
+        with pytest.raises(Overloaded):
+            await asyncio.wait_for(waiting, 2)
+
+    asyncio.run(run())
+
+
 def test_quantized_tflite_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """int8 in / uint8 out, NHWC, fixed batch 1: (de)quantised with the tensor details' parameters."""
     import types
