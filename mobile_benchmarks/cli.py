@@ -82,7 +82,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 
 
 def cmd_compare(argv: Sequence[str]) -> int:
-    from mobile_benchmarks.report import compare, format_compare, load_bench
+    from mobile_benchmarks.report import compare, format_compare, load_bench, method_differences
 
     p = _Parser(prog="lesionlite bench compare", description="Ratios B/A per artifact and thread count.")
     p.add_argument("a")
@@ -93,11 +93,16 @@ def cmd_compare(argv: Sequence[str]) -> int:
     rows = compare(da, db)
     ka = {(r["artifact"], r["threads"]) for r in da["results"] if r["status"] == "ok"}
     kb = {(r["artifact"], r["threads"]) for r in db["results"] if r["status"] == "ok"}
+    differences = method_differences(da, db)
     if a.json:
-        print(json.dumps({"a": a.a, "b": a.b, "rows": rows, "only_a": sorted(ka - kb), "only_b": sorted(kb - ka)}, indent=2))
+        print(json.dumps({"a": a.a, "b": a.b, "rows": rows, "only_a": sorted(ka - kb), "only_b": sorted(kb - ka),
+                          "method_differences": differences}, indent=2))
     else:
         print(f"A = {a.a}\nB = {a.b}")
         print(format_compare(rows, sorted(ka - kb), sorted(kb - ka)))
+        if differences:
+            print("note: A and B were measured differently (" + "; ".join(differences) + "); a difference "
+                  "outside the noise may come from that rather than from the artifacts")
     if not rows:
         raise LesionliteError("the two benchmark files share no measured artifact x thread count")
     return 0

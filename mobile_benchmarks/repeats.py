@@ -13,6 +13,7 @@ noise when ``|a − b| ≤ noise_a + noise_b`` (their ± bands overlap), which `
 """
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -22,6 +23,16 @@ from mobile_benchmarks.stats import summarize_ms, throughput_ips
 NOISE_FIGURES = ("mean", "p50", "p90", "p99")
 #: Per-repeat figures kept in the result (small; the pooled latencies are kept once).
 REPEAT_FIGURES = ("mean", "std", "p50", "p90", "p99")
+#: Most per-inference latencies stored in bench.json per result: every k-th, in time order, for the
+#: distribution plot. All figures are computed from every latency first; with ``--min-secs`` a fast
+#: model gives tens of thousands per process, which would make bench.json megabytes.
+STORED_LATENCIES = 2000
+
+
+def stored_latencies(values: list[float]) -> tuple[list[float], int]:
+    """(every k-th latency rounded to the nanosecond, k) with at most :data:`STORED_LATENCIES` kept."""
+    step = max(1, math.ceil(len(values) / STORED_LATENCIES))
+    return [round(v, 6) for v in values[::step]], step
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -48,7 +59,8 @@ def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
         out["reason"] = f"{out.get('reason')} (repeat {results.index(failed[0]) + 1} of {len(results)})"
         return out
     if len(results) == 1:
-        return {**results[0], "repeats": 1, "noise_ms": None}
+        kept, step = stored_latencies(results[0].get("latencies_ms") or [])
+        return {**results[0], "repeats": 1, "noise_ms": None, "latencies_ms": kept, "latencies_stored_every": step}
     first = results[0]
     per = [r["latency_ms"] for r in results]
     pooled = [v for r in results for v in (r.get("latencies_ms") or [])]
@@ -60,15 +72,17 @@ def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
         # the spread of single inferences over all processes (what one process's std understates)
         lat["std"] = summarize_ms(pooled)["std"]
     noise = {k: _half_range([p.get(k) for p in per]) for k in NOISE_FIGURES}
+    kept, step = stored_latencies(pooled)
     merged = dict(first)
     merged.update({
+        "latencies_ms": kept,
+        "latencies_stored_every": step,
         "latency_ms": lat,
         "throughput_ips": throughput_ips(lat.get("mean")),
         "load_ms": _median([r.get("load_ms") for r in results]),
         "first_inference_ms": _median([r.get("first_inference_ms") for r in results]),
         "warmup_mean_ms": _median([r.get("warmup_mean_ms") for r in results]),
         "memory": _merge_memory([r.get("memory") for r in results]),
-        "latencies_ms": pooled,
         "repeats": len(results),
         "repeat_figures_ms": [{k: p.get(k) for k in REPEAT_FIGURES} for p in per],
         "noise_ms": noise,

@@ -283,6 +283,20 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+#: Settings whose difference between two bench files makes their figures incomparable as a noise test.
+METHOD_SETTINGS = ("runs", "warmup", "min_secs", "warmup_min_secs", "repeats", "delegate", "taskset")
+
+
+def method_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'name: A → B' for each measurement setting (and the host CPU) that differs between two bench files."""
+    sa, sb = a.get("settings") or {}, b.get("settings") or {}
+    out = [f"{k}: {sa.get(k)!r} → {sb.get(k)!r}" for k in METHOD_SETTINGS if sa.get(k) != sb.get(k)]
+    ca, cb = (a.get("host") or {}).get("cpu_model"), (b.get("host") or {}).get("cpu_model")
+    if ca != cb:
+        out.append(f"cpu_model: {ca!r} → {cb!r}")
+    return out
+
+
 def _agreement_cell(g: dict[str, Any] | None) -> str:
     if not g:
         return "— (no noise band)"

@@ -25,6 +25,9 @@ import numpy as np
 log = logging.getLogger("serve")
 
 
+SHUTTING_DOWN = "server is shutting down"
+
+
 class Overloaded(Exception):
     """The model's queue cannot take the request's images now."""
 
@@ -80,13 +83,13 @@ class MicroBatcher:
                 pass
         for run, items in list(self._in_flight.items()):
             run.cancel()
-            _fail(items, Overloaded("server is shutting down"))
+            _fail(items, Overloaded(SHUTTING_DOWN))
         self._in_flight.clear()
         if self._queue is not None:
+            waiting = []
             while not self._queue.empty():
-                _, fut = self._queue.get_nowait()
-                if not fut.done():
-                    fut.set_exception(Overloaded("server is shutting down"))
+                waiting.append(self._queue.get_nowait())
+            _fail(waiting, Overloaded(SHUTTING_DOWN))
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -153,7 +156,7 @@ class MicroBatcher:
                 except (asyncio.TimeoutError, TimeoutError):
                     break
         except asyncio.CancelledError:  # stopping: the images taken from the queue fail, never hang
-            _fail(items, Overloaded("server is shutting down"))
+            _fail(items, Overloaded(SHUTTING_DOWN))
             raise
         return items
 
@@ -163,7 +166,7 @@ class MicroBatcher:
         if self._slots is not None:
             self._slots.release()
         if run.cancelled():
-            _fail(live, Overloaded("server is shutting down"))
+            _fail(live, Overloaded(SHUTTING_DOWN))
             return
         exc = run.exception()
         if exc is not None:  # a runtime failure fails this batch, not the server

@@ -174,8 +174,11 @@ def test_compare(bench_a, model_dir, tmp_path, capsys):
     assert all("within noise" in l or "OUTSIDE noise" in l for l in lines)  # p50 judged against both runs' noise
     assert "p50 difference within the two runs' between-process noise" in out
     assert "only in A: " in out  # threads=2 was measured in A only
+    assert "note: A and B were measured differently (runs: 30 → 20; warmup: 3 → 2)" in out
     rc = run_stage(main, ["compare", str(bench_a / "bench.json"), str(out_b / "bench.json"), "--json"], prog="lesionlite bench")
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    cmp = json.loads(capsys.readouterr().out)
+    rows = cmp["rows"]
+    assert cmp["method_differences"] == ["runs: 30 → 20", "warmup: 3 → 2"]
     assert all(r["p50"]["ratio"] > 0 for r in rows)
     assert all(r["size"]["ratio"] == 1.0 for r in rows)  # same files → size ratio exactly 1
     for r in rows:

@@ -79,3 +79,13 @@ def test_repeats_run_repeat_major_and_skips_are_not_repeated():
     assert target.calls == first_round + [("x", 1), ("x", 2), ("y", 1), ("y", 2)]
     by = {(r["artifact"], r["threads"]): r for r in merged}
     assert by[("x", 1)]["repeats"] == 2 and by[("skip", 1)]["status"] == "skipped"
+
+
+def test_stored_latencies_are_thinned_after_the_figures_are_computed():
+    many = [1.0 + (i % 100) / 1000 for i in range(9000)]
+    m = merge_repeats([_result(many), _result([v + 0.5 for v in many])])
+    assert m["latency_ms"]["count"] == 18000  # figures from every latency
+    assert len(m["latencies_ms"]) <= 2000 and m["latencies_stored_every"] == 9
+    assert m["latencies_ms"][:2] == [1.0, 1.009]  # every 9th, in time order
+    one = merge_repeats([_result([0.1234567891, 0.2])])
+    assert one["latencies_ms"] == [0.123457, 0.2] and one["latencies_stored_every"] == 1
