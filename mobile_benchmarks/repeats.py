@@ -53,10 +53,11 @@ def merge_repeats(results: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ValueError("no results to merge")
-    failed = [r for r in results if r.get("status") != "ok"]
+    failed = [i for i, r in enumerate(results) if r.get("status") != "ok"]
     if failed:
-        out = dict(failed[0])
-        out["reason"] = f"{out.get('reason')} (repeat {results.index(failed[0]) + 1} of {len(results)})"
+        out = dict(results[failed[0]])
+        if failed[0] > 0:  # say so when earlier processes had measured it
+            out["reason"] = f"{out.get('reason')} (in repeat {failed[0] + 1}, after {failed[0]} that succeeded)"
         return out
     if len(results) == 1:
         kept, step = stored_latencies(results[0].get("latencies_ms") or [])

@@ -1,8 +1,8 @@
 """Micro-batching: concurrent requests for one model are grouped into one runtime call.
 
 Each model has a bounded :class:`asyncio.Queue` of preprocessed images and one batcher task. The
-batcher takes the first waiting image, then waits at most ``max_wait_ms`` for up to ``max_batch - 1``
-more, and hands the batch to the model's own worker thread (the event loop never blocks on
+batcher takes the first waiting image and up to ``max_batch - 1`` more — those already waiting, and,
+while the worker is busy with another batch, those arriving within ``max_wait_ms`` — and hands the batch to the model's own worker thread (the event loop never blocks on
 inference). Up to ``max_in_flight`` batches are handed over at once (default 2: one running, the next
 waiting in the worker's queue), so the worker starts the next batch the moment one ends instead of
 idling while the event loop — which competes with request handling and image decoding for the GIL —
@@ -138,9 +138,14 @@ class MicroBatcher:
             run.add_done_callback(functools.partial(self._deliver, live))
 
     async def _collect(self, q: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> list:
-        """The first waiting item, then more for at most ``max_wait`` (up to ``max_batch`` in all)."""
+        """The first waiting item, then more (up to ``max_batch`` in all): those already queued, and —
+        only while the worker is busy with another batch — those arriving within ``max_wait``.
+
+        Waiting for companions while the worker is idle would only delay the first image (a lone
+        request paid the whole ``max_wait``); while it is busy the batch could not start earlier anyway.
+        """
         items = [await q.get()]
-        deadline = loop.time() + self.max_wait_s
+        deadline = loop.time() + (self.max_wait_s if self._in_flight else 0.0)
         try:
             while len(items) < self.max_batch:
                 try:

@@ -23,7 +23,8 @@ class Settings:
     api_key: str | None = None
     #: Micro-batching: at most this many images per runtime call …
     max_batch: int = 8
-    #: … and the first image of a batch waits at most this long for others to join it.
+    #: … and, while the model is busy with a batch, the first image of the next waits at most this long
+    #: for others to join it (an idle model starts at once).
     max_wait_ms: float = 5.0
     #: Images waiting for the runtime, per model; beyond it requests get 503 + Retry-After.
     queue_size: int = 64

@@ -37,7 +37,8 @@ def test_single_run_and_failures():
     assert one["repeats"] == 1 and one["noise_ms"] is None
     bad = {"artifact": "a", "kind": "onnx", "threads": 1, "status": "failed", "reason": "timed out"}
     m = merge_repeats([_result([1.0]), bad])
-    assert m["status"] == "failed" and m["reason"] == "timed out (repeat 2 of 2)"
+    assert m["status"] == "failed" and m["reason"] == "timed out (in repeat 2, after 1 that succeeded)"
+    assert merge_repeats([bad])["reason"] == "timed out"  # skipped/failed at once: the reason as it was
     with pytest.raises(ValueError):
         merge_repeats([])
 

@@ -213,16 +213,37 @@ def test_micro_batcher_hands_over_the_next_batch_while_one_runs() -> None:
 
 def test_micro_batcher_stop_fails_images_it_was_still_collecting() -> None:
     """An image the batcher took from the queue while waiting for more must fail on stop, not hang."""
+    import time
 
     async def run() -> None:
-        b = MicroBatcher("m", lambda x: x, max_batch=4, max_wait_ms=5000, queue_size=4)
+        b = MicroBatcher("m", lambda x: (time.sleep(0.3), x)[1], max_batch=4, max_wait_ms=5000, queue_size=4)
         await b.start()
-        waiting = asyncio.ensure_future(b.submit(np.zeros((1, 1, 1), np.float32)))
-        await asyncio.sleep(0.05)  # the batcher holds the image and waits up to 5 s for three more
-        assert b.depth == 0 and not waiting.done()
+        first = asyncio.ensure_future(b.submit(np.zeros((1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # the first image runs (an idle model starts at once) …
+        waiting = asyncio.ensure_future(b.submit(np.ones((1, 1, 1), np.float32)))
+        await asyncio.sleep(0.05)  # … so the batcher holds the second and waits up to 5 s for three more
+        assert b.depth == 0 and not waiting.done() and not first.done()
         await b.stop()
         with pytest.raises(Overloaded):
             await asyncio.wait_for(waiting, 2)
+        await asyncio.gather(first, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+def test_micro_batcher_does_not_wait_while_the_model_is_idle() -> None:
+    """max_wait applies only while a batch runs: a lone request is not delayed by it."""
+    import time
+
+    async def run() -> None:
+        b = MicroBatcher("m", lambda x: x, max_batch=8, max_wait_ms=2000, queue_size=8)
+        await b.start()
+        try:
+            t0 = time.perf_counter()
+            await b.submit(np.zeros((1, 1, 1), np.float32))
+            assert time.perf_counter() - t0 < 1.0  # would be >= 2 s if it waited for companions
+        finally:
+            await b.stop()
 
     asyncio.run(run())
 
