@@ -402,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                     "rss_drift_mb": rss_soak_end - rss_soak_start, "rss_peak_mb": max(samples or [rss_soak_end]),
                     # drift between the means of the first and last thirds (robust to one-off spikes)
                     "rss_trend_mb": (float(np.mean(samples[-(n // 3):]) - np.mean(samples[: n // 3])) if n >= 6 else None),
+                    # one sample a second, to see whether memory grows or levels off
+                    "rss_samples_mb": [round(s, 2) for s in samples],
                     "server_alive": server.proc.poll() is None,
                 })
         finally:

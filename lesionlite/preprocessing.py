@@ -222,8 +222,6 @@ def preprocess(
     img: Image.Image, cfg: PreprocessConfig, layout: Literal["NCHW", "NHWC"] = "NCHW"
 ) -> np.ndarray:
     """Image → float32 array (C,H,W) or (H,W,C), ready to be batched."""
-    if layout not in ("NCHW", "NHWC"):
-        raise LesionliteError(f"unknown layout {layout!r}; expected 'NCHW' or 'NHWC'")
     return normalize(np.asarray(resize_and_crop(img, cfg), dtype=np.uint8), cfg, layout)
 
 
