@@ -383,6 +383,8 @@ def export_model(
                         f"{fmt.name} {prec} conversion of {src.architecture} failed: {type(exc).__name__}: {msg[:300]}"
                     ) from None
                 seconds = time.perf_counter() - t0
+                if prec == "int8" and ctx.int8_prep_info() and "quantization" in info.extra:
+                    info.extra["quantization"]["preparation"] = ctx.int8_prep_info()  # every format's int8
                 validation = fmt.validate(dest, info, ctx)
                 runner = fmt.load_runner(dest, info)
                 notes: list[str] = list(info.extra.pop("notes", []))

@@ -116,8 +116,6 @@ class CoreMLFormat(ExportFormat):
             )
             extra["quantization"] = {"method": "coremltools linear_quantize_weights", "weights":
                                      "int8 symmetric per-channel (tensors >= 2048 elements)", "activations": "float16"}
-            if ctx.int8_prep_info():
-                extra["quantization"]["preparation"] = ctx.int8_prep_info()
         meta = mlmodel.user_defined_metadata
         meta["lesionlite.architecture"] = ctx.architecture
         meta["lesionlite.class_names"] = json.dumps(ctx.class_names)

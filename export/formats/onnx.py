@@ -189,8 +189,6 @@ class OnnxFormat(ExportFormat):
             extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
                                      "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                      "calibration_samples": int(len(ctx.calib))}
-        if precision == "int8" and ctx.int8_prep_info():
-            extra["quantization"]["preparation"] = ctx.int8_prep_info()
         _set_metadata(model, _metadata(ctx, precision))
         onnx.checker.check_model(model)
         onnx.save(model, str(dest))

@@ -90,25 +90,31 @@ def _import_litert_torch() -> Any:
     return litert_torch
 
 
+def _invoke_each(it: Any, x_nchw: np.ndarray, input_q: tuple[float, int] | None) -> list[np.ndarray]:
+    """The raw output of interpreter ``it`` for each image of an NCHW float batch (one invoke per image,
+    the model's batch being 1); the input is quantized with ``input_q`` = (scale, zero point) when given."""
+    from export.quantize import nchw_to_nhwc, quantize_array
+
+    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
+    xs = nchw_to_nhwc(x_nchw.astype(np.float32, copy=False))
+    if input_q:
+        xs = quantize_array(xs, input_q[0], input_q[1], ind["dtype"])
+    outs = []
+    for i in range(len(xs)):
+        it.set_tensor(ind["index"], xs[i : i + 1])
+        it.invoke()
+        outs.append(it.get_tensor(outd["index"]).copy())
+    return outs
+
+
 def _outputs(model_bytes: bytes, calib: np.ndarray) -> list[np.ndarray]:
     """Raw outputs of a .tflite on a few calibration images (quantized first when the input is int8)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from export.quantize import nchw_to_nhwc, quantize_array
-
     it = Interpreter(model_content=model_bytes, num_threads=1)
     it.allocate_tensors()
-    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
-    outs = []
-    for x in nchw_to_nhwc(calib[:4].astype(np.float32)):
-        x = x[None]
-        if ind["dtype"] != np.float32:
-            scale, zero = ind["quantization"]
-            x = quantize_array(x, scale, zero, ind["dtype"])
-        it.set_tensor(ind["index"], x)
-        it.invoke()
-        outs.append(it.get_tensor(outd["index"]).copy())
-    return outs
+    ind = it.get_input_details()[0]
+    return _invoke_each(it, calib[:4], None if ind["dtype"] == np.float32 else ind["quantization"])
 
 
 def _compact(model_bytes: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, Any]]:
@@ -198,8 +204,6 @@ class TFLiteFormat(ExportFormat):
                                          "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                          "io": "int8" if ctx.options.int8_io else "float32",
                                          "calibration_samples": int(len(ctx.calib))}
-                if ctx.int8_prep_info():
-                    extra["quantization"]["preparation"] = ctx.int8_prep_info()
             payload = bytes(result.quantized_model)
             if precision == "int8":
                 payload, extra["flatbuffer_dedup"] = _compact(payload, ctx.calib)
@@ -214,23 +218,15 @@ class TFLiteFormat(ExportFormat):
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
-        from export.quantize import dequantize_array, nchw_to_nhwc, quantize_array
+        from export.quantize import dequantize_array
 
         it = _interpreter(path)
-        ind, outd = it.get_input_details()[0], it.get_output_details()[0]
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
 
         def run(x: np.ndarray) -> np.ndarray:
-            xs = nchw_to_nhwc(x.astype(np.float32, copy=False))
-            if iq:
-                xs = quantize_array(xs, iq["scale"], iq["zero_point"], ind["dtype"])
-            ys = []
-            for i in range(len(xs)):
-                it.set_tensor(ind["index"], xs[i : i + 1])
-                it.invoke()
-                y = it.get_tensor(outd["index"])
-                ys.append(dequantize_array(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32))
-            return np.concatenate(ys, axis=0)
+            ys = _invoke_each(it, x, (iq["scale"], iq["zero_point"]) if iq else None)
+            return np.concatenate([dequantize_array(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
+                                   for y in ys], axis=0)
 
         return run
 
