@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.int8_prep import prepare_for_int8
     from export.parity import classification_metrics, compare
     from export.quantize import onnx_calibration_reader
+    from lesionlite.int8_grid import snap_to_int8_grid
 
     model, manifest = load_student(args.checkpoint)
     model.eval()
@@ -67,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     x, y = data.eval_x, data.eval_y
 
     num_classes = len(manifest.class_names)
-    with torch.no_grad():
-        ref = torch.cat([model(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
+
+    def torch_logits(m: torch.nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([m(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
+
+    ref = torch_logits(model)
     rows: list[dict] = []
 
     def record(name: str, out: np.ndarray, seconds: float = 0.0) -> None:
@@ -79,22 +84,17 @@ def main(argv: list[str] | None = None) -> int:
 
     record("PyTorch fp32 (reference)", ref)
 
-    # weight-only int8: per-output-channel symmetric fake quantization of every conv / linear weight
+    # weight-only int8: every conv / linear weight on the per-channel int8 grid the quantizers use
     t0 = time.time()
     wq = copy.deepcopy(model)
     with torch.no_grad():
         for mod in wq.modules():
             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
-                w = mod.weight
-                scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127
-                mod.weight.copy_((w / scale).round().clamp(-127, 127) * scale)
-        out = torch.cat([wq(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
-    record("PyTorch, int8 weights only (per-channel), float activations", out, time.time() - t0)
+                mod.weight.copy_(snap_to_int8_grid(mod.weight))
+    record("PyTorch, int8 weights only (per-channel), float activations", torch_logits(wq), time.time() - t0)
 
     prepared, _ = prepare_for_int8(model, data.calib)
-    with torch.no_grad():
-        out = torch.cat([prepared(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
-    record("PyTorch, int8 weights after int8 preparation (fold, snap, bias-correct)", out)
+    record("PyTorch, int8 weights after int8 preparation (fold, snap, bias-correct)", torch_logits(prepared))
 
     with tempfile.TemporaryDirectory() as tmp:
         # the float graphs export itself quantizes: as trained (--no-bias-correction) and prepared (default)
