@@ -11,11 +11,15 @@ from mobile_benchmarks.stats import summarize_ms, throughput_ips
 NOT_REPORTED = "not reported by runtime"
 
 
-def ort_config_args(artifact: dict[str, Any]) -> list[str]:
-    """``--ort-config KEY=VALUE`` runner arguments for the onnxruntime settings export recorded."""
-    args: list[str] = []
+def runner_measurement_args(options: Any, artifact: dict[str, Any], threads: int) -> list[str]:
+    """The ``remote_runner.py`` arguments the local and the ssh target both pass: threads, run counts and
+    minimum times, the onnxruntime settings export recorded (``--ort-config KEY=VALUE``), the CPU mask."""
+    args = ["--threads", str(threads), "--runs", str(options.runs), "--warmup", str(options.warmup),
+            "--min-secs", str(options.min_secs), "--warmup-min-secs", str(options.warmup_min_secs)]
     for key, value in (artifact.get("ort_session_config") or {}).items():
         args += ["--ort-config", f"{key}={value}"]
+    if options.taskset:
+        args += ["--taskset", options.taskset]
     return args
 
 

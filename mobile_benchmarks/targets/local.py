@@ -19,7 +19,7 @@ from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, ort_config_args
+from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, runner_measurement_args
 
 RUNNER = Path(remote_runner.__file__).resolve()
 
@@ -57,16 +57,11 @@ class Target:
                                     "platforms (macOS/iOS); no figures measured")
             return empty_result(art, threads, "skipped", "CoreML benchmarking is not implemented by this tool")
         cmd = [
-            sys.executable, str(RUNNER), "--model", str(model_path), "--kind", kind,
-            "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
-            "--min-secs", str(self.options.min_secs), "--warmup-min-secs", str(self.options.warmup_min_secs),
-            "--delegate", "xnnpack",
+            sys.executable, str(RUNNER), "--model", str(model_path), "--kind", kind, "--delegate", "xnnpack",
+            *runner_measurement_args(self.options, art, threads),
         ]
-        cmd += ort_config_args(art)
         if input_npy is not None:
             cmd += ["--input", str(input_npy)]
-        if self.options.taskset:
-            cmd += ["--taskset", self.options.taskset]
         return run_runner_process(cmd, art, threads, self.options.timeout_s, source="local subprocess")
 
     def close(self) -> None:

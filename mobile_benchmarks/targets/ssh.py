@@ -17,7 +17,7 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, ort_config_args
+from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, runner_measurement_args
 
 
 class Target:
@@ -107,13 +107,9 @@ class Target:
         safe = art["name"].replace("/", "_")
         rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
         args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--kind", art["kind"],
-                "--threads", str(threads), "--runs", str(self.options.runs), "--warmup", str(self.options.warmup),
-                "--min-secs", str(self.options.min_secs), "--warmup-min-secs", str(self.options.warmup_min_secs)]
-        args += ort_config_args(art)
+                *runner_measurement_args(self.options, art, threads)]
         if input_npy is not None:
             args += ["--input", self._copy_once(input_npy, f"{safe}_input.npy")]
-        if self.options.taskset:
-            args += ["--taskset", self.options.taskset]
         proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=self.options.timeout_s, check=False)
         data = find_runner_json(proc.stdout)
         if data is None:
