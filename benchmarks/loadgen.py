@@ -96,6 +96,12 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
     return status, length, close
 
 
+def latency_percentiles(latencies_s: list[float]) -> dict[str, float]:
+    """p50/p90/p99 in milliseconds of successful requests (NaN when there is none)."""
+    lat = np.asarray(latencies_s) * 1e3
+    return {f"p{q}_ms": (float(np.percentile(lat, q)) if lat.size else float("nan")) for q in (50, 90, 99)}
+
+
 @dataclass
 class LoadResult:
     concurrency: int
@@ -106,8 +112,7 @@ class LoadResult:
 
     def to_dict(self) -> dict:
         ok = self.statuses.get("200", 0)
-        lat = np.asarray(self.latencies_s) * 1e3
-        pct = {f"p{q}_ms": (float(np.percentile(lat, q)) if lat.size else float("nan")) for q in (50, 90, 99)}
+        pct = latency_percentiles(self.latencies_s)
         return {"concurrency": self.concurrency, "client": "benchmarks/loadgen.py (keep-alive, prebuilt request)",
                 "requests": sum(self.statuses.values()), "ok": ok,
                 "errors": sum(v for k, v in self.statuses.items() if k != "200"), "statuses": self.statuses,

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.loadgen import drive_fast, multipart_request  # noqa: E402
+from benchmarks.loadgen import drive_fast, latency_percentiles, multipart_request  # noqa: E402
 from lesionlite.preprocessing import load_image_bytes, preprocess  # noqa: E402
 
 CLASS_NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -201,14 +201,6 @@ def served_level(server: "Server", payload: bytes, concurrency: int, n_requests:
     return res
 
 
-def _pct(lat_s: list[float]) -> dict[str, float]:
-    if not lat_s:
-        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan")}
-    a = np.asarray(lat_s) * 1e3
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99))}
-
-
 async def drive(url: str, concurrency: int, n_requests: int, duration: float,
                 make_request, expect=None) -> dict[str, Any]:
     """``concurrency`` workers share ``n_requests``; each stops at the deadline too."""
@@ -253,7 +245,7 @@ async def drive(url: str, concurrency: int, n_requests: int, duration: float,
     ok = statuses.get("200", 0)
     return {"concurrency": concurrency, "requests": sum(statuses.values()), "ok": ok,
             "errors": sum(v for k, v in statuses.items() if k != "200"), "statuses": statuses,
-            "wall_s": wall, "throughput_rps": ok / wall if wall > 0 else 0.0, **_pct(lat),
+            "wall_s": wall, "throughput_rps": ok / wall if wall > 0 else 0.0, **latency_percentiles(lat),
             "unexpected": unexpected[:20], "unexpected_count": len(unexpected)}
 
 
