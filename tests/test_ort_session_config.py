@@ -33,12 +33,17 @@ def tiny_onnx(tmp_path: Path) -> Path:
     return path
 
 
+def _int8_manifest() -> Manifest:
+    """The tiny model's manifest carrying the session config export records for static int8."""
+    return Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
+                    preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
+                    extra={"onnxruntime_session_config": CONFIG})
+
+
 def test_serve_runtime_applies_the_manifest_session_config(tiny_onnx: Path):
     from serve.runtimes.onnx import OnnxRuntime
 
-    manifest = Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
-                        preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
-                        extra={"onnxruntime_session_config": CONFIG})
+    manifest = _int8_manifest()
     rt = OnnxRuntime(tiny_onnx, manifest)
     assert rt.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
 
@@ -58,9 +63,7 @@ def test_serve_runtime_does_not_spin_unless_asked(tiny_onnx: Path):
     --runtime-spin restores it; a setting recorded in the manifest still applies on top."""
     from serve.runtimes import load_runtime
 
-    manifest = Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
-                        preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
-                        extra={"onnxruntime_session_config": CONFIG})
+    manifest = _int8_manifest()
     key = "session.intra_op.allow_spinning"
     quiet = load_runtime(tiny_onnx, manifest)
     assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
