@@ -22,6 +22,11 @@ Protocols (``--protocol``; a recipe YAML under ``benchmarks/recipes/`` each, fla
 * ``gpu`` (default when CUDA is available): HAM10000, 224 px, 3 seeds, the authors' recipes
   (each method's ``default_overrides``), bf16 autocast + channels_last (the loop's defaults on CUDA),
   8 loader workers, GPU utilisation sampled during every run.
+* ``cpu``: the converged CPU protocol (issue 13): HAM10000 at 64 px, 3 seeds, every run trained to
+  convergence on 2 CPU cores, one EfficientNet-Lite2 teacher shared by every seed (``teacher.shared``),
+  runs ordered method-major (scratch and KD for every seed before the costly methods), each finished
+  run written to ``benchmarks/results/paper_table_cpu_runs/`` with its test predictions, and the
+  differences to scratch per seed with a paired bootstrap 95 % CI on the test images.
 * ``cpu-reduced`` (default without CUDA): HAM10000 at 64 px, 1 seed, 2 epochs of 30 steps, one short
   uniform recipe, EfficientNet-Lite0 teacher; labelled as reduced in the title, the JSON and every row.
 * ``smoke``: synthetic data, tiny_cnn, 1 epoch, exports included; what ``tests/test_reproduce.py`` runs.
@@ -64,7 +69,7 @@ from lesionlite.errors import LesionliteError  # noqa: E402
 
 RECIPES = REPO / "benchmarks" / "recipes"
 RESULTS = REPO / "benchmarks" / "results"
-PROTOCOLS = ("gpu", "cpu-reduced", "smoke")
+PROTOCOLS = ("gpu", "cpu", "cpu-reduced", "smoke")
 #: student rows in table order; ``udcd-densenet121`` = UDCD self-distillation of the self_distill arch
 METHODS = ("scratch", "kd", "ssdkd", "udcd", "udcd-code", "udcd-densenet121")
 METHOD_LABELS = {
@@ -157,9 +162,22 @@ def aggregate_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: str) -> list[dict[str, Any]]:
-    """The papers' claims as pass / fail / n/a verdicts computed from the aggregated rows."""
+#: issue 13's margins: the teacher over scratch, SSD-KD over scratch (Bal-ACC points), the best student's Bal-ACC
+TEACHER_MARGIN = 0.03
+SSDKD_MARGIN = 0.015
+MIN_BEST_BAL_ACC = 0.65
+INT8_MAX_DROP = 0.01
+
+
+def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: str,
+                     comparisons: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The papers' claims (and issue 13's protocol targets) as pass / fail / n/a verdicts.
+
+    ``comparisons``: per method, the paired difference to scratch from :func:`paired_comparisons`
+    (mean over seeds and bootstrap CI); without it the CI-based verdicts are n/a.
+    """
     by_key = {r["key"]: r for r in rows if r["role"] == "student"}
+    comparisons = comparisons or {}
 
     def mean(key: str, metric: str) -> float | None:
         r = by_key.get(key)
@@ -191,6 +209,92 @@ def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: 
                  detail=f"best {best} {accs[best] * 100:.2f}%" + (f"; reached by {', '.join(reached)}" if reached
                                                                  else f" ({(accs[best] - MEDMNIST_BEST_ACC) * 100:+.2f} points)"))
     out.append(t)
+    return out + protocol_targets(rows, by_key, student_arch, comparisons)
+
+
+def protocol_targets(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any]], student_arch: str,
+                     comparisons: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 13's targets: teacher margin, KD above scratch, SSD-KD margin with CI, best Bal-ACC, int8 drop."""
+    out: list[dict[str, Any]] = []
+    base = (by_key.get("scratch") or {}).get("balanced_accuracy", {}).get("mean")
+    teacher = next((r for r in rows if r["role"] == "teacher"), None)
+    t = {"target": f"teacher >= scratch + {TEACHER_MARGIN * 100:.0f} Bal-ACC points",
+         "metric": "test balanced accuracy, mean over seeds"}
+    tb = (teacher or {}).get("balanced_accuracy", {}).get("mean")
+    if tb is None or base is None:
+        t.update(verdict="n/a", detail="not measured (teacher or scratch unfinished)")
+    else:
+        t.update(verdict="pass" if tb >= base + TEACHER_MARGIN else "fail",
+                 detail=f"teacher {tb * 100:.2f} vs scratch {base * 100:.2f} ({(tb - base) * 100:+.2f} points)")
+    out.append(t)
+    v = (by_key.get("kd") or {}).get("balanced_accuracy", {}).get("mean")
+    t = {"target": "Hinton KD beats scratch on balanced accuracy", "metric": "test balanced accuracy, mean over seeds"}
+    if v is None or base is None:
+        t.update(verdict="n/a", detail="not measured (run missing or unfinished)")
+    else:
+        t.update(verdict="pass" if v > base else "fail",
+                 detail=f"KD {v * 100:.2f} vs scratch {base * 100:.2f} ({(v - base) * 100:+.2f} points)")
+    out.append(t)
+    c = comparisons.get("ssdkd")
+    t = {"target": f"SSD-KD >= scratch + {SSDKD_MARGIN * 100:.1f} Bal-ACC points, paired 95% CI above 0",
+         "metric": "mean per-seed difference of test Bal-ACC; paired bootstrap over test images, seeds pooled"}
+    if not c:
+        t.update(verdict="n/a", detail="not measured (SSD-KD or scratch unfinished)")
+    else:
+        ok = c["delta"] >= SSDKD_MARGIN and c["ci_low"] > 0
+        t.update(verdict="pass" if ok else "fail",
+                 detail=f"{c['delta'] * 100:+.2f} points, 95% CI [{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}] "
+                        f"over {c['seeds']} seed(s)")
+    out.append(t)
+    t = {"target": f"best {student_arch} student >= {MIN_BEST_BAL_ACC * 100:.0f}% balanced accuracy",
+         "metric": "test balanced accuracy, mean over seeds"}
+    bals = {k: r["balanced_accuracy"]["mean"] for k, r in by_key.items()
+            if r["arch"] == student_arch and r["balanced_accuracy"]["mean"] is not None}
+    if not bals:
+        t.update(verdict="n/a", detail="no finished student run")
+    else:
+        best = max(bals, key=bals.get)
+        t.update(verdict="pass" if bals[best] >= MIN_BEST_BAL_ACC else "fail",
+                 detail=f"best {best} {bals[best] * 100:.2f}%")
+    out.append(t)
+    t = {"target": f"int8 TFLite of every student within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of its float model",
+         "metric": "test balanced accuracy, float minus int8 TFLite, mean over seeds"}
+    drops = {k: r["balanced_accuracy"]["mean"] - r["int8_tflite_balanced_accuracy"]["mean"]
+             for k, r in by_key.items() if r["balanced_accuracy"]["mean"] is not None
+             and r.get("int8_tflite_balanced_accuracy", {}).get("mean") is not None}
+    if not drops:
+        t.update(verdict="n/a", detail="no int8 TFLite export finished")
+    else:
+        worst = max(drops, key=drops.get)
+        t.update(verdict="pass" if drops[worst] <= INT8_MAX_DROP else "fail",
+                 detail="; ".join(f"{k} {d * 100:+.2f}" for k, d in drops.items()) + " points lost (PTQ, no QAT)")
+    out.append(t)
+    return out
+
+
+def paired_comparisons(runs: list[dict[str, Any]], num_classes: int, n_boot: int = 2000) -> dict[str, dict[str, Any]]:
+    """For every student method: Bal-ACC difference to scratch per seed, mean, paired bootstrap 95 % CI.
+
+    Uses the test predictions each finished run stored (``test_pred``) on the seeds that both the
+    method and scratch have finished.
+    """
+    from distill.metrics import paired_bootstrap_balanced_accuracy_delta
+
+    done = {(r["key"], r["seed"]): r for r in runs if r["status"] == "done" and r.get("test_pred") is not None
+            and r["role"] == "student"}
+    labels = next((r.get("test_labels") for r in runs if r.get("test_labels") is not None), None)
+    out: dict[str, dict[str, Any]] = {}
+    if labels is None:
+        return out
+    for key in {k for k, _ in done if k != "scratch"}:
+        seeds = sorted(s for k, s in done if k == key and ("scratch", s) in done)
+        if not seeds:
+            continue
+        res = paired_bootstrap_balanced_accuracy_delta(
+            labels, [done[(key, s)]["test_pred"] for s in seeds], [done[("scratch", s)]["test_pred"] for s in seeds],
+            num_classes, n_boot=n_boot)
+        res["seed_ids"] = seeds
+        out[key] = res
     return out
 
 
@@ -405,15 +509,24 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
         "ablations": {k: {"method": v["method"], "label": v.get("label", k), "overrides": dict(v.get("overrides") or {})}
                       for k, v in ablations.items()},
         "out": str(out), "title": recipe.get("title", f"Paper table ({args.protocol} protocol)"),
+        "results_dir": str(args.results),
     }
     if args.no_export:
         settings["export"]["formats"] = []
+    settings["teacher_shared"] = bool(teacher.get("shared", False))
+    settings["order"] = str(recipe.get("order", "seed"))
+    if settings["order"] not in ("seed", "method"):
+        raise LesionliteError(f"recipe order must be 'seed' or 'method', got {settings['order']!r}")
+    need_teacher = any(m in TEACHER_METHODS for m in [*methods, *(a["method"] for a in ablations.values())])
+    shared_tdir = out / f"teacher_{settings['teacher_arch']}"
     plan: list[RunSpec] = []
+    if need_teacher and settings["teacher_shared"]:  # one teacher, trained once, distilled by every seed
+        plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seeds[0], t_epochs,
+                            shared_tdir, dict(teacher.get("overrides") or {}), export=False))
     for seed in seeds:
         sd = out / f"seed{seed}"
-        tdir = sd / f"teacher_{settings['teacher_arch']}"
-        need_teacher = any(m in TEACHER_METHODS for m in [*methods, *(a["method"] for a in ablations.values())])
-        if need_teacher:
+        tdir = shared_tdir if settings["teacher_shared"] else sd / f"teacher_{settings['teacher_arch']}"
+        if need_teacher and not settings["teacher_shared"]:
             plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seed, t_epochs,
                                 tdir, dict(teacher.get("overrides") or {}), export=False))
         for m in methods:
@@ -431,6 +544,9 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
             plan.append(RunSpec(name, "ablation", base, arch, s_w, s_note, seed, epochs, sd / f"{name}_{arch}", ov,
                                 teacher_dir=tdir if base in TEACHER_METHODS else None, label_text=ab["label"],
                                 export=False))
+    if settings["order"] == "method":  # every seed of a method before the next method (cheap ones first)
+        rank = {k: i for i, k in enumerate(["teacher", *methods, *settings["ablations"]])}
+        plan.sort(key=lambda r: (rank.get(r.key, 99), seeds.index(r.seed)))
     return settings, plan
 
 
@@ -609,7 +725,49 @@ class Runner:
         return {"status": "done"}
 
 
-def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], export_rec: dict[str, Any]) -> dict[str, Any]:
+def test_predictions(spec: RunSpec, bundle: Any) -> tuple[list[int], list[int]]:
+    """(predicted, true) labels of the run's best student on the test split, with its own preprocessing."""
+    import torch
+
+    from distill.artifacts import load_student
+    from distill.data.transforms import eval_transform
+
+    model, man = load_student(spec.run_dir, map_location="cpu")
+    model.eval()
+    tf = eval_transform(man.preprocessing)
+    test = bundle.split("test")
+    preds: list[int] = []
+    with torch.no_grad():
+        for i in range(0, len(test), 128):
+            x = torch.stack([tf(test[j][0]) for j in range(i, min(len(test), i + 128))])
+            preds += model(x).argmax(1).tolist()
+    return preds, [int(v) for v in test.labels]
+
+
+def run_record_path(settings: dict[str, Any], spec: RunSpec) -> Path:
+    """Where a finished run's record is committed: ``<results>/<stem>_runs/seed<S>_<key>.json``."""
+    return Path(settings["results_dir"]) / f"{results_stem(settings['protocol'])}_runs" / f"seed{spec.seed}_{spec.key}.json"
+
+
+def write_run_record(settings: dict[str, Any], spec: RunSpec, rec: dict[str, Any]) -> None:
+    """The finished run's metrics, learning curve and test predictions, as soon as it finishes (commit it)."""
+    from lesionlite.atomic import write_json_atomic
+
+    hist = (_read_json(spec.run_dir / "metrics.json") or {}).get("history") or []
+    keep = ("protocol", "key", "role", "label", "method", "arch", "seed", "epochs", "epochs_run", "best_epoch",
+            "weights_note", "overrides", "status", "metrics", "wall_time_s", "images_per_s", "params", "macs",
+            "int8", "export_time_s", "test_pred", "test_labels")
+    doc = {k: rec.get(k) for k in keep}
+    doc["curve"] = [{k: h.get(k) for k in ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
+                                           "val_balanced_accuracy", "time_s", "images_per_s", "data_time_s")}
+                    for h in hist]
+    path = run_record_path(settings, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, doc)
+
+
+def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], export_rec: dict[str, Any],
+            bundle: Any = None) -> dict[str, Any]:
     state = run_state(spec)
     status = "done" if state == "done" else train_rec.get("status") or ("partial" if state == "partial" else "pending")
     r: dict[str, Any] = {
@@ -631,6 +789,17 @@ def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], 
     et = _read_json(spec.run_dir / "export" / "reproduce_export_time.json")
     r["export_time_s"] = et.get("wall_s") if et else None
     r["gpu"] = _read_json(spec.run_dir / "reproduce_gpu.json")
+    if bundle is not None and len(bundle.split("test")):
+        old = _read_json(run_record_path(settings, spec)) if settings.get("results_dir") else None
+        if old and old.get("test_pred") and old.get("metrics") == r["metrics"]:  # same finished run: reuse
+            r["test_pred"], r["test_labels"] = old["test_pred"], old["test_labels"]
+        else:
+            try:
+                r["test_pred"], r["test_labels"] = test_predictions(spec, bundle)
+            except Exception as exc:  # the table still has the run's own metrics
+                r["test_pred_error"] = f"{type(exc).__name__}: {exc}"
+    if settings.get("results_dir"):
+        write_run_record(settings, spec, r)
     return r
 
 
@@ -694,6 +863,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"{fmt_pm(r['int8_tflite_balanced_accuracy'])} | {_fmt_bytes(r['int8_onnx_size_bytes'])} | "
             f"{fmt_pm(r['int8_onnx_accuracy'])} / {fmt_pm(r['int8_onnx_balanced_accuracy'])} | {ips} | {rel} | "
             f"{_fmt_plain(r['wall_time_s'])} | {r['status']} |")
+    if doc.get("comparisons"):
+        lines += ["", "## Against scratch (same seeds, same test images)", "",
+                  "Difference of test Bal-ACC to scratch in points, per seed and mean; 95 % CI from a paired "
+                  "bootstrap over the test images (2,000 resamples, one draw shared by every seed, seeds pooled).", "",
+                  "| Method | seeds | per-seed Δ | mean Δ | 95 % CI |", "|---|---|---|---|---|"]
+        for key, c in sorted(doc["comparisons"].items(), key=lambda kv: METHODS.index(kv[0]) if kv[0] in METHODS else 99):
+            lines.append(f"| {METHOD_LABELS.get(key, key)} | {', '.join(map(str, c['seed_ids']))} | "
+                         f"{', '.join(f'{d * 100:+.2f}' for d in c['per_seed'])} | {c['delta'] * 100:+.2f} | "
+                         f"[{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}] |")
     lines += ["", "## Targets (verdicts computed from the numbers above)", "",
               "| Target | Verdict | Detail |", "|---|---|---|"]
     for t in doc["targets"]:
@@ -725,14 +903,15 @@ def render_markdown(doc: dict[str, Any]) -> str:
               f"- GPU: {doc['gpu_note']}"]
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    lines += ["", "## Runs", "", "| Seed | Run | Status | Epochs | ACC | Bal-ACC | int8 TFLite ACC | wall s | img/s | dir |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", "| Seed | Run | Status | Epochs | best epoch | ACC | Bal-ACC | int8 TFLite ACC | wall s | "
+              "img/s | dir |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         mt = r.get("metrics") or {}
         i8 = ((r.get("int8") or {}).get("tflite") or {}).get("accuracy")
         wall = "n/a" if r.get("wall_time_s") is None else f"{r['wall_time_s']:.0f}"
         ips = "n/a" if r.get("images_per_s") is None else f"{r['images_per_s']:.1f}"
         lines.append(f"| {r['seed']} | {r['key']} ({r['arch']}) | {r['status']} | {r.get('epochs_run', 'n/a')}/{r['epochs']} "
+                     f"| {r.get('best_epoch', 'n/a')} "
                      f"| {_pct(mt.get('accuracy'))} | {_pct(mt.get('balanced_accuracy'))} | {_pct(i8)} | {wall} | {ips} | "
                      f"`{r['run_dir']}` |")
     return "\n".join(lines) + "\n"
@@ -780,8 +959,10 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
         base = scratch_ips.get((r["seed"], r["arch"]))
         r["images_per_s_vs_scratch"] = (r["images_per_s"] / base) if (r.get("images_per_s") and base) else None
     rows = aggregate_rows(runs)
+    comparisons = paired_comparisons(runs, len(data.get("class_names") or []) or 1)
     protocol = settings["protocol"]
-    plabel = {"gpu": "GPU protocol", "cpu-reduced": "CPU-REDUCED protocol", "smoke": "SMOKE protocol"}[protocol]
+    plabel = {"gpu": "GPU protocol", "cpu": "CPU protocol", "cpu-reduced": "CPU-REDUCED protocol",
+              "smoke": "SMOKE protocol"}[protocol]
     notes = list(settings.get("notes") or [])
     if protocol != "gpu":
         notes.append(f"{plabel}: not the papers' protocol (see the setup above); every row is labelled with it.")
@@ -821,7 +1002,9 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
         "benchmark": "reproduce_paper_table", "title": title, "protocol": protocol, "protocol_label": plabel,
         "reduced": protocol != "gpu", "label": plabel, "complete": complete,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "data": data, "settings": settings,
-        "rows": rows, "runs": runs, "targets": evaluate_targets(rows, settings["image_size"], settings["student_arch"]),
+        "rows": rows, "runs": [{k: v for k, v in r.items() if k not in ("test_pred", "test_labels")} for r in runs],
+        "comparisons": comparisons,
+        "targets": evaluate_targets(rows, settings["image_size"], settings["student_arch"], comparisons),
         "notes": notes, "gpu_note": gpu_note, "wall_time_s": wall,
         "total_run_wall_s": sum(r.get("wall_time_s") or 0 for r in runs),
         "total_export_wall_s": sum(r.get("export_time_s") or 0 for r in runs),
@@ -830,7 +1013,8 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
 
 
 def results_stem(protocol: str) -> str:
-    return {"gpu": "paper_table", "cpu-reduced": "paper_table_cpu_reduced", "smoke": "paper_table_smoke"}[protocol]
+    return {"gpu": "paper_table", "cpu": "paper_table_cpu", "cpu-reduced": "paper_table_cpu_reduced",
+            "smoke": "paper_table_smoke"}[protocol]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -889,24 +1073,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(settings, deadline, bundle)
     print(f"[reproduce] {args.protocol}: {len(plan)} runs under {settings['out']} ({data['description'][:120]}…)",
           flush=True)
-    runs: list[dict[str, Any]] = []
-    for spec in plan:
-        trec = runner.train(spec)
-        erec = runner.export(spec) if run_state(spec) == "done" else {"status": "pending"}
-        runs.append(collect(spec, settings, trec, erec))
-    complete = all(r["status"] == "done" for r in runs) and all(
-        str(r["export_status"]).startswith(("done", "skipped")) for r in runs if r["status"] == "done")
-    doc = build_doc(settings, runs, machine, data, time.time() - t_start, complete)
     from lesionlite.atomic import write_json_atomic, write_text_atomic
 
     res = Path(args.results)
     res.mkdir(parents=True, exist_ok=True)
     stem = results_stem(args.protocol)
-    write_json_atomic(res / f"{stem}.json", doc)
-    write_text_atomic(res / f"{stem}.md", render_markdown(doc))
+
+    def write_table(runs: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+        """The table of what is known so far (every run of the plan, pending ones as such)."""
+        seen = {(r["key"], r["seed"]) for r in runs}
+        pending = [] if final else [collect(sp, settings, {}, {"status": "pending"}) for sp in plan
+                                    if (sp.key, sp.seed) not in seen]
+        allr = runs + pending
+        complete = final and all(r["status"] == "done" for r in allr) and all(
+            str(r["export_status"]).startswith(("done", "skipped")) for r in allr if r["status"] == "done")
+        doc = build_doc(settings, allr, machine, data, time.time() - t_start, complete)
+        write_json_atomic(res / f"{stem}.json", doc)
+        write_text_atomic(res / f"{stem}.md", render_markdown(doc))
+        return doc
+
+    runs: list[dict[str, Any]] = []
+    for spec in plan:
+        trec = runner.train(spec)
+        erec = runner.export(spec) if run_state(spec) == "done" else {"status": "pending"}
+        runs.append(collect(spec, settings, trec, erec, bundle))
+        if trec.get("status") == "done" or erec.get("status") == "done":  # something new finished: table now
+            write_table(runs, final=False)
+    doc = write_table(runs, final=True)
     print(f"[reproduce] wrote {res / (stem + '.json')} and {res / (stem + '.md')}", flush=True)
     print(short_table(doc), flush=True)
-    return 0 if complete else EXIT_INCOMPLETE
+    return 0 if doc["complete"] else EXIT_INCOMPLETE
 
 
 if __name__ == "__main__":

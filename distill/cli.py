@@ -123,7 +123,7 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
     g.add_argument("--early-stop", type=int, metavar="PATIENCE", help="epochs without better val balanced accuracy (0 = off)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA (default on)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format on CUDA (default on)")
+                   help="channels_last memory format (CPU and CUDA; default on)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="tqdm progress bars")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set method.temperature=3 (repeatable)")

@@ -278,3 +278,43 @@ SCALAR_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "macro_
 def scalars(report: dict[str, Any], prefix: str = "") -> dict[str, float | None]:
     """The scalar entries of a :func:`classification_report`, optionally prefixed (``val_``…)."""
     return {f"{prefix}{k}": report.get(k) for k in SCALAR_KEYS}
+
+
+def paired_bootstrap_balanced_accuracy_delta(y_true: Sequence[int], preds_a: Sequence[Sequence[int]],
+                                             preds_b: Sequence[Sequence[int]], num_classes: int,
+                                             n_boot: int = 2000, seed: int = 0,
+                                             ci: float = 0.95) -> dict[str, Any]:
+    """Mean over seeds of Bal-ACC(a) − Bal-ACC(b) on the same test images, with a paired bootstrap CI.
+
+    ``preds_a[k]`` and ``preds_b[k]`` are the predicted labels of seed ``k`` of two methods on the
+    same images. Every bootstrap replicate resamples the *images* (with replacement, one draw shared
+    by every seed and both methods, so the pairing is kept) and recomputes the mean per-seed
+    difference of balanced accuracy — "seeds pooled" in one statistic. A class that a replicate
+    happens to leave out is skipped in both balanced accuracies alike. Returns the point estimate
+    (full test set), the per-seed differences and the percentile interval.
+    """
+    y = _labels(y_true)
+    a = np.asarray(preds_a, dtype=np.int64).reshape(-1, y.size)
+    b = np.asarray(preds_b, dtype=np.int64).reshape(-1, y.size)
+    if a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(f"need the same number (>= 1) of seeds for both methods, got {a.shape[0]} and {b.shape[0]}")
+    onehot = np.eye(num_classes, dtype=np.float64)[y]  # [N, C]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(y.size, np.full(y.size, 1.0 / y.size), size=n_boot).astype(np.float64)  # [B, N]
+    per_class_n = counts @ onehot  # [B, C]
+    present = per_class_n > 0
+
+    def bal(pred: np.ndarray, w: np.ndarray, n: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        hits = w @ (onehot * (pred == y)[:, None])  # [B, C]
+        rec = np.where(ok, hits / np.maximum(n, 1e-12), 0.0)
+        return rec.sum(1) / np.maximum(ok.sum(1), 1)
+
+    full_w = np.ones((1, y.size))
+    full_n = full_w @ onehot
+    per_seed = [float(bal(a[k], full_w, full_n, full_n > 0)[0] - bal(b[k], full_w, full_n, full_n > 0)[0])
+                for k in range(a.shape[0])]
+    boot = np.mean([bal(a[k], counts, per_class_n, present) - bal(b[k], counts, per_class_n, present)
+                    for k in range(a.shape[0])], axis=0)
+    lo, hi = np.quantile(boot, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return {"delta": float(np.mean(per_seed)), "per_seed": per_seed, "ci_low": float(lo), "ci_high": float(hi),
+            "ci": ci, "n_boot": int(n_boot), "n_images": int(y.size), "seeds": int(a.shape[0])}

@@ -136,6 +136,16 @@ def resolve_device(spec: str, local_rank: int = 0, distributed: bool = False) ->
     return torch.device("cpu")
 
 
+def resolve_workers(workers: int | None, device: torch.device, threads: int | None) -> int:
+    """``data.workers``, with None resolved: CUDA min(8, cores); CPU the cores left by the torch threads."""
+    if workers is not None:
+        return int(workers)
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    return max(0, min(4, cores - (threads or torch.get_num_threads())))
+
+
 # ------------------------------------------------------------------------------------------------
 # Logging
 # ------------------------------------------------------------------------------------------------
@@ -484,7 +494,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             cfg.save(run_dir / "config.yaml")
         method_cls = get_method(cfg.method_name)
         amp = cfg.run.amp and device.type == "cuda"
-        channels_last = cfg.run.channels_last and device.type == "cuda"
+        channels_last = cfg.run.channels_last  # measured faster on CPU too (benchmarks/train_throughput.py)
         if cfg.run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -582,8 +592,9 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         # ---------------- loaders
         bs = cfg.optim.batch_size
         eval_bs = cfg.run.eval_batch_size or 2 * bs
-        workers = cfg.data.workers
-        train_ds = MultiViewDataset(bundle.train, train_transform(pre, cfg.data.augment),
+        workers = resolve_workers(cfg.data.workers, device, cfg.run.threads)
+        train_source, eval_sources = _cached_splits(cfg, bundle, pre, info)
+        train_ds = MultiViewDataset(train_source, train_transform(pre, cfg.data.augment),
                                     method_cls.num_views, method_cls.view_mode)
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank,
                                                       shuffle=True, seed=cfg.run.seed, drop_last=False)
@@ -597,13 +608,17 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         train_loader = torch.utils.data.DataLoader(train_ds, batch_size=min(bs, shard), sampler=sampler,
                                                    drop_last=drop_last, generator=loader_gen, **loader_kw)
 
-        def eval_loader(ds: Any) -> torch.utils.data.DataLoader:
-            mv = MultiViewDataset(ds, eval_transform(pre), 1, "independent")
-            return torch.utils.data.DataLoader(mv, batch_size=eval_bs, sampler=ddp.ShardSampler(len(mv), info),
-                                               **loader_kw)
+        def eval_loader(split: str) -> torch.utils.data.DataLoader:
+            mv = eval_sources.get(split) or MultiViewDataset(bundle.split(split), eval_transform(pre), 1, "independent")
+            # cached eval tensors need no worker processes (nothing left to compute per item)
+            kw = dict(loader_kw)
+            if split in eval_sources:
+                kw["num_workers"] = 0
+                kw.pop("prefetch_factor", None)
+            return torch.utils.data.DataLoader(mv, batch_size=eval_bs, sampler=ddp.ShardSampler(len(mv), info), **kw)
 
-        val_loader = eval_loader(bundle.val)
-        test_loader = eval_loader(bundle.test) if len(bundle.test) else None
+        val_loader = eval_loader("val")
+        test_loader = eval_loader("test") if len(bundle.test) else None
         steps_per_epoch = len(train_loader)
         if cfg.run.max_steps_per_epoch:
             steps_per_epoch = min(steps_per_epoch, cfg.run.max_steps_per_epoch)
@@ -714,7 +729,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.run.epochs}", leave=False,
                        disable=True if not (cfg.run.progress and info.is_main) else None, dynamic_ncols=True)
             nonfinite_at: int | None = None
+            data_time = 0.0  # time spent waiting for the loader (torchvision's "data" meter)
+            t_wait = time.perf_counter()
             for i, batch in enumerate(train_loader):
+                data_time += time.perf_counter() - t_wait
                 if i >= steps_per_epoch:
                     break
                 batch = Batch(images=batch.images.to(device, non_blocking=True),
@@ -749,12 +767,13 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
                 if not info.enabled and i % 50 == 0 and not torch.isfinite(loss.detach()).item():
                     nonfinite_at = global_step - 1
                     break
+                t_wait = time.perf_counter()
             bar.close()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             ep_time = time.time() - t0
             keys = sorted(sums)
-            local = [float(sums[k]) for k in keys] + [float(correct), float(n_seen), ep_time]
+            local = [float(sums[k]) for k in keys] + [float(correct), float(n_seen), ep_time, data_time]
             tot = ddp.all_reduce_sum(local, info)
             n_all = max(1.0, tot[len(keys) + 1])
             train_logs = {k: tot[j] / n_all for j, k in enumerate(keys)}
@@ -786,18 +805,23 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             if cfg.run.early_stop and bad_epochs >= cfg.run.early_stop:
                 stopped_early = True
             ips = int(tot[len(keys) + 1]) / max(tot[len(keys) + 2] / info.world_size, 1e-9)  # all ranks' images / mean time
+            data_s = tot[len(keys) + 3] / info.world_size
+            compute_ips = int(tot[len(keys) + 1]) / max(tot[len(keys) + 2] / info.world_size - data_s, 1e-9)
             rec = {
                 "epoch": epoch + 1, "step": global_step, "lr": lr_now,
                 **{f"train_{k}": v for k, v in train_logs.items()}, "train_acc": train_acc,
                 **scalars(vrep, "val_"), "val_loss": val_loss,
                 "best": improved, "best_epoch": best_epoch, "time_s": ep_time, "images_per_s": ips,
+                "data_time_s": data_s, "compute_images_per_s": compute_ips,
             }
             history.append(rec)
             terms = " ".join(f"{k} {_fmt(v)}" for k, v in train_logs.items() if k != "loss")
-            log.info("epoch %d/%d  lr %.2e  loss %s%s  acc %s | val loss %s acc %s bal-acc %s f1 %s ece %s | %.1fs %.0f img/s%s",
+            log.info("epoch %d/%d  lr %.2e  loss %s%s  acc %s | val loss %s acc %s bal-acc %s f1 %s ece %s | %.1fs "
+                     "(data %.0f%%) %.0f img/s%s",
                      epoch + 1, cfg.run.epochs, lr_now, _fmt(train_logs.get("loss")), f" ({terms})" if terms else "",
                      _fmt(train_acc, 3), _fmt(val_loss), _fmt(vrep["accuracy"], 3), _fmt(val_bal, 3),
-                     _fmt(vrep["macro_f1"], 3), _fmt(vrep["ece"], 3), ep_time, ips, "  *best" if improved else "")
+                     _fmt(vrep["macro_f1"], 3), _fmt(vrep["ece"], 3), ep_time, 100 * data_s / max(ep_time, 1e-9), ips,
+                     "  *best" if improved else "")
             if info.is_main:
                 with open(run_dir / "train_log.jsonl", "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(rec) + "\n")
@@ -870,6 +894,35 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
                              (vl, vy), (tl, ty), tman, teacher_val, weights_note, weights_meta)
         ddp.barrier(info)
         return result
+
+
+def _cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
+                   info: ddp.DistInfo) -> tuple[Any, dict[str, Any]]:
+    """The training source and the eval loaders' datasets, decoded once when ``data.cache`` is on.
+
+    Returns ``(train_source, {split: dataset})``; without the cache the train source is the split
+    itself and the dict is empty (the loaders then decode every epoch).
+    """
+    if not cfg.data.cache:
+        return bundle.train, {}
+    from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache
+    from distill.data.transforms import eval_transform
+
+    t0 = time.time()
+    side = cfg.data.cache_short_side or 2 * pre.input_size
+    show = cfg.run.progress and info.is_main
+    train_source = DecodedImageCache(bundle.train, side, progress=show, desc="decode train")
+    evals: dict[str, Any] = {}
+    nbytes = train_source.nbytes
+    for split in ("val", "test"):
+        if len(bundle.split(split)):
+            tc = TensorCache(bundle.split(split), eval_transform(pre), progress=show, desc=f"preprocess {split}")
+            evals[split] = CachedViewDataset(tc)
+            nbytes += tc.nbytes
+    log.info("data cache: %d training images decoded once (shorter side <= %d px) + val/test eval tensors, "
+             "%.0f MB in RAM, %.1f s (data.cache=false turns it off)", len(train_source), side, nbytes / 1e6,
+             time.time() - t0)
+    return train_source, evals
 
 
 def data_spec(cfg: TrainConfig, bundle: Any) -> str:

@@ -83,11 +83,28 @@ def test_rows_targets_and_relative_throughput():
     assert rows["ssdkd"]["int8_tflite_accuracy"]["mean"] == pytest.approx(0.76)
     v = {t["target"].split(" beats")[0].split(" at")[0]: t["verdict"] for t in doc["targets"]}
     assert v["SSD-KD"] == "pass" and v["UDCD"] == "fail" and v["UDCD (public code)"] == "n/a"
-    acc_target = doc["targets"][-1]
+    acc_target = next(t for t in doc["targets"] if "MedMNIST" in t["target"])
     assert acc_target["verdict"] == "pass" and "ssdkd" in acc_target["detail"]  # 77% >= 75.4%
+    v2 = {t["target"]: t for t in doc["targets"]}
+    assert v2["teacher >= scratch + 3 Bal-ACC points"]["verdict"] == "pass"  # 60 vs 51
+    assert v2["Hinton KD beats scratch on balanced accuracy"]["verdict"] == "fail"  # 50 vs 51
+    assert v2["best mobilenet_v2 student >= 65% balanced accuracy"]["verdict"] == "fail"  # 56
+    assert "n/a" == next(t for t in doc["targets"] if t["target"].startswith("SSD-KD >="))["verdict"]  # no preds
     md = R.render_markdown(doc)
     assert "CPU-REDUCED protocol" in md and "INCOMPLETE" in md and "76.0 ± 1.4" in md
-    assert R.evaluate_targets(doc["rows"], 28, "mobilenet_v2")[-1]["verdict"] == "n/a"
+    assert next(t for t in R.evaluate_targets(doc["rows"], 28, "mobilenet_v2")
+                if "MedMNIST" in t["target"])["verdict"] == "n/a"
+
+
+def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
+    args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r")])
+    settings, plan = R.build_plan(args, R.load_recipe("cpu"))
+    teachers = [p for p in plan if p.key == "teacher"]
+    assert len(teachers) == 1 and teachers[0].run_dir == tmp_path / "r" / "teacher_efficientnet_lite2"
+    assert [(p.key, p.seed) for p in plan[:7]] == [("teacher", 0), ("scratch", 0), ("scratch", 1), ("scratch", 2),
+                                                   ("kd", 0), ("kd", 1), ("kd", 2)]
+    assert {p.teacher_dir for p in plan if p.method in ("kd", "ssdkd")} == {teachers[0].run_dir}
+    assert len(plan) == 1 + 5 * 3 and settings["seeds"] == [0, 1, 2] and settings["image_size"] == 64
 
 
 def test_unknown_ablation_is_a_one_line_error(tmp_path, capsys):
@@ -145,7 +162,15 @@ def test_smoke_writes_every_row_with_numbers_in_range(smoke):
             assert 0.0 <= rows[key][f"int8_{fmt}_accuracy"]["mean"] <= 1.0
     assert rows["kd"]["int8_tflite_size_bytes"]["mean"] is None  # not exported in smoke: n/a, not invented
     assert {t["verdict"] for t in doc["targets"]} <= {"pass", "fail", "n/a"}
-    assert len(doc["targets"]) == 4
+    assert len(doc["targets"]) == 9
+    # every finished run has its committed record with test predictions, and the paired comparison uses them
+    rec = json.loads((root / "results" / "paper_table_smoke_runs" / "seed0_kd.json").read_text())
+    assert rec["status"] == "done" and len(rec["test_pred"]) == len(rec["test_labels"]) == 28
+    assert rec["curve"] and rec["curve"][0]["epoch"] == 1
+    assert set(doc["comparisons"]) == {"kd", "ssdkd", "udcd", "udcd-code", "udcd-densenet121"}
+    c = doc["comparisons"]["kd"]
+    assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["seed_ids"] == [0]
+    assert "## Against scratch" in md
     assert "## Targets" in md and "SYNTHETIC" in md
 
 

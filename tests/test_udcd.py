@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -314,9 +316,10 @@ def test_teacher_forward_keeps_its_bn_buffers_and_uses_no_dropout() -> None:
 
 
 # ------------------------------------------------------------------------------------ gradients
-@pytest.mark.parametrize("name", ["udcd", "udcd-code"])
-def test_gradient_reaches_student_only(name: str) -> None:
-    m = _method(name, **({"warmup_epochs": 0} if name == "udcd-code" else {}))
+@pytest.mark.parametrize("name, heads", [("udcd", None), ("udcd-code", "code"), ("udcd-code", "ema")])
+def test_gradient_reaches_student_only(name: str, heads: str | None) -> None:
+    m = _method(name, **({"warmup_epochs": 0, "heads": heads} if name == "udcd-code" else {}))
+    trained_heads = heads != "code"
     m.train()
     batch = _fixed_batch()
     m.training_loss(batch, 0, 0)  # fill the banks once so every term is non-trivial
@@ -326,12 +329,16 @@ def test_gradient_reaches_student_only(name: str) -> None:
     out.loss.backward()
     assert all(p.grad is not None for p in m.student.classifier.parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.student.features.parameters())
-    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.student_head.parameters())
+    if trained_heads:
+        assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in m.student_head.parameters())
+    else:  # the code's embed_s is outside the optimizer
+        assert all(p.grad is None and not p.requires_grad for p in m.student_head.parameters())
     assert all(p.grad is None and not p.requires_grad for p in m.ema.parameters())
     for b in (m.memory_s, m.memory_t):
         assert not b.requires_grad and b.grad is None
     ids = {id(p) for p in m.trainable_parameters()}
-    assert ids == {id(p) for p in itertools.chain(m.student.parameters(), m.student_head.parameters())}
+    heads = m.student_head.parameters() if trained_heads else []
+    assert ids == {id(p) for p in itertools.chain(m.student.parameters(), heads)}
     assert out.logits is not None and out.logits.shape == (8, 3) and not out.logits.requires_grad
 
 
@@ -342,6 +349,7 @@ def test_weight_zero_skips_terms_and_warmup_skips_distillation() -> None:
     logs = m.training_loss(_fixed_batch(), 0, 0).logs
     assert {"kl", "scl", "cra"}.isdisjoint(logs) and "wce" in logs and torch.equal(m.memory_s, bank)
     m = _method("udcd-code")  # warmup_epochs = 20
+    bank = m.memory_s.clone()  # the variants start from different banks (Gaussian unit vs CRD uniform)
     m.train()
     out = m.training_loss(_fixed_batch(), 19, 0)
     assert set(out.logs) == {"wce", "distill"} and out.logs["distill"] == 0.0
@@ -392,3 +400,217 @@ def test_exported_student_is_the_plain_student(name: str) -> None:
     assert torch.equal(fresh.memory_t, m.memory_t)
     assert all(torch.equal(a, b) for a, b in zip(fresh.ema.parameters(), m.ema.parameters()))
     assert int(fresh.ema_updates) == 1
+
+
+# ------------------------------------------------------------------------------------ udcd-code vs the authors' code
+# References written from github.com/philsaurabh/UDCD_MICCAI (file:line in each docstring).
+def _their_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, counts) -> torch.Tensor:
+    """train.py:127-130 weights = freq.sum()/freq; data/loader.py:41 one-hot float labels (np.eye);
+    utils/trainer.py:87,125 nn.CrossEntropyLoss(weight=weights)(s_logits, target)."""
+    freq = np.asarray(counts, dtype=np.float64)
+    weights = torch.tensor(freq.sum() / freq)
+    target = torch.tensor(np.eye(len(counts))[labels.numpy()])  # float64 one-hot
+    return torch.nn.CrossEntropyLoss(weight=weights)(logits.double(), target)
+
+
+def test_udcd_code_wce_is_the_codes_one_hot_weighted_ce() -> None:
+    counts = (4, 3, 1)
+    torch.manual_seed(11)
+    logits, y = torch.randn(8, 3), torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
+    w = L.inverse_frequency_weights(counts)
+    ref = _their_weighted_ce(logits, y, counts)
+    assert math.isclose(float(L.weighted_ce(logits, y, w, denominator="batch")), float(ref), rel_tol=1e-5)
+    # PyTorch's weighted mean (what udcd keeps) is smaller by mean(w_y): here 8/3 vs 8/4 vs 8/1
+    assert not math.isclose(float(L.weighted_ce(logits, y, w)), float(ref), rel_tol=1e-2)
+    m = _method("udcd-code", counts)  # warm-up epoch: the loss is the WCE alone
+    m.train()
+    out = m.training_loss(_fixed_batch(counts), 0, 0)
+    ref = _their_weighted_ce(out.logits, _fixed_batch(counts).labels, counts)
+    assert math.isclose(float(out.logs["wce"]), float(ref), rel_tol=1e-5)
+    assert math.isclose(float(out.loss.detach()), float(ref), rel_tol=1e-5)
+
+
+def _their_relation_loss(f_s, f_t, mem_s, mem_t, idx, labels, momentum, tau, num_classes):
+    """utils/memory.py:79-95 (rows written, UPDATED buffers returned), utils/CRA.py:52-90 (anchors
+    = l2norm(mean ReLU(rows of class c)) from those buffers), CRA.py:110-121 + losses.py:15-31."""
+    mem_s, mem_t = mem_s.double().clone(), mem_t.double().clone()
+    for mem, v in ((mem_s, f_s.double()), (mem_t, f_t.double())):
+        pos = mem[idx] * momentum + v * (1 - momentum)
+        mem.index_copy_(0, idx, pos / pos.pow(2).sum(1, keepdim=True).pow(0.5))
+
+    def anchors(mem):
+        a = torch.stack([F.relu(mem[labels == c]).mean(0) for c in range(num_classes)])
+        return a / a.pow(2).sum(1, keepdim=True).pow(0.5)
+
+    s_rel = f_s.double() @ anchors(mem_s).t() / tau
+    t_rel = f_t.double() @ anchors(mem_t).t() / tau
+    ps = torch.softmax(s_rel, 1)
+    weight = -(ps * torch.log(ps + 1e-6)).sum(1) / math.log(num_classes)
+    pt = torch.softmax(t_rel, 1)
+    kl = (pt * (pt.log() - torch.log_softmax(s_rel, 1))).sum(1)
+    return float((kl * weight).mean())
+
+
+@pytest.mark.parametrize("heads", ["code", "ema"])
+def test_udcd_code_anchors_come_from_the_updated_banks(heads: str) -> None:
+    m = _method("udcd-code", warmup_epochs=0, cons_weight=0.0, ccd_weight=0.0, heads=heads)
+    m.train()
+    batch = _fixed_batch()
+    bank_s, bank_t = m.memory_s.clone(), m.memory_t.clone()
+    out = m.training_loss(batch, 0, 0)
+    with torch.no_grad():  # the same embeddings again (BN on batch statistics: same output)
+        z_s = m.student_head(m.student.forward_all(batch.images[:, 0]).pooled)
+        _, t_pooled = m._teacher_forward(batch.images[:, 1])
+        z_t = m.ema.head(t_pooled)
+    args = (batch.indices, batch.labels, 0.5, 0.07, 3)
+    ref = _their_relation_loss(z_s, z_t, bank_s, bank_t, *args)
+    assert math.isclose(float(out.logs["rel"]), ref, rel_tol=1e-4)
+    # reading the banks before the update (the former behaviour) gives another value
+    stale = L.uncertainty_weighted_kl(L.relation_matrix(z_s, L.class_anchors(bank_s, batch.labels, 3), 0.07),
+                                      L.relation_matrix(z_t, L.class_anchors(bank_t, batch.labels, 3), 0.07),
+                                      L.relation_matrix(z_s, L.class_anchors(bank_s, batch.labels, 3), 0.07))
+    assert not math.isclose(float(stale), ref, rel_tol=1e-2)
+
+
+def test_udcd_code_banks_start_as_crd_uniform() -> None:
+    m = _method("udcd-code", embed_dim=12, seed=5)
+    n, d = m.memory_s.shape
+    for bank, seed in ((m.memory_s, 5), (m.memory_t, 6)):
+        g = torch.Generator().manual_seed(seed)  # utils/memory.py:20-22, with our seeded generator
+        stdv = 1.0 / math.sqrt(d / 3)
+        ref = torch.rand(n, d, generator=g).mul_(2 * stdv).add_(-stdv)
+        assert torch.allclose(bank, ref, atol=1e-7)
+        assert float(bank.abs().max()) <= stdv
+    assert not torch.allclose(m.memory_s.norm(dim=1), torch.ones(n))  # not unit rows
+    p = _method("udcd", embed_dim=12, seed=5)  # the paper variant keeps Gaussian unit vectors
+    assert torch.allclose(p.memory_s.norm(dim=1), torch.ones(n))
+
+
+def test_udcd_code_recipe_is_the_codes_onecycle() -> None:
+    from torch import nn
+
+    from distill.config import config_from_dict, defaults_tree
+    from distill.optim import build_optimizer, build_scheduler
+
+    steps = 3
+    # utils/trainer.py:60-62, 79-81: Adam(lr=args.lr=1e-4, weight_decay=1e-5), OneCycleLR(max_lr=3e-4)
+    theirs = nn.Linear(2, 2)
+    t_opt = torch.optim.Adam(theirs.parameters(), lr=1e-4, weight_decay=1e-5)
+    t_sch = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=3e-4, epochs=80, steps_per_epoch=steps)
+    assert t_opt.param_groups[0]["lr"] == pytest.approx(3e-4 / 25)
+    for name in ("udcd-code", "udcd"):
+        cfg = config_from_dict(defaults_tree(name))
+        ours = nn.Linear(2, 2)
+        opt = build_optimizer(cfg, ours, list(ours.parameters()))
+        sch, when = build_scheduler(cfg, opt, steps)
+        assert when == "step" and len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 1e-5
+        t_opt2 = torch.optim.Adam(nn.Linear(2, 2).parameters(), lr=1e-4, weight_decay=1e-5)
+        t_sch2 = torch.optim.lr_scheduler.OneCycleLR(t_opt2, max_lr=3e-4, epochs=80, steps_per_epoch=steps)
+        for _ in range(80 * steps):
+            assert opt.param_groups[0]["lr"] == pytest.approx(t_opt2.param_groups[0]["lr"], rel=1e-9, abs=1e-15)
+            assert opt.param_groups[0]["betas"] == pytest.approx(t_opt2.param_groups[0]["betas"])
+            opt.step(), t_opt2.step()
+            sch.step(), t_sch2.step()
+    del t_sch
+
+
+def test_udcd_code_heads_are_the_codes_fixed_random_projections() -> None:
+    m = _method("udcd-code", warmup_epochs=0)
+    s_head, t_head = m.student_head, m.ema.head
+    lin = [mod for mod in s_head.modules() if isinstance(mod, torch.nn.Linear)]
+    assert len(lin) == 1 and lin[0].in_features == 32 and lin[0].out_features == 128
+    x = torch.randn(5, 32)
+    w, b = lin[0].weight.double(), lin[0].bias.double()
+    ref = x.double() @ w.t() + b  # utils/CRA.py:161-171 Embed: linear, then x / ||x||
+    ref = ref / ref.pow(2).sum(1, keepdim=True).pow(0.5)
+    assert torch.allclose(s_head(x).double(), ref, atol=1e-6)
+    assert not torch.allclose(s_head(x), t_head(x))  # embed_s and embed_t are independent
+    assert not any(p.requires_grad for p in s_head.parameters())  # outside the optimizer
+    before = {k: v.clone() for k, v in itertools.chain(s_head.state_dict().items(),
+                                                        (("t." + k, v) for k, v in t_head.state_dict().items()))}
+    m.prepare(None, None)  # fresh run: copies the student into the teacher, NOT the heads
+    opt = torch.optim.Adam(list(m.trainable_parameters()), lr=1e-2)
+    m.train()
+    for step in range(2):
+        out = m.training_loss(_fixed_batch(), 0, step)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        m.after_optimizer_step(step)
+    after = dict(itertools.chain(s_head.state_dict().items(), (("t." + k, v) for k, v in t_head.state_dict().items())))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # never trained, never EMA-ed
+    assert _method("udcd-code").student_head.state_dict()["linear.weight"].equal(s_head.state_dict()["linear.weight"])
+
+
+def test_frozen_z_nce_grows_with_similarity_to_negatives() -> None:
+    """udcd-code's scale note: with Z frozen on a random first batch (utils/memory.py:65-77), the
+    NCE (utils/CRA.py:133-158) is log(1 + Kμ0 e^{-s0/τ}) + Σ_k log(1 + e^{s_k/τ}/(Kμ0)) per sample,
+    so it grows ~exp(Δc/τ) with the cosine c to the negatives while the positive stays fixed."""
+    g = torch.Generator().manual_seed(0)
+    n, d, k, b, tau = 2000, 128, 500, 16, 0.07
+    bank0 = L.uniform_bank(n, d, 1)
+    z0 = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    cidx = torch.randint(0, n, (b, 1 + k), generator=g)
+    z_frozen = float(L.nce_scores(z0, bank0, cidx, tau).double().mean()) * n  # CRD's NCEAverage
+    mu0 = z_frozen / n
+    assert 1.8 < mu0 < 2.8  # ≈ exp(1/(2 d τ²)) = 2.22
+    u = F.normalize(torch.randn(d, generator=g, dtype=D64), dim=0)  # the anchor z
+    perp = torch.randn(1 + k, d, generator=g, dtype=D64)
+    perp = F.normalize(perp - (perp @ u).unsqueeze(1) * u, dim=1)  # unit vectors orthogonal to z
+    values = []
+    for c in (0.0, 0.2, 0.4, 0.6):  # every negative at cosine c from z, the positive at 0.9
+        cos = torch.full((1 + k, 1), c, dtype=D64)
+        cos[0] = 0.9
+        bank = cos * u + (1 - cos ** 2).sqrt() * perp
+        scores = L.nce_scores(u.unsqueeze(0), bank, torch.arange(1 + k).unsqueeze(0), tau)
+        values.append(float(L.nce_loss(scores / z_frozen, n)))
+        mpn = k / n  # the closed form above, with CRD's ε kept
+        expected = (math.log(1 + (mpn + L.NCE_EPS) * z_frozen * math.exp(-0.9 / tau))
+                    + k * math.log(1 + (math.exp(c / tau) / z_frozen + L.NCE_EPS) / mpn))
+        assert math.isclose(values[-1], expected, rel_tol=1e-6)
+    assert values == sorted(values) and values[-1] / values[0] > 100, values
+
+
+def _ccd_run(heads: str, epochs: int) -> list[dict[str, float]]:
+    counts = [235, 39, 38, 18, 12, 5, 4]  # HAM10000's class proportions, /28
+    n, c = sum(counts), len(counts)
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(c, 3, 16, 16, generator=g)
+    y = torch.tensor([k for k, cnt in enumerate(counts) for _ in range(cnt)])
+    base = protos[y] + 1.5 * torch.randn(n, 3, 16, 16, generator=g)
+    torch.manual_seed(0)
+    cls = get_method("udcd-code")
+    ctx = MethodContext(num_classes=c, class_counts=counts, num_train=n, device=torch.device("cpu"),
+                        epochs=epochs, steps_per_epoch=n // 64)
+    m = cls(build_model("tiny_cnn", num_classes=c), None, cls.config_cls(warmup_epochs=0, heads=heads), ctx)
+    m.prepare(None, None)
+    opt = torch.optim.Adam(list(m.trainable_parameters()), lr=1e-3)
+    rows, step = [], 0
+    for ep in range(epochs):
+        perm, acc = torch.randperm(n, generator=g), {}
+        for i in range(n // 64):
+            idx = perm[i * 64:(i + 1) * 64]
+            views = base[idx].unsqueeze(1) + 0.5 * torch.randn(64, 2, 3, 16, 16, generator=g)
+            out = m.training_loss(Batch(images=views, labels=y[idx], indices=idx), ep, step)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            m.after_optimizer_step(step)
+            step += 1
+            for key in ("wce", "ccd_s", "ccd_t"):
+                acc.setdefault(key, []).append(float(out.logs[key]))
+        rows.append({k: sum(v) / len(v) for k, v in acc.items()})
+    return rows
+
+
+def test_ccd_scale_with_the_codes_heads_vs_shared_ema_heads() -> None:
+    """Measured side of udcd-code's scale note (1 thread, a few seconds): with shared trained/EMA
+    heads the teacher half (no gradient) grows several-fold while the CE falls; with the code's
+    independent fixed heads both halves stay near their start."""
+    ema = _ccd_run("ema", 4)
+    assert ema[-1]["wce"] < ema[0]["wce"]
+    assert ema[-1]["ccd_t"] > 2.0 * ema[0]["ccd_t"] and ema[-1]["ccd_s"] < ema[0]["ccd_s"], ema
+    code = _ccd_run("code", 4)
+    assert code[-1]["wce"] < code[0]["wce"]
+    for key in ("ccd_s", "ccd_t"):
+        assert 0.75 < code[-1][key] / code[0][key] < 1.3, code

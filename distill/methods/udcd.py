@@ -11,27 +11,31 @@ Shared machinery (both variants)
 --------------------------------
 - EMA after every optimizer step: θ_t ← α θ_t + (1-α) θ_s with α = min(1 - 1/(step+1), ema_decay)
   (ema_decay = 0.99; ``step`` is the 0-based number of optimizer steps taken before this one, so
-  the first update copies the student). It covers the backbone/classifier AND the embedding and
-  projection heads (the teacher's heads are the EMA of the student's).
+  the first update copies the student). It covers the backbone/classifier and, when the heads are
+  trained (``udcd``; ``udcd-code`` with ``heads = "ema"``), the embedding and projection heads (the
+  teacher's heads are then the EMA of the student's).
 - BatchNorm buffers: float buffers (running mean/var) are EMA-ed with the same α, integer
   buffers (num_batches_tracked) are copied. With ``teacher_bn = "batch"`` (default, as in the
   public code and Mean Teacher) the teacher normalises with the statistics of its own batch but
   its forward pass never writes its running buffers, so they are exactly the EMA of the
   student's; with ``"running"`` the teacher runs fully in eval mode on those EMA buffers.
   Teacher dropout is always off.
-- Heads: f = Linear(feature_dim → embed_dim) on the pooled feature, z = normalize(Linear(f)).
-- Memory banks M_s, M_t [n_train, embed_dim], initialised with seeded random unit vectors,
-  rows of the batch's ``indices`` updated after the losses: M[i] ← normalize(m·M[i] + (1-m)·z_i),
-  m = bank_momentum = 0.5 (student z → M_s, teacher z → M_t).
+- Trained heads: f = Linear(feature_dim → embed_dim) on the pooled feature, z = normalize(Linear(f)).
+  ``udcd-code`` uses the code's fixed random heads instead (below).
+- Memory banks M_s, M_t [n_train, embed_dim], seeded (``seed``, ``seed + 1``); rows of the batch's
+  ``indices`` updated once per step: M[i] ← normalize(m·M[i] + (1-m)·z_i), m = bank_momentum = 0.5
+  (student z → M_s, teacher z → M_t). Initial rows and the update's place in the step differ per
+  variant (below).
 - Bank labels: ``prepare`` reads the training labels from the train loader's dataset
   (attribute ``labels``/``targets`` or a ``get_labels()`` method, through ``Subset`` wrappers);
   in any case every batch writes its labels into the label buffer. Rows whose label is not known
   yet (label -1) are ignored by anchors, SupCon and negative sampling.
 - Class anchors a_c = normalize(mean over class-c rows of ReLU(M[k])), detached; an empty class
-  gets a zero anchor. Relation matrix R = z·Aᵀ/τ [B, C]; student R uses M_s's anchors, teacher R
-  uses M_t's (as in the public code). τ = 0.07.
+  gets a zero anchor (read before this step's bank update in ``udcd``, after it in ``udcd-code``).
+  Relation matrix R = z·Aᵀ/τ [B, C]; student R uses M_s's anchors, teacher R uses M_t's (as in the
+  public code). τ = 0.07.
 - ψ1 = u/log C (normalised entropy of softmax logits), ψ2 = 1 - ψ1, never differentiated.
-- Weighted CE, w_c = N/N_c (∝ 1/N_c), PyTorch's weighted mean Σ w_y CE / Σ w_y.
+- Weighted CE, w_c = N/N_c (∝ 1/N_c); the reduction differs per variant (below).
 - Under DDP each rank applies every rank's bank rows (all-gather), so the banks stay identical.
 - ``LossOutput.logs`` holds detached 0-d tensors (no device sync per step).
 - Everything training-only (EMA teacher, heads, banks) lives outside ``self.student``; the
@@ -43,32 +47,64 @@ L = Σ_i (1 + ψ2^s_i + ψ2^t_i)·w_{y_i}·CE_i / Σ_i w_{y_i}                 (
   + λ1 · mean_i KL(p_s,i ‖ p_t,i)                                              (lambda_kl)
   + λ2 · mean_i ψ1^t_i · SupCon_i(z_s,i vs M_t, positives = same class)      (lambda_scl)
   + λ3 · mean_j ψ1^t_{p_j} · Huber(cos ϕ^s_j, cos ϕ^t_j)                      (lambda_cra)
-with ψ^s from the student's logits (view 1), ψ^t from the teacher's (view 2). SupCon uses the
-whole labelled teacher bank as candidates (own row included). CRA: triplets (p,q,r) of distinct
+with ψ^s from the student's logits (view 1), ψ^t from the teacher's (view 2). The WCE divides by
+Σ_i w_{y_i} (PyTorch's weighted mean, so the scale of w cancels). Banks start as Gaussian unit
+vectors and are updated after all losses (the anchors see the banks before this batch). SupCon
+uses the whole labelled teacher bank as candidates (own row included). CRA: triplets (p,q,r) of distinct
 batch positions, vertex p, cos ϕ = <unit(R(p)-R(q)), unit(R(p)-R(r))> on the student's and the
 teacher's relation matrices; all ordered triplets when B(B-1)(B-2) ≤ max_triplets (4096), else
 4096 sampled per step with a seeded generator; Huber δ = 1 (smooth-L1). All terms active from
-step 0. The paper gives no training recipe beyond the public code's, so
-``default_overrides`` (applied by the loop below the user's config and flags) are the code's settings.
+step 0. The paper gives no training recipe beyond the public code's, so ``default_overrides``
+(applied by the loop below the user's config and flags) are the code's settings, OneCycle's start
+max_lr/25 included (see ``_CODE_RECIPE``).
 
 ``udcd-code`` (the public code)
 -------------------------------
 L = WCE + 1[epoch ≥ warmup_epochs]·( r(e)·L_cons + 0.1·L_CCD + 25·L_rel ),
+WCE = (1/B) Σ_i w_{y_i}·CE_i: the code's ``nn.CrossEntropyLoss(weight=N/N_c)`` on one-hot targets,
+whose mean divides by the batch size, not by Σ w (so, next to the other terms, it weighs about C
+times PyTorch's weighted mean, as in the code);
 r(e) = exp(-5 (1 - min(e,30)/30)²) with e the 0-based epoch, warmup_epochs = 20;
 L_cons = mean_i ψ1(teacher logits_i)·KL(p_s,i ‖ p_t,i) (the code's consistency term);
 L_CCD = NCE(student z vs M_t) + NCE(teacher z vs M_s): CRD's NCE with the sample's own bank row
 as the positive and K = 4096 negatives drawn from OTHER classes, scores exp(m·z/τ)/Z with each
 normaliser Z = mean(scores)·N frozen at the first batch (CRD's NCEAverage); the teacher half
-carries no gradient and only enters the value. With ``negative_policy = "clip"`` (default) K is
-clipped to min over classes of the number of other-class rows (computed once in ``prepare`` when
-all labels are known, else per batch over its rows) and drawn without replacement (HAM10000:
-nv has 6705 of 10015 images, so K = 3310); ``"replace_if_short"`` reproduces the code's loader
-(K = 4096; rows with fewer than K candidates draw with replacement). L_rel = mean_i ψ1(R_s,i)·KL(softmax R_t,i ‖ softmax R_s,i)
-with ψ1 normalised by log C. During warm-up the teacher forward and bank updates are skipped
-(the code only calls its CRA module after warm-up); the EMA update always runs.
-Differences from the public code kept on purpose: the code's embedding heads are outside its
-optimizer and never EMA-ed (random fixed projections on a 128-d fc layer inside DenseNet-121);
-here the student's heads are trained and the teacher's are their EMA, as the paper describes.
+carries no gradient and only enters the value (logged as ``ccd_t``; the student half as ``ccd_s``).
+With ``negative_policy = "clip"`` (default) K is clipped to min over classes of the number of
+other-class rows (computed once in ``prepare`` when all labels are known, else per batch over its
+rows) and drawn without replacement (HAM10000: nv has 6705 of 10015 images, so K = 3310);
+``"replace_if_short"`` reproduces the code's loader (K = 4096; rows with fewer than K candidates
+draw with replacement). L_rel = mean_i ψ1(R_s,i)·KL(softmax R_t,i ‖ softmax R_s,i) with ψ1
+normalised by log C, the anchors taken from the banks AFTER this batch's rows were written (the
+code's memory returns its updated buffers, which the anchors then read); the NCE scores use the
+banks before the update. Banks start as CRD's uniform vectors in [-a, a)^D, a = 1/√(D/3) (norm ≈ 1,
+not exactly 1). During warm-up the teacher forward and bank updates are skipped (the code only
+calls its CRA module after warm-up); the EMA update always runs.
+Heads (``heads = "code"``, default): as in the code, z_s = normalize(W_s x + b_s) and
+z_t = normalize(W_t x_t + b_t), two independently initialised random Linear layers (seed + 3)
+that are outside the optimizer and never EMA-ed; here x is the pooled feature (the code's x is a
+128-d fc layer of its DenseNet-121, on the classifier path). ``heads = "ema"`` gives the paper's
+trained heads with an EMA teacher head (the former behaviour).
+
+Scale of L_CCD (why it can grow while CE falls). Z is frozen at the first batch, when the banks
+are random, so μ0 = Z/N ≈ E[e^{s/τ}] ≈ e^{1/(2Dτ²)} ≈ 2.2 (D = 128). Per sample and half the NCE
+is log(1 + Kμ0·e^{-s_0/τ}) + Σ_k log(1 + e^{s_k/τ}/(Kμ0)), and its negative part is ≈
+mean_k e^{s_k/τ}/μ0: the mean exponentiated similarity to other-class bank rows relative to the
+first batch's. Nothing renormalises it: a rise Δc of that cosine multiplies it by ≈ e^{Δc/τ}
+(×4 per +0.1); only |s| ≤ 1 bounds it (≈ 18k per half at K = 3310). In the code both halves
+compare vectors from two unrelated fixed projections (z_s vs the teacher bank, z_t vs the
+student bank), so those cosines stay at chance and the term stays near its start (≈ 2·(log(1+Kμ0)
++ 1) ≈ 20 on HAM10000). With shared trained/EMA heads both sides live in one space: the student
+half (the only one with a gradient) falls, while the teacher half follows how aligned the
+embeddings become and grows. Measured (1 thread, 16 s; tiny_cnn, 703 synthetic 16-px images in
+HAM10000's class proportions, warmup 0, Adam 1e-3, 10 epochs): ``heads = "ema"``: ccd 50 → 228
+(epoch 5) → 105, teacher half 29 → 222 with cos(z_t, other-class M_s) 0.13 → 0.43, student half
+22 → 3; ``heads = "code"``: ccd 14.3 → 14.2, cross cosines ≈ -0.02; WCE 13.8 → 3.0 / 4.2. The
+152 → 2428 of a 10-epoch HAM10000 run (epochs 4-10, trained/EMA heads) is consistent with this
+(×16 ≈ e^{0.19/τ}; not re-run here). No bound or guard is added: the code has none, the values
+stay finite in float32 (e^{1/τ} ≈ 1.6e6), each score's gradient is at most 1/τ, and with the
+code's heads the term does not drift; ``ccd_s``/``ccd_t`` show which half moves. A smaller
+version of that measurement is ``tests/test_udcd.py::test_ccd_scale_with_the_codes_heads_vs_shared_ema_heads``.
 
 Every weight, temperature, momentum, K and warm-up is a config field; a term with weight 0 is
 not computed (and, if no term needs them, neither are the embeddings, banks or teacher).
@@ -76,6 +112,7 @@ not computed (and, if no term needs them, neither are the embeddings, banks or t
 from __future__ import annotations
 
 import copy
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Literal
@@ -89,18 +126,31 @@ from distill.methods.base import Batch, DistillMethod, LossOutput, MethodContext
 from distill.methods.registry import register_method
 from lesionlite.errors import LesionliteError
 
-# Adam, weight decay 1e-5, OneCycle peaking at 3e-4 from a start of 1e-4 (div_factor 3), 80 epochs, batch 64.
-# In the shared loop OneCycle's peak is ``optim.lr`` and its start is ``optim.lr / div_factor``.
-_RECOMMENDED = {
+_log = logging.getLogger("distill.methods.udcd")
+
+# The authors' trainer: Adam (weight decay 1e-5 on every parameter), torch's OneCycleLR(max_lr=3e-4)
+# with its defaults (div_factor 25, final_div_factor 1e4, pct_start 0.3, cosine, beta1 cycled), one
+# step per batch, 80 epochs, batch 64. OneCycleLR overwrites the optimizer's lr at construction, so
+# the code's Adam lr (1e-4) is never used: the schedule starts at 3e-4/25 = 1.2e-5 and ends at 1.2e-9.
+# In the shared loop OneCycle's peak is ``optim.lr`` and its start ``optim.lr / div_factor``; the
+# OneCycle fields are spelled out so that a change of the global defaults cannot move them.
+_CODE_RECIPE = {
     "optim.name": "adam",
     "optim.lr": 3e-4,
     "optim.weight_decay": 1e-5,
     "optim.no_decay_bias_norm": False,
     "optim.batch_size": 64,
     "schedule.name": "onecycle",
-    "schedule.div_factor": 3.0,
+    "schedule.div_factor": 25.0,
+    "schedule.final_div_factor": 1e4,
+    "schedule.pct_start": 0.3,
     "run.epochs": 80,
 }
+# ``udcd`` (paper): the paper gives no training recipe beyond the code's (module docstring), so it
+# takes the code's, start included. The former "start 1e-4 (div_factor 3)" read the code's Adam lr,
+# which OneCycleLR discards, as the start; should the paper's text state such a start, give ``udcd``
+# its own "schedule.div_factor" here with the citation.
+_PAPER_RECIPE = dict(_CODE_RECIPE)
 
 
 @dataclass
@@ -137,6 +187,10 @@ class UDCDCodeConfig(UDCDCommonConfig):
     rel_weight: float = 25.0
     nce_k: int = 4096
     negative_policy: Literal["clip", "replace_if_short"] = "clip"
+    # "code": the code's heads, two independently initialised random Linear+L2 projections (student,
+    # teacher) that are never trained nor EMA-ed; "ema": the paper's trained student head (two
+    # layers) with its EMA as the teacher head (what ``udcd`` uses).
+    heads: Literal["code", "ema"] = "code"
 
 
 class _Head(nn.Module):
@@ -149,6 +203,17 @@ class _Head(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(self.embed(pooled)), dim=1)
+
+
+class _Embed(nn.Module):
+    """z = normalize(Linear(pooled)): the public code's embedding head (one layer)."""
+
+    def __init__(self, in_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, embed_dim)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear(pooled), dim=1)
 
 
 class _EMATeacher(nn.Module):
@@ -210,7 +275,7 @@ class _UDCDBase(DistillMethod):
     num_views: ClassVar[int] = 2
     view_mode: ClassVar[Literal["independent", "rotations"]] = "independent"
     needs_teacher: ClassVar[bool] = False
-    default_overrides: ClassVar[dict[str, Any]] = dict(_RECOMMENDED)
+    default_overrides: ClassVar[dict[str, Any]] = dict(_PAPER_RECIPE)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any, ctx: MethodContext) -> None:
         super().__init__(student, None, cfg, ctx)
@@ -222,14 +287,14 @@ class _UDCDBase(DistillMethod):
             raise LesionliteError(f"udcd: teacher_bn must be 'batch' or 'running', got {cfg.teacher_bn!r}")
         feature_dim = int(getattr(student, "feature_dim"))
         self.num_classes = int(ctx.num_classes)
-        self.student_head = _Head(feature_dim, cfg.embed_dim)
-        self.ema = _EMATeacher(copy.deepcopy(student), copy.deepcopy(self.student_head))
+        self.student_head, teacher_head = self._build_heads(feature_dim, cfg)
+        self.ema = _EMATeacher(copy.deepcopy(student), teacher_head)
         for p in self.ema.parameters():
             p.requires_grad_(False)
         n = int(ctx.num_train)
         self.register_buffer("class_weight", L.inverse_frequency_weights(ctx.class_counts))
-        self.register_buffer("memory_s", L.random_unit_bank(n, cfg.embed_dim, cfg.seed))
-        self.register_buffer("memory_t", L.random_unit_bank(n, cfg.embed_dim, cfg.seed + 1))
+        self.register_buffer("memory_s", self._initial_bank(n, cfg.embed_dim, cfg.seed))
+        self.register_buffer("memory_t", self._initial_bank(n, cfg.embed_dim, cfg.seed + 1))
         self.register_buffer("bank_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._generator: torch.Generator | None = None
@@ -238,6 +303,19 @@ class _UDCDBase(DistillMethod):
         # label is (set in ``prepare``); lets negative sampling pick K without a device sync.
         self._min_negatives: int | None = None
         self.to(ctx.device)
+
+    @staticmethod
+    def _initial_bank(n: int, dim: int, seed: int) -> torch.Tensor:
+        """Initial memory-bank rows (``udcd``: Gaussian unit vectors; ``udcd-code`` overrides)."""
+        return L.random_unit_bank(n, dim, seed)
+
+    def _build_heads(self, feature_dim: int, cfg: Any) -> tuple[nn.Module, nn.Module]:
+        """(student head, teacher head): a trained head and its copy, which then follows the EMA."""
+        head = _Head(feature_dim, cfg.embed_dim)
+        return head, copy.deepcopy(head)
+
+    def _heads_follow_ema(self) -> bool:
+        return True
 
     # ------------------------------------------------------------------ loop hooks
     def prepare(self, train_loader: Any, val_loader: Any) -> None:
@@ -261,7 +339,8 @@ class _UDCDBase(DistillMethod):
     # ------------------------------------------------------------------ EMA
     def _pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
         yield self.ema.model, self.student
-        yield self.ema.head, self.student_head
+        if self._heads_follow_ema():
+            yield self.ema.head, self.student_head
 
     @torch.no_grad()
     def _copy_student_to_teacher(self) -> None:
@@ -287,7 +366,7 @@ class _UDCDBase(DistillMethod):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Student + student heads; never the EMA teacher (its parameters have requires_grad=False)."""
         yield from self.student.parameters()
-        yield from self.student_head.parameters()
+        yield from (p for p in self.student_head.parameters() if p.requires_grad)
 
     # ------------------------------------------------------------------ helpers
     def _gen(self, device: torch.device) -> torch.Generator:
@@ -341,6 +420,24 @@ class UDCD(_UDCDBase):
     ``lambda_cra`` (default 1). Differs from ``udcd-code`` in: no warm-up/ramp-up, the WCE carries
     the (1 + ψ2^s + ψ2^t) factor, KL is unweighted, SupCon vs the teacher bank replaces CRD's NCE,
     and the relational term is a triplet-angle Huber loss (CRA) instead of a relation KL.
+
+    Why KL(p_s ‖ p_t) and not Hinton's KL(p_t ‖ p_s): it is the direction the authors' code
+    computes. Its trainer calls ``uncertainity_loss(t_logits, s_logits)`` (utils/trainer.py:130),
+    which takes log_softmax of its FIRST argument as ``F.kl_div``'s input and softmax of its SECOND
+    as the target (utils/losses.py:25-28); ``kl_div(log q, p) = Σ p (log p - log q)``, so the value
+    is KL(p_s ‖ p_t), with the gradient reaching the student through p_s (the teacher is
+    detached). We follow that executable definition in both variants rather than Hinton's order.
+    KL(p_s ‖ p_t) is the reverse, mode-seeking KL: it penalises student mass where the teacher
+    has little and, unlike KL(p_t ‖ p_s), is not a cross-entropy to soft labels (its gradient also
+    contains the student's own entropy term).
+
+    Where SupCon departs from the paper's Eq. 2 (Khosla et al.'s L_out, whose denominator runs
+    over A(i) = the other samples of the batch): here the anchor is the student's z_i and both
+    the denominator and the positives come from the teacher's memory bank M_t, i.e. the
+    denominator sums exp(z_i·m_a/τ) over ALL labelled bank rows (N of them, positives included),
+    not over the batch; the sample's own bank row is not excluded (it is the teacher's embedding
+    of the same image from an earlier visit, not the anchor itself); rows not labelled yet are
+    left out; a sample with no same-class row gets 0 (see ``udcd_losses.supcon_vs_bank``).
     """
 
     name: ClassVar[str] = "udcd"
@@ -400,14 +497,39 @@ class UDCD(_UDCDBase):
 class UDCDCode(_UDCDBase):
     """UDCD as in the authors' public code: WCE, then after warm-up r(e)·L_cons + 0.1·L_CCD + 25·L_rel.
 
-    L_cons is the ψ1(teacher)-weighted KL(p_s ‖ p_t), L_CCD is CRD's NCE with class-aware
-    negatives on both banks (Z frozen at the first batch), L_rel the ψ1(R_s)-weighted
-    KL(softmax R_t ‖ softmax R_s). See the module docstring for details and for how it differs
-    from ``udcd`` (the paper).
+    WCE is averaged over the batch (the code's weighted CE on one-hot targets), L_cons is the
+    ψ1(teacher)-weighted KL(p_s ‖ p_t), L_CCD is CRD's NCE with class-aware negatives on both banks
+    (Z frozen at the first batch), L_rel the ψ1(R_s)-weighted KL(softmax R_t ‖ softmax R_s) on
+    anchors read after this batch's bank update. Banks start uniform in ±1/√(D/3), the embedding
+    heads are the code's fixed random projections, and the default recipe is the code's (OneCycle
+    from 3e-4/25). See the module docstring for details, for the scale of L_CCD (it is not
+    renormalised after the first batch) and for how it differs from ``udcd`` (the paper).
     """
 
     name: ClassVar[str] = "udcd-code"
     config_cls: ClassVar[type] = UDCDCodeConfig
+    default_overrides: ClassVar[dict[str, Any]] = dict(_CODE_RECIPE)
+
+    @staticmethod
+    def _initial_bank(n: int, dim: int, seed: int) -> torch.Tensor:
+        """CRD's ``ContrastMemory`` start, as in the code: uniform in [-a, a), a = 1/√(dim/3)."""
+        return L.uniform_bank(n, dim, seed)
+
+    def _build_heads(self, feature_dim: int, cfg: Any) -> tuple[nn.Module, nn.Module]:
+        """``heads="code"``: the code's ``embed_s``/``embed_t``, independent, frozen, seeded (seed + 3)."""
+        if cfg.heads not in ("code", "ema"):
+            raise LesionliteError(f"udcd-code: heads must be 'code' or 'ema', got {cfg.heads!r}")
+        if cfg.heads == "ema":
+            return super()._build_heads(feature_dim, cfg)
+        with torch.random.fork_rng(devices=[]):  # PyTorch's default Linear init, without touching the global RNG
+            torch.manual_seed(int(cfg.seed) + 3)
+            s_head, t_head = _Embed(feature_dim, cfg.embed_dim), _Embed(feature_dim, cfg.embed_dim)
+        for p in s_head.parameters():
+            p.requires_grad_(False)
+        return s_head, t_head
+
+    def _heads_follow_ema(self) -> bool:
+        return self.cfg.heads == "ema"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any, ctx: MethodContext) -> None:
         super().__init__(student, teacher, cfg, ctx)
@@ -417,12 +539,18 @@ class UDCDCode(_UDCDBase):
         # CRD's NCEAverage normalisers, frozen at the first batch (-1 = not set yet).
         self.register_buffer("nce_z_s", torch.tensor(-1.0, device=ctx.device))
         self.register_buffer("nce_z_t", torch.tensor(-1.0, device=ctx.device))
+        self._z_reported: set[str] = set()
 
     def _normalise(self, scores: torch.Tensor, which: str) -> torch.Tensor:
         """scores / Z, Z = mean(scores)·N taken from the first batch that reaches here, then frozen."""
         z = getattr(self, which)
         with torch.no_grad():
             z.copy_(torch.where(z < 0, scores.detach().mean() * self.bank_labels.shape[0], z))
+        if which not in self._z_reported:  # once per run (one host sync), like the code's print
+            self._z_reported.add(which)
+            _log.info("udcd-code: NCE normaliser %s = %.1f, frozen from now on (CRD's NCEAverage, as in the "
+                      "authors' code); 'ccd' is never renormalised, so it scales like exp(cos/tau) of the "
+                      "similarity to other-class bank rows (see the udcd-code docstring)", which, float(z))
         return scores / z.clone()  # the buffer itself may change before a later backward
 
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
@@ -442,8 +570,8 @@ class UDCDCode(_UDCDBase):
         with torch.autocast(device_type=x_s.device.type, enabled=False):
             s_logits = out_s.logits.float()
             total = s_logits.sum() * 0.0
-            if cfg.wce_weight != 0:
-                wce = L.weighted_ce(s_logits, y, self.class_weight)
+            if cfg.wce_weight != 0:  # the code's CrossEntropyLoss(weight) on one-hot targets: mean over B
+                wce = L.weighted_ce(s_logits, y, self.class_weight, denominator="batch")
                 total = total + cfg.wce_weight * wce
                 terms["wce"] = wce
             ramp = L.sigmoid_rampup(epoch, cfg.cons_rampup_epochs)
@@ -465,16 +593,19 @@ class UDCDCode(_UDCDBase):
                         with torch.no_grad():
                             out_tt = self._normalise(L.nce_scores(z_t, self.memory_s, cidx, cfg.tau), "nce_z_t")
                         n = self.bank_labels.shape[0]
-                        ccd = L.nce_loss(out_ss, n) + L.nce_loss(out_tt, n)
+                        ccd_s, ccd_t = L.nce_loss(out_ss, n), L.nce_loss(out_tt, n)
+                        ccd = ccd_s + ccd_t
                         total = total + cfg.ccd_weight * ccd
-                        terms["ccd"] = ccd
+                        terms.update(ccd=ccd, ccd_s=ccd_s, ccd_t=ccd_t)
                         terms["nce_k"] = float(neg.shape[1])
+                # The code's memory writes this batch's rows and returns the UPDATED buffers, from
+                # which the class anchors are then taken; the NCE scores above used the old rows.
+                self._update_banks(idx, z_s, z_t)
                 if cfg.rel_weight != 0:
                     r_s = L.relation_matrix(z_s, L.class_anchors(self.memory_s, self.bank_labels, self.num_classes), cfg.tau)
                     r_t = L.relation_matrix(z_t, L.class_anchors(self.memory_t, self.bank_labels, self.num_classes), cfg.tau)
                     rel = L.uncertainty_weighted_kl(r_s, r_t, r_s)
                     total = total + cfg.rel_weight * rel
                     terms["rel"] = rel
-                self._update_banks(idx, z_s, z_t)
         logs = self._logs({**terms, "distill": float(distill)})  # the loop logs the total itself
         return LossOutput(loss=total, logs=logs, logits=out_s.logits.detach())

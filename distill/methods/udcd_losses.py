@@ -27,7 +27,10 @@ NCE_EPS = 1e-7
 def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
     """w_c = N / N_c (∝ 1/N_c). A class with no training sample gets weight 0 (it is never a target).
 
-    The scale does not matter: the weighted CE below divides by the sum of the batch's weights.
+    The scale matters or not depending on the reduction of :func:`weighted_ce`: with
+    ``denominator="weights"`` (PyTorch's weighted mean, ``udcd``) it cancels; with
+    ``denominator="batch"`` (the authors' code, ``udcd-code``) it does not: E_y[w_y] = C when the
+    batch follows the training distribution, so that CE is about C times the unweighted CE.
     """
     counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
     total = counts.sum()
@@ -36,15 +39,26 @@ def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
 
 
 def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, class_weight: torch.Tensor,
-                sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                sample_weight: torch.Tensor | None = None,
+                denominator: Literal["weights", "batch"] = "weights") -> torch.Tensor:
     """Class-weighted cross-entropy, optionally with an extra per-sample factor s_i.
 
-    L = Σ_i s_i · w_{y_i} · CE_i / Σ_i w_{y_i}.  With s ≡ 1 this is exactly
-    ``F.cross_entropy(logits, labels, weight=class_weight)`` (PyTorch's weighted mean).
+    ``denominator="weights"``: L = Σ_i s_i · w_{y_i} · CE_i / Σ_i w_{y_i}.  With s ≡ 1 this is
+    exactly ``F.cross_entropy(logits, labels, weight=class_weight)`` (PyTorch's weighted mean with
+    class-index targets).
+
+    ``denominator="batch"``: L = Σ_i s_i · w_{y_i} · CE_i / B.  With s ≡ 1 this is exactly
+    ``nn.CrossEntropyLoss(weight=class_weight)`` called with ONE-HOT (probability) targets, as the
+    authors' code does (its loader returns one-hot labels): for probability targets PyTorch's
+    "mean" divides by the batch size, not by the sum of the weights.
     """
     ce = F.cross_entropy(logits, labels, reduction="none")
     w = class_weight.to(logits.dtype)[labels]
     num = w * ce if sample_weight is None else sample_weight * w * ce
+    if denominator == "batch":
+        return num.sum() / max(int(labels.shape[0]), 1)
+    if denominator != "weights":
+        raise ValueError(f"unknown weighted-CE denominator {denominator!r}")
     return num.sum() / w.sum().clamp_min(torch.finfo(logits.dtype).tiny)
 
 
@@ -78,6 +92,17 @@ def random_unit_bank(n: int, dim: int, seed: int) -> torch.Tensor:
     """[n, dim] random unit vectors (Gaussian then L2-normalised), reproducible from ``seed``."""
     g = torch.Generator().manual_seed(int(seed))
     return F.normalize(torch.randn(n, dim, generator=g), dim=1)
+
+
+def uniform_bank(n: int, dim: int, seed: int) -> torch.Tensor:
+    """[n, dim] i.i.d. uniform entries in [-a, a), a = 1/√(dim/3), reproducible from ``seed``.
+
+    CRD's ``ContrastMemory`` initialisation, kept by the UDCD code. Rows are NOT unit vectors
+    (E‖row‖² = dim·a²/3 = 1, but each norm varies) until a momentum update renormalises them.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    a = 1.0 / math.sqrt(dim / 3.0)
+    return torch.rand(n, dim, generator=g) * (2.0 * a) - a
 
 
 def momentum_update_rows(bank: torch.Tensor, indices: torch.Tensor, z: torch.Tensor,
@@ -242,6 +267,15 @@ def nce_loss(scores: torch.Tensor, n_data: int) -> torch.Tensor:
 
     With m = K noise samples and noise probability Pn = 1/N:
     L = -(1/B) Σ_i [ log(P_i0 / (P_i0 + m·Pn + ε)) + Σ_k log(m·Pn / (P_ik + m·Pn + ε)) ].
+
+    Not bounded by a normaliser. With P_ik = exp(s_ik/τ)/Z, Z = N·μ0 frozen (μ0 = mean score of
+    the first batch), each sample contributes (ε dropped)
+        log(1 + K·μ0·e^{-s_i0/τ})  +  Σ_k log(1 + e^{s_ik/τ} / (K·μ0)),
+    and while e^{s/τ} ≪ K·μ0 the negative sum is ≈ mean_k e^{s_ik/τ} / μ0: today's mean
+    exponentiated similarity to the negatives divided by the first batch's. A rise c of the
+    typical cosine to the negatives multiplies it by ~e^{c/τ} (τ = 0.07: ×e^{14.3c}); a common
+    shift of all similarities does not cancel as it would in a softmax. Bounded only through
+    |s| ≤ ‖m‖ ≈ 1: ≤ log(1 + Kμ0e^{1/τ}) + K·log(1 + e^{1/τ}/(Kμ0)) per sample. See ``udcd-code``.
     """
     bsz = scores.shape[0]
     m = scores.shape[1] - 1
