@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: quantize the model as trained, without BatchNorm folding, int8 weight snapping and "
                         "empirical bias correction (default: on, see export/int8_prep.py)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration/eval images")
+    p.add_argument("--triton-repo", default=None, metavar="DIR",
+                   help="also write a Triton model repository of the ONNX artifacts to DIR (see export/triton.py)")
     return p
 
 
@@ -68,4 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{a.status:8s} {a.path}  {a.size_bytes / 1e6:.2f} MB  {agree}"
               + (f"  bal.acc {bal:.4f}" if bal is not None else ""))
     print(f"report: {out / 'export_report.md'}", file=sys.stdout)
+    if args.triton_repo:
+        from export.triton import build_triton_repository, describe
+
+        onnx_dirs = [a.path for a in report.artifacts if a.format == "onnx" and a.path]
+        if not onnx_dirs:
+            raise LesionliteError("--triton-repo needs ONNX artifacts; add onnx to --format")
+        for line in describe(build_triton_repository(onnx_dirs, args.triton_repo)):
+            print(line)
     return 0

@@ -13,8 +13,11 @@ Endpoints (see ``/docs`` for the schema):
   ``/predict`` would have answered for it alone) and the other images are classified. Limits that
   concern the whole request (body size, too many files, queue full, auth) fail the whole request.
 * ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``, ``/v2/models``, ``/v2/models/{name}``,
-  ``/v2/models/{name}/ready`` — Open Inference Protocol conventions (metadata adds class names,
-  preprocessing and calibration).
+  ``/v2/models/{name}/ready`` (also under ``/versions/{version}``) — Open Inference Protocol
+  health and metadata (metadata adds class names, preprocessing and calibration).
+* ``POST /v2/models/{name}[/versions/{version}]/infer`` — Open Inference Protocol inference, JSON or
+  with the binary tensor data extension: a preprocessed FP32 tensor or encoded images (BYTES) in,
+  logits and calibrated probabilities out (:mod:`serve.infer`; wire format in :mod:`serve.oip`).
 * ``GET /metrics`` — Prometheus text format. ``GET /`` — a small web page.
 
 Status codes: 400 empty/corrupt/truncated image or malformed request; 401 missing/wrong API key;
@@ -23,7 +26,7 @@ Status codes: 400 empty/corrupt/truncated image or malformed request; 401 missin
 guard, checked from the header before decoding); 415 not an accepted image (decided from the bytes,
 not the name or Content-Type) or not a multipart body; 422 missing form field or invalid query
 parameter; 503 + ``Retry-After`` when the model's queue is full. Every error body is
-``{"error": code, "detail": message}``.
+``{"error": code, "detail": message}``, except on ``/infer``: the protocol's ``{"error": message, "code": code}``.
 
 Privacy: uploads are held in memory only (never written to disk) and neither image bytes nor file
 names are logged.
@@ -37,7 +40,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -49,16 +51,20 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from lesionlite import __version__
-from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, preprocess
-from serve.batching import MicroBatcher, Overloaded
+from serve import infer as oip_infer
+from serve.batching import MicroBatcher
 from serve.errors import ApiError, install_handlers
+from serve.images import decode_image
 from serve.metrics import Metrics, MetricsMiddleware
 from serve.models import LoadedModel, load_models
 from serve.postprocess import summarize
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
-from serve.uploads import ACCEPTED_FORMATS, body_limit, describe_non_image, parse_multipart, read_body, sniff_image_format
+from serve.state import ServerState
+from serve.uploads import ACCEPTED_FORMATS, body_limit, parse_multipart, read_body
 
 log = logging.getLogger("serve")
+#: Open Inference Protocol extensions that /v2/models/{name}/infer implements (Triton's names).
+OIP_EXTENSIONS = ("binary_tensor_data", "classification")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # --------------------------------------------------------------------------------------- schemas
@@ -113,8 +119,11 @@ class ModelMetadata(BaseModel):
     name: str
     versions: list[str]
     platform: str
-    inputs: list[TensorMeta]
-    outputs: list[TensorMeta]
+    inputs: list[TensorMeta] = Field(description="what /infer takes: ONE of the preprocessed FP32 tensor "
+                                                 "or encoded images (BYTES)")
+    outputs: list[TensorMeta] = Field(description="what /infer gives: logits and calibrated probabilities")
+    runtime_tensors: dict[str, TensorMeta] = Field(description="the model file's own input and output tensors "
+                                                               "(e.g. int8, or a fixed batch of 1)")
     class_names: list[str]
     architecture: str
     kind: str
@@ -152,56 +161,6 @@ _MULTIPART_BATCH = {
         }}},
     }
 }
-
-# ----------------------------------------------------------------------------------------- state
-
-
-@dataclass
-class ServerState:
-    settings: Settings
-    models: dict[str, LoadedModel]
-    default_model: str
-    metrics: Metrics
-    batchers: dict[str, MicroBatcher] = field(default_factory=dict)
-    preprocess_pool: ThreadPoolExecutor | None = None
-    pending: int = 0  # predict requests admitted and not yet answered
-    max_pending: int = 0
-
-    def model(self, name: str | None) -> LoadedModel:
-        key = name or self.default_model
-        if key not in self.models:
-            raise ApiError(404, "model_not_found",
-                           f"unknown model {key!r}; available: {', '.join(sorted(self.models))}")
-        return self.models[key]
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.batchers) and all(b.running for b in self.batchers.values())
-
-
-def _decode(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray:
-    """Bytes → preprocessed float32 image, or ApiError naming what is wrong with the upload."""
-    if not data:
-        raise ApiError(400, "empty_file", "the uploaded file is empty")
-    fmt = sniff_image_format(data)
-    if fmt is None:
-        raise ApiError(415, "unsupported_media_type",
-                       f"the upload is not an accepted image (it looks like {describe_non_image(data)}); "
-                       f"accepted formats: {ACCEPTED_FORMATS}")
-    try:
-        img = load_image_bytes(data, max_pixels=max_pixels)
-    except ImageDecodeError as exc:
-        msg = str(exc)
-        if msg.startswith("image too large"):
-            raise ApiError(413, "image_too_large", msg) from None
-        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be decoded (corrupt or truncated): {msg}") from None
-    except Exception as exc:  # e.g. an exotic mode that cannot be converted to RGB
-        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be read: {type(exc).__name__}: {exc}") from None
-    try:
-        return preprocess(img, entry.manifest.preprocessing, layout=entry.runtime.layout)  # type: ignore[arg-type]
-    except Exception as exc:
-        raise ApiError(400, "corrupt_image", f"the {fmt} image could not be preprocessed: {type(exc).__name__}: {exc}") from None
-
 
 # ----------------------------------------------------------------------------------------- factory
 
@@ -274,21 +233,6 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     protected = [Depends(require_api_key)]
 
     # ---------------------------------------------------------------------------- prediction
-    def _admit(entry: LoadedModel) -> None:
-        if state.pending >= state.max_pending:
-            metrics.rejected.labels(entry.name).inc()
-            raise ApiError(503, "overloaded", f"server busy ({state.pending} requests in progress); retry later",
-                           headers={"Retry-After": str(settings.retry_after_s)})
-        state.pending += 1
-
-    async def _classify(entry: LoadedModel, images: list[np.ndarray]) -> list[np.ndarray]:
-        try:
-            return await state.batchers[entry.name].submit_many(images)
-        except Overloaded as exc:
-            metrics.rejected.labels(entry.name).inc()
-            raise ApiError(503, "overloaded", f"{exc}; retry later",
-                           headers={"Retry-After": str(settings.retry_after_s)}) from None
-
     def _clamp_top_k(top_k: int | None, entry: LoadedModel) -> int:
         return min(top_k or settings.top_k, entry.manifest.num_classes)
 
@@ -302,8 +246,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         """Classify one image (multipart field `file`)."""
         t0 = time.perf_counter()
         entry = state.model(model)
-        _admit(entry)
-        try:
+        with state.admitted(entry):
             limit = settings.max_upload_bytes
             body = await read_body(request, body_limit(limit, 1))
             parts = parse_multipart(request.headers.get("content-type"), body, limit)
@@ -314,12 +257,10 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             if len(files) > 1:
                 raise ApiError(400, "too_many_files", "send one 'file' to /predict; use /predict/batch for several")
             loop = asyncio.get_running_loop()
-            x = await loop.run_in_executor(state.preprocess_pool, _decode, bytes(files[0].data), entry,
+            x = await loop.run_in_executor(state.preprocess_pool, decode_image, bytes(files[0].data), entry,
                                            settings.max_pixels)
             del parts, files
-            (logits,) = await _classify(entry, [x])
-        finally:
-            state.pending -= 1
+            (logits,) = await state.classify(entry, [x])
         out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry),
                         settings.abstain_threshold)
         return {"model": entry.name, "version": entry.version, **out,
@@ -335,9 +276,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         """Classify several images (repeated multipart field `files`); a bad image gets a per-item error."""
         t0 = time.perf_counter()
         entry = state.model(model)
-        max_files = min(settings.max_batch_files, settings.queue_size)
-        _admit(entry)
-        try:
+        max_files = state.max_files
+        with state.admitted(entry):
             limit = settings.max_upload_bytes
             body = await read_body(request, body_limit(limit, max_files))
             parts = parse_multipart(request.headers.get("content-type"), body, limit, max_parts=max_files + 16)
@@ -349,7 +289,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                 raise ApiError(400, "too_many_files", f"{len(files)} files sent; at most {max_files} per batch")
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(
-                *[loop.run_in_executor(state.preprocess_pool, _decode, bytes(f.data), entry, settings.max_pixels)
+                *[loop.run_in_executor(state.preprocess_pool, decode_image, bytes(f.data), entry, settings.max_pixels)
                   for f in files],
                 return_exceptions=True,
             )
@@ -357,9 +297,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             for d in decoded:
                 if isinstance(d, BaseException) and not isinstance(d, ApiError):
                     raise d
-            logits = await _classify(entry, [decoded[i] for i in ok]) if ok else []
-        finally:
-            state.pending -= 1
+            logits = await state.classify(entry, [decoded[i] for i in ok]) if ok else []
         k = _clamp_top_k(top_k, entry)
         by_index = dict(zip(ok, logits))
         results = []
@@ -378,7 +316,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     @app.get("/v2", tags=["health"])
     async def server_metadata() -> dict[str, Any]:
         """Open Inference Protocol server metadata."""
-        return {"name": "lesionlite", "version": __version__, "extensions": []}
+        return {"name": "lesionlite", "version": __version__, "extensions": list(OIP_EXTENSIONS)}
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict[str, bool]:
@@ -400,14 +338,34 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     async def model_metadata(name: str) -> dict[str, Any]:
         return state.model(name).metadata()
 
-    @app.get("/v2/models/{name}/ready", dependencies=protected, tags=["models"],
-             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-    async def model_ready(name: str) -> Any:
-        entry = state.model(name)
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, dependencies=protected,
+             tags=["models"], responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    async def model_version_metadata(name: str, version: str) -> dict[str, Any]:
+        return state.model_version(name, version).metadata()
+
+    def _model_ready(entry: LoadedModel) -> Any:
         b = state.batchers.get(entry.name)
         if b is not None and b.running:
             return {"name": entry.name, "ready": True}
         return JSONResponse({"name": entry.name, "ready": False, "error": "not_ready", "detail": "model not started"}, 503)
+
+    _ready_errors = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+    @app.get("/v2/models/{name}/ready", dependencies=protected, tags=["models"], responses=_ready_errors)
+    async def model_ready(name: str) -> Any:
+        return _model_ready(state.model(name))
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=protected, tags=["models"],
+             responses=_ready_errors)
+    async def model_version_ready(name: str, version: str) -> Any:
+        return _model_ready(state.model_version(name, version))
+
+    infer = oip_infer.InferEndpoint(state)
+    for path, endpoint in (("/v2/models/{name}/infer", infer.infer),
+                           ("/v2/models/{name}/versions/{version}/infer", infer.infer_version)):
+        app.add_api_route(path, endpoint, methods=["POST"], dependencies=protected, tags=["inference"],
+                          response_class=Response, responses=oip_infer.RESPONSES,
+                          openapi_extra=oip_infer.OPENAPI_EXTRA)
 
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

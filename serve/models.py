@@ -21,6 +21,10 @@ from serve.runtimes import Runtime, load_runtime, servable_kinds
 
 log = logging.getLogger("serve")
 MAX_DEPTH = 4
+#: Open Inference Protocol names of the extra tensors serve offers beside the model's own:
+#: encoded images in (decoded and preprocessed like ``/predict``) and calibrated probabilities out.
+IMAGE_INPUT = "image"
+PROBABILITIES_OUTPUT = "probabilities"
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -42,6 +46,42 @@ class LoadedModel:
         out = self.manifest.extra.get("output") or {}
         return 1.0 if out.get("temperature_applied") else self.manifest.temperature
 
+    # ------------------------------------------------------------------ Open Inference Protocol tensors
+    # ``/v2/models/{name}/infer`` takes ONE of two inputs — the preprocessed float32 batch under the
+    # model's own input name, or encoded images — and always takes float32 (serve quantizes for int8
+    # models) with any batch size (fixed-batch models are run item by item), so the metadata describes
+    # that contract; ``runtime_tensors`` keeps what the model file itself declares.
+
+    @property
+    def tensor_input(self) -> str:
+        return self.runtime.input_name
+
+    @property
+    def image_input(self) -> str:
+        return IMAGE_INPUT if self.runtime.input_name != IMAGE_INPUT else IMAGE_INPUT + "_bytes"
+
+    @property
+    def logits_output(self) -> str:
+        return self.runtime.output_name
+
+    @property
+    def probabilities_output(self) -> str:
+        out = PROBABILITIES_OUTPUT
+        return out if self.runtime.output_name != out else "calibrated_" + out
+
+    @property
+    def image_shape(self) -> list[int]:
+        return list(self.runtime.image_shape)
+
+    def oip_inputs(self) -> list[dict[str, Any]]:
+        return [{"name": self.tensor_input, "datatype": "FP32", "shape": [-1, *self.image_shape]},
+                {"name": self.image_input, "datatype": "BYTES", "shape": [-1]}]
+
+    def oip_outputs(self) -> list[dict[str, Any]]:
+        c = self.manifest.num_classes
+        return [{"name": self.logits_output, "datatype": "FP32", "shape": [-1, c]},
+                {"name": self.probabilities_output, "datatype": "FP32", "shape": [-1, c]}]
+
     def metadata(self) -> dict[str, Any]:
         """Open Inference Protocol model metadata, plus what a client needs to read the outputs."""
         rt = self.runtime
@@ -50,8 +90,12 @@ class LoadedModel:
             "name": self.name,
             "versions": [self.version],
             "platform": rt.platform,
-            "inputs": [{"name": rt.input_name, "datatype": rt.input_datatype, "shape": rt.input_shape}],
-            "outputs": [{"name": rt.output_name, "datatype": rt.output_datatype, "shape": rt.output_shape}],
+            "inputs": self.oip_inputs(),
+            "outputs": self.oip_outputs(),
+            "runtime_tensors": {
+                "input": {"name": rt.input_name, "datatype": rt.input_datatype, "shape": rt.input_shape},
+                "output": {"name": rt.output_name, "datatype": rt.output_datatype, "shape": rt.output_shape},
+            },
             "class_names": list(m.class_names),
             "architecture": m.architecture,
             "kind": m.kind,

@@ -487,3 +487,26 @@ def test_spatial_mismatch_teacher_is_pooled() -> None:
     out = m.training_loss(_batch(), 0, 0)
     assert math.isfinite(out.loss.item()) and "gram" in out.logs
     out.loss.backward()
+
+
+def test_rkd_angles_from_the_gram_matrix_equal_the_direct_formula() -> None:
+    """The O(N²D + N³) Gram identity gives the paper's direct O(N³D) angles and their gradients."""
+    torch.manual_seed(5)
+    x = torch.randn(12, 9, dtype=torch.float64) * 4 + 1
+    a, b = L._angles(x), L._angles_direct(x)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    # gradients against finite differences (the direct formula's own autograd gradient is no reference:
+    # F.normalize of the zero diagonal differences adds and cancels 1/eps-sized terms, ~1e-3 noise)
+    assert torch.autograd.gradcheck(L._angles, (torch.randn(6, 4, dtype=torch.float64, requires_grad=True),))
+    w = torch.linspace(-1, 1, a.numel(), dtype=a.dtype)
+    # a duplicate row: its difference is the zero vector (angle 0), and the gradient stays finite
+    # (the direct formula's F.normalize has a 1/eps gradient there; ours is 0)
+    x[7] = x[3]
+    xd = x.clone().requires_grad_(True)
+    ad = L._angles(xd)
+    assert torch.allclose(ad, L._angles_direct(x), rtol=0, atol=1e-12)
+    (ad * w).sum().backward()
+    assert torch.isfinite(xd.grad).all()
+    f32 = torch.randn(64, 32)
+    assert L._angles(f32).dtype == torch.float32
+    assert torch.allclose(L._angles(f32), L._angles_direct(f32), atol=2e-5)

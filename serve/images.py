@@ -1,0 +1,42 @@
+"""Uploaded image bytes → the model's preprocessed float32 input, or an ApiError naming what is wrong.
+
+One function shared by ``/predict``, ``/predict/batch`` and the Open Inference Protocol's ``BYTES``
+image input, so that every route decodes and preprocesses an image exactly the same way (the parity
+test of ``/predict`` and ``/infer`` relies on it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, preprocess
+from serve.errors import ApiError
+from serve.models import LoadedModel
+from serve.uploads import ACCEPTED_FORMATS, describe_non_image, sniff_image_format
+
+
+def decode_image(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray:
+    """Bytes → preprocessed float32 image in ``entry``'s layout (no batch dimension).
+
+    Raises ApiError 400 ``empty_file`` / ``corrupt_image``, 413 ``image_too_large`` (from the header,
+    before decoding) or 415 ``unsupported_media_type`` (decided from the bytes, never a file name).
+    """
+    if not data:
+        raise ApiError(400, "empty_file", "the uploaded file is empty")
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise ApiError(415, "unsupported_media_type",
+                       f"the upload is not an accepted image (it looks like {describe_non_image(data)}); "
+                       f"accepted formats: {ACCEPTED_FORMATS}")
+    try:
+        img = load_image_bytes(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        msg = str(exc)
+        if msg.startswith("image too large"):
+            raise ApiError(413, "image_too_large", msg) from None
+        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be decoded (corrupt or truncated): {msg}") from None
+    except Exception as exc:  # e.g. an exotic mode that cannot be converted to RGB
+        raise ApiError(400, "corrupt_image", f"the {fmt} file could not be read: {type(exc).__name__}: {exc}") from None
+    try:
+        return preprocess(img, entry.manifest.preprocessing, layout=entry.runtime.layout)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise ApiError(400, "corrupt_image", f"the {fmt} image could not be preprocessed: {type(exc).__name__}: {exc}") from None
