@@ -48,6 +48,9 @@ FLAG_KEYS: dict[str, str] = {
     "out": "run.out",
     "device": "run.device",
     "workers": "data.workers",
+    "threads": "run.threads",
+    "max_steps_per_epoch": "run.max_steps_per_epoch",
+    "cache": "data.cache",
     "early_stop": "run.early_stop",
     "amp": "run.amp",
     "channels_last": "run.channels_last",
@@ -97,7 +100,8 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--config", metavar="FILE", help="YAML config file (sections method, data, model, optim, schedule, run)")
     g.add_argument("--demo", action="store_true",
-                   help="preset: tiny_cnn on SYNTHETIC 32px data, 20 epochs on CPU (~1 min); implies --overwrite")
+                   help="preset: MobileNetV2 from scratch on SYNTHETIC 64px data, 20 epochs on CPU (~2 min on 2 cores); "
+                        "implies --overwrite")
     g.add_argument("--method", help="training method (--list-methods); default scratch")
     g.add_argument("--data", metavar="SPEC", help="dataset: synthetic, dermamnist, ham10000, isic2019, a path, … (--list-datasets)")
     g.add_argument("--data-root", metavar="DIR", help="data root (default $LESIONLITE_DATA or ../shared/data)")
@@ -119,7 +123,14 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
                    help="continue RUN_DIR/last.pt (RUN_DIR defaults to --out)")
     g.add_argument("--overwrite", action="store_true", help="start over in an --out that already holds a run")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--workers", type=int, help="data loader workers per process")
+    g.add_argument("--workers", type=int, help="data loader workers per process (default: what the cores allow; "
+                                                "0 on 2 cores)")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (on 2 shared cores: 1, pinned with "
+                                                         "taskset -c 0)")
+    g.add_argument("--max-steps-per-epoch", type=int, metavar="N",
+                   help="cap on optimizer steps per epoch (a fresh random subset each epoch; quick experiments)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode every image once per run into RAM (default on)")
     g.add_argument("--early-stop", type=int, metavar="PATIENCE", help="epochs without better val balanced accuracy (0 = off)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA (default on)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

@@ -401,6 +401,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool)
     if resume:
         if not (run_dir / CHECKPOINT_NAME).is_file():
             raise LesionliteError(f"cannot resume: {run_dir / CHECKPOINT_NAME} does not exist")
+        remove_orphan_temporaries(run_dir)
         return
     if existing and not overwrite:
         raise LesionliteError(
@@ -412,6 +413,30 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, is_main: bool)
             with contextlib.suppress(FileNotFoundError):
                 (run_dir / f).unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temporaries(run_dir)
+
+
+def remove_orphan_temporaries(run_dir: Path) -> list[Path]:
+    """Delete ``.<run file>.*.tmp`` left by a process killed mid-write (lesionlite.atomic's names).
+
+    Only temporaries of this run's own files are touched (``.last.pt.x1y2.tmp``, ``.student.pt.….tmp``,
+    …); one run directory has one writer, so at start nothing else can be writing them.
+    """
+    removed = []
+    for name in RUN_FILES:
+        for p in run_dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if p.is_dir():
+                    import shutil
+
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+                removed.append(p)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -488,6 +513,11 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             )
         if cfg.schedule.name == "onecycle" and saved.run.epochs != cfg.run.epochs:
             raise LesionliteError("cannot change --epochs when resuming a onecycle schedule (its length is fixed)")
+        done = int(ckpt["epoch"])
+        if cfg.run.epochs < done:
+            raise LesionliteError(
+                f"cannot resume {run_dir} with --epochs {cfg.run.epochs}: it has already run {done} epochs; "
+                f"pass --epochs {done} or more (or leave it out to keep {saved.run.epochs})")
 
     with _log_handlers(run_dir if info.is_main else None, info.is_main, append=resume):
         if info.is_main:
@@ -673,6 +703,10 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
             _set_rng_state(ckpt.get("rng") or {})
             log.info("resumed %s at epoch %d/%d (step %d, best val bal-acc %s at epoch %d)", run_dir, start_epoch,
                      cfg.run.epochs, global_step, _fmt(best_bal), best_epoch)
+            if info.is_main:  # the checkpoint's history is the truth: drop epochs logged after it was written
+                from lesionlite.atomic import write_text_atomic
+
+                write_text_atomic(run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
         log.info("method %s | %s lr %g wd %g | schedule %s | batch %d×%d view(s)%s | %d epochs × %d steps | device %s%s",
                  cfg.method_name, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.name, bs,

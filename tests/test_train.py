@@ -252,3 +252,42 @@ def test_cli_trains_and_prints_summary(tmp_path: Path, capsys: pytest.CaptureFix
     assert yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())["data"]["image_size"] == 16
     rc, _, err = _cli(TINY_ARGS + ["--epochs", "1", "--out", str(tmp_path / "cli")], capsys)
     assert rc == 2 and "already holds a run" in err
+
+
+def test_kill_during_checkpoint_write_leaves_no_orphan_and_no_duplicate_epoch(tmp_path: Path, monkeypatch) -> None:
+    """A process killed while writing last.pt (simulated: the write dies half-way) leaves a temporary
+    file and an epoch line the checkpoint does not hold; --resume removes the first, rewrites the log
+    from the checkpoint, and refuses an --epochs below what already ran."""
+    import distill.train as T
+
+    out = tmp_path / "run"
+    cfg = resolve_config(flags={**TINY, "run.out": str(out), "run.epochs": 3, "optim.name": "sgd"})
+    real_save = T.save_checkpoint
+
+    def dying_save(path: Path, payload: dict) -> None:
+        if payload["epoch"] == 2:  # what SIGKILL leaves: lesionlite.atomic's temporary, never renamed
+            (path.parent / f".{path.name}.k1ll3d.tmp").write_bytes(b"partial")
+            raise _Crash("killed during the checkpoint write")
+        real_save(path, payload)
+
+    monkeypatch.setattr(T, "save_checkpoint", dying_save)
+    with pytest.raises(_Crash):
+        train(cfg)
+    monkeypatch.setattr(T, "save_checkpoint", real_save)
+    assert list(out.glob(".last.pt.*.tmp"))
+    assert [json.loads(x)["epoch"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    res = train(cfg, resume=True)
+    assert not list(out.glob(".*.tmp"))
+    assert [json.loads(x)["epoch"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [r["epoch"] for r in res.history] == [1, 2, 3]
+
+
+def test_resume_refuses_fewer_epochs_than_already_run(full_run, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(full_run.run_dir, out)
+    cfg = resolve_config(flags={**TINY, "run.out": str(out), "run.epochs": 2, "schedule.name": "cosine",
+                                "optim.name": "sgd"})
+    with pytest.raises(LesionliteError, match="already run 4 epochs; pass --epochs 4 or more"):
+        train(cfg, resume=True)
