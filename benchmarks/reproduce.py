@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from lesionlite.errors import LesionliteError  # noqa: E402
@@ -842,6 +843,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += [f"**{label}** — numbers from a reduced budget, not comparable with the papers' tables.", ""]
     if not doc["complete"]:
         lines += ["**INCOMPLETE**: some runs are unfinished (time budget); call the script again to continue.", ""]
+    lines += [f"![Learning curves and differences to scratch]({results_stem(doc['protocol'])}.png)", ""]
     lines += ["Test split; mean ± sample std over seeds (a single number = one seed). ACC, Bal-ACC, F1, AUC, "
               "ECE in %. int8 ACC = accuracy of the int8 artifact on the same test split. img/s = training "
               "images per second (each image counted once whatever the number of views); × scratch = relative "
@@ -1012,6 +1014,63 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
     return doc
 
 
+def plot_protocol(doc: dict[str, Any], path: Path) -> Path | None:
+    """Learning curves (val Bal-ACC per epoch of every finished run, from the committed run records)
+    beside each method's test Bal-ACC difference to scratch with its paired 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs_dir = Path(doc["settings"]["results_dir"]) / f"{results_stem(doc['protocol'])}_runs"
+    records = [r for r in (_read_json(p) for p in sorted(runs_dir.glob("seed*_*.json"))) if r and r.get("curve")]
+    if not records:
+        return None
+    keys = [k for k in ("teacher", *METHODS) if any(r["key"] == k for r in records)]
+    colors = {k: plt.cm.tab10(i % 10) for i, k in enumerate(keys)}
+    fig, (ax_c, ax_d) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
+    styles = ["-", "--", ":", "-."]
+    for r in records:
+        ep = [c["epoch"] for c in r["curve"]]
+        ys = [c.get("val_balanced_accuracy") for c in r["curve"]]
+        ax_c.plot(ep, [100 * y if y is not None else np.nan for y in ys], color=colors.get(r["key"], "k"),
+                  linestyle=styles[int(r["seed"]) % len(styles)], alpha=0.85,
+                  label=f"{METHOD_LABELS.get(r['key'], r['key'])} s{r['seed']}")
+        if r.get("best_epoch"):
+            b = int(r["best_epoch"])
+            if 0 < b <= len(ys) and ys[b - 1] is not None:
+                ax_c.plot([b], [100 * ys[b - 1]], marker="o", color=colors.get(r["key"], "k"), markersize=4)
+    ax_c.set_xlabel("epoch")
+    ax_c.set_ylabel("val balanced accuracy (%)")
+    ax_c.set_title("learning curves (dot = best epoch, kept for test)")
+    ax_c.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_c.grid(alpha=0.3)
+    ax_c.legend(fontsize=6, ncol=2)
+    comps = doc.get("comparisons") or {}
+    names = [k for k in METHODS if k in comps]
+    if names:
+        d = [100 * comps[k]["delta"] for k in names]
+        lo = [100 * (comps[k]["delta"] - comps[k]["ci_low"]) for k in names]
+        hi = [100 * (comps[k]["ci_high"] - comps[k]["delta"]) for k in names]
+        ax_d.errorbar(range(len(names)), d, yerr=[lo, hi], fmt="o", capsize=4, color="k")
+        for i, k in enumerate(names):
+            for s_ in comps[k]["per_seed"]:
+                ax_d.plot([i], [100 * s_], marker="x", color=colors.get(k, "gray"), alpha=0.8)
+        ax_d.set_xticks(range(len(names)), [METHOD_LABELS.get(k, k) for k in names], rotation=20, fontsize=8)
+    ax_d.axhline(0, color="gray", linewidth=1)
+    ax_d.set_ylabel("test Bal-ACC − scratch (points)")
+    ax_d.set_title("vs scratch: mean, paired 95% CI, × = seeds")
+    ax_d.grid(alpha=0.3, axis="y")
+    fig.suptitle(doc["title"] + ("" if doc["complete"] else "  [INCOMPLETE]"), fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def results_stem(protocol: str) -> str:
     return {"gpu": "paper_table", "cpu": "paper_table_cpu", "cpu-reduced": "paper_table_cpu_reduced",
             "smoke": "paper_table_smoke"}[protocol]
@@ -1090,6 +1149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc = build_doc(settings, allr, machine, data, time.time() - t_start, complete)
         write_json_atomic(res / f"{stem}.json", doc)
         write_text_atomic(res / f"{stem}.md", render_markdown(doc))
+        try:
+            plot_protocol(doc, res / f"{stem}.png")
+        except Exception as exc:  # a plot is a convenience; the table is written already
+            print(f"[reproduce] could not draw {stem}.png: {type(exc).__name__}: {exc}", flush=True)
         return doc
 
     runs: list[dict[str, Any]] = []

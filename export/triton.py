@@ -192,8 +192,10 @@ def _dims(shape: list[int]) -> str:
     return "[ " + ", ".join(str(d) for d in shape) + " ]"
 
 
-def _tensor_block(t: TensorSpec, batched: bool, extra: list[str]) -> str:
+def _tensor_block(t: TensorSpec, batched: bool, extra: list[str], image_format: str | None = None) -> str:
     dims = t.shape[1:] if batched else t.shape
+    if image_format and len(dims) == 3:  # Triton accepts FORMAT_NCHW/NHWC only on 3-dim (per-image) inputs
+        extra = [f"    format: {image_format}", *extra]
     lines = [f"    name: {_q(t.name)}", f"    data_type: {t.data_type}", *extra, f"    dims: {_dims(dims)}"]
     return "  {\n" + "\n".join(lines) + "\n  }"
 
@@ -203,7 +205,7 @@ def render_config(name: str, manifest: Manifest, inputs: list[TensorSpec], outpu
     """The model's ``config.pbtxt`` (Triton's ModelConfig in protobuf text format)."""
     layout = manifest.input.get("layout") or "NCHW"
     fmt = {"NCHW": "FORMAT_NCHW", "NHWC": "FORMAT_NHWC"}.get(layout)
-    in_blocks = [_tensor_block(t, batched, [f"    format: {fmt}"] if fmt and len(t.shape) == 4 else []) for t in inputs]
+    in_blocks = [_tensor_block(t, batched, [], fmt) for t in inputs]
     out_blocks = [_tensor_block(t, batched, [f"    label_filename: {_q(LABELS_FILE)}"]) for t in outputs]
     params = {
         "lesionlite.architecture": manifest.architecture,

@@ -220,7 +220,7 @@ def _outputs(req: InferRequest, entry: LoadedModel, logits: np.ndarray) -> list[
                                         "(values far outside the preprocessed range?)")
     probs = calibrated_probabilities(logits, entry.temperature).astype(np.float32)
     values = {entry.logits_output: logits, entry.probabilities_output: probs}
-    wanted = req.outputs if req.outputs is not None else [RequestedOutput(n) for n in values]
+    wanted = req.outputs or [RequestedOutput(n) for n in values]  # none named (or []): all of them
     out: list[tuple[Tensor, bool]] = []
     for o in wanted:
         if o.name not in values:

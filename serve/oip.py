@@ -76,7 +76,7 @@ class RequestedOutput:
 class InferRequest:
     id: str | None
     inputs: list[Tensor]
-    #: None: the request named no outputs (all of them are returned)
+    #: None (or empty): the request named no outputs, and all of them are returned
     outputs: list[RequestedOutput] | None
     binary_output: bool
     parameters: dict[str, Any]
@@ -138,7 +138,7 @@ def parse_request(body: bytes, header_length: str | None, max_json_bytes: int) -
         raise bad("request_too_large",
                   f"the JSON part of the request is {len(header)} bytes, over the limit of {max_json_bytes}; "
                   "send tensor data with the binary tensor data extension (tritonclient's default)", 413)
-    doc = _load_json(header)
+    doc = _load_json(header, framed=header_length is not None)
     if not isinstance(doc, dict):
         raise bad("bad_request", "the inference request must be a JSON object with 'inputs'")
     rid = doc.get("id")
@@ -168,13 +168,15 @@ def parse_request(body: bytes, header_length: str | None, max_json_bytes: int) -
                         binary_output=binary_output, parameters=params)
 
 
-def _load_json(data: bytes) -> Any:
+def _load_json(data: bytes, framed: bool) -> Any:
     try:
         return json.loads(data)
     except RecursionError:
         raise bad("bad_request", "the JSON request is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise bad("bad_request", f"the request is not valid JSON: {exc}") from None
+        hint = "" if framed else (f" (binary tensor data after the JSON needs the {HEADER_LENGTH} header "
+                                  "saying where the JSON ends)")
+        raise bad("bad_request", f"the request is not valid JSON: {exc}{hint}") from None
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any]:

@@ -171,6 +171,7 @@ def test_smoke_writes_every_row_with_numbers_in_range(smoke):
     c = doc["comparisons"]["kd"]
     assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["seed_ids"] == [0]
     assert "## Against scratch" in md
+    assert (root / "results" / "paper_table_smoke.png").stat().st_size > 10_000  # curves + deltas plot
     assert "## Targets" in md and "SYNTHETIC" in md
 
 

@@ -346,7 +346,7 @@ def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
             assert sorted(models) == ["onnx", "tflite", "tflite_nhwc"]
             assert models["tflite"]["layout"] == "NCHW" and models["tflite_nhwc"]["layout"] == "NHWC"
         else:
-            assert any(models[n]["inputs"][0]["datatype"] == "INT8" for n in tfl), models
+            assert any(models[n]["runtime_tensors"]["input"]["datatype"] == "INT8" for n in tfl), models
         images = [encode(Image.fromarray(pattern(60, 44, seed=i)), "PNG") for i in range(3)] + [JPEG]
         if origin == "export.api":  # int8 is calibrated on these: compare on in-distribution images
             from export.testing import synthetic_bundle
@@ -358,7 +358,7 @@ def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
             assert meta["platform"] == "tflite" and meta["layout"] == (manifest_layout or meta["layout"])
             shape = meta["inputs"][0]["shape"]
             assert shape[1:] == ([3, INPUT_SIZE, INPUT_SIZE] if meta["layout"] == "NCHW" else [INPUT_SIZE, INPUT_SIZE, 3])
-            quantized = meta["inputs"][0]["datatype"] in ("INT8", "UINT8")
+            quantized = meta["runtime_tensors"]["input"]["datatype"] in ("INT8", "UINT8")
             for data in (in_dist if quantized else images):
                 r = post_file(c, data, "x.png", model=name)
                 assert r.status_code == 200, r.text
