@@ -32,6 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from lesionlite.atomic import replace_dir
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest, git_commit
 from lesionlite.preprocessing import PreprocessConfig
@@ -242,17 +243,6 @@ def _torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
         return _run_batched(lambda b: model(torch.from_numpy(b)).numpy(), x)
 
 
-def _install_dir(staged: Path, final: Path) -> None:
-    """Rename a finished staging directory to ``final``, replacing an existing one in two renames."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
 
 def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: str | None, options: ExportOptions) -> Any:
     """The data export calibrates and evaluates on: ``options.dataset``, else ``data_spec``, else the checkpoint's own.
@@ -455,7 +445,7 @@ def export_model(
         refused = {a.name for a in report.refused}
         for stage, final in staged:
             if final.name not in refused:
-                _install_dir(stage, final)
+                replace_dir(stage, final)
         staged = [(stage, final) for stage, final in staged if final.name in refused]
         if refused:
             worst = ", ".join(

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from lesionlite.atomic import replace_dir
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 
@@ -277,23 +278,12 @@ def _write_model(artifact: Path, manifest: Manifest, out_dir: Path, options: Rep
                                            encoding="utf-8")
         (staging / LABELS_FILE).write_text("\n".join(manifest.class_names) + "\n", encoding="utf-8")
         shutil.copyfile(artifact / MANIFEST_NAME, staging / MANIFEST_COPY)
-        _replace_dir(staging, out_dir / name)
+        replace_dir(staging, out_dir / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return RepoModel(name, artifact, out_dir / name, options.max_batch_size if batched else 0, inputs, outputs)
 
-
-def _replace_dir(staged: Path, final: Path) -> None:
-    """Rename a finished model directory into place, replacing an older one (the repository is generated)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_triton_repository(sources: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],

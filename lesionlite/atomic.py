@@ -66,3 +66,23 @@ def write_text_atomic(dest: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(dest: str | os.PathLike[str], obj: Any) -> Path:
     return write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def replace_dir(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -> Path:
+    """Rename a finished staging directory to ``final``, replacing an existing one in two renames.
+
+    The old directory is first renamed aside (``.<name>.old-<pid>``) and deleted only after the new
+    one is in place, so a reader sees the old or the new directory, never a half-written one.
+    """
+    import shutil
+
+    staged, final = Path(staged), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -17,8 +17,8 @@ from PIL import Image
 from test_serve_support import (
     CLASS_NAMES,
     INPUT_SIZE,
-    TEMPERATURE,
     ServerThread,
+    TEMPERATURE,
     encode,
     exif_rotated_jpeg,
     free_port,
@@ -28,6 +28,7 @@ from test_serve_support import (
     png_bomb,
     reference_probabilities,
     tflite_root,
+    wait_until_ready,
 )
 
 pytest.importorskip("fastapi")
@@ -430,16 +431,7 @@ def test_cli_starts_uvicorn(models_dir: Path) -> None:
                              "warning", "--max-batch", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(proc, url)
         r = httpx.post(url + "/predict", files={"file": ("a.jpg", JPEG, "image/jpeg")}, timeout=30)
         assert r.status_code == 200 and r.json()["model"] == "onnx"
     finally:

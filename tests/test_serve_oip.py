@@ -415,7 +415,7 @@ def test_several_workers_behind_one_port(models_dir: Path) -> None:
     import subprocess
     import sys
 
-    from test_serve_support import free_port
+    from test_serve_support import free_port, wait_until_ready
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serve", str(models_dir), "--port", str(port), "--workers", "2",
@@ -424,16 +424,7 @@ def test_several_workers_behind_one_port(models_dir: Path) -> None:
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_until_ready(proc, url, timeout=120, poll=0.3)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         if children.exists():
             assert len(children.read_text().split()) >= 2, "expected two uvicorn worker processes"

@@ -216,6 +216,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_ready(proc, url: str, timeout: float = 60.0, poll: float = 0.2) -> None:
+    """Poll ``url/v2/health/ready`` until 200; fail with the server's stderr if it exits or times out."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(poll)
+
+
 # ---------------------------------------------------------------------------------- images
 
 
