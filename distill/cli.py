@@ -49,6 +49,7 @@ FLAG_KEYS: dict[str, str] = {
     "device": "run.device",
     "workers": "data.workers",
     "threads": "run.threads",
+    "teacher_input": "model.teacher_input",
     "max_steps_per_epoch": "run.max_steps_per_epoch",
     "cache": "data.cache",
     "early_stop": "run.early_stop",
@@ -107,6 +108,9 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
     g.add_argument("--data-root", metavar="DIR", help="data root (default $LESIONLITE_DATA or ../shared/data)")
     g.add_argument("--model", metavar="ARCH", help="student architecture (--list-models)")
     g.add_argument("--teacher", metavar="RUN_DIR", help="trained teacher run directory (kd, ssdkd)")
+    g.add_argument("--teacher-input", choices=["student", "native"],
+                   help="a teacher with a larger input than the student sees the student's input resized up "
+                        "(student, default) or training views at its own size, the student their downscale (native)")
     g.add_argument("--weights", metavar="PATH", help="ImageNet weights for the student")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, help="images per step per process")

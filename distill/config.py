@@ -79,6 +79,11 @@ class ModelConfig:
     dropout: float | None = None
     #: run directory of a trained teacher (``--teacher``), for methods that need one
     teacher: str | None = None
+    #: what the teacher sees when its input size is larger than the student's: "student" = the
+    #: student's input, resized up to the teacher's size; "native" = training views made at the
+    #: teacher's size (it sees the detail it was trained on) and the student gets their antialiased
+    #: downscale (the same augmented crop). Evaluation of the student is unchanged.
+    teacher_input: Literal["student", "native"] = "student"
     #: what to do when ``weights`` has BatchNorm folded into its convolutions (identity BN layers, e.g.
     #: weights recovered from a TFLite model): "recalibrate" = measure each BN's input statistics on 512
     #: training images and unfold (same function, trainable BN; best measured), "freeze" = keep BN in

@@ -623,8 +623,15 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         bs = cfg.optim.batch_size
         eval_bs = cfg.run.eval_batch_size or 2 * bs
         workers = resolve_workers(cfg.data.workers, device, cfg.run.threads)
-        train_source, eval_sources = _cached_splits(cfg, bundle, pre, info)
-        train_ds = MultiViewDataset(train_source, train_transform(pre, cfg.data.augment),
+        view_pre = _training_view_preprocessing(cfg, pre, tman)
+        downscale_hook = None
+        if view_pre.input_size != pre.input_size:
+            downscale_hook = _install_student_downscale(student, pre.input_size)
+            log.info("teacher sees its native %dpx: training views are made at %dpx and the student gets their "
+                     "antialiased downscale to %dpx (model.teacher_input=native)", view_pre.input_size,
+                     view_pre.input_size, pre.input_size)
+        train_source, eval_sources = _cached_splits(cfg, bundle, pre, info, view_pre.input_size)
+        train_ds = MultiViewDataset(train_source, train_transform(view_pre, cfg.data.augment),
                                     method_cls.num_views, method_cls.view_mode)
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank,
                                                       shuffle=True, seed=cfg.run.seed, drop_last=False)
@@ -888,6 +895,8 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         ddp.barrier(info)
 
         # ---------------- final evaluation with the best weights
+        if downscale_hook is not None:
+            downscale_hook.remove()
         if best_state is None:
             raise LesionliteError("no epoch was run (run.epochs already reached?); nothing to evaluate")
         student.load_state_dict(best_state)
@@ -930,8 +939,36 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         return result
 
 
+def _training_view_preprocessing(cfg: TrainConfig, pre: PreprocessConfig, tman: Any) -> PreprocessConfig:
+    """The preprocessing training views are made with: the student's, or (``model.teacher_input=native``
+    and a teacher with a larger input) the student's normalisation at the teacher's input size."""
+    if cfg.model.teacher_input != "native" or tman is None:
+        return pre
+    t_size = int(tman.preprocessing.input_size)
+    if t_size <= pre.input_size:
+        return pre
+    return PreprocessConfig.from_dict({**pre.to_dict(), "input_size": t_size, "resize_size": None})
+
+
+def _install_student_downscale(student: nn.Module, size: int) -> Any:
+    """A pre-hook on the student's feature extractor that shrinks larger training views to ``size``.
+
+    Antialiased bilinear, on the normalised tensor (normalisation is affine per channel, so this
+    equals downscaling the pixels first). Inputs already at ``size`` (evaluation) pass untouched.
+    Returns the hook handle (removed before the student is evaluated and saved).
+    """
+    def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return (x, *args[1:])
+
+    target = getattr(student, "features", None)
+    return (target if isinstance(target, nn.Module) else student).register_forward_pre_hook(hook)
+
+
 def _cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
-                   info: ddp.DistInfo) -> tuple[Any, dict[str, Any]]:
+                   info: ddp.DistInfo, view_size: int | None = None) -> tuple[Any, dict[str, Any]]:
     """The training source and the eval loaders' datasets, decoded once when ``data.cache`` is on.
 
     Returns ``(train_source, {split: dataset})``; without the cache the train source is the split
@@ -943,7 +980,7 @@ def _cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
     from distill.data.transforms import eval_transform
 
     t0 = time.time()
-    side = cfg.data.cache_short_side or 2 * pre.input_size
+    side = cfg.data.cache_short_side or 2 * max(pre.input_size, view_size or 0)
     show = cfg.run.progress and info.is_main
     train_source = DecodedImageCache(bundle.train, side, progress=show, desc="decode train")
     evals: dict[str, Any] = {}

@@ -291,3 +291,39 @@ def test_resume_refuses_fewer_epochs_than_already_run(full_run, tmp_path: Path) 
                                 "optim.name": "sgd"})
     with pytest.raises(LesionliteError, match="already run 4 epochs; pass --epochs 4 or more"):
         train(cfg, resume=True)
+
+
+def test_teacher_sees_its_native_larger_input_and_the_student_a_downscale(tmp_path: Path) -> None:
+    """model.teacher_input=native: views at the teacher's 32 px, the student trained on their 16 px
+    downscale (seen by a hook on its features), evaluated and saved at 16 px as usual."""
+    from distill.artifacts import load_student
+
+    base = {**TINY, "data.synthetic_size": 32}
+    teacher = train(resolve_config(flags={**base, "data.image_size": 32, "run.epochs": 1, "run.out": str(tmp_path / "t")}))
+    seen: dict[str, set] = {"student": set(), "teacher": set()}
+
+    def run(mode: str) -> None:
+        cfg = resolve_config(flags={**base, "method.name": "kd", "model.teacher": str(teacher.run_dir),
+                                    "model.teacher_input": mode, "run.epochs": 1, "run.out": str(tmp_path / mode)})
+        import distill.train as T
+
+        real = T._install_student_downscale
+
+        def spy(student, size):
+            handle = real(student, size)
+            student.features.register_forward_hook(lambda m, a, out: seen["student"].add(tuple(a[0].shape[-2:])))
+            return handle
+
+        T._install_student_downscale = spy
+        try:
+            res = train(cfg)
+        finally:
+            T._install_student_downscale = real
+        model, man = load_student(res.run_dir)
+        assert man.preprocessing.input_size == 16 and model(torch.zeros(1, 3, 16, 16)).shape == (1, 7)
+
+    run("native")
+    assert seen["student"] == {(16, 16)}  # every training and eval input reached the student at 16 px
+    assert "teacher sees its native 32px" in (tmp_path / "native" / "train.log").read_text()
+    run("student")
+    assert "teacher sees its native" not in (tmp_path / "student" / "train.log").read_text()
