@@ -268,7 +268,8 @@ def protocol_targets(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any
     else:
         worst = max(drops, key=drops.get)
         t.update(verdict="pass" if drops[worst] <= INT8_MAX_DROP else "fail",
-                 detail="; ".join(f"{k} {d * 100:+.2f}" for k, d in drops.items()) + " points lost (PTQ, no QAT)")
+                 detail="int8 − float: " + "; ".join(f"{k} {-d * 100:+.2f}" for k, d in drops.items())
+                        + " points (post-training quantization, no QAT)")
     out.append(t)
     return out
 
@@ -839,7 +840,10 @@ def render_markdown(doc: dict[str, Any]) -> str:
     s = doc["settings"]
     label = doc["label"]
     lines = [f"# {doc['title']}", ""]
-    if doc["reduced"]:
+    if doc["protocol"] == "cpu":
+        lines += [f"**{label}** — every run trained to convergence on real data, but at 64 px on 2 CPU cores: "
+                  "not the papers' 224 px protocol, so not directly comparable with their tables.", ""]
+    elif doc["reduced"]:
         lines += [f"**{label}** — numbers from a reduced budget, not comparable with the papers' tables.", ""]
     if not doc["complete"]:
         lines += ["**INCOMPLETE**: some runs are unfinished (time budget); call the script again to continue.", ""]

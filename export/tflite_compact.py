@@ -49,39 +49,54 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def _pack(model: Any, size_hint: int) -> tuple[bytes, int]:
-    builder = _dedup_builder(size_hint)
+def _pack(model: Any, size_hint: int, dedupe: bool = True) -> tuple[bytes, int]:
+    import flatbuffers
+
+    builder = _dedup_builder(size_hint) if dedupe else flatbuffers.Builder(size_hint)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
-    return bytes(builder.Output()), builder.reused_bytes
+    return bytes(builder.Output()), getattr(builder, "reused_bytes", 0)
 
 
-def dedupe_vectors(model_bytes: bytes) -> tuple[bytes, int]:
-    """``model_bytes`` re-serialised with shared duplicate vectors; returns (bytes, bytes of vectors reused).
+def serialize(model: Any, model_bytes: bytes, dedupe: bool = False) -> tuple[bytes, int]:
+    """``model`` (a ``schema_py_generated.ModelT`` read from ``model_bytes``) as .tflite bytes; returns
+    (bytes, bytes of vectors reused). With ``dedupe`` identical vectors are stored once.
 
-    Tensor data the quantizer appended after the flatbuffer (``Buffer.offset``/``size``) stays outside
-    it, re-appended 16-byte aligned behind the smaller flatbuffer with its offsets rewritten (two
-    passes: the first, with placeholder offsets, fixes the flatbuffer's length). A model in which
-    nothing repeats is returned unchanged.
+    Tensor data the quantizer appended after the flatbuffer (``Buffer.offset``/``size``, read from
+    ``model_bytes``) stays outside it, re-appended 16-byte aligned behind the new flatbuffer with its
+    offsets rewritten (two passes: the first, with placeholder offsets, fixes the flatbuffer's length).
+    Buffers given inline ``data`` (offset 0) are written inside the flatbuffer.
     """
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     external = [(b, model_bytes[b.offset:b.offset + b.size]) for b in (model.buffers or []) if b.offset > 1]
     for b, _ in external:
         b.offset = _PLACEHOLDER_OFFSET
-    first, reused = _pack(model, len(model_bytes))
-    if reused == 0:
-        return model_bytes, 0
+    first, reused = _pack(model, len(model_bytes), dedupe)
     if not external:
-        return (first, reused) if len(first) < len(model_bytes) else (model_bytes, 0)
+        return first, reused
     position = _align(len(first))
     tail: list[bytes] = []
     for b, data in external:
         b.offset = position
         tail.append(data + bytes(_align(len(data)) - len(data)))
         position += _align(len(data))
-    flat, _ = _pack(model, len(model_bytes))
-    if len(flat) != len(first):  # the layout moved between passes: keep the original rather than guess
+    flat, _ = _pack(model, len(model_bytes), dedupe)
+    if len(flat) != len(first):  # the layout moved between passes
+        raise ValueError("flatbuffer layout changed between the two serialisation passes")
+    return flat + bytes(_align(len(flat)) - len(flat)) + b"".join(tail), reused
+
+
+def dedupe_vectors(model_bytes: bytes) -> tuple[bytes, int]:
+    """``model_bytes`` re-serialised with shared duplicate vectors; returns (bytes, bytes of vectors reused).
+
+    External tensor data is kept outside the flatbuffer (:func:`serialize`). A model in which nothing
+    repeats, or that would not get smaller, is returned unchanged.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    try:
+        out, reused = serialize(model, model_bytes, dedupe=True)
+    except ValueError:  # the layout moved between passes: keep the original rather than guess
         return model_bytes, 0
-    out = flat + bytes(_align(len(flat)) - len(flat)) + b"".join(tail)
+    if reused == 0:
+        return model_bytes, 0
     return (out, reused) if len(out) < len(model_bytes) else (model_bytes, 0)
