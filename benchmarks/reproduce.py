@@ -594,6 +594,24 @@ def run_state(spec: RunSpec) -> str:
     return "new"
 
 
+#: a record's fields that must equal the plan's for the record to stand for the run
+RECORD_IDENTITY = ("protocol", "key", "method", "arch", "seed", "epochs", "overrides")
+
+
+def committed_record(settings: dict[str, Any], spec: RunSpec) -> dict[str, Any] | None:
+    """The committed record of this exact run (same protocol, method, arch, seed, epochs, overrides),
+    finished, or None. Run directories (checkpoints) are not committed, so a later session on a fresh
+    checkout knows a finished run only by its record: the table is built from it, nothing is retrained."""
+    if not settings.get("results_dir"):
+        return None
+    rec = _read_json(run_record_path(settings, spec))
+    if not rec or rec.get("status") != "done" or not rec.get("metrics"):
+        return None
+    want = {"protocol": settings["protocol"], "key": spec.key, "method": spec.method, "arch": spec.arch,
+            "seed": spec.seed, "epochs": spec.epochs, "overrides": spec.overrides}
+    return rec if all(rec.get(k) == want[k] for k in RECORD_IDENTITY) else None
+
+
 def _summary_from_run(spec: RunSpec) -> dict[str, Any]:
     mj = _read_json(spec.run_dir / "metrics.json") or {}
     man = _read_json(spec.run_dir / "manifest.json") or {}
@@ -637,11 +655,14 @@ def _export_summary(export_dir: Path) -> dict[str, Any] | None:
 
 
 class Runner:
-    def __init__(self, settings: dict[str, Any], deadline: float | None, bundle: Any) -> None:
+    def __init__(self, settings: dict[str, Any], deadline: float | None, bundle: Any,
+                 needed_on_disk: set[Path] | None = None) -> None:
         self.settings = settings
         self.deadline = deadline
         self.bundle = bundle
         self.stopped = False
+        #: run directories whose weights a pending run needs (a teacher): a record cannot stand for them
+        self.needed_on_disk = needed_on_disk or set()
 
     def remaining(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.time()
@@ -652,6 +673,9 @@ class Runner:
         state = run_state(spec)
         rec: dict[str, Any] = {"state_before": state}
         if state == "done":
+            return rec
+        if spec.run_dir not in self.needed_on_disk and committed_record(self.settings, spec) is not None:
+            rec["status"] = "done (committed record)"
             return rec
         if spec.teacher_dir is not None and not (spec.teacher_dir / "manifest.json").is_file():
             rec["status"] = "pending (teacher unfinished)"
@@ -772,6 +796,13 @@ def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], 
             bundle: Any = None) -> dict[str, Any]:
     state = run_state(spec)
     status = "done" if state == "done" else train_rec.get("status") or ("partial" if state == "partial" else "pending")
+    if status == "done (committed record)":  # finished in an earlier session; its run directory is gone
+        rec = committed_record(settings, spec) or {}
+        keep = {k: v for k, v in rec.items() if k not in ("curve", "status")}
+        return {**keep, "reduced": settings["protocol"] != "gpu", "label": spec.label, "role": spec.role,
+                "weights_note": spec.weights_note, "run_dir": str(spec.run_dir), "status": "done",
+                "source": "committed record", "export_status": "done" if rec.get("int8") else "skipped (record)",
+                "teacher_dir": str(spec.teacher_dir) if spec.teacher_dir else None}
     r: dict[str, Any] = {
         "protocol": settings["protocol"], "reduced": settings["protocol"] != "gpu",
         "key": spec.key, "role": spec.role, "label": spec.label, "method": spec.method, "arch": spec.arch,
@@ -1133,7 +1164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     deadline = None if args.time_budget is None else t_start + float(args.time_budget)
-    runner = Runner(settings, deadline, bundle)
+    # a teacher whose students are not all finished must be on disk (its weights), whatever its record says
+    needed = {sp.teacher_dir for sp in plan if sp.teacher_dir is not None and run_state(sp) != "done"
+              and committed_record(settings, sp) is None}
+    runner = Runner(settings, deadline, bundle, needed)
     print(f"[reproduce] {args.protocol}: {len(plan)} runs under {settings['out']} ({data['description'][:120]}…)",
           flush=True)
     from lesionlite.atomic import write_json_atomic, write_text_atomic
@@ -1162,7 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for spec in plan:
         trec = runner.train(spec)
-        erec = runner.export(spec) if run_state(spec) == "done" else {"status": "pending"}
+        erec = runner.export(spec) if run_state(spec) == "done" else {"status": trec.get("status", "pending")}
         runs.append(collect(spec, settings, trec, erec, bundle))
         if trec.get("status") == "done" or erec.get("status") == "done":  # something new finished: table now
             write_table(runs, final=False)

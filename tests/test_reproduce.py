@@ -186,6 +186,37 @@ def test_smoke_rerun_skips_finished_runs(smoke, capsys):
     assert [r["accuracy"] for r in after["rows"]] == [r["accuracy"] for r in before["rows"]]
 
 
+def test_fresh_checkout_builds_the_table_from_committed_records(smoke, capsys, tmp_path):
+    """Run directories are not committed: on a fresh checkout a finished run is known by its record
+    alone — nothing is retrained and its row keeps its numbers; a teacher still needed by an
+    unfinished student is retrained (its weights are not in the record)."""
+    import shutil
+
+    root, args, _ = smoke
+    before = {r["key"]: r for r in json.loads((root / "results" / "paper_table_smoke.json").read_text())["rows"]}
+    fresh = tmp_path / "fresh_runs"  # an empty run root: the fresh checkout
+    argv = [a if a != str(root / "runs") else str(fresh) for a in args] + ["--methods", "scratch,kd", "--ablations", "none"]
+    capsys.readouterr()
+    assert R.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[reproduce] train" not in out and "[reproduce] export" not in out
+    after = {r["key"]: r for r in json.loads((root / "results" / "paper_table_smoke.json").read_text())["rows"]}
+    for key in ("teacher", "scratch", "kd"):
+        assert after[key]["status"] == "done" and after[key]["accuracy"] == before[key]["accuracy"], key
+    assert after["kd"]["int8_tflite_size_bytes"] == before["kd"]["int8_tflite_size_bytes"]
+    # kd's record gone (unfinished): the teacher it needs is trained again, kd too
+    rec = root / "results" / "paper_table_smoke_runs" / "seed0_kd.json"
+    saved = rec.read_text()
+    rec.unlink()
+    try:
+        assert R.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "train teacher seed 0" in out and "train kd seed 0" in out and "train scratch" not in out
+    finally:
+        rec.write_text(saved)
+    shutil.rmtree(fresh, ignore_errors=True)
+
+
 def test_more_epochs_resumes_the_run(smoke, capsys):
     root, _, _ = smoke
     args = ["--protocol", "smoke", "--methods", "scratch", "--epochs", "2", "--no-export",
