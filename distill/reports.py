@@ -5,7 +5,8 @@
 * :func:`plot_confusion_matrix` — ``confusion_matrix.png``: row-normalised (recall per true class)
   with counts, class names on both axes;
 * :func:`plot_reliability`      — ``reliability.png``: top-label reliability diagram before and after
-  temperature scaling, ECE in the legend;
+  temperature scaling, ECE in the title, each bin's sample count above its bar, tiny bins (< 10 samples
+  or < 1 % of them) grey;
 * :func:`write_metrics_json`    — ``metrics.json`` (NaN → null, atomic).
 
 Callers put "SYNTHETIC DATA" in the title of runs on generated data; it is then in every figure.
@@ -63,6 +64,13 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Loss terms (left) and accuracies (right) per epoch from the loop's epoch records."""
+    return _save(training_curves_figure(history, title), path)
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], title: str = "") -> Any:
+    """The Figure :func:`plot_training_curves` saves (epoch axes tick at whole epochs only)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(12, 4.2))
     epochs = [h["epoch"] for h in history]
@@ -98,10 +106,12 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, ti
     ax_r.set_title("accuracy")
     ax_r.grid(alpha=0.3)
     ax_r.legend(fontsize=8)
+    for ax in (ax_l, ax_r):  # epochs are whole numbers: no ticks at 1.2, 1.4, …
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -128,9 +138,29 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     return _save(fig, path)
 
 
+#: A reliability bin is "tiny" (drawn grey: its accuracy is too noisy to read) below either threshold.
+TINY_BIN_MIN_COUNT = 10
+TINY_BIN_MIN_FRACTION = 0.01
+TINY_BIN_COLOR = "lightgray"
+TINY_BIN_RULE = (f"< {TINY_BIN_MIN_COUNT} samples or < {TINY_BIN_MIN_FRACTION:.0%} of samples")
+
+
+def tiny_bins(count: np.ndarray) -> np.ndarray:
+    """True for non-empty bins holding fewer than 10 samples or fewer than 1 % of all samples."""
+    count = np.asarray(count, dtype=np.float64)
+    return (count > 0) & ((count < TINY_BIN_MIN_COUNT) | (count < TINY_BIN_MIN_FRACTION * count.sum()))
+
+
 def plot_reliability(labels: np.ndarray, logits: np.ndarray, temperature: float, path: str | Path,
                      title: str = "", n_bins: int = 15) -> Path:
     """Reliability diagram (accuracy vs confidence per bin) before and after temperature scaling."""
+    return _save(reliability_figure(labels, logits, temperature, title, n_bins), path)
+
+
+def reliability_figure(labels: np.ndarray, logits: np.ndarray, temperature: float, title: str = "",
+                       n_bins: int = 15) -> Any:
+    """The Figure :func:`plot_reliability` saves: each bin's sample count is written above its bar, and
+    tiny bins (:func:`tiny_bins`, rule stated in the legend) are drawn grey instead of full-colour bars."""
     from distill.metrics import ece, reliability_bins, softmax
 
     plt = _plt()
@@ -144,14 +174,23 @@ def plot_reliability(labels: np.ndarray, logits: np.ndarray, temperature: float,
         acc = np.nan_to_num(b["accuracy"])
         conf = np.nan_to_num(b["confidence"])
         has = b["count"] > 0
-        ax.bar(centers[has], acc[has], width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
+        tiny = tiny_bins(b["count"])
+        big = has & ~tiny
         lo = np.minimum(acc, conf)
-        ax.bar(centers[has], np.abs(conf - acc)[has], bottom=lo[has], width=width * 0.95, facecolor="none",
+        gap = np.abs(conf - acc)
+        ax.bar(centers[big], acc[big], width=width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
+        ax.bar(centers[big], gap[big], bottom=lo[big], width=width * 0.95, facecolor="none",
                edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap |accuracy − confidence|")
+        if tiny.any():
+            ax.bar(centers[tiny], acc[tiny], width=width * 0.95, color=TINY_BIN_COLOR, alpha=0.8,
+                   edgecolor="gray", linewidth=0.5, label=f"tiny bin ({TINY_BIN_RULE}): unreliable")
+        for c, n, top in zip(centers[has], b["count"][has], np.maximum(acc, conf)[has]):
+            ax.annotate(f"{int(n)}", (c, min(top, 0.93)), xytext=(0, 2), textcoords="offset points",
+                        ha="center", va="bottom", fontsize=6, rotation=90, color="dimgray")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence (top label)")
+        ax.set_xlabel("confidence (top label); number above a bar: samples in the bin")
         ax.set_title(f"{name}\nECE = {e:.4f} ({n_bins} bins, n={int(b['count'].sum())})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
@@ -159,4 +198,4 @@ def plot_reliability(labels: np.ndarray, logits: np.ndarray, temperature: float,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

@@ -1,4 +1,4 @@
-"""Shrink a quantized .tflite by storing identical flatbuffer vectors once.
+"""Post-process a .tflite flatbuffer: store identical vectors once; write both operator-code fields.
 
 Why: the TFLite schema gives every per-channel quantized tensor a float32 ``scale`` and an **int64**
 ``zero_point`` vector, one entry per channel, and requires the two to have the same length. With
@@ -100,3 +100,35 @@ def dedupe_vectors(model_bytes: bytes) -> tuple[bytes, int]:
     if reused == 0:
         return model_bytes, 0
     return (out, reused) if len(out) < len(model_bytes) else (model_bytes, 0)
+
+
+#: ``BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES``: the int8 ``deprecated_builtin_code`` of ops >= 127.
+PLACEHOLDER_FOR_GREATER_OP_CODES = 127
+
+
+def _deprecated_code(builtin_code: int) -> int:
+    return builtin_code if builtin_code < PLACEHOLDER_FOR_GREATER_OP_CODES else PLACEHOLDER_FOR_GREATER_OP_CODES
+
+
+def fix_operator_codes(model_bytes: bytes) -> tuple[bytes, int]:
+    """``model_bytes`` with every OperatorCode's two op-code fields set per the schema; returns (bytes, codes fixed).
+
+    Why: the schema has ``deprecated_builtin_code: byte`` (the op code when it is below 127, else 127 =
+    PLACEHOLDER_FOR_GREATER_OP_CODES) and ``builtin_code: int``. ai-edge-quantizer adds QUANTIZE/DEQUANTIZE
+    codes with ``builtin_code`` only, leaving the old field 0 (= ADD): the PyPI ``tflite`` parser and
+    runtimes that read only the old field see ADD. The op code is the larger of the two fields (what the
+    runtime reads), so a file whose fields already agree is returned unchanged.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    fixed = 0
+    for oc in model.operatorCodes or []:
+        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+        if (oc.builtinCode, oc.deprecatedBuiltinCode) != (code, _deprecated_code(code)):
+            oc.builtinCode, oc.deprecatedBuiltinCode = code, _deprecated_code(code)
+            fixed += 1
+    if fixed == 0:
+        return model_bytes, 0
+    out, _ = serialize(model, model_bytes, dedupe=False)
+    return out, fixed

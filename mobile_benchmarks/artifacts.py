@@ -23,6 +23,8 @@ ACCURACY_KEYS = (
     "accuracy", "test_accuracy", "top1", "top1_accuracy", "acc", "test_acc", "val_accuracy",
     "balanced_accuracy", "test_balanced_accuracy",
 )
+#: where a balanced accuracy is found (the metric the project reports; plots prefer it)
+BALANCED_ACCURACY_KEYS = ("balanced_accuracy", "test_balanced_accuracy")
 
 
 @dataclass
@@ -117,15 +119,15 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _accuracy_from(d: Any) -> tuple[float | None, str | None]:
+def _accuracy_from(d: Any, keys: tuple[str, ...] = ACCURACY_KEYS) -> tuple[float | None, str | None]:
     if not isinstance(d, dict):
         return None, None
-    for k in ACCURACY_KEYS:
+    for k in keys:
         if k in d and _num(d[k]) is not None:
             return _num(d[k]), k
     for sub in ("metrics", "test", "eval", "parity"):
         if isinstance(d.get(sub), dict):
-            v, k = _accuracy_from(d[sub])
+            v, k = _accuracy_from(d[sub], keys)
             if v is not None:
                 return v, f"{sub}.{k}"
     return None, None
@@ -156,7 +158,8 @@ def _report_entries(report: Any) -> Iterator[tuple[str | None, dict]]:
                 yield k, v
 
 
-def _accuracy_from_report(report: Any, art: Artifact) -> tuple[float | None, str | None]:
+def _accuracy_from_report(report: Any, art: Artifact,
+                          keys: tuple[str, ...] = ACCURACY_KEYS) -> tuple[float | None, str | None]:
     if report is None:
         return None, None
     names = {art.name, art.directory.name, art.directory.as_posix()}
@@ -168,7 +171,7 @@ def _accuracy_from_report(report: Any, art: Artifact) -> tuple[float | None, str
         if key is not None:
             ids.add(key)
         if ids & names:
-            v, k = _accuracy_from(entry)
+            v, k = _accuracy_from(entry, keys)
             if v is not None:
                 return v, f"export_report.json:{k}"
     return None, None
@@ -216,6 +219,11 @@ def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
     if acc is None:
         acc, source = _accuracy_from_report(report, art)
     info["accuracy"], info["accuracy_source"] = acc, source
+    bal, key = _accuracy_from(m.metrics, BALANCED_ACCURACY_KEYS)
+    bal_source = f"manifest metrics.{key}" if bal is not None else None
+    if bal is None:
+        bal, bal_source = _accuracy_from_report(report, art, BALANCED_ACCURACY_KEYS)
+    info["balanced_accuracy"], info["balanced_accuracy_source"] = bal, bal_source
     return info
 
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import BENCH_SCHEMA
@@ -180,6 +182,94 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     return "\n".join(parts)
 
 
+def _plain(v: float) -> str:
+    """A tick value as a plain number ("0.5", "6", "20", "1500"), never "6×10⁰" or "1e+03"."""
+    return np.format_float_positional(float(v), precision=3, unique=True, fractional=False, trim="-")
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Round tick values (1-2-5, then finer mantissas) inside ``[lo, hi]`` for a log axis in ms; at least two."""
+    import math
+
+    lo, hi = max(float(lo), 1e-9), max(float(hi), float(lo) * 1.0001, 1e-9)
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = sorted({float(_plain(m * 10.0 ** k)) for k in decades for m in mantissas if lo <= m * 10.0 ** k <= hi})
+        if len(ticks) >= 3:
+            return ticks
+    if len(ticks) < 2:  # a narrow range between two round values: evenly spaced (in log), rounded to 3 digits
+        ticks = sorted({float(_plain(v)) for v in np.geomspace(lo, hi, 4)})
+    return ticks
+
+
+def accuracy_metric(artifact: dict[str, Any]) -> tuple[float | None, str]:
+    """(value, axis name) of the accuracy plotted for an artifact: balanced accuracy — the metric the project
+    reports everywhere else — when known (a ``balanced_accuracy`` field, or ``accuracy`` read from a
+    ``*balanced_accuracy`` key), else plain accuracy."""
+    if artifact.get("balanced_accuracy") is not None:
+        return float(artifact["balanced_accuracy"]), "balanced accuracy"
+    if artifact.get("accuracy") is not None and str(artifact.get("accuracy_source") or "").endswith("balanced_accuracy"):
+        return float(artifact["accuracy"]), "balanced accuracy"
+    if artifact.get("accuracy") is not None:
+        return float(artifact["accuracy"]), "accuracy"
+    return None, "accuracy"
+
+
+def latency_figure(results: list[dict[str, Any]]) -> Any:
+    """Box plot of per-run latencies (``results`` with ``latencies_ms``), log axis with plain ms tick labels."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results) + 2), 4.5))
+    ax.boxplot([r["latencies_ms"] for r in results], showfliers=True, whis=(1, 99))
+    ax.set_xticks(range(1, len(results) + 1))
+    ax.set_xticklabels([f"{r['artifact']}\n{r['threads']} thr" for r in results], rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    lo, hi = ax.get_ylim()
+    ticks = log_ticks(lo, hi)
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(FixedFormatter([_plain(t) for t in ticks]))
+    ax.yaxis.set_minor_formatter(NullFormatter())  # the log formatter would write "6×10⁰" here
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("latency per inference (ms, log scale)")
+    ax.set_title("Warm latency distribution (box: p25–p75, whiskers: p1–p99, dots: beyond)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_figure(best: dict[str, dict[str, Any]], artifacts: dict[str, dict[str, Any]]) -> Any:
+    """Balanced accuracy (plain accuracy where it is unknown; the axis label says which) vs p50 latency."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    markers = {"onnx": "o", "tflite": "s", "coreml": "^"}
+    kinds = set()
+    for name, r in sorted(best.items()):
+        a = artifacts[name]
+        value, metric = accuracy_metric(a)
+        kinds.add(metric)
+        noise = (r.get("noise_ms") or {}).get("p50")
+        suffix = "" if metric == "balanced accuracy" else ", plain accuracy"
+        ax.errorbar(r["latency_ms"]["p50"], value, xerr=noise, fmt=markers.get(a["kind"], "x"),
+                    markersize=7, capsize=3,
+                    label=f"{name} ({a['kind']}, {a.get('precision') or '?'}, {r['threads']} thr{suffix})")
+    if kinds == {"balanced accuracy"}:
+        ylabel, what = "balanced accuracy", "Balanced accuracy"
+    elif kinds == {"accuracy"}:
+        ylabel, what = "accuracy (balanced accuracy not available)", "Accuracy"
+    else:
+        ylabel, what = "balanced accuracy (plain accuracy where marked)", "Balanced accuracy"
+    ax.set_xlabel("p50 latency (ms), best thread count per artifact; bars: noise between processes")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{what} vs latency across formats and precisions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
 def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
     plots: dict[str, str | None] = {"latency": None, "accuracy": None}
     try:
@@ -193,42 +283,21 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     dist = [r for r in ok if r.get("latencies_ms")]
     if dist:
-        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(dist) + 2), 4.5))
-        ax.boxplot([r["latencies_ms"] for r in dist], showfliers=True, whis=(1, 99))
-        ax.set_xticks(range(1, len(dist) + 1))
-        ax.set_xticklabels([f"{r['artifact']}\n{r['threads']} thr" for r in dist], rotation=30, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_ylabel("latency per inference (ms, log scale)")
-        ax.set_title("Warm latency distribution (box: p25–p75, whiskers: p1–p99, dots: beyond)")
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
+        fig = latency_figure(dist)
         with atomic_path(out / LAT_PLOT) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         plots["latency"] = LAT_PLOT
     else:
         plots["latency_reason"] = "no per-run latencies (the target reported summaries only)" if ok else "no artifact was measured"
-    acc = {a["name"]: a for a in doc["artifacts"] if a.get("accuracy") is not None}
+    acc = {a["name"]: a for a in doc["artifacts"] if accuracy_metric(a)[0] is not None}
     best: dict[str, dict[str, Any]] = {}  # per artifact: the thread count with the lowest p50
     for r in ok:
         if r["artifact"] in acc and r["latency_ms"].get("p50") is not None:
             if r["artifact"] not in best or r["latency_ms"]["p50"] < best[r["artifact"]]["latency_ms"]["p50"]:
                 best[r["artifact"]] = r
     if best:
-        fig, ax = plt.subplots(figsize=(8, 4.8))
-        markers = {"onnx": "o", "tflite": "s", "coreml": "^"}
-        for name, r in sorted(best.items()):
-            a = acc[name]
-            noise = (r.get("noise_ms") or {}).get("p50")
-            ax.errorbar(r["latency_ms"]["p50"], a["accuracy"], xerr=noise, fmt=markers.get(a["kind"], "x"),
-                        markersize=7, capsize=3,
-                        label=f"{name} ({a['kind']}, {a.get('precision') or '?'}, {r['threads']} thr)")
-        ax.set_xlabel("p50 latency (ms), best thread count per artifact; bars: noise between processes")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Accuracy vs latency across formats and precisions")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
+        fig = accuracy_figure(best, acc)
         with atomic_path(out / ACC_PLOT) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)

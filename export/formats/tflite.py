@@ -135,6 +135,17 @@ def _compact(model_bytes: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, An
                      "note": "identical zero-point/scale vectors stored once; outputs bit-identical on 4 images"}
 
 
+def _fix_operator_codes(model_bytes: bytes, extra: dict[str, Any]) -> bytes:
+    """Both op-code fields per the schema (:func:`export.tflite_compact.fix_operator_codes`): the quantizer
+    writes QUANTIZE/DEQUANTIZE with ``deprecated_builtin_code`` 0, which old readers take for ADD."""
+    from export.tflite_compact import fix_operator_codes
+
+    payload, fixed = fix_operator_codes(model_bytes)
+    if fixed:
+        extra["operator_codes_fixed"] = fixed
+    return payload
+
+
 def _tensor_spec(detail: dict[str, Any]) -> dict[str, Any]:
     dtype = _NP_DTYPE_NAME.get(detail["dtype"], str(np.dtype(detail["dtype"])))
     scale, zero = detail.get("quantization", (0.0, 0))
@@ -187,7 +198,7 @@ class TFLiteFormat(ExportFormat):
             q = aeq.Quantizer(str(fp32))
             q.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                                      num_bits=16, algorithm_key="float_casting")
-            payload = bytes(q.quantize(enable_progress_report=False).quantized_model)
+            payload = _fix_operator_codes(bytes(q.quantize(enable_progress_report=False).quantized_model), extra)
             extra["quantization"] = {"method": "ai-edge-quantizer float_casting (weight-only fp16)",
                                      "weights": "float16", "activations": "float32"}
         else:
@@ -195,6 +206,7 @@ class TFLiteFormat(ExportFormat):
 
             payload, extra["quantization"] = quantize_int8(fp32, ctx.calib, ctx.options.int8_io,
                                                            num_threads=min(4, os.cpu_count() or 1))
+            payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
             payload, extra["flatbuffer_dedup"] = _compact(payload, ctx.calib)
         dest.write_bytes(payload)
         it = _interpreter(dest, 1)
