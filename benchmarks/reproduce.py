@@ -1092,6 +1092,10 @@ def plot_protocol(doc: dict[str, Any], path: Path) -> Path | None:
             for s_ in comps[k]["per_seed"]:
                 ax_d.plot([i], [100 * s_], marker="x", color=colors.get(k, "gray"), alpha=0.8)
         ax_d.set_xticks(range(len(names)), [METHOD_LABELS.get(k, k) for k in names], rotation=20, fontsize=8)
+    else:
+        ax_d.text(0.5, 0.5, "no method has finished\nthe seeds scratch has", ha="center", va="center",
+                  transform=ax_d.transAxes, color="gray")
+        ax_d.set_xticks([])
     ax_d.axhline(0, color="gray", linewidth=1)
     ax_d.set_ylabel("test Bal-ACC − scratch (points)")
     ax_d.set_title("vs scratch: mean, paired 95% CI, × = seeds")
