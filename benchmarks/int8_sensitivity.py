@@ -50,21 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from distill.artifacts import load_student
-    from export.api import ExportContext, ExportOptions, load_export_data
-    from export.data import prepare_data
+    from export.api import ExportContext, load_checkpoint_and_export_data
     from export.formats.onnx import INPUT_NAME, OnnxFormat
     from export.int8_prep import prepare_for_int8
     from export.parity import classification_metrics, compare
     from export.quantize import onnx_calibration_reader
     from lesionlite.int8_grid import snap_to_int8_grid
 
-    model, manifest = load_student(args.checkpoint)
-    model.eval()
-    options = ExportOptions.from_kwargs({"seed": args.seed})
-    bundle = load_export_data(manifest, args.data, args.data_root, options)
-    data = prepare_data(bundle, manifest.preprocessing, list(manifest.class_names), args.calib_samples,
-                        args.eval_samples, args.seed)
+    model, manifest, data, options = load_checkpoint_and_export_data(args.checkpoint, args.data, args.data_root,
+                                                                     args.calib_samples, args.eval_samples, args.seed)
     x, y = data.eval_x, data.eval_y
 
     num_classes = len(manifest.class_names)

@@ -140,20 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/tflite_int8_probe.json")
     args = ap.parse_args(argv)
 
-    from distill.artifacts import load_student
-    from export.api import ExportContext, ExportOptions, _torch_logits, load_export_data
-    from export.data import prepare_data
+    from export.api import ExportContext, _torch_logits, load_checkpoint_and_export_data
     from export.formats.onnx import OnnxFormat
     from export.formats.tflite import TFLiteFormat
     from export.parity import classification_metrics, compare
     from export.tflite_int8 import quantize_int8
 
-    model, manifest = load_student(args.checkpoint)
-    model.eval()
-    options = ExportOptions.from_kwargs({"seed": args.seed})
-    bundle = load_export_data(manifest, args.data, args.data_root, options)
-    data = prepare_data(bundle, manifest.preprocessing, list(manifest.class_names), args.calib_samples,
-                        args.eval_samples, args.seed)
+    model, manifest, data, options = load_checkpoint_and_export_data(args.checkpoint, args.data, args.data_root,
+                                                                     args.calib_samples, args.eval_samples, args.seed)
     x, y = data.eval_x, data.eval_y
     k = len(manifest.class_names)
     ref = _torch_logits(model, x)

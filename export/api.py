@@ -244,6 +244,25 @@ def _torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
 
 
 
+def load_checkpoint_and_export_data(checkpoint: str | os.PathLike[str], data_spec: str | None, data_root: str | None,
+                                    calib_samples: int, eval_samples: int | None,
+                                    seed: int = 0) -> tuple[Any, Manifest, Any, ExportOptions]:
+    """(model in eval mode, manifest, prepared calibration/eval data, the options that chose them),
+    exactly as ``export_model`` sees them.
+
+    The common set-up of the int8 benchmarks (``benchmarks/int8_sensitivity.py``, ``tflite_int8_probe.py``).
+    """
+    from distill.artifacts import load_student
+    from export.data import prepare_data
+
+    model, manifest = load_student(checkpoint)
+    model.eval()
+    options = ExportOptions.from_kwargs({"seed": seed})
+    bundle = load_export_data(manifest, data_spec, data_root, options)
+    data = prepare_data(bundle, manifest.preprocessing, list(manifest.class_names), calib_samples, eval_samples, seed)
+    return model, manifest, data, options
+
+
 def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: str | None, options: ExportOptions) -> Any:
     """The data export calibrates and evaluates on: ``options.dataset``, else ``data_spec``, else the checkpoint's own.
 
