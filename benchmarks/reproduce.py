@@ -170,6 +170,17 @@ MIN_BEST_BAL_ACC = 0.65
 INT8_MAX_DROP = 0.01
 
 
+def beats_scratch(target: str, name: str, value: float | None, base: float | None) -> dict[str, Any]:
+    """A "method's mean test Bal-ACC above scratch's" verdict (n/a while either is unfinished)."""
+    t: dict[str, Any] = {"target": target, "metric": "test balanced accuracy, mean over seeds"}
+    if value is None or base is None:
+        t.update(verdict="n/a", detail="not measured (run missing or unfinished)")
+    else:
+        t.update(verdict="pass" if value > base else "fail",
+                 detail=f"{name} {value * 100:.2f} vs scratch {base * 100:.2f} ({(value - base) * 100:+.2f} points)")
+    return t
+
+
 def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: str,
                      comparisons: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The papers' claims (and issue 13's protocol targets) as pass / fail / n/a verdicts.
@@ -187,15 +198,8 @@ def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: 
     out = []
     base = mean("scratch", "balanced_accuracy")
     for key, name in (("ssdkd", "SSD-KD"), ("udcd", "UDCD"), ("udcd-code", "UDCD (public code)")):
-        v = mean(key, "balanced_accuracy")
-        t = {"target": f"{name} beats scratch on balanced accuracy (same student, data, seeds)",
-             "metric": "test balanced accuracy, mean over seeds"}
-        if v is None or base is None:
-            t.update(verdict="n/a", detail="not measured (run missing or unfinished)")
-        else:
-            t.update(verdict="pass" if v > base else "fail",
-                     detail=f"{name} {v * 100:.2f} vs scratch {base * 100:.2f} ({(v - base) * 100:+.2f} points)")
-        out.append(t)
+        out.append(beats_scratch(f"{name} beats scratch on balanced accuracy (same student, data, seeds)", name,
+                                 mean(key, "balanced_accuracy"), base))
     t = {"target": f"{student_arch} at >= 64 px reaches >= {MEDMNIST_BEST_ACC * 100:.1f}% ACC "
                    "(MedMNIST v2 DermaMNIST best, ResNet-18 @ 224)", "metric": "test accuracy, mean over seeds"}
     accs = {k: r["accuracy"]["mean"] for k, r in by_key.items() if r["arch"] == student_arch and r["accuracy"]["mean"] is not None}
@@ -228,14 +232,8 @@ def protocol_targets(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any
         t.update(verdict="pass" if tb >= base + TEACHER_MARGIN else "fail",
                  detail=f"teacher {tb * 100:.2f} vs scratch {base * 100:.2f} ({(tb - base) * 100:+.2f} points)")
     out.append(t)
-    v = (by_key.get("kd") or {}).get("balanced_accuracy", {}).get("mean")
-    t = {"target": "Hinton KD beats scratch on balanced accuracy", "metric": "test balanced accuracy, mean over seeds"}
-    if v is None or base is None:
-        t.update(verdict="n/a", detail="not measured (run missing or unfinished)")
-    else:
-        t.update(verdict="pass" if v > base else "fail",
-                 detail=f"KD {v * 100:.2f} vs scratch {base * 100:.2f} ({(v - base) * 100:+.2f} points)")
-    out.append(t)
+    out.append(beats_scratch("Hinton KD beats scratch on balanced accuracy", "KD",
+                             (by_key.get("kd") or {}).get("balanced_accuracy", {}).get("mean"), base))
     c = comparisons.get("ssdkd")
     t = {"target": f"SSD-KD >= scratch + {SSDKD_MARGIN * 100:.1f} Bal-ACC points, paired 95% CI above 0",
          "metric": "mean per-seed difference of test Bal-ACC; paired bootstrap over test images, seeds pooled"}

@@ -426,12 +426,7 @@ def remove_orphan_temporaries(run_dir: Path) -> list[Path]:
     for name in RUN_FILES:
         for p in run_dir.glob(f".{name}.*.tmp"):
             with contextlib.suppress(OSError):
-                if p.is_dir():
-                    import shutil
-
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
+                p.unlink()  # RUN_FILES are files: their temporaries are files too
                 removed.append(p)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run: %s", len(removed),
