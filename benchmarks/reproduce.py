@@ -23,7 +23,8 @@ Protocols (``--protocol``; a recipe YAML under ``benchmarks/recipes/`` each, fla
   (each method's ``default_overrides``), bf16 autocast + channels_last (the loop's defaults on CUDA),
   8 loader workers, GPU utilisation sampled during every run.
 * ``cpu``: the converged CPU protocol (issue 13): HAM10000 at 64 px, 3 seeds, every run trained to
-  convergence on 2 CPU cores, one EfficientNet-Lite2 teacher shared by every seed (``teacher.shared``),
+  convergence on 2 CPU cores, one 128 px MobileNetV2 teacher shared by every seed (``teacher.shared``,
+  distilled at its native input: ``model.teacher_input=native``),
   runs ordered method-major (scratch and KD for every seed before the costly methods), each finished
   run written to ``benchmarks/results/paper_table_cpu_runs/`` with its test predictions, and the
   differences to scratch per seed with a paired bootstrap 95 % CI on the test images.
@@ -398,6 +399,9 @@ class RunSpec:
     teacher_dir: Path | None = None
     export: bool = True
     label_text: str | None = None  # ablation rows name themselves
+    #: which teacher a distilled run learned from (arch, weights, epochs, overrides); part of its record's
+    #: identity, so a record distilled from another teacher never stands for this run
+    teacher_id: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -519,6 +523,8 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
         raise LesionliteError(f"recipe order must be 'seed' or 'method', got {settings['order']!r}")
     need_teacher = any(m in TEACHER_METHODS for m in [*methods, *(a["method"] for a in ablations.values())])
     shared_tdir = out / f"teacher_{settings['teacher_arch']}"
+    teacher_id = {"arch": settings["teacher_arch"], "weights": t_note, "epochs": t_epochs,
+                  "overrides": dict(teacher.get("overrides") or {}), "shared": settings["teacher_shared"]}
     plan: list[RunSpec] = []
     if need_teacher and settings["teacher_shared"]:  # one teacher, trained once, distilled by every seed
         plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seeds[0], t_epochs,
@@ -536,13 +542,15 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
                 arch, w, note, method = settings["student_arch"], s_w, s_note, m
             ov = run_overrides(method, dict(mo.get(m, {})), seed, epochs)
             plan.append(RunSpec(m, "student", method, arch, w, note, seed, epochs, sd / f"{m}_{arch}", ov,
-                                teacher_dir=tdir if method in TEACHER_METHODS else None))
+                                teacher_dir=tdir if method in TEACHER_METHODS else None,
+                                teacher_id=teacher_id if method in TEACHER_METHODS else None))
         for name, ab in settings["ablations"].items():  # the base method's settings, then the switched-off terms
             base = ab["method"]
             ov = run_overrides(base, {**mo.get(base, {}), **ab["overrides"]}, seed, epochs)
             arch = settings["student_arch"]
             plan.append(RunSpec(name, "ablation", base, arch, s_w, s_note, seed, epochs, sd / f"{name}_{arch}", ov,
                                 teacher_dir=tdir if base in TEACHER_METHODS else None, label_text=ab["label"],
+                                teacher_id=teacher_id if base in TEACHER_METHODS else None,
                                 export=False))
     if settings["order"] == "method":  # every seed of a method before the next method (cheap ones first)
         rank = {k: i for i, k in enumerate(["teacher", *methods, *settings["ablations"]])}
@@ -593,7 +601,7 @@ def run_state(spec: RunSpec) -> str:
 
 
 #: a record's fields that must equal the plan's for the record to stand for the run
-RECORD_IDENTITY = ("protocol", "key", "method", "arch", "seed", "epochs", "overrides")
+RECORD_IDENTITY = ("protocol", "key", "method", "arch", "seed", "epochs", "overrides", "teacher")
 
 
 def committed_record(settings: dict[str, Any], spec: RunSpec) -> dict[str, Any] | None:
@@ -606,7 +614,7 @@ def committed_record(settings: dict[str, Any], spec: RunSpec) -> dict[str, Any] 
     if not rec or rec.get("status") != "done" or not rec.get("metrics"):
         return None
     want = {"protocol": settings["protocol"], "key": spec.key, "method": spec.method, "arch": spec.arch,
-            "seed": spec.seed, "epochs": spec.epochs, "overrides": spec.overrides}
+            "seed": spec.seed, "epochs": spec.epochs, "overrides": spec.overrides, "teacher": spec.teacher_id}
     return rec if all(rec.get(k) == want[k] for k in RECORD_IDENTITY) else None
 
 
@@ -780,7 +788,7 @@ def write_run_record(settings: dict[str, Any], spec: RunSpec, rec: dict[str, Any
     hist = (_read_json(spec.run_dir / "metrics.json") or {}).get("history") or []
     keep = ("protocol", "key", "role", "label", "method", "arch", "seed", "epochs", "epochs_run", "best_epoch",
             "weights_note", "overrides", "status", "metrics", "wall_time_s", "images_per_s", "params", "macs",
-            "int8", "export_time_s", "test_pred", "test_labels")
+            "int8", "export_time_s", "test_pred", "test_labels", "teacher")
     doc = {k: rec.get(k) for k in keep}
     doc["curve"] = [{k: h.get(k) for k in ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
                                            "val_balanced_accuracy", "time_s", "images_per_s", "data_time_s")}
@@ -806,7 +814,7 @@ def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], 
         "key": spec.key, "role": spec.role, "label": spec.label, "method": spec.method, "arch": spec.arch,
         "seed": spec.seed, "epochs": spec.epochs, "weights_note": spec.weights_note, "run_dir": str(spec.run_dir),
         "teacher_dir": str(spec.teacher_dir) if spec.teacher_dir else None, "overrides": spec.overrides,
-        "status": status, "metrics": {}, "export_status": export_rec.get("status"),
+        "teacher": spec.teacher_id, "status": status, "metrics": {}, "export_status": export_rec.get("status"),
     }
     if status != "done":
         return r

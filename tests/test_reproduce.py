@@ -100,10 +100,17 @@ def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
     args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r")])
     settings, plan = R.build_plan(args, R.load_recipe("cpu"))
     teachers = [p for p in plan if p.key == "teacher"]
-    assert len(teachers) == 1 and teachers[0].run_dir == tmp_path / "r" / "teacher_efficientnet_lite2"
+    assert len(teachers) == 1 and teachers[0].run_dir == tmp_path / "r" / "teacher_mobilenet_v2"
+    assert teachers[0].overrides == {"data.image_size": 128}
     assert [(p.key, p.seed) for p in plan[:7]] == [("teacher", 0), ("scratch", 0), ("scratch", 1), ("scratch", 2),
                                                    ("kd", 0), ("kd", 1), ("kd", 2)]
     assert {p.teacher_dir for p in plan if p.method in ("kd", "ssdkd")} == {teachers[0].run_dir}
+    distilled = [p for p in plan if p.method in ("kd", "ssdkd")]
+    assert all(p.overrides["model.teacher_input"] == "native" for p in distilled)
+    # the teacher is part of a distilled run's identity; runs without a teacher carry none
+    assert all(p.teacher_id == {"arch": "mobilenet_v2", "weights": teachers[0].weights_note, "epochs": 15,
+                                "overrides": {"data.image_size": 128}, "shared": True} for p in distilled)
+    assert all(p.teacher_id is None for p in plan if p.method not in ("kd", "ssdkd"))
     assert len(plan) == 1 + 5 * 3 and settings["seeds"] == [0, 1, 2] and settings["image_size"] == 64
 
 
@@ -238,3 +245,24 @@ def test_time_budget_stops_before_starting(tmp_path, capsys):
     assert doc["complete"] is False
     assert all(r["status"].startswith("pending") for r in doc["runs"])
     assert "INCOMPLETE" in (tmp_path / "paper_table_smoke.md").read_text()
+
+
+def test_a_record_distilled_from_another_teacher_does_not_stand(tmp_path):
+    """A KD record stands for a planned run only when it learned from the planned teacher: changing the
+    recipe's teacher (arch, input size, epochs) must retrain the distilled rows, not reuse them."""
+    from lesionlite.atomic import write_json_atomic
+
+    args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
+                                        "--results", str(tmp_path / "results")])
+    settings, plan = R.build_plan(args, R.load_recipe("cpu"))
+    kd = next(p for p in plan if p.key == "kd" and p.seed == 0)
+    rec = {"protocol": "cpu", "key": "kd", "method": "kd", "arch": kd.arch, "seed": 0, "epochs": kd.epochs,
+           "overrides": kd.overrides, "teacher": kd.teacher_id, "status": "done", "metrics": {"accuracy": 0.7}}
+    path = R.run_record_path(settings, kd)
+    path.parent.mkdir(parents=True)
+    write_json_atomic(path, rec)
+    assert R.committed_record(settings, kd) == rec
+    write_json_atomic(path, {**rec, "teacher": {**kd.teacher_id, "arch": "efficientnet_lite2"}})
+    assert R.committed_record(settings, kd) is None
+    write_json_atomic(path, {k: v for k, v in rec.items() if k != "teacher"})  # a record from before teachers were named
+    assert R.committed_record(settings, kd) is None
