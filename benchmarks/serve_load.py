@@ -102,7 +102,7 @@ def load_raw_entry(model_dir: Path, model: str | None, threads: int):
     """The model as ``serve`` loads it, but with the runtime's own thread defaults (spin-waiting on)."""
     from serve.models import load_models
 
-    models = load_models(model_dir, threads=threads, spin_wait=True)
+    models = load_models(model_dir, threads=threads, spin_wait=True).models
     return models[model or sorted(models)[0]]
 
 

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from lesionlite.atomic import replace_dir
+from lesionlite.atomic import remove_stale_leftovers, replace_dir
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest, git_commit
 from lesionlite.preprocessing import PreprocessConfig
@@ -174,6 +174,8 @@ class ExportReport:
     data: dict[str, Any]
     parity_threshold: dict[str, float]  # per precision
     artifacts: list[ArtifactResult]
+    #: leftovers of an interrupted export in OUT that this export removed before writing (names)
+    removed_leftovers: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> list[ArtifactResult]:
@@ -367,6 +369,7 @@ def export_model(
     }
 
     out.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_stale_leftovers(out)  # a killed export's staging folders and temporaries
     results: list[ArtifactResult] = []
     staged: list[tuple[Path, Path]] = []
     workroot = Path(tempfile.mkdtemp(prefix="lesionlite-export-"))
@@ -377,7 +380,7 @@ def export_model(
             ctx.workdir.mkdir(parents=True, exist_ok=True)
             for prec in precs:
                 name = f"{src.architecture}_{fmt.name}_{prec}"
-                stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=out))
+                stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".staging", dir=out))
                 staged.append((stage, out / name))
                 dest = stage / fmt.model_file
                 t0 = time.perf_counter()
@@ -460,7 +463,8 @@ def export_model(
                     )
                 )
         report = ExportReport(out_dir=str(out), source=source, data=data.describe(),
-                              parity_threshold=options.thresholds, artifacts=results)
+                              parity_threshold=options.thresholds, artifacts=results,
+                              removed_leftovers=[p.name for p in leftovers])
         refused = {a.name for a in report.refused}
         for stage, final in staged:
             if final.name not in refused:

@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         force=args.force, int8_io=args.int8_io, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
         bias_correction=args.bias_correction,
     )
+    if report.removed_leftovers:
+        print(f"removed {len(report.removed_leftovers)} leftover(s) of an interrupted export: "
+              + ", ".join(report.removed_leftovers))
     for a in report.artifacts:
         p = a.parity or {}
         agree = f"top-1 agreement {p['top1_agreement']:.2%}" if p.get("verified") else "not numerically verified"

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from lesionlite.atomic import replace_dir
+from lesionlite.atomic import remove_stale_leftovers, replace_dir
+from lesionlite.discovery import artifact_dirs
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 
@@ -113,17 +114,14 @@ class RepoReport:
 
 
 def find_artifacts(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Artifact directories (holding a manifest) among ``sources`` and below them, sorted, no repeats."""
+    """Artifact directories (holding a manifest) among ``sources`` and below them, sorted, no repeats
+    (hidden staging folders of an interrupted export are not artifacts: :mod:`lesionlite.discovery`)."""
     found: set[Path] = set()
     for src in sources:
         root = Path(src)
         if not root.is_dir():
             raise LesionliteError(f"{root} is not a directory (expected an exported artifact or a parent of several)")
-        if (root / MANIFEST_NAME).is_file():
-            found.add(root)
-            continue
-        for depth in range(1, MAX_DEPTH + 1):
-            found.update(p.parent for p in root.glob("/".join(["*"] * depth) + "/" + MANIFEST_NAME) if p.is_file())
+        found.update(artifact_dirs(root, MAX_DEPTH))
     return sorted(found)
 
 
@@ -304,6 +302,7 @@ def build_triton_repository(sources: Sequence[str | os.PathLike[str]], out_dir: 
             names[n] = a
     report = RepoReport(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_leftovers(out)  # staging folders of an interrupted run: Triton would try to load them
     for artifact, manifest in manifests:
         if manifest.kind != "onnx":
             report.skipped.append((artifact, _SKIP_REASONS.get(manifest.kind, f"kind {manifest.kind!r}")))

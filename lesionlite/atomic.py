@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,17 +25,17 @@ def atomic_path(dest: str | os.PathLike[str], is_dir: bool = False) -> Iterator[
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
         shutil.rmtree(tmp)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
         if is_dir:
             if dest.exists():
-                old = dest.with_name(dest.name + ".old")
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(dest, old)
                 os.replace(tmp, dest)
@@ -86,3 +87,64 @@ def replace_dir(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+#: names of work in progress that a killed writer leaves in an output folder, with the writer's PID:
+#: ``.NAME.PID.XXXX.staging`` (export), ``.NAME.staging-PID`` (Triton repository), ``.NAME.old-PID``
+#: (replace_dir), ``.NAME.PID.XXXX.tmp`` (atomic_path). Older exports wrote ``.NAME.XXXX.staging``, no PID.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid1>\d+)\.[^.]+\.(?:staging|tmp)|staging-(?P<pid2>\d+)"
+                       r"|old-(?P<pid3>\d+)|[^.]+\.staging)$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine (signal 0 probes without sending)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_leftovers(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging folders, replaced-artifact folders and temporaries directly in ``folder``
+    whose writer is gone (its PID is not running, or the name predates PIDs). A live writer's work
+    is left alone, so two exports into one folder do not delete each other's staging.
+
+    A replaced artifact set aside (``.NAME.old-PID``) whose successor never arrived (the writer died
+    between the two renames of :func:`replace_dir`) is renamed back to ``NAME`` instead of deleted.
+
+    Returns what was removed or restored. Called by ``export`` before it writes, so a killed export's
+    leftovers are cleaned by the next one.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEFTOVER.match(p.name)
+        if not m:
+            continue
+        pid = next((int(v) for v in (m.group("pid1"), m.group("pid2"), m.group("pid3")) if v), None)
+        if pid is not None and (pid == os.getpid() or pid_alive(pid)):
+            continue
+        if m.group("pid3") and not (folder / m.group("name")).exists():
+            # killed between replace_dir's two renames: the old artifact was moved aside and the new one
+            # never arrived; put the old one back rather than lose it
+            with contextlib.suppress(OSError):
+                os.replace(p, folder / m.group("name"))
+                removed.append(p)
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        if not p.exists():
+            removed.append(p)
+    return sorted(removed)

@@ -1,7 +1,7 @@
 """Find the exported artifacts in a model directory and describe them (size, params, MACs, accuracy).
 
 A model directory is either one artifact directory (``manifest.json`` + model file) or a directory
-whose subdirectories (up to three levels deep) each hold one. ``export_report.json`` at the top may
+whose visible subdirectories (up to four levels deep) each hold one. ``export_report.json`` at the top may
 carry accuracy per artifact. Parameter counts and MACs come from the manifest's ``extra`` when the
 exporter recorded them; otherwise they are counted here from the model file itself (ONNX
 initializers / TFLite constant tensors; MACs by walking Conv/Gemm/MatMul resp. CONV_2D /
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lesionlite.discovery import artifact_dirs
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 
@@ -43,61 +44,70 @@ class Artifact:
 # --------------------------------------------------------------------------- discovery
 
 
-def _manifest_dirs(root: Path, max_depth: int = 3, skip: set[Path] | None = None) -> Iterator[Path]:
-    skip = skip or set()
-    stack = [(root, 0)]
-    while stack:
-        d, depth = stack.pop()
-        if d.resolve() in skip:
-            continue
-        if (d / MANIFEST_NAME).is_file():
-            yield d
-            continue  # an artifact directory's own subfolders (e.g. .mlpackage) are not artifacts
-        if depth >= max_depth:
-            continue
-        try:
-            children = sorted((c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")), reverse=True)
-        except OSError:
-            continue
-        stack.extend((c, depth + 1) for c in children)
+@dataclass
+class Unreadable:
+    """An artifact directory whose manifest cannot be read: reported as a failed row, not fatal."""
+    name: str
+    directory: Path
+    problem: str
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "unknown", "directory": str(self.directory), "precision": None,
+                "problem": self.problem}
 
 
-def discover(model_dir: str | Path, exclude: list[Path] | None = None) -> list[Artifact]:
-    """All exported artifacts under ``model_dir``; clear :class:`LesionliteError` when there are none."""
+def discover_all(model_dir: str | Path, exclude: list[Path] | None = None) -> tuple[list[Artifact], list[Unreadable]]:
+    """The exported artifacts under ``model_dir`` and the artifact directories whose manifest is unreadable.
+
+    Hidden folders (an interrupted export's staging) are not artifacts (:mod:`lesionlite.discovery`, the
+    rule ``serve`` uses too). Raises a clear :class:`LesionliteError` only when there is no artifact at all.
+    """
     root = Path(model_dir)
     if not root.exists():
         raise LesionliteError(f"model directory not found: {root} does not exist")
     if not root.is_dir():
         raise LesionliteError(f"{root} is not a directory; pass the directory written by 'lesionlite export'")
     skip = {p.resolve() for p in (exclude or [])}
-    dirs = sorted(_manifest_dirs(root, skip=skip))
+    dirs = [d for d in artifact_dirs(root) if not any(d.resolve() == s or s in d.resolve().parents for s in skip)]
     report = _load_export_report(root)
     arts: list[Artifact] = []
+    unreadable: list[Unreadable] = []
     skipped_checkpoints = []
     for d in dirs:
-        m = read_manifest(d)
+        rel = d.relative_to(root).as_posix()
+        name = rel if rel != "." else d.resolve().name
+        try:
+            m = read_manifest(d)
+        except LesionliteError as exc:
+            unreadable.append(Unreadable(name, d, str(exc)))
+            continue
         if m.kind == "checkpoint":
             skipped_checkpoints.append(d)
             continue
-        rel = d.relative_to(root).as_posix()
-        name = rel if rel != "." else d.resolve().name
         model_file = m.files.get("model")
         model_path = (d / model_file) if model_file else None
         art = Artifact(name=name, directory=d, manifest=m, model_path=model_path)
         art.info = describe(art, report)
         arts.append(art)
     if not arts:
-        hint = (
-            f" (found only training checkpoints: {', '.join(str(p) for p in skipped_checkpoints)}; "
-            "export them first with 'lesionlite export')"
-            if skipped_checkpoints
-            else "; run 'lesionlite export' first"
-        )
+        if unreadable:
+            hint = ": every manifest found is unreadable (" + "; ".join(u.problem for u in unreadable) + ")"
+        elif skipped_checkpoints:
+            hint = (f" (found only training checkpoints: {', '.join(str(p) for p in skipped_checkpoints)}; "
+                    "export them first with 'lesionlite export')")
+        else:
+            hint = "; run 'lesionlite export' first"
         raise LesionliteError(
             f"no exported artifacts in {root}: no {MANIFEST_NAME} of kind onnx/tflite/coreml in it or its "
             f"subdirectories{hint}"
         )
-    return arts
+    return arts, unreadable
+
+
+def discover(model_dir: str | Path, exclude: list[Path] | None = None) -> list[Artifact]:
+    """The readable exported artifacts under ``model_dir`` (see :func:`discover_all`)."""
+    return discover_all(model_dir, exclude)[0]
 
 
 # --------------------------------------------------------------------------- description

@@ -13,7 +13,7 @@ from lesionlite.errors import LesionliteError
 from lesionlite.manifest import git_commit
 from lesionlite.preprocessing import load_image_file, preprocess
 from mobile_benchmarks import BENCH_SCHEMA
-from mobile_benchmarks.artifacts import Artifact, discover
+from mobile_benchmarks.artifacts import Artifact, discover_all
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.repeats import merge_repeats
 from mobile_benchmarks.targets import BenchOptions, get_target, parse_target
@@ -106,10 +106,13 @@ def run_bench(
     parse_target(target_spec)  # unknown target → error before anything else
     model_dir = Path(model_dir)
     out = Path(out_dir) if out_dir else model_dir / "bench"
-    arts = discover(model_dir, exclude=[out])
+    arts, unreadable = discover_all(model_dir, exclude=[out])
     target = get_target(target_spec, options)
     target.check()
     results: list[dict[str, Any]] = []
+    for u in unreadable:  # one damaged artifact does not stop the others
+        log(f"[bench] {u.name}: {u.problem}")
+        results += [empty_result(u.info, t, "failed", u.problem) for t in options.threads]
     try:
         with tempfile.TemporaryDirectory(prefix="lesionlite-bench-") as tmp:
             runnable: list[tuple[Artifact, Path | None]] = []
@@ -152,7 +155,7 @@ def run_bench(
             "delegate": options.delegate or "runtime default (LiteRT: XNNPACK)", "taskset": options.taskset,
             "isolation": ISOLATION_NOTE, "timing": TIMING_NOTE,
         },
-        "artifacts": [a.info for a in arts],
+        "artifacts": [a.info for a in arts] + [u.info for u in unreadable],
         "results": results,
     }
     from mobile_benchmarks.report import write_reports

@@ -135,9 +135,17 @@ class ModelMetadata(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
+class UnavailableModel(BaseModel):
+    name: str
+    directory: str
+    reason: str = Field(description="why serve cannot run this artifact (damaged file, manifest contradicts model, …)")
+
+
 class ModelList(BaseModel):
     default: str
     models: list[ModelMetadata]
+    unavailable: list[UnavailableModel] = Field(default_factory=list,
+                                                description="artifacts found but not served, each with its reason")
 
 
 _ERRORS = {c: {"model": ErrorBody} for c in (400, 401, 404, 413, 415, 422, 503)}
@@ -168,7 +176,8 @@ _MULTIPART_BATCH = {
 def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastAPI:
     """Load the models under ``model_dir`` and build the app (batchers start with the app)."""
     settings = settings or Settings()
-    models = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin)
+    found = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin, strict=settings.strict)
+    models = found.models
     default = settings.default_model or sorted(models)[0]
     if default not in models:
         from lesionlite.errors import LesionliteError
@@ -176,7 +185,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         raise LesionliteError(f"--default-model {default!r} is not among the loaded models: {', '.join(sorted(models))}")
     metrics = Metrics()
     state = ServerState(settings=settings, models=models, default_model=default, metrics=metrics,
-                        max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads)
+                        max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads,
+                        broken=list(found.broken))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -192,6 +202,9 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             await b.start()
             state.batchers[name] = b
         log.info("serving %d model(s): %s (default %s)", len(models), ", ".join(sorted(models)), default)
+        if state.broken:
+            log.warning("NOT serving %d broken artifact(s) (--strict refuses to start instead): %s", len(state.broken),
+                        "; ".join(f"{b.name}: {b.reason}" for b in state.broken))
         try:
             yield
         finally:
@@ -331,7 +344,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     @app.get("/v2/models", response_model=ModelList, dependencies=protected, tags=["models"],
              responses={401: {"model": ErrorBody}})
     async def list_models() -> dict[str, Any]:
-        return {"default": state.default_model, "models": [state.models[n].metadata() for n in sorted(state.models)]}
+        return {"default": state.default_model, "models": [state.models[n].metadata() for n in sorted(state.models)],
+                "unavailable": [b.to_dict() for b in state.broken]}
 
     @app.get("/v2/models/{name}", response_model=ModelMetadata, dependencies=protected, tags=["models"],
              responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})

@@ -4,7 +4,13 @@ MODEL_DIR is either one artifact directory (``manifest.json`` + the model file i
 directory holding several, at any depth up to :data:`MAX_DEPTH`. Each servable artifact (kind
 ``onnx`` or ``tflite``) becomes a :class:`LoadedModel` named after its directory path relative to
 MODEL_DIR (``/`` → ``-``; the directory's own name for a single artifact). Artifacts of other kinds
-(checkpoints, CoreML) are skipped with a log line.
+(checkpoints, CoreML) are skipped with a log line. Hidden folders (an interrupted export's staging)
+are never loaded.
+
+A damaged artifact (unreadable manifest, missing or corrupt model file, a manifest that contradicts
+its model file) does not stop the others: it is listed with its reason in the log, in ``/v2/models``
+(``unavailable``) and on the page. Serve refuses to start only when nothing is servable, or with
+``--strict`` when anything is broken.
 """
 from __future__ import annotations
 
@@ -15,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lesionlite.discovery import MAX_DEPTH, artifact_dirs, hidden_artifact_dirs
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 from serve.runtimes import Runtime, load_runtime, servable_kinds
 
 log = logging.getLogger("serve")
-MAX_DEPTH = 4
 #: Open Inference Protocol names of the extra tensors serve offers beside the model's own:
 #: encoded images in (decoded and preprocessed like ``/predict``) and calibrated probabilities out.
 IMAGE_INPUT = "image"
@@ -124,49 +130,134 @@ def _model_name(root: Path, directory: Path) -> str:
 
 
 def find_artifacts(model_dir: str | Path) -> list[Path]:
-    """Directories under ``model_dir`` (itself included) that hold a manifest, sorted."""
+    """Directories under ``model_dir`` (itself included) that hold a manifest, sorted; hidden staging
+    folders of an interrupted export are never among them (:mod:`lesionlite.discovery`)."""
     root = Path(model_dir)
     if not root.is_dir():
         raise LesionliteError(f"model directory {root} does not exist or is not a directory")
-    if (root / MANIFEST_NAME).is_file():
-        return [root]
-    found = []
-    for depth in range(1, MAX_DEPTH + 1):
-        found += [p.parent for p in root.glob("/".join(["*"] * depth) + "/" + MANIFEST_NAME) if p.is_file()]
-    return sorted(set(found))
+    return artifact_dirs(root, MAX_DEPTH)
 
 
-def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False) -> dict[str, LoadedModel]:
-    """Load every servable artifact under ``model_dir``; raise if there is none."""
+@dataclass(frozen=True)
+class BrokenArtifact:
+    """An artifact serve found but cannot serve, and why (shown in the log, ``/v2/models`` and the page)."""
+    name: str
+    directory: Path
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "directory": str(self.directory), "reason": self.reason}
+
+
+@dataclass
+class ModelSet:
+    """What ``load_models`` found: the servable models, the broken artifacts, the kinds serve skips."""
+    models: dict[str, LoadedModel]
+    broken: list[BrokenArtifact]
+    skipped: list[str]
+
+
+def manifest_contradictions(runtime: Runtime, manifest: Manifest) -> list[str]:
+    """Facts the manifest states that the model file contradicts (empty when they agree).
+
+    Checked at load time so that a manifest edited or copied beside the wrong model is refused with
+    its reason instead of being served as ready and answering every request with a 500.
+    """
+    problems = []
+    shape = list(runtime.input_shape)
+    s = manifest.preprocessing.input_size
+    if len(shape) == 4:
+        spatial, channels = (shape[2:], shape[1]) if runtime.layout == "NCHW" else (shape[1:3], shape[3])
+        fixed = [d for d in spatial if isinstance(d, int) and d > 0]
+        if fixed and fixed != [s] * len(fixed):
+            problems.append(f"the model's input is {'x'.join(map(str, spatial))} px but the manifest's "
+                            f"preprocessing.input_size is {s}")
+        if isinstance(channels, int) and channels > 0 and channels != 3:
+            problems.append(f"the model's input has {channels} channels, not 3 (RGB)")
+    declared = (manifest.input or {}).get("layout")
+    if declared and str(declared).upper() != runtime.layout:
+        problems.append(f"the manifest's input.layout is {declared} but the model's input shape {shape} is "
+                        f"{runtime.layout}")
+    out = list(runtime.output_shape)
+    classes = out[-1] if out else None
+    if isinstance(classes, int) and classes > 0 and classes != manifest.num_classes:
+        problems.append(f"the model has {classes} outputs but the manifest names {manifest.num_classes} classes "
+                        f"({', '.join(manifest.class_names)})")
+    return problems
+
+
+def _load_one(root: Path, d: Path, threads: int, spin_wait: bool) -> LoadedModel | str:
+    """The loaded model, or the manifest kind string when serve does not run that kind.
+
+    Raises LesionliteError naming what is wrong with a damaged artifact."""
+    manifest = read_manifest(d)
+    if manifest.kind not in servable_kinds():
+        return manifest.kind
+    fname = manifest.files.get("model")
+    if not fname:
+        raise LesionliteError(f"{d / MANIFEST_NAME}: files.model is missing (the model file name)")
+    path = d / fname
+    if not path.is_file():
+        raise LesionliteError(f"{d / MANIFEST_NAME}: model file {fname!r} not found beside it")
+    try:
+        runtime = load_runtime(path, manifest, threads, spin_wait=spin_wait)
+    except LesionliteError:
+        raise
+    except Exception as exc:  # a truncated or corrupt model file: the runtime's own parser fails
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise LesionliteError(f"{path}: the {manifest.kind} runtime cannot load it ({type(exc).__name__}: {first})") from None
+    problems = manifest_contradictions(runtime, manifest)
+    if problems:
+        raise LesionliteError(f"{d / MANIFEST_NAME} contradicts {fname}: " + "; ".join(problems))
+    version = str(manifest.extra.get("version") or _file_version(path))
+    return LoadedModel(_model_name(root, d), version, d, manifest, runtime)
+
+
+def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = False) -> ModelSet:
+    """Load every servable artifact under ``model_dir``; a damaged one is recorded with its reason, not fatal.
+
+    Raises only when nothing was found at all; the caller decides what to do when nothing is servable.
+    """
     root = Path(model_dir)
     dirs = find_artifacts(root)
     if not dirs:
-        raise LesionliteError(f"no {MANIFEST_NAME} found in {root} (or its subdirectories up to depth "
+        raise LesionliteError(f"no {MANIFEST_NAME} found in {root} (or its visible subdirectories up to depth "
                               f"{MAX_DEPTH}); point serve at an exported model directory")
-    models: dict[str, LoadedModel] = {}
-    skipped = []
+    result = ModelSet({}, [], [])
     for d in dirs:
-        manifest = read_manifest(d)
-        if manifest.kind not in servable_kinds():
-            skipped.append(f"{d} ({manifest.kind})")
-            continue
-        fname = manifest.files.get("model")
-        if not fname:
-            raise LesionliteError(f"{d / MANIFEST_NAME}: files.model is missing (the model file name)")
-        path = d / fname
-        if not path.is_file():
-            raise LesionliteError(f"{d / MANIFEST_NAME}: model file {fname!r} not found beside it")
         name = _model_name(root, d)
-        if name in models:
-            raise LesionliteError(f"two artifacts map to the model name {name!r}: {models[name].directory} and {d}")
-        runtime = load_runtime(path, manifest, threads, spin_wait=spin_wait)
-        version = str(manifest.extra.get("version") or _file_version(path))
-        models[name] = LoadedModel(name, version, d, manifest, runtime)
-        log.info("loaded model %s (%s, %s, version %s) from %s", name, manifest.kind,
-                 manifest.architecture, version, d)
-    for s in skipped:
-        log.info("skipping artifact that serve cannot run: %s", s)
-    if not models:
-        raise LesionliteError(f"no servable model in {root}: found only {', '.join(skipped)}; "
+        try:
+            loaded = _load_one(root, d, threads, spin_wait)
+        except LesionliteError as exc:
+            result.broken.append(BrokenArtifact(name, d, str(exc)))
+            log.error("cannot serve %s: %s", name, exc)
+            continue
+        if isinstance(loaded, str):
+            result.skipped.append(f"{d} ({loaded})")
+            log.info("skipping artifact that serve cannot run: %s (%s)", d, loaded)
+            continue
+        if name in result.models:
+            raise LesionliteError(f"two artifacts map to the model name {name!r}: {result.models[name].directory} and {d}")
+        result.models[name] = loaded
+        log.info("loaded model %s (%s, %s, version %s) from %s", name, loaded.manifest.kind,
+                 loaded.manifest.architecture, loaded.version, d)
+    hidden = hidden_artifact_dirs(root, MAX_DEPTH)
+    if hidden:
+        log.warning("ignored %d hidden folder(s) (an interrupted export's staging; the next export removes them): %s",
+                    len(hidden), ", ".join(str(h) for h in hidden))
+    return result
+
+
+def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False,
+                strict: bool = False) -> ModelSet:
+    """:func:`load_model_set`, refusing to go on when nothing is servable, or (``strict``) when anything is broken."""
+    found = load_model_set(model_dir, threads, spin_wait)
+    if found.broken and (strict or not found.models):
+        reasons = "\n".join(f"  - {b.name}: {b.reason}" for b in found.broken)
+        lead = ("strict mode: refusing to start with broken artifacts" if found.models
+                else f"no servable model in {model_dir}: every artifact is broken")
+        raise LesionliteError(f"{lead}\n{reasons}")
+    if not found.models:
+        raise LesionliteError(f"no servable model in {model_dir}: found only {', '.join(found.skipped)}; "
                               f"serve runs kinds {', '.join(servable_kinds())}")
-    return models
+    return found

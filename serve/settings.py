@@ -49,6 +49,9 @@ class Settings:
     retry_after_s: int = 1
     #: Model used when a request names none; default: the first by name.
     default_model: str | None = None
+    #: Refuse to start when any artifact under MODEL_DIR is broken (default: serve the healthy ones and
+    #: list the broken ones with their reasons in the log, ``/v2/models`` and the page).
+    strict: bool = False
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from serve.batching import MicroBatcher, Overloaded
 from serve.errors import ApiError
 from serve.metrics import Metrics
-from serve.models import LoadedModel
+from serve.models import BrokenArtifact, LoadedModel
 from serve.settings import Settings
 
 
@@ -31,6 +31,8 @@ class ServerState:
     preprocess_pool: ThreadPoolExecutor | None = None
     pending: int = 0  # prediction requests admitted and not yet answered
     max_pending: int = 0
+    #: artifacts found under MODEL_DIR that could not be served, with their reasons
+    broken: list[BrokenArtifact] = field(default_factory=list)
 
     def model(self, name: str | None) -> LoadedModel:
         key = name or self.default_model

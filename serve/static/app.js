@@ -30,6 +30,14 @@
         if (m.name === data.default) o.selected = true;
         modelSel.appendChild(o);
       }
+      const bad = $("unavailable");
+      bad.innerHTML = "";
+      for (const b of data.unavailable || []) {
+        const li = document.createElement("li");
+        li.textContent = b.name + ": " + b.reason;
+        bad.appendChild(li);
+      }
+      $("unavailable-box").hidden = !(data.unavailable && data.unavailable.length);
     } catch (e) { /* the page still works with the default model */ }
   }
 
