@@ -62,6 +62,12 @@ class OnnxRuntime(Runtime):
         if np.issubdtype(self._in_dtype, np.integer) and self._in_q is None:
             raise LesionliteError(f"{model_path}: integer input needs input.quantization in the manifest")
         self.max_batch = None if self.input_shape[0] == -1 else self.input_shape[0]
+        # Integer outputs are dequantized with the parameters export records in extra.output.quantization.
+        oq = ((manifest.extra or {}).get("output") or {}).get("quantization") or {}
+        self._out_q = (float(oq["scale"]), int(oq.get("zero_point", 0))) if oq.get("scale") else None
+        if np.issubdtype(_ORT_TYPES.get(out.type, np.float32), np.integer) and self._out_q is None:
+            raise LesionliteError(f"{model_path}: integer output needs extra.output.quantization {{scale, zero_point}} "
+                                  "in the manifest (without it the probabilities would be wrong)")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self._in_q is not None:
@@ -75,7 +81,6 @@ class OnnxRuntime(Runtime):
 
     def _run_raw(self, x: np.ndarray) -> np.ndarray:
         y = self.session.run([self.output_name], {self.input_name: x})[0]
-        if np.issubdtype(y.dtype, np.integer):
-            q = (self.manifest.extra.get("output_quantization") or {})
-            y = dequantize(y, float(q.get("scale", 1.0)), int(q.get("zero_point", 0)))
+        if np.issubdtype(y.dtype, np.integer) and self._out_q is not None:
+            y = dequantize(y, *self._out_q)
         return y.astype(np.float32, copy=False)
