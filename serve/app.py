@@ -56,7 +56,7 @@ from serve.batching import MicroBatcher
 from serve.errors import ApiError, install_handlers
 from serve.images import decode_image
 from serve.metrics import Metrics, MetricsMiddleware
-from serve.models import LoadedModel, load_models
+from serve.models import LoadedModel, default_model_name, load_models
 from serve.postprocess import summarize
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
 from serve.state import ServerState
@@ -133,6 +133,9 @@ class ModelMetadata(BaseModel):
     calibration: dict[str, Any]
     precision: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    class_labels: dict[str, str] = Field(default_factory=dict, description="class code → readable name")
+    parity: dict[str, Any] = Field(default_factory=dict, description="export's check against PyTorch: verified, "
+                                   "accepted, top1_agreement, threshold, max_abs_probs")
 
 
 class UnavailableModel(BaseModel):
@@ -176,9 +179,10 @@ _MULTIPART_BATCH = {
 def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastAPI:
     """Load the models under ``model_dir`` and build the app (batchers start with the app)."""
     settings = settings or Settings()
-    found = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin, strict=settings.strict)
+    found = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin, strict=settings.strict,
+                        allow_unverified=settings.allow_unverified)
     models = found.models
-    default = settings.default_model or sorted(models)[0]
+    default = settings.default_model or default_model_name(models)
     if default not in models:
         from lesionlite.errors import LesionliteError
 

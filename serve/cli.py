@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads,
                    help="image decoding threads, 0 = min(4, CPUs) (default %(default)s)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
+    p.add_argument("--allow-unverified", action="store_true", default=d.allow_unverified,
+                   help="also serve artifacts export refused (parity check failed, written with --force); "
+                        "default: list them as unavailable")
     p.add_argument("--strict", action="store_true", default=d.strict,
                    help="refuse to start when any artifact is broken (default: serve the healthy ones and list "
                         "each broken one with its reason in the log, /v2/models and the page)")
@@ -63,7 +66,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files, max_pixels=args.max_pixels,
         abstain_threshold=args.abstain_threshold, top_k=args.top_k, threads=args.threads,
         runtime_spin=args.runtime_spin,
-        preprocess_threads=args.preprocess_threads, default_model=args.default_model, strict=args.strict, log_level=args.log_level,
+        preprocess_threads=args.preprocess_threads, default_model=args.default_model, strict=args.strict,
+        allow_unverified=args.allow_unverified, log_level=args.log_level,
     )
 
 

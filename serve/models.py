@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lesionlite.classes import display_name
 from lesionlite.discovery import MAX_DEPTH, artifact_dirs, hidden_artifact_dirs
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -112,7 +113,16 @@ class LoadedModel:
                             and m.temperature != 1.0 else "server"},
             "precision": m.extra.get("precision"),
             "metrics": m.metrics,
+            "class_labels": {c: display_name(c) for c in m.class_names},
+            "parity": self.parity(),
         }
+
+    def parity(self) -> dict[str, Any]:
+        """Export's numerical check of this artifact against PyTorch (None fields when it was not run)."""
+        p = (self.manifest.extra or {}).get("parity") or {}
+        return {"verified": bool(p.get("verified")), "accepted": (self.manifest.extra or {}).get("parity_accepted"),
+                "top1_agreement": p.get("top1_agreement"), "threshold": p.get("threshold"),
+                "max_abs_probs": p.get("max_abs_probs")}
 
 
 def _file_version(path: Path) -> str:
@@ -186,13 +196,30 @@ def manifest_contradictions(runtime: Runtime, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _load_one(root: Path, d: Path, threads: int, spin_wait: bool) -> LoadedModel | str:
+def parity_refusal(manifest: Manifest) -> str | None:
+    """Why export refused this artifact (written anyway with ``--force``), or None when it was accepted."""
+    if (manifest.extra or {}).get("parity_accepted") is not False:
+        return None
+    p = (manifest.extra or {}).get("parity") or {}
+    agree, thr = p.get("top1_agreement"), p.get("threshold")
+    what = (f"top-1 agreement with PyTorch {agree:.4f} < threshold {thr}" if isinstance(agree, (int, float))
+            and isinstance(thr, (int, float)) else "its parity check failed")
+    return f"export refused this artifact ({what}) and it was written with --force"
+
+
+def _load_one(root: Path, d: Path, threads: int, spin_wait: bool, allow_unverified: bool = False) -> LoadedModel | str:
     """The loaded model, or the manifest kind string when serve does not run that kind.
 
-    Raises LesionliteError naming what is wrong with a damaged artifact."""
+    Raises LesionliteError naming what is wrong with a damaged artifact, or why a refused one is not
+    served (export's parity check failed; ``--allow-unverified`` serves it anyway, with a warning)."""
     manifest = read_manifest(d)
     if manifest.kind not in servable_kinds():
         return manifest.kind
+    refused = parity_refusal(manifest)
+    if refused and not allow_unverified:
+        raise LesionliteError(f"{refused}; pass --allow-unverified to serve it anyway")
+    if refused:
+        log.warning("serving %s although %s (--allow-unverified)", d, refused)
     fname = manifest.files.get("model")
     if not fname:
         raise LesionliteError(f"{d / MANIFEST_NAME}: files.model is missing (the model file name)")
@@ -213,7 +240,8 @@ def _load_one(root: Path, d: Path, threads: int, spin_wait: bool) -> LoadedModel
     return LoadedModel(_model_name(root, d), version, d, manifest, runtime)
 
 
-def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = False) -> ModelSet:
+def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = False,
+                   allow_unverified: bool = False) -> ModelSet:
     """Load every servable artifact under ``model_dir``; a damaged one is recorded with its reason, not fatal.
 
     Raises only when nothing was found at all; the caller decides what to do when nothing is servable.
@@ -227,7 +255,7 @@ def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = Fa
     for d in dirs:
         name = _model_name(root, d)
         try:
-            loaded = _load_one(root, d, threads, spin_wait)
+            loaded = _load_one(root, d, threads, spin_wait, allow_unverified)
         except LesionliteError as exc:
             result.broken.append(BrokenArtifact(name, d, str(exc)))
             log.error("cannot serve %s: %s", name, exc)
@@ -249,9 +277,9 @@ def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = Fa
 
 
 def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False,
-                strict: bool = False) -> ModelSet:
+                strict: bool = False, allow_unverified: bool = False) -> ModelSet:
     """:func:`load_model_set`, refusing to go on when nothing is servable, or (``strict``) when anything is broken."""
-    found = load_model_set(model_dir, threads, spin_wait)
+    found = load_model_set(model_dir, threads, spin_wait, allow_unverified)
     if found.broken and (strict or not found.models):
         reasons = "\n".join(f"  - {b.name}: {b.reason}" for b in found.broken)
         lead = ("strict mode: refusing to start with broken artifacts" if found.models
@@ -261,3 +289,25 @@ def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False
         raise LesionliteError(f"no servable model in {model_dir}: found only {', '.join(found.skipped)}; "
                               f"serve runs kinds {', '.join(servable_kinds())}")
     return found
+
+
+def default_model_name(models: dict[str, LoadedModel]) -> str:
+    """The model a request that names none gets: the most accurate verified one, then the smallest file.
+
+    Verified = export's parity check ran and accepted it; accuracy = the test balanced accuracy export
+    measured on the artifact itself (``metrics.balanced_accuracy``). Unmeasured models rank last; the
+    name breaks remaining ties, so the choice is stable.
+    """
+    def key(name: str) -> tuple:
+        m = models[name].manifest
+        parity = (m.extra or {}).get("parity") or {}
+        verified = bool(parity.get("verified")) and (m.extra or {}).get("parity_accepted") is not False
+        bal = (m.metrics or {}).get("balanced_accuracy")
+        bal = float(bal) if isinstance(bal, (int, float)) else -1.0
+        try:
+            size = models[name].runtime.model_path.stat().st_size
+        except OSError:
+            size = 1 << 62
+        return (not verified, -bal, size, name)
+
+    return min(models, key=key)

@@ -52,6 +52,8 @@ class Settings:
     #: Refuse to start when any artifact under MODEL_DIR is broken (default: serve the healthy ones and
     #: list the broken ones with their reasons in the log, ``/v2/models`` and the page).
     strict: bool = False
+    #: Serve artifacts export refused (parity check failed, written with --force); default: not served.
+    allow_unverified: bool = False
     log_level: str = "info"
 
     def __post_init__(self) -> None:

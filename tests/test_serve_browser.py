@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lesionlite.classes import display_name
+
 from test_serve_support import CLASS_NAMES, ServerThread, image_variants, model_root
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -59,7 +61,9 @@ def test_page_classifies_an_uploaded_image(server) -> None:
             rows = page.locator("#bars li")
             assert rows.count() == 5  # the page asks for top_k=5
             labels = [rows.nth(i).locator(".label").inner_text() for i in range(rows.count())]
-            assert set(labels) <= set(CLASS_NAMES) and len(set(labels)) == 5
+            # readable names with the code, e.g. "melanoma (mel)" (lesionlite.classes)
+            assert set(labels) <= {display_name(c) for c in CLASS_NAMES} and len(set(labels)) == 5
+            assert any(label.endswith(")") and "(" in label for label in labels)
             values = [float(rows.nth(i).locator(".value").inner_text().rstrip("%")) for i in range(rows.count())]
             assert values == sorted(values, reverse=True) and 0 < values[0] <= 100
             style = rows.nth(0).locator(".bar > span").get_attribute("style")

@@ -5,6 +5,7 @@
   const $ = (id) => document.getElementById(id);
   const fileInput = $("file"), drop = $("drop"), status = $("status"), modelSel = $("model");
   let previewUrl = null;
+  const modelInfo = {};  // name -> /v2/models metadata (readable class names, accuracy, parity)
 
   function headers() {
     const key = $("apikey").value.trim();
@@ -24,9 +25,13 @@
       const data = await r.json();
       modelSel.innerHTML = "";
       for (const m of data.models) {
+        modelInfo[m.name] = m;
         const o = document.createElement("option");
         o.value = m.name;
-        o.textContent = m.name + " (" + m.kind + (m.precision ? ", " + m.precision : "") + ")";
+        const bal = m.metrics && typeof m.metrics.balanced_accuracy === "number"
+          ? ", test balanced accuracy " + pct(m.metrics.balanced_accuracy) : "";
+        const unverified = m.parity && m.parity.accepted === false ? ", NOT VERIFIED" : "";
+        o.textContent = m.name + " (" + m.kind + (m.precision ? ", " + m.precision : "") + bal + unverified + ")";
         if (m.name === data.default) o.selected = true;
         modelSel.appendChild(o);
       }
@@ -51,7 +56,9 @@
       li.className = "bar-row";
       const lab = document.createElement("div");
       lab.className = "bar-label";
-      const name = document.createElement("span"); name.className = "label"; name.textContent = t.label;
+      const info = modelInfo[res.model];
+      const readable = info && info.class_labels && info.class_labels[t.label];
+      const name = document.createElement("span"); name.className = "label"; name.textContent = readable || t.label;
       const val = document.createElement("span"); val.className = "value"; val.textContent = pct(t.probability);
       lab.append(name, val);
       const bar = document.createElement("div"); bar.className = "bar";
@@ -62,7 +69,14 @@
     }
     $("uncertainty").textContent = "Uncertainty: " + pct(res.uncertainty) + " (normalised entropy; 0% = certain, 100% = no idea)";
     $("abstain").hidden = !res.abstain;
-    $("meta").textContent = "model " + res.model + " · version " + res.version + " · " + res.latency_ms.toFixed(1) + " ms";
+    const info = modelInfo[res.model] || {};
+    const bal = info.metrics && typeof info.metrics.balanced_accuracy === "number"
+      ? " · test balanced accuracy " + pct(info.metrics.balanced_accuracy) : "";
+    const parity = info.parity && info.parity.verified && typeof info.parity.top1_agreement === "number"
+      ? " · agrees with PyTorch on " + pct(info.parity.top1_agreement) + " of test images"
+      : (info.parity && info.parity.accepted === false ? " · NOT VERIFIED against PyTorch" : "");
+    $("meta").textContent = "model " + res.model + " · version " + res.version + bal + parity + " · " +
+      res.latency_ms.toFixed(1) + " ms";
     $("result").hidden = false;
   }
 

@@ -1,0 +1,82 @@
+"""Which artifacts serve loads and which it answers with by default (issue 14 item 6)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lesionlite.errors import LesionliteError
+from lesionlite.manifest import MANIFEST_NAME
+from test_serve_support import ServerThread, build_onnx
+
+
+def _edit(d: Path, **extra) -> None:
+    m = json.loads((d / MANIFEST_NAME).read_text())
+    for k, v in extra.items():
+        if k == "metrics":
+            m["metrics"] = v
+        else:
+            m.setdefault("extra", {})[k] = v
+    (d / MANIFEST_NAME).write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """a_weak (verified, bal-acc 0.60), b_strong (verified, 0.70), c_refused (written with --force, 0.90)."""
+    root = tmp_path_factory.mktemp("choice")
+    base = build_onnx(root / "a_weak")
+    for name in ("b_strong", "c_refused"):
+        shutil.copytree(base, root / name)
+    verified = {"verified": True, "top1_agreement": 0.99, "threshold": 0.9}
+    _edit(root / "a_weak", parity=verified, parity_accepted=True, metrics={"balanced_accuracy": 0.60})
+    _edit(root / "b_strong", parity=verified, parity_accepted=True, metrics={"balanced_accuracy": 0.70})
+    _edit(root / "c_refused", parity={"verified": True, "top1_agreement": 0.71, "threshold": 0.9},
+          parity_accepted=False, metrics={"balanced_accuracy": 0.90})
+    return root
+
+
+def test_a_refused_artifact_is_not_served_unless_allowed(folder: Path) -> None:
+    from serve.models import load_model_set
+
+    found = load_model_set(folder)
+    assert set(found.models) == {"a_weak", "b_strong"}
+    (broken,) = found.broken
+    assert broken.name == "c_refused"
+    assert "top-1 agreement with PyTorch 0.7100 < threshold 0.9" in broken.reason
+    assert "--allow-unverified" in broken.reason
+    allowed = load_model_set(folder, allow_unverified=True)
+    assert set(allowed.models) == {"a_weak", "b_strong", "c_refused"} and not allowed.broken
+    assert allowed.models["c_refused"].metadata()["parity"]["accepted"] is False
+
+
+def test_default_is_the_most_accurate_verified_model(folder: Path) -> None:
+    from serve.models import default_model_name, load_model_set
+
+    assert default_model_name(load_model_set(folder).models) == "b_strong"
+    # an unverified model never wins on accuracy alone
+    assert default_model_name(load_model_set(folder, allow_unverified=True).models) == "b_strong"
+
+
+def test_metadata_names_classes_readably_and_reports_parity(folder: Path) -> None:
+    from serve.app import create_app
+
+    with ServerThread(create_app(folder)) as srv:
+        listing = httpx.get(srv.url + "/v2/models", timeout=10).json()
+        assert listing["default"] == "b_strong"
+        meta = httpx.get(srv.url + "/v2/models/b_strong", timeout=10).json()
+        assert meta["class_labels"]["mel"] == "melanoma (mel)"
+        assert meta["class_labels"]["nv"] == "melanocytic nevus (nv)"
+        assert meta["parity"] == {"verified": True, "accepted": True, "top1_agreement": 0.99, "threshold": 0.9,
+                                  "max_abs_probs": None}
+        assert meta["metrics"]["balanced_accuracy"] == 0.70
+        assert [u["name"] for u in listing["unavailable"]] == ["c_refused"]
+
+
+def test_strict_refuses_a_folder_with_a_refused_artifact(folder: Path) -> None:
+    from serve.models import load_models
+
+    with pytest.raises(LesionliteError, match="c_refused"):
+        load_models(folder, strict=True)
