@@ -89,6 +89,8 @@ class TrainResult:
     temperature: float
     synthetic: bool
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: the out-of-distribution scores fitted on validation (lesionlite.ood), None when they could not be
+    ood: dict[str, Any] | None = None
 
     def summary_row(self) -> dict[str, Any]:
         m = self.metrics
@@ -323,6 +325,37 @@ def _bn_calibration_batches(ds: Any, pre: PreprocessConfig, batch: int = 64) -> 
     order = np.random.default_rng(0).permutation(len(ds))[:BN_CALIBRATION_IMAGES]
     for i in range(0, len(order), batch):
         yield torch.stack([tf(ds[int(j)][0]) for j in order[i:i + batch]])
+
+
+def validation_image_statistics(loader: Any, pre: PreprocessConfig, info: ddp.DistInfo) -> np.ndarray:
+    """:func:`lesionlite.ood.image_statistics` of every evaluation image (dataset order, gathered over ranks):
+    what ``serve`` computes from the same preprocessed tensor, so the two cannot drift."""
+    from lesionlite.ood import image_statistics, unnormalize
+
+    rows, idx_l = [], []
+    for batch in loader:
+        for x, i in zip(batch.images[:, 0].detach().cpu().numpy(), batch.indices.cpu().numpy()):
+            rows.append(image_statistics(unnormalize(x, pre.mean, pre.std)))
+            idx_l.append(int(i))
+    stats = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    idx = np.asarray(idx_l, dtype=np.int64)
+    if info.enabled:
+        parts = [p for p in ddp.all_gather_objects((stats, idx), info) if len(p[1])]
+        stats = np.concatenate([p[0] for p in parts])
+        idx = np.concatenate([p[1] for p in parts])
+    return stats[np.argsort(idx, kind="stable")]
+
+
+def fit_ood(loader: Any, pre: PreprocessConfig, info: ddp.DistInfo, val_logits: np.ndarray,
+            temperature: float) -> dict[str, Any] | None:
+    """The out-of-distribution calibration stored in the manifest (None, with a warning, if it cannot be fitted)."""
+    from lesionlite.ood import fit
+
+    try:
+        return fit(validation_image_statistics(loader, pre, info), val_logits, temperature)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("WARNING: no out-of-distribution calibration (serve will not flag unlike images): %s", exc)
+        return None
 
 
 @torch.no_grad()
@@ -900,6 +933,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         vl, vy = predict(student, val_loader, device, amp, info, channels_last)
         cal = calibrate(vl, vy)
         temperature = cal.temperature
+        ood = fit_ood(val_loader, pre, info, vl, temperature)
         val_rep = classification_report(vy, vl, class_names=class_names)
         val_rep_cal = classification_report(vy, vl, class_names=class_names, temperature=temperature)
         flat: dict[str, Any] = {**scalars(val_rep, "val_")}
@@ -926,7 +960,7 @@ def _train(cfg: TrainConfig, resume: bool, overwrite: bool, info: ddp.DistInfo,
         result = TrainResult(run_dir=run_dir, method=cfg.method_name, architecture=cfg.model.arch, metrics=flat,
                              best_epoch=best_epoch, epochs_run=epochs_run, stopped_early=stopped_early,
                              wall_time_s=wall, images_per_s=ips, temperature=temperature,
-                             synthetic=bool(bundle.synthetic), history=history)
+                             synthetic=bool(bundle.synthetic), history=history, ood=ood)
         if info.is_main:
             _write_artifacts(cfg, result, student, pre, bundle, cal, val_rep, val_rep_cal, test_rep, test_rep_cal,
                              (vl, vy), (tl, ty), tman, teacher_val, weights_note, weights_meta)
@@ -1032,7 +1066,7 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
         kind="checkpoint", architecture=cfg.model.arch, class_names=list(bundle.class_names), preprocessing=pre,
         input={"layout": "NCHW", "dtype": "float32", "shape": [1, 3, pre.input_size, pre.input_size],
                "quantization": None},
-        calibration={"temperature": float(result.temperature)},
+        calibration={"temperature": float(result.temperature), **({"ood": result.ood} if result.ood else {})},
         metrics={k: v for k, v in result.metrics.items()} | {"best_epoch": result.best_epoch},
         data=data_info, extra=extra,
     )

@@ -54,7 +54,7 @@ from lesionlite import __version__
 from serve import infer as oip_infer
 from serve.batching import MicroBatcher
 from serve.errors import ApiError, install_handlers
-from serve.images import decode_image
+from serve.images import assess_ood, decode_image
 from serve.metrics import Metrics, MetricsMiddleware
 from serve.models import LoadedModel, default_model_name, load_models
 from serve.postprocess import summarize
@@ -86,7 +86,11 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="calibrated: softmax(logits / temperature)")
     top_k: list[TopK]
     uncertainty: float = Field(ge=0.0, le=1.0, description="normalised entropy: 0 certain, 1 uniform")
-    abstain: bool = Field(description="true when the top probability is below the abstain threshold")
+    abstain: bool = Field(description="true when the top probability is below the abstain threshold or the image "
+                                      "is out of distribution; the reasons are in abstain_reasons")
+    abstain_reasons: list[str] = Field(default_factory=list)
+    out_of_distribution: bool | None = Field(None, description="the image is unlike the model's validation images "
+                                                               "(null: the model carries no such calibration)")
     latency_ms: float
 
 
@@ -97,6 +101,8 @@ class BatchItem(BaseModel):
     top_k: list[TopK] | None = None
     uncertainty: float | None = None
     abstain: bool | None = None
+    abstain_reasons: list[str] | None = None
+    out_of_distribution: bool | None = None
     error: str | None = Field(None, description="set instead of the prediction when this image failed")
     detail: str | None = None
     status: int | None = Field(None, description="HTTP status /predict would give this image alone")
@@ -275,11 +281,11 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                 raise ApiError(400, "too_many_files", "send one 'file' to /predict; use /predict/batch for several")
             loop = asyncio.get_running_loop()
             x = await loop.run_in_executor(state.preprocess_pool, decode_image, bytes(files[0].data), entry,
-                                           settings.max_pixels)
+                                           settings.max_pixels, settings.min_image_side)
             del parts, files
             (logits,) = await state.classify(entry, [x])
         out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry),
-                        settings.abstain_threshold)
+                        settings.abstain_threshold, assess_ood(entry, x, logits))
         return {"model": entry.name, "version": entry.version, **out,
                 "latency_ms": (time.perf_counter() - t0) * 1000.0}
 
@@ -306,8 +312,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                 raise ApiError(400, "too_many_files", f"{len(files)} files sent; at most {max_files} per batch")
             loop = asyncio.get_running_loop()
             decoded = await asyncio.gather(
-                *[loop.run_in_executor(state.preprocess_pool, decode_image, bytes(f.data), entry, settings.max_pixels)
-                  for f in files],
+                *[loop.run_in_executor(state.preprocess_pool, decode_image, bytes(f.data), entry, settings.max_pixels,
+                                       settings.min_image_side) for f in files],
                 return_exceptions=True,
             )
             ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
@@ -321,7 +327,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         for i, f in enumerate(files):
             item: dict[str, Any] = {"index": i, "filename": f.filename}
             if i in by_index:
-                item.update(summarize(by_index[i], entry.class_names, entry.temperature, k, settings.abstain_threshold))
+                item.update(summarize(by_index[i], entry.class_names, entry.temperature, k, settings.abstain_threshold,
+                                      assess_ood(entry, decoded[i], by_index[i])))
             else:
                 err: ApiError = decoded[i]  # type: ignore[assignment]
                 item.update(error=err.error, detail=err.detail, status=err.status)

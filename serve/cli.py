@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decompression-bomb guard: most pixels per image (default %(default)s)")
     p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold,
                    help="abstain when the top calibrated probability is below this (default %(default)s)")
+    p.add_argument("--min-image-side", type=int, default=d.min_image_side,
+                   help="shortest image side accepted, in px (default 0: half the model's input size, at least 16)")
     p.add_argument("--top-k", type=int, default=d.top_k, help="default top_k (default %(default)s)")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="runtime intra-op threads per model, 0 = runtime default (default %(default)s)")
@@ -64,7 +66,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         host=args.host, port=args.port, workers=args.workers, api_key=args.api_key,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
         max_upload_mb=args.max_upload_mb, max_batch_files=args.max_batch_files, max_pixels=args.max_pixels,
-        abstain_threshold=args.abstain_threshold, top_k=args.top_k, threads=args.threads,
+        abstain_threshold=args.abstain_threshold, min_image_side=args.min_image_side, top_k=args.top_k,
+        threads=args.threads,
         runtime_spin=args.runtime_spin,
         preprocess_threads=args.preprocess_threads, default_model=args.default_model, strict=args.strict,
         allow_unverified=args.allow_unverified, log_level=args.log_level,

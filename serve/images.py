@@ -8,13 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+from lesionlite.ood import assess, image_statistics, unnormalize
 from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, preprocess
 from serve.errors import ApiError
 from serve.models import LoadedModel
 from serve.uploads import ACCEPTED_FORMATS, describe_non_image, sniff_image_format
 
 
-def decode_image(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray:
+def min_image_side(entry: LoadedModel, setting: int = 0) -> int:
+    """The shortest image side ``/predict`` accepts: ``setting``, or (0) half the model's input, at least 16 px.
+
+    Below it an image holds too little of a lesion to classify (a 1×1 PNG was answered ``vasc 0.742``)."""
+    return setting or max(16, int(entry.manifest.preprocessing.input_size) // 2)
+
+
+def assess_ood(entry: LoadedModel, x: np.ndarray, logits: np.ndarray) -> dict | None:
+    """Out-of-distribution verdict of one preprocessed image (None when the manifest carries no calibration)."""
+    cal = entry.ood_calibration
+    if cal is None:
+        return None
+    pre = entry.manifest.preprocessing
+    stats = image_statistics(unnormalize(x, pre.mean, pre.std, entry.runtime.layout))
+    return assess(cal, stats, logits)
+
+
+def decode_image(data: bytes, entry: LoadedModel, max_pixels: int, min_side: int = 0) -> np.ndarray:
     """Bytes → preprocessed float32 image in ``entry``'s layout (no batch dimension).
 
     Raises ApiError 400 ``empty_file`` / ``corrupt_image``, 413 ``image_too_large`` (from the header,
@@ -36,6 +54,10 @@ def decode_image(data: bytes, entry: LoadedModel, max_pixels: int) -> np.ndarray
         raise ApiError(400, "corrupt_image", f"the {fmt} file could not be decoded (corrupt or truncated): {msg}") from None
     except Exception as exc:  # e.g. an exotic mode that cannot be converted to RGB
         raise ApiError(400, "corrupt_image", f"the {fmt} file could not be read: {type(exc).__name__}: {exc}") from None
+    need = min_image_side(entry, min_side)
+    if min(img.size) < need:
+        raise ApiError(422, "image_too_small", f"the image is {img.size[0]}x{img.size[1]} px; this model needs at "
+                                               f"least {need} px on the shorter side (--min-image-side)")
     try:
         return preprocess(img, entry.manifest.preprocessing, layout=entry.runtime.layout)  # type: ignore[arg-type]
     except Exception as exc:

@@ -48,6 +48,12 @@ class LoadedModel:
         return self.manifest.class_names
 
     @property
+    def ood_calibration(self) -> dict[str, Any] | None:
+        """Out-of-distribution thresholds fitted on validation at training time (lesionlite.ood), if any."""
+        cal = (self.manifest.calibration or {}).get("ood")
+        return cal if isinstance(cal, dict) and "image_threshold" in cal else None
+
+    @property
     def temperature(self) -> float:
         """Calibration temperature to divide the model's outputs by (1 if the graph already did)."""
         out = self.manifest.extra.get("output") or {}
@@ -110,7 +116,10 @@ class LoadedModel:
             "max_batch": rt.max_batch,
             "preprocessing": m.preprocessing.to_dict(),
             "calibration": {"temperature": m.temperature, "applied_by": "model" if self.temperature == 1.0
-                            and m.temperature != 1.0 else "server"},
+                            and m.temperature != 1.0 else "server",
+                            "out_of_distribution": None if self.ood_calibration is None else {
+                                k: self.ood_calibration.get(k) for k in ("method", "quantile", "n",
+                                                                         "val_abstain_rate")}},
             "precision": m.extra.get("precision"),
             "metrics": m.metrics,
             "class_labels": {c: display_name(c) for c in m.class_names},

@@ -26,12 +26,21 @@ def normalized_entropy(p: np.ndarray) -> float:
 
 
 def summarize(logits: np.ndarray, class_names: list[str], temperature: float, top_k: int,
-              abstain_threshold: float) -> dict[str, Any]:
+              abstain_threshold: float, ood: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The answer for one image. ``ood``: :func:`lesionlite.ood.assess`'s verdict, None when the model's
+    manifest carries no out-of-distribution calibration (then ``out_of_distribution`` is null)."""
     p = calibrated_probabilities(logits, temperature)
     order = np.argsort(-p, kind="stable")[: max(1, min(top_k, len(class_names)))]
+    reasons = []
+    if p.max() < abstain_threshold:
+        reasons.append(f"top probability {p.max():.2f} below the abstain threshold {abstain_threshold}")
+    if ood is not None and ood["out_of_distribution"]:
+        reasons += [f"out of distribution: {r}" for r in ood["reasons"]]
     return {
         "probabilities": {c: float(v) for c, v in zip(class_names, p)},
         "top_k": [{"label": class_names[i], "probability": float(p[i])} for i in order],
         "uncertainty": normalized_entropy(p),
-        "abstain": bool(p.max() < abstain_threshold),
+        "abstain": bool(reasons),
+        "abstain_reasons": reasons,
+        "out_of_distribution": None if ood is None else bool(ood["out_of_distribution"]),
     }

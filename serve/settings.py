@@ -34,7 +34,9 @@ class Settings:
     max_batch_files: int = 16
     #: Decompression-bomb guard: images with more pixels are refused (413) before decoding.
     max_pixels: int = MAX_IMAGE_PIXELS
-    #: ``abstain`` is true when the top calibrated probability is below this.
+    #: Shortest image side /predict accepts (422 below it); 0 = half the model's input size, at least 16 px.
+    min_image_side: int = 0
+    #: ``abstain`` is true when the top calibrated probability is below this (or the image is out of distribution).
     abstain_threshold: float = 0.6
     #: Default number of classes in ``top_k``.
     top_k: int = 3
@@ -66,6 +68,7 @@ class Settings:
             (self.max_pixels >= 1, "--max-pixels must be at least 1"),
             (0.0 <= self.abstain_threshold <= 1.0, "--abstain-threshold must be in [0, 1]"),
             (self.top_k >= 1, "--top-k must be at least 1"),
+            (self.min_image_side >= 0, "--min-image-side must be >= 0"),
             (self.workers >= 1, "--workers must be at least 1"),
             (self.threads >= 0, "--threads must be >= 0"),
             (self.preprocess_threads >= 0, "--preprocess-threads must be >= 0"),

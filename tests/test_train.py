@@ -138,6 +138,9 @@ def test_artifacts_and_reload_gives_identical_logits(full_run) -> None:
     model, man = load_student(run)
     assert man.kind == "checkpoint" and man.architecture == "tiny_cnn" and man.num_classes == 7
     assert man.preprocessing.input_size == 16 and man.temperature > 0
+    ood = man.calibration["ood"]  # fitted on the 21 validation images (lesionlite.ood), read by serve
+    assert ood["n"] == 21 and ood["energy_threshold"] is not None and len(ood["mean"]) == 7
+    assert 0.0 <= ood["val_abstain_rate"] <= 0.1
     assert man.data["synthetic"] is True and man.data["name"] == "synthetic" and man.data["fingerprint"]
     assert man.extra["method"] == "scratch" and man.extra["epochs"] == 4 and man.extra["seed"] == 0
     assert man.extra["images_per_s"] > 0 and man.extra["wall_time_s"] > 0
