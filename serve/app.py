@@ -168,16 +168,19 @@ _MULTIPART_SINGLE = {
         }}},
     }
 }
-_MULTIPART_BATCH = {
-    "requestBody": {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object", "required": ["files"],
-            "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                                     "description": f"the images ({ACCEPTED_FORMATS})"}},
-        }}},
+def _multipart_batch(max_files: int) -> dict[str, Any]:
+    """The batch route's body as the server enforces it: 1..``max_files`` images (an empty batch is a 422)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["files"],
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                         "minItems": 1, "maxItems": max_files,
+                                         "description": f"the images ({ACCEPTED_FORMATS})"}},
+            }}},
+        }
     }
-}
 
 # ----------------------------------------------------------------------------------------- factory
 
@@ -253,7 +256,9 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
             raise ApiError(401, "unauthorized", "invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
-    protected = [Depends(require_api_key)]
+    # Without --api-key the routes are open: no security dependency, so the OpenAPI schema declares no
+    # API-key/Bearer scheme the server would not ask for (schemathesis ST401 flagged the mismatch).
+    protected = [Depends(require_api_key)] if settings.api_key is not None else []
 
     # ---------------------------------------------------------------------------- prediction
     def _clamp_top_k(top_k: int | None, entry: LoadedModel) -> int:
@@ -290,7 +295,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                 "latency_ms": (time.perf_counter() - t0) * 1000.0}
 
     @app.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS, dependencies=protected,
-              openapi_extra=_MULTIPART_BATCH, tags=["predict"], response_model_exclude_none=True)
+              openapi_extra=_multipart_batch(state.max_files), tags=["predict"], response_model_exclude_none=True)
     async def predict_batch(
         request: Request,
         model: str | None = Query(None, max_length=200, description="model name (default: the default model)"),

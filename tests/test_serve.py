@@ -118,7 +118,8 @@ def test_predict_every_image_mode_matches_onnxruntime(client: httpx.Client, mode
     r = post_file(client, data, name, "application/octet-stream")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "version", "probabilities", "top_k", "uncertainty", "abstain", "latency_ms"}
+    assert set(body) == {"model", "version", "probabilities", "top_k", "uncertainty", "abstain", "abstain_reasons",
+                         "out_of_distribution", "latency_ms"}
     assert body["model"] == "onnx"
     probs = np.array([body["probabilities"][c] for c in CLASS_NAMES])
     assert probs.sum() == pytest.approx(1.0, abs=1e-6)

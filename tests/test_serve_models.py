@@ -80,3 +80,26 @@ def test_strict_refuses_a_folder_with_a_refused_artifact(folder: Path) -> None:
 
     with pytest.raises(LesionliteError, match="c_refused"):
         load_models(folder, strict=True)
+
+
+def test_openapi_declares_security_only_with_a_key_and_a_non_empty_batch(folder: Path) -> None:
+    """The schema matches the server: no API-key/Bearer scheme on an open server (schemathesis ST401),
+    and /predict/batch's files need 1..max images (an empty batch is refused with 422)."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+    from serve.settings import Settings
+
+    def schema(settings: Settings) -> dict:
+        with TestClient(create_app(folder, settings)) as client:
+            return client.get("/openapi.json").json()
+
+    open_schema = schema(Settings(max_batch_files=5))
+    assert "securitySchemes" not in open_schema.get("components", {})
+    assert all("security" not in op for path in open_schema["paths"].values() for op in path.values())
+    files = (open_schema["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+             ["schema"]["properties"]["files"])
+    assert files["minItems"] == 1 and files["maxItems"] == 5
+    keyed = schema(Settings(api_key="k"))
+    assert set(keyed["components"]["securitySchemes"]) == {"APIKeyHeader", "HTTPBearer"}
+    assert keyed["paths"]["/predict"]["post"]["security"]
