@@ -23,9 +23,19 @@ class _Parser(argparse.ArgumentParser):
         raise LesionliteError(message)
 
 
+class _DefaultsOnce(argparse.HelpFormatter):
+    """Append "(default: X)" only where the help does not already say it, and never for None/False
+    (argparse's ArgumentDefaultsHelpFormatter printed "(default: …) (default: None)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lesionlite export", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="lesionlite export", description=__doc__.split("\n\n")[0], formatter_class=_DefaultsOnce)
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by 'lesionlite distill'")
     p.add_argument("--format", default="all", help="onnx, tflite, coreml (comma-separated) or all")
     p.add_argument("--precision", default="fp32,fp16,int8", help="fp32, fp16, int8 (comma-separated) or all")

@@ -418,6 +418,11 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_page_headers)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:  # browsers ask for it on every page load; a 404 in every log otherwise
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
+                            headers={"Cache-Control": "max-age=86400"})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

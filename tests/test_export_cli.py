@@ -192,3 +192,13 @@ def test_no_bias_correction_quantizes_the_model_as_trained(tmp_path, run_dir, ca
     assert "preparation" not in read_manifest(out / "tiny_cnn_onnx_int8").extra["quantization"]
     assert run_stage(export_main, args, prog="lesionlite export") == 0, capsys.readouterr().err
     assert read_manifest(out / "tiny_cnn_onnx_int8").extra["quantization"]["preparation"]["corrected_layers"] == 5
+
+
+def test_help_states_each_default_once(capsys):
+    """`export --help` said "(default: RUN_DIR/export) (default: None)"; each default appears once now."""
+    from export.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert ") (default:" not in text.replace("\n", " ")
+    assert "(default: 300)" in text  # a plain default is still shown

@@ -103,3 +103,13 @@ def test_openapi_declares_security_only_with_a_key_and_a_non_empty_batch(folder:
     keyed = schema(Settings(api_key="k"))
     assert set(keyed["components"]["securitySchemes"]) == {"APIKeyHeader", "HTTPBearer"}
     assert keyed["paths"]["/predict"]["post"]["security"]
+
+
+def test_favicon_is_served(folder: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+
+    with TestClient(create_app(folder)) as client:
+        r = client.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content

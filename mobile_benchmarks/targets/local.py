@@ -53,7 +53,7 @@ class Target:
         if kind == "coreml":
             if platform.system() != "Darwin":
                 return empty_result(art, threads, "skipped",
-                                    f"CoreML cannot run on Linux ({platform.system()}): Core ML executes only on Apple "
+                                    f"CoreML cannot run on {platform.system() or 'this OS'}: Core ML executes only on Apple "
                                     "platforms (macOS/iOS); no figures measured")
             return empty_result(art, threads, "skipped", "CoreML benchmarking is not implemented by this tool")
         cmd = [
