@@ -48,6 +48,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from lesionlite import __version__
@@ -226,7 +227,9 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             state.batchers.clear()
             state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from the installed fastapi-offline package
+    # instead of a CDN, so the docs work on offline hospital networks (a blank page before)
+    app = FastAPIOffline(
         title="lesionlite serve",
         version=__version__,
         description=(

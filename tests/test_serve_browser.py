@@ -84,3 +84,31 @@ def test_page_classifies_an_uploaded_image(server) -> None:
             browser.close()
     external = [u for u in requests if not (u.startswith(server.url) or u.startswith("blob:") or u.startswith("data:"))]
     assert not external, f"the page fetched outside the server: {external}"
+
+
+def test_docs_render_with_no_network(server) -> None:
+    """/docs (Swagger UI) renders in Chromium with every request outside the server blocked."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    blocked: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page()
+
+            def only_local(route) -> None:
+                if route.request.url.startswith(server.url):
+                    route.continue_()
+                else:
+                    blocked.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", only_local)
+            page.goto(server.url + "/docs", wait_until="domcontentloaded")
+            page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+            assert "lesionlite serve" in page.locator(".swagger-ui .info .title").inner_text()
+            page.wait_for_selector(".opblock-summary-path[data-path='/predict']", timeout=20_000)
+        finally:
+            browser.close()
+    assert not blocked, f"/docs asked for assets outside the server: {blocked}"
