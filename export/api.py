@@ -165,6 +165,8 @@ class ArtifactResult:
     input: dict[str, Any]
     output: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: median batch-1 latency on the exporting host (ms, runtime defaults), for the model card
+    latency_ms_p50: float | None = None
 
 
 @dataclass
@@ -244,6 +246,31 @@ def _torch_logits(model: Any, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return _run_batched(lambda b: model(torch.from_numpy(b)).numpy(), x)
 
+
+
+def _latency_ms_p50(runner: Any, one: np.ndarray, runs: int = 20) -> float:
+    """Median wall time of ``runs`` batch-1 calls after 3 warm-up calls (ms): a first figure for the model
+    card; ``lesionlite bench`` is the measurement to quote."""
+    for _ in range(3):
+        runner(one)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner(one)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
 
 
 def load_checkpoint_and_export_data(checkpoint: str | os.PathLike[str], data_spec: str | None, data_root: str | None,
@@ -366,6 +393,7 @@ def export_model(
         "metrics": source_metrics,
         "temperature": src.temperature,
         "torch": torch.__version__,
+        "host": _cpu_model(),
     }
 
     out.mkdir(parents=True, exist_ok=True)
@@ -402,6 +430,7 @@ def export_model(
                 notes: list[str] = list(info.extra.pop("notes", []))
                 if runner is not None:
                     outputs = _run_batched(runner, data.eval_x)
+                    latency = _latency_ms_p50(runner, data.eval_x[:1])
                     parity = compare(ref_logits, outputs, fmt.output_kind, src.temperature)
                     metrics = classification_metrics(data.eval_y, outputs, num_classes)
                     threshold = options.thresholds.get(prec, 0.0)
@@ -421,6 +450,7 @@ def export_model(
                 else:
                     parity = {"verified": False, "reason": info.extra.get("unverified_reason", "cannot run on this host")}
                     metrics = {}
+                    latency = None
                     accepted = True
                     notes.append(f"not numerically verified: {parity['reason']}")
                 status = "written" if accepted else ("forced" if options.force else "refused")
@@ -460,6 +490,7 @@ def export_model(
                         path=str(out / name) if status != "refused" else None,
                         size_bytes=path_size(dest), convert_seconds=round(seconds, 3), parity=parity,
                         metrics=metrics, validation=validation, input=info.input, output=info.output, notes=notes,
+                        latency_ms_p50=latency,
                     )
                 )
         report = ExportReport(out_dir=str(out), source=source, data=data.describe(),
@@ -482,6 +513,9 @@ def export_model(
         from export.report import write_report
 
         write_report(report, out)
+        from export.model_card import build_model_card, write_model_card
+
+        write_model_card(build_model_card(report, src, data, ref_logits), out)
         if refused:
             raise ParityError(
                 f"refused to write: parity broken ({worst}); wrote the other {written} artifact(s) and "

@@ -30,6 +30,8 @@ class ExportData:
     eval_y: np.ndarray
     eval_split: str
     class_names: list[str]
+    #: per-eval-image metadata for subgroup reports (HAM10000: sex, age, localization), when the data has it
+    eval_attributes: list[dict[str, str]] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -59,16 +61,22 @@ def load_bundle(spec: str, root: str | None, seed: int = 0) -> Any:
         raise LesionliteError(f"cannot load data {spec!r}: {type(exc).__name__}: {exc}") from None
 
 
+def _take_indices(dataset: Any, n: int | None, seed: int) -> Sequence[int] | None:
+    """The indices :func:`_take` uses for an indexable dataset (None for a plain iterable)."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        return None
+    total = len(dataset)
+    if n is None or n >= total:
+        return range(total)
+    return sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+
+
 def _take(dataset: Any, n: int | None, seed: int) -> list[tuple[Any, int]]:
     """Up to ``n`` (image, label) pairs: a seeded random subset of an indexable dataset, else the first n."""
     if dataset is None:
         return []
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        total = len(dataset)
-        if n is None or n >= total:
-            idx: Sequence[int] = range(total)
-        else:
-            idx = sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+    idx = _take_indices(dataset, n, seed)
+    if idx is not None:
         return [dataset[int(i)] for i in idx]
     it: Iterable = iter(dataset)
     return list(it if n is None else itertools.islice(it, n))
@@ -109,6 +117,10 @@ def prepare_data(
     if not pairs:
         raise LesionliteError(f"data {getattr(bundle, 'name', '?')!r} has no test or val images for parity")
     eval_x, eval_y = _to_arrays(pairs, cfg)
+    source = getattr(bundle, split, None)
+    attrs = getattr(source, "attributes", None)
+    idx = _take_indices(source, eval_samples, seed + 1) if attrs is not None else None
+    eval_attributes = [attrs[int(i)] for i in idx] if idx is not None else None
     return ExportData(
         name=str(getattr(bundle, "name", "unknown")),
         fingerprint=str(getattr(bundle, "fingerprint", "")),
@@ -118,4 +130,5 @@ def prepare_data(
         eval_y=eval_y,
         eval_split=split,
         class_names=data_classes,
+        eval_attributes=eval_attributes,
     )

@@ -31,7 +31,8 @@ class LesionDataset:
     """Base class: ``labels`` (int64 array), ``num_classes``; subclasses implement :meth:`load_image`."""
 
     def __init__(self, labels: Sequence[int] | np.ndarray, num_classes: int,
-                 groups: Sequence[str] | None = None, ids: Sequence[str] | None = None) -> None:
+                 groups: Sequence[str] | None = None, ids: Sequence[str] | None = None,
+                 attributes: Sequence[dict[str, str]] | None = None) -> None:
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         self.num_classes = int(num_classes)
         if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
@@ -43,6 +44,10 @@ class LesionDataset:
         self.groups = None if groups is None else list(groups)
         #: Optional identifier per sample (image id / file name), for reports.
         self.ids = None if ids is None else list(ids)
+        #: Optional per-sample metadata for subgroup reports (HAM10000: sex, age, localization).
+        self.attributes = None if attributes is None else [dict(a) for a in attributes]
+        if self.attributes is not None and len(self.attributes) != len(self.labels):
+            raise LesionliteError(f"{len(self.attributes)} attribute rows but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

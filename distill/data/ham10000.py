@@ -27,6 +27,8 @@ from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, groupe
 from lesionlite.errors import LesionliteError
 
 METADATA = "HAM10000_metadata.csv"
+#: metadata columns kept per image for subgroup reports (missing columns read as empty)
+SUBGROUP_FIELDS = ("sex", "age", "localization")
 LABELS = "labels.csv"
 DIR_NAMES = ("ham10000_200x150", "ham10000", "HAM10000")
 IMAGE_DIRS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images", ".")
@@ -70,6 +72,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     folders = [d / sub if sub != "." else d for sub in IMAGE_DIRS]
     index = index_images(folders)
     paths, labels, groups, ids, missing = [], [], [], [], []
+    attributes: list[dict[str, str]] = []  # what subgroup reports need (model card)
     seen: set[str] = set()
     for n, r in enumerate(meta, start=2):
         iid, lid, dx = r["image_id"], r["lesion_id"], r["dx"].lower()
@@ -102,6 +105,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         labels.append(y)
         groups.append(lid)
         ids.append(iid)
+        attributes.append({k: (r.get(k) or "").strip() for k in SUBGROUP_FIELDS})
     if missing:
         raise missing_images_error(f"HAM10000 at {d}", missing, folders)
 
@@ -114,7 +118,8 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
 
     def part(idx: np.ndarray) -> FileDataset:
         return FileDataset([paths[i] for i in idx], y_arr[idx], len(class_names),
-                           groups=[groups[i] for i in idx], ids=[ids[i] for i in idx])
+                           groups=[groups[i] for i in idx], ids=[ids[i] for i in idx],
+                           attributes=[attributes[i] for i in idx])
 
     fp = files_fingerprint(paths, y_arr, split_of, d,
                            extra=["ham10000", labelling, seed, tuple(fractions), len(paths)])
