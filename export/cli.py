@@ -82,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bal = a.metrics.get("balanced_accuracy")
         print(f"{a.status:8s} {a.path}  {a.size_bytes / 1e6:.2f} MB  {agree}"
               + (f"  bal.acc {bal:.4f}" if bal is not None else ""))
+    from export.report import ship_recommendations
+    from lesionlite.ship import describe
+
+    for line in describe(ship_recommendations(report)):
+        print(line)
     print(f"report: {out / 'export_report.md'}", file=sys.stdout)
     if args.triton_repo:
         from export.triton import build_triton_repository, describe

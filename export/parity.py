@@ -75,17 +75,17 @@ def host_int8_note() -> dict[str, Any]:
     """What this CPU's int8 kernels are, for reading int8 parity: x86 without VNNI may saturate (onnxruntime)."""
     import platform
 
-    machine = platform.machine().lower()
-    info: dict[str, Any] = {"machine": machine, "vnni": None}
-    if machine in ("x86_64", "amd64", "i686", "x86"):
-        try:
-            flags = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
-        except OSError:
-            return {**info, "note": "CPU flags unknown"}
-        info["vnni"] = bool(flags & {"avx512_vnni", "avx_vnni", "avx512vnni"})
-        info["note"] = ("x86 with VNNI: int8 dot products exact" if info["vnni"] else
-                        "x86 without VNNI: onnxruntime's u8s8 int8 kernels (VPMADDUBSW) can saturate, so its int8 "
-                        "parity here can be lower than on ARM or VNNI CPUs; see parity.as_defined")
-    else:
+    from lesionlite.cpu_features import cpu_int8
+
+    cpu = cpu_int8()
+    info: dict[str, Any] = {"machine": platform.machine().lower(), "vnni": cpu["vnni"]}
+    if not cpu["x86"]:
         info["note"] = "non-x86 CPU"
+    elif cpu["vnni"] is None:
+        info["note"] = "CPU flags unknown"
+    else:
+        info["note"] = ("x86 with VNNI: int8 dot products exact" if cpu["vnni"] else
+                        "x86 without VNNI: onnxruntime's u8s8 int8 kernels (VPMADDUBSW) can saturate, so its int8 "
+                        "parity here can be lower than on ARM or VNNI CPUs; see parity.as_defined (export and serve "
+                        "apply session.x64quantprecision=1 on such hosts only)")
     return info

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lesionlite.atomic import write_json_atomic, write_text_atomic
+from lesionlite.ship import describe, recommend
 
 if TYPE_CHECKING:  # pragma: no cover
     from export.api import ExportReport
@@ -22,6 +23,14 @@ def _fmt_size(n: int) -> str:
 
 def _num(v: Any, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
+
+
+def ship_recommendations(report: "ExportReport") -> list[dict[str, Any]]:
+    """:func:`lesionlite.ship.recommend` over this export's artifacts (accepted and verified ones qualify)."""
+    return recommend({"name": a.name, "format": a.format, "precision": a.precision, "size_bytes": a.size_bytes,
+                      "balanced_accuracy": (a.metrics or {}).get("balanced_accuracy"), "latency_ms": a.latency_ms_p50,
+                      "ok": a.status == "written" and bool((a.parity or {}).get("verified"))}
+                     for a in report.artifacts)
 
 
 def render_markdown(report: "ExportReport") -> str:
@@ -67,6 +76,12 @@ def render_markdown(report: "ExportReport") -> str:
             dbal = 100 * (d["balanced_accuracy"] - sm["balanced_accuracy"])
             lines.append(f"- {a.name}: top-1 agree {d['top1_agreement']:.2%}, bal. acc {d['balanced_accuracy']:.4f} "
                          f"({dbal:+.2f} pt), max Δlogit {d['max_abs_logits']:.2e}")
+    recs = ship_recommendations(report)
+    if recs:
+        lines += ["", f"Which precision to ship on this host ({report.source.get('host') or 'unknown CPU'}; batch-1 "
+                  "latency measured during export, `lesionlite bench` for a target): the fastest within 1 point of "
+                  "fp32's balanced accuracy, ties to the smaller file.", ""]
+        lines += [f"- {line}" for line in describe(recs)]
     notes = [f"- {a.name}: {n}" for a in report.artifacts for n in a.notes]
     if notes:
         lines += ["", "Notes:", *notes]
@@ -80,6 +95,6 @@ def write_report(report: "ExportReport", out_dir: str | Path) -> tuple[Path, Pat
     out = Path(out_dir)
     from export.api import REPORT_JSON, REPORT_MD
 
-    j = write_json_atomic(out / REPORT_JSON, report.to_dict())
+    j = write_json_atomic(out / REPORT_JSON, {**report.to_dict(), "ship": ship_recommendations(report)})
     m = write_text_atomic(out / REPORT_MD, render_markdown(report))
     return j, m

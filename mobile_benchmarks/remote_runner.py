@@ -170,6 +170,23 @@ def _delegate_coverage_tflite(interp) -> dict:
     return {"delegated_nodes": len(covered), "total_nodes": len(originals), "partitions": len(delegates)}
 
 
+
+#: a copy of lesionlite.cpu_features' check (this script runs on the target and imports nothing of lesionlite)
+_X86_NO_VNNI_ONLY = ("session.x64quantprecision",)
+
+
+def _x86_without_vnni() -> bool:
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return True
+    return not (flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avx_vnni_int8"})
+
 def _load_onnx(path: str, threads: int, config: list[str] | None = None):
     try:
         import onnxruntime as ort
@@ -181,6 +198,9 @@ def _load_onnx(path: str, threads: int, config: list[str] | None = None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     session_config = dict(entry.partition("=")[::2] for entry in config or [])
+    skipped = {}
+    if not _x86_without_vnni():  # precise int8 kernels only matter there (lesionlite.cpu_features)
+        skipped = {k: session_config.pop(k) for k in list(session_config) if k in _X86_NO_VNNI_ONLY}
     for key, value in session_config.items():
         so.add_session_config_entry(key, value)
     t0 = time.perf_counter_ns()
@@ -193,6 +213,7 @@ def _load_onnx(path: str, threads: int, config: list[str] | None = None):
         "providers": sess.get_providers(),
         "session": {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "sequential"},
         "session_config": session_config,
+        "session_config_not_needed_here": skipped,
         "input_name": inp.name,
     }
     return sess, t1 - t0, info

@@ -10,6 +10,7 @@ import numpy as np
 
 from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
+from lesionlite.ship import describe, recommend
 from mobile_benchmarks import BENCH_SCHEMA
 from mobile_benchmarks.repeats import agreement
 
@@ -113,6 +114,19 @@ def _noise(r: dict[str, Any], figure: str) -> str:
     return f"± {n:.4f} ({100 * n / v:.1f} %, {r.get('repeats')} proc.)"
 
 
+def ship_recommendations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`lesionlite.ship.recommend` over the measured artifacts at the fewest threads benchmarked."""
+    if not doc["settings"].get("threads"):
+        return []
+    t = min(doc["settings"]["threads"])
+    p50 = {r["artifact"]: (r.get("latency_ms") or {}).get("p50") for r in doc["results"]
+           if r.get("threads") == t and r.get("status") == "ok"}
+    rows = [{"name": a["name"], "format": a["kind"], "precision": a.get("precision"), "size_bytes": a.get("size_bytes"),
+             "balanced_accuracy": a.get("balanced_accuracy"), "latency_ms": p50.get(a["name"]),
+             "ok": a["name"] in p50} for a in doc["artifacts"] if a.get("kind") in ("onnx", "tflite", "coreml")]
+    return recommend(rows)
+
+
 def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     s = doc["settings"]
     out = [f"# Benchmark: {doc['model_dir']}", "",
@@ -126,6 +140,12 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
            f"- timing: {s['timing']}", f"- isolation and memory: {s['isolation']}", "",
            "## Artifacts", "", _md_table(*artifact_rows(doc)), "",
            "## Results (latencies in ms)", "", _md_table(*result_rows(doc)), ""]
+    recs = ship_recommendations(doc)
+    if recs:
+        out += ["## Which precision to ship", "",
+                f"Per format, at {min(s['threads'])} thread(s) on this target: the fastest p50 within 1 point of fp32's "
+                "balanced accuracy (from the export report), ties within 5 % to the smaller file.", ""]
+        out += [f"- {line}" for line in describe(recs)] + [""]
     notes = [r for r in doc["results"] if r["status"] != "ok"]
     if notes:
         out += ["## Not measured", ""]
@@ -317,6 +337,7 @@ def write_reports(doc: dict[str, Any], out: str | Path, write_json: bool = True)
             paths[f"plot_{k}"] = str(out / plots[k])  # type: ignore[operator]
     doc["outputs"] = paths
     doc["plots"] = plots
+    doc["ship"] = ship_recommendations(doc)
     if write_json:
         write_json_atomic(out / "bench.json", doc)
     write_text_atomic(out / "bench.md", render_markdown(doc, plots))

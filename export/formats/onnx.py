@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.formats import ArtifactInfo, ExportFormat, register_format
+from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +42,8 @@ OUTPUT_NAME = "logits"
 #: (``extra.onnxruntime_session_config``) and applied by export's parity runner, ``serve`` and ``bench``:
 #: on x86 CPUs without VNNI the default u8s8 kernels (VPMADDUBSW) saturate 16-bit sums; measured on the
 #: AVX2 host of benchmarks/RESULTS.md with the QAT MobileNetV2: 86.7 % top-1 agreement with PyTorch by
-#: default vs 96.1 % with this setting (= the QDQ arithmetic as written), ~35 % slower there. It has no
-#: effect on ARM or VNNI CPUs.
+#: default vs 96.1 % with this setting (= the QDQ arithmetic as written), ~35 % slower there. Applied only
+#: where the host needs it (lesionlite.cpu_features): on VNNI CPUs it only costs time, on ARM it does nothing.
 INT8_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 
 
@@ -206,8 +207,8 @@ class OnnxFormat(ExportFormat):
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        for key, value in (info.extra.get("onnxruntime_session_config") or {}).items():
-            so.add_session_config_entry(key, str(value))
+        for key, value in applicable_ort_config(info.extra.get("onnxruntime_session_config")).items():
+            so.add_session_config_entry(key, value)  # as serve applies them on this host
         if not optimize:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

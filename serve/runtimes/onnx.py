@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest
 from serve.runtimes.base import DTYPE_TO_OIP, Runtime, dequantize, layout_from_shape, quantize
@@ -35,9 +36,10 @@ class OnnxRuntime(Runtime):
         # same cores decode the next uploads, and the spinning took CPU from them (measured in
         # benchmarks/serve_load.py: about a third of the server's CPU per request).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
-        # settings export recorded for this artifact (e.g. precise int8 kernels on x86 without VNNI)
-        for key, value in ((manifest.extra or {}).get("onnxruntime_session_config") or {}).items():
-            opts.add_session_config_entry(str(key), str(value))
+        # settings export recorded for this artifact, where this CPU needs them (precise int8 kernels
+        # only on x86 without VNNI: lesionlite.cpu_features)
+        for key, value in applicable_ort_config((manifest.extra or {}).get("onnxruntime_session_config")).items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=opts,
                                                 providers=["CPUExecutionProvider"])

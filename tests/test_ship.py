@@ -1,0 +1,48 @@
+"""Which precision to ship (lesionlite.ship), and export/bench reporting it (issue 14 item 3)."""
+from __future__ import annotations
+
+from lesionlite.ship import describe, recommend
+
+
+def _row(name, fmt, prec, bal, ms, size, ok=True):
+    return {"name": name, "format": fmt, "precision": prec, "balanced_accuracy": bal, "latency_ms": ms,
+            "size_bytes": size, "ok": ok}
+
+
+def test_fastest_within_one_point_and_slower_int8_flagged() -> None:
+    recs = {r["format"]: r for r in recommend([
+        _row("onnx_fp32", "onnx", "fp32", 0.700, 0.74, 9_000_000),
+        _row("onnx_fp16", "onnx", "fp16", 0.700, 0.90, 4_500_000),
+        _row("onnx_int8", "onnx", "int8", 0.695, 1.14, 2_500_000),   # within a point, but slower than fp32
+        _row("tfl_fp32", "tflite", "fp32", 0.700, 2.0, 9_000_000),
+        _row("tfl_int8", "tflite", "int8", 0.696, 0.9, 2_400_000),
+        _row("tfl_fp16", "tflite", "fp16", 0.650, 0.5, 4_600_000),   # fastest, but 5 points worse
+    ])}
+    assert recs["onnx"]["ship"] == "onnx_fp32" and recs["onnx"]["slower_int8"] == ["onnx_int8"]
+    assert recs["tflite"]["ship"] == "tfl_int8" and recs["tflite"]["slower_int8"] == []
+    lines = describe(list(recs.values()))
+    assert any("WARNING: onnx_int8 is slower than fp32" in line for line in lines)
+
+
+def test_near_ties_go_to_the_smaller_file_and_unverified_never_ships() -> None:
+    (rec,) = recommend([_row("a_fp32", "onnx", "fp32", 0.7, 1.00, 9_000_000),
+                        _row("a_int8", "onnx", "int8", 0.7, 1.03, 2_000_000),
+                        _row("a_fp16", "onnx", "fp16", 0.7, 0.50, 4_000_000, ok=False)])
+    assert rec["ship"] == "a_int8"
+    (none,) = recommend([_row("b_int8", "onnx", "int8", 0.7, None, 1)])
+    assert none["ship"] is None
+
+
+def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
+    import json
+
+    from export.api import export_model
+    from export.testing import make_tiny_checkpoint, synthetic_bundle
+
+    bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
+    ckpt = make_tiny_checkpoint(tmp_path / "run", bundle)
+    export_model(ckpt, tmp_path / "out", "onnx", "fp32,fp16", dataset=bundle, eval_samples=28, calib_samples=28)
+    doc = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    (rec,) = doc["ship"]
+    assert rec["format"] == "onnx" and rec["ship"] in ("tiny_cnn_onnx_fp32", "tiny_cnn_onnx_fp16")
+    assert "Which precision to ship" in (tmp_path / "out" / "export_report.md").read_text()
