@@ -527,7 +527,9 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
                   "overrides": dict(teacher.get("overrides") or {}), "shared": settings["teacher_shared"]}
     plan: list[RunSpec] = []
     if need_teacher and settings["teacher_shared"]:  # one teacher, trained once, distilled by every seed
-        plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, seeds[0], t_epochs,
+        # with the recipe's first seed even when --seeds picks others: one teacher, one record, whoever runs it
+        t_seed = int((recipe.get("seeds") or seeds)[0])
+        plan.append(RunSpec("teacher", "teacher", "scratch", settings["teacher_arch"], t_w, t_note, t_seed, t_epochs,
                             shared_tdir, dict(teacher.get("overrides") or {}), export=False))
     for seed in seeds:
         sd = out / f"seed{seed}"
@@ -554,7 +556,7 @@ def build_plan(args: argparse.Namespace, recipe: dict[str, Any]) -> tuple[dict[s
                                 export=False))
     if settings["order"] == "method":  # every seed of a method before the next method (cheap ones first)
         rank = {k: i for i, k in enumerate(["teacher", *methods, *settings["ablations"]])}
-        plan.sort(key=lambda r: (rank.get(r.key, 99), seeds.index(r.seed)))
+        plan.sort(key=lambda r: (rank.get(r.key, 99), seeds.index(r.seed) if r.seed in seeds else -1))
     return settings, plan
 
 

@@ -112,6 +112,10 @@ def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
                                 "overrides": {"data.image_size": 128}, "shared": True} for p in distilled)
     assert all(p.teacher_id is None for p in plan if p.method not in ("kd", "ssdkd"))
     assert len(plan) == 1 + 5 * 3 and settings["seeds"] == [0, 1, 2] and settings["image_size"] == 64
+    # a run of one seed (a second core) plans the same shared teacher: the recipe's first seed, one record
+    _, one = R.build_plan(R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
+                                                       "--seeds", "1", "--methods", "kd"]), R.load_recipe("cpu"))
+    assert [(p.key, p.seed) for p in one] == [("teacher", 0), ("kd", 1)]
 
 
 def test_unknown_ablation_is_a_one_line_error(tmp_path, capsys):
