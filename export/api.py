@@ -262,15 +262,10 @@ def _latency_ms_p50(runner: Any, one: np.ndarray, runs: int = 20) -> float:
 
 
 def _cpu_model() -> str:
-    import platform
+    """This host's CPU as the bench reports it (mobile_benchmarks.hostinfo, torch-free), with its CPU count."""
+    from mobile_benchmarks.hostinfo import cpu_model
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    return f"{cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs"
 
 
 def load_checkpoint_and_export_data(checkpoint: str | os.PathLike[str], data_spec: str | None, data_root: str | None,

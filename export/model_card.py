@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from export.parity import softmax
 from lesionlite.atomic import write_json_atomic, write_text_atomic
 from lesionlite.classes import display_name
 
@@ -56,13 +57,6 @@ def ece(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
         if m.any():
             total += m.mean() * abs((pred[m] == labels[m]).mean() - conf[m].mean())
     return float(total)
-
-
-def _softmax(z: np.ndarray, t: float) -> np.ndarray:
-    z = z / t
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def _age_band(value: str) -> str:
@@ -138,8 +132,8 @@ def build_model_card(report: Any, manifest: Any, data: Any, ref_logits: np.ndarr
                                                if k.startswith(("val_", "test_")) and isinstance(v, (int, float))}},
         "evaluation": {"split": data.eval_split, "n": int(len(labels)), "metrics": src_metrics,
                        "per_class": per_class(labels, pred, manifest.class_names)},
-        "calibration": {"temperature": t, "ece": ece(labels, _softmax(np.asarray(ref_logits, np.float64), 1.0)),
-                        "ece_calibrated": ece(labels, _softmax(np.asarray(ref_logits, np.float64), t)),
+        "calibration": {"temperature": t, "ece": ece(labels, softmax(np.asarray(ref_logits), 1.0)),
+                        "ece_calibrated": ece(labels, softmax(np.asarray(ref_logits), t)),
                         "out_of_distribution": bool((manifest.calibration or {}).get("ood"))},
         "artifacts": artifacts,
         "latency_host": report.source.get("host"),

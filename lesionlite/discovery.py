@@ -23,54 +23,29 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def artifact_dirs(root: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> list[Path]:
-    """Artifact directories at or below ``root`` (``root`` itself when it holds a manifest), sorted.
+def walk(root: Path, max_depth: int = MAX_DEPTH) -> tuple[list[Path], list[Path]]:
+    """One walk below ``root``: (artifact directories, hidden directories holding a manifest).
 
     ``root`` is taken as given even when its own name is hidden (the user named it); below it, hidden
-    directories are skipped. Unreadable directories are skipped, not fatal.
-    """
-    root = Path(root)
+    directories are not searched. Unreadable directories are skipped, not fatal."""
     found: list[Path] = []
+    hidden: list[Path] = []
     stack = [(root, 0)]
     while stack:
         d, depth = stack.pop()
         if (d / MANIFEST_NAME).is_file():
             found.append(d)
             continue
-        if depth >= max_depth:
-            continue
         try:
-            children = [c for c in d.iterdir() if c.is_dir() and not is_hidden(c)]
+            children = [c for c in d.iterdir() if c.is_dir()]
         except OSError:
             continue
-        stack.extend((c, depth + 1) for c in children)
-    return sorted(found)
+        hidden += [c for c in children if is_hidden(c) and (c / MANIFEST_NAME).is_file()]
+        if depth < max_depth:
+            stack.extend((c, depth + 1) for c in children if not is_hidden(c))
+    return sorted(found), sorted(hidden)
 
 
-def hidden_artifact_dirs(root: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> list[Path]:
-    """Hidden directories directly under ``root`` or its visible subfolders that hold a manifest:
-    what a killed export left behind. ``serve`` and ``bench`` log them as ignored."""
-    root = Path(root)
-    out: list[Path] = []
-    for d in [root, *[p for p in _visible_dirs(root, max_depth)]]:
-        try:
-            out += [c for c in d.iterdir() if c.is_dir() and is_hidden(c) and (c / MANIFEST_NAME).is_file()]
-        except OSError:
-            continue
-    return sorted(out)
-
-
-def _visible_dirs(root: Path, max_depth: int) -> list[Path]:
-    out: list[Path] = []
-    stack = [(root, 0)]
-    while stack:
-        d, depth = stack.pop()
-        if depth >= max_depth or (d / MANIFEST_NAME).is_file():
-            continue
-        try:
-            children = [c for c in d.iterdir() if c.is_dir() and not is_hidden(c)]
-        except OSError:
-            continue
-        out += children
-        stack.extend((c, depth + 1) for c in children)
-    return out
+def artifact_dirs(root: str | os.PathLike[str], max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Artifact directories at or below ``root`` (``root`` itself when it holds a manifest), sorted."""
+    return walk(Path(root), max_depth)[0]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlite.classes import display_name
-from lesionlite.discovery import MAX_DEPTH, artifact_dirs, hidden_artifact_dirs
+from lesionlite.discovery import MAX_DEPTH, walk
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 from serve.runtimes import Runtime, load_runtime, servable_kinds
@@ -148,13 +148,14 @@ def _model_name(root: Path, directory: Path) -> str:
     return _NAME_OK.sub("_", raw) or "model"
 
 
-def find_artifacts(model_dir: str | Path) -> list[Path]:
-    """Directories under ``model_dir`` (itself included) that hold a manifest, sorted; hidden staging
-    folders of an interrupted export are never among them (:mod:`lesionlite.discovery`)."""
+def find_artifacts(model_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(directories under ``model_dir``, itself included, that hold a manifest; hidden folders holding one),
+    both sorted, from one walk. The hidden ones (an interrupted export's staging) are never loaded, only
+    named in the log (:mod:`lesionlite.discovery`)."""
     root = Path(model_dir)
     if not root.is_dir():
         raise LesionliteError(f"model directory {root} does not exist or is not a directory")
-    return artifact_dirs(root, MAX_DEPTH)
+    return walk(root, MAX_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = Fa
     Raises only when nothing was found at all; the caller decides what to do when nothing is servable.
     """
     root = Path(model_dir)
-    dirs = find_artifacts(root)
+    dirs, hidden = find_artifacts(root)
     if not dirs:
         raise LesionliteError(f"no {MANIFEST_NAME} found in {root} (or its visible subdirectories up to depth "
                               f"{MAX_DEPTH}); point serve at an exported model directory")
@@ -278,7 +279,6 @@ def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = Fa
         result.models[name] = loaded
         log.info("loaded model %s (%s, %s, version %s) from %s", name, loaded.manifest.kind,
                  loaded.manifest.architecture, loaded.version, d)
-    hidden = hidden_artifact_dirs(root, MAX_DEPTH)
     if hidden:
         log.warning("ignored %d hidden folder(s) (an interrupted export's staging; the next export removes them): %s",
                     len(hidden), ", ".join(str(h) for h in hidden))
