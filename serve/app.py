@@ -58,6 +58,7 @@ from serve.errors import ApiError, install_handlers
 from serve.images import assess_ood, decode_image
 from serve.metrics import Metrics, MetricsMiddleware
 from serve.models import LoadedModel, default_model_name, load_models
+from serve.openapi_names import publish_model_names
 from serve.postprocess import summarize
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
 from serve.state import ServerState
@@ -164,7 +165,7 @@ _MULTIPART_SINGLE = {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary",
+            "properties": {"file": {"type": "string", "format": "binary", "minLength": 1,
                                     "description": f"the image ({ACCEPTED_FORMATS})"}},
         }}},
     }
@@ -176,12 +177,27 @@ def _multipart_batch(max_files: int) -> dict[str, Any]:
             "required": True,
             "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["files"],
-                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary", "minLength": 1},
                                          "minItems": 1, "maxItems": max_files,
                                          "description": f"the images ({ACCEPTED_FORMATS})"}},
             }}},
         }
     }
+
+def _upload_parts(parts: list[Any], names: tuple[str, ...]) -> list[Any]:
+    """The image parts among ``parts``: those named ``names``, each a file upload.
+
+    A part without a filename is a text field (``-F files=123``, a form's text input), not an image:
+    it gets a 422 naming the field, instead of being decoded and failing per item as "not an image"
+    (schemathesis ST201 sent a number in place of the files array and got a 200 batch).
+    """
+    chosen = [p for p in parts if p.name in names]
+    for p in chosen:
+        if p.filename is None:
+            raise ApiError(422, "not_a_file", f"form field {p.name!r} must be a file upload (a multipart part with a "
+                                              "filename, as curl -F 'file=@image.jpg' sends), not a text value")
+    return chosen
+
 
 # ----------------------------------------------------------------------------------------- factory
 
@@ -282,7 +298,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             body = await read_body(request, body_limit(limit, 1))
             parts = parse_multipart(request.headers.get("content-type"), body, limit)
             del body
-            files = [p for p in parts if p.name == "file"]
+            files = _upload_parts(parts, ("file",))
             if not files:
                 raise ApiError(422, "missing_field", "form field 'file' (the image) is missing")
             if len(files) > 1:
@@ -313,7 +329,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             body = await read_body(request, body_limit(limit, max_files))
             parts = parse_multipart(request.headers.get("content-type"), body, limit, max_parts=max_files + 16)
             del body
-            files = [p for p in parts if p.name in ("files", "file")]
+            files = _upload_parts(parts, ("files", "file"))
             if not files:
                 raise ApiError(422, "missing_field", "form field 'files' (one or more images) is missing")
             if len(files) > max_files:
@@ -427,6 +443,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                             headers={"Cache-Control": "max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    publish_model_names(app, list(models), [e.version for e in models.values()])
     return app
 
 

@@ -35,7 +35,7 @@ from serve.errors import ApiError
 from serve.images import decode_image
 from serve.models import LoadedModel
 from serve.oip import (
-    BYTES, HEADER_LENGTH, InferRequest, RequestedOutput, Tensor, decompress, encode_response, parse_request,
+    BYTES, HEADER_LENGTH, MAX_RANK, InferRequest, RequestedOutput, Tensor, decompress, encode_response, parse_request,
 )
 from serve.postprocess import calibrated_probabilities
 from serve.state import ServerState
@@ -51,10 +51,13 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "id": {"type": "string"},
         "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
         "inputs": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "shape", "datatype"],
+            "type": "object", "required": ["name", "shape", "datatype", "data"],
+            "description": "one tensor; in this JSON form 'data' carries the values (with the binary tensor data "
+                           "extension, parameters.binary_data_size replaces 'data' and the raw bytes follow the "
+                           "JSON, whose length the Inference-Header-Content-Length header gives)",
             "properties": {
-                "name": {"type": "string"},
-                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "name": {"type": "string", "description": "the model's input name (GET /v2/models/{name})"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": MAX_RANK},
                 "datatype": {"type": "string", "enum": ["FP32", "BYTES"]},
                 "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
                 "data": {"type": "array"},

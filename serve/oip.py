@@ -205,7 +205,7 @@ def _parse_input(raw: Any, index: int, binary: memoryview, offset: int, framed: 
     name = raw["name"]
     where = f"input {name!r}"
     datatype = raw.get("datatype")
-    if datatype not in DATATYPES and datatype != BYTES:
+    if not isinstance(datatype, str) or (datatype not in DATATYPES and datatype != BYTES):
         raise bad("bad_datatype", f"{where}: unknown datatype {datatype!r}; "
                                   f"expected one of {', '.join([*DATATYPES, BYTES])}")
     shape = _shape(raw.get("shape"), where)
