@@ -439,7 +439,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def method_config_cls(method_cls: type) -> type:
-    cls = getattr(method_cls, "config_cls", None) or EmptyMethodConfig
+    cls = method_cls.config_cls or EmptyMethodConfig
     if not is_dataclass(cls):
         raise TypeError(f"{method_cls.__name__}.config_cls must be a dataclass, got {cls!r}")
     return cls
@@ -485,7 +485,7 @@ def defaults_tree(method_name: str | None = None) -> dict[str, Any]:
     if method_name:
         from distill.methods.registry import get_method
 
-        for k, v in (getattr(get_method(method_name), "default_overrides", None) or {}).items():
+        for k, v in get_method(method_name).default_overrides.items():
             set_dotted(base, k, v)
     return base
 

@@ -308,20 +308,20 @@ def test_teacher_sees_its_native_larger_input_and_the_student_a_downscale(tmp_pa
     def run(mode: str) -> None:
         cfg = resolve_config(flags={**base, "method.name": "kd", "model.teacher": str(teacher.run_dir),
                                     "model.teacher_input": mode, "run.epochs": 1, "run.out": str(tmp_path / mode)})
-        import distill.train as T
+        import distill.run_setup as R
 
-        real = T._install_student_downscale
+        real = R.install_student_downscale
 
         def spy(student, size):
             handle = real(student, size)
             student.features.register_forward_hook(lambda m, a, out: seen["student"].add(tuple(a[0].shape[-2:])))
             return handle
 
-        T._install_student_downscale = spy
+        R.install_student_downscale = spy
         try:
             res = train(cfg)
         finally:
-            T._install_student_downscale = real
+            R.install_student_downscale = real
         model, man = load_student(res.run_dir)
         assert man.preprocessing.input_size == 16 and model(torch.zeros(1, 3, 16, 16)).shape == (1, 7)
 

@@ -61,13 +61,21 @@ class DistillMethod(nn.Module):
     - ``num_views``: how many views per image the data pipeline must produce;
     - ``view_mode``: "independent" = each view independently augmented;
       "rotations" = view k is ``rot90(image, k)`` then independently augmented (k = 0..V-1);
-    - ``needs_teacher``: the loop loads a frozen teacher from ``--teacher`` and passes it in.
+    - ``needs_teacher``: the loop loads a frozen teacher from ``--teacher`` and passes it in;
+    - ``config_cls``: the dataclass of the method's ``method.*`` settings (None: it has none);
+    - ``default_overrides``: config defaults the method changes (``{"optim.lr": 0.01}``), applied
+      below the user's config file, flags and ``--set``;
+    - ``ddp_find_unused_parameters``: False when every trainable parameter gets a gradient at every
+      step (DDP then skips a graph traversal per step).
     """
 
     name: ClassVar[str] = "base"
     num_views: ClassVar[int] = 1
     view_mode: ClassVar[Literal["independent", "rotations"]] = "independent"
     needs_teacher: ClassVar[bool] = False
+    config_cls: ClassVar[type | None] = None
+    default_overrides: ClassVar[dict[str, Any]] = {}
+    ddp_find_unused_parameters: ClassVar[bool] = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: Any, ctx: MethodContext) -> None:
         super().__init__()
