@@ -6,7 +6,6 @@ names, preprocessing, calibration temperature and metrics. Training-only modules
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from lesionlite.atomic import atomic_path
 from lesionlite.errors import LesionliteError
+from lesionlite.hashing import file_sha256  # noqa: F401  (re-exported: export reads it from here)
 from lesionlite.manifest import MANIFEST_NAME, Manifest, git_commit, read_manifest
 
 STUDENT_FILE = "student.pt"
@@ -37,14 +37,6 @@ def save_student(run_dir: str | Path, model: nn.Module, manifest: Manifest) -> P
         manifest.git_commit = git_commit()
     manifest.write(run_dir)
     return run_dir / STUDENT_FILE
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_student(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Manifest]:

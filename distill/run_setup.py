@@ -26,6 +26,7 @@ from distill import ddp
 from distill.config import TrainConfig
 from distill.optim import build_optimizer, build_scheduler
 from distill.runtime import configure_backends, resolve_workers, seed_everything, worker_init
+from distill.methods.base import missing_teacher_error
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
@@ -236,10 +237,7 @@ def load_teacher(cfg: TrainConfig, class_names: list[str], data_fingerprint: str
 
     tdir = cfg.model.teacher
     if not tdir:
-        raise LesionliteError(
-            f"method {cfg.method_name!r} needs a teacher: pass --teacher RUN_DIR "
-            "(the run directory of a trained model, e.g. one trained with --method scratch)"
-        )
+        raise missing_teacher_error(cfg.method_name)
     teacher, tman = load_student(tdir, map_location="cpu")
     if tman.num_classes != len(class_names):
         raise LesionliteError(

@@ -64,6 +64,7 @@ from distill.train_state import (  # noqa: F401  (checkpoint names re-exported)
     CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, TrainState, checkpoint_config, checkpoint_payload,
     cpu_state, load_checkpoint, restore, resumable_checkpoint, save_checkpoint,
 )
+from distill.methods.base import missing_teacher_error
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig
 
@@ -288,10 +289,7 @@ def preflight(cfg: TrainConfig) -> None:
     method_cls = get_method(cfg.method_name)
     if method_cls.needs_teacher:
         if not cfg.model.teacher:
-            raise LesionliteError(
-                f"method {cfg.method_name!r} needs a teacher: pass --teacher RUN_DIR "
-                "(the run directory of a trained model, e.g. one trained with --method scratch)"
-            )
+            raise missing_teacher_error(cfg.method_name)
         tdir = Path(cfg.model.teacher)
         if not tdir.exists():
             raise LesionliteError(f"teacher checkpoint not found: {tdir} does not exist")

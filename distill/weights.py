@@ -14,12 +14,12 @@ mean/std. The caller may override both.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from lesionlite.errors import LesionliteError
+from lesionlite.hashing import file_sha256
 from lesionlite.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
 
 _TF = {"mean": list(TF_MEAN), "std": list(TF_STD)}
@@ -52,14 +52,6 @@ KNOWN_WEIGHTS: dict[str, dict[str, Any]] = {
 
 # Old torchvision DenseNet checkpoints use "norm.1" instead of "norm1" (same fix torchvision applies).
 _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
@@ -161,7 +153,7 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
             t.copy_(mapped[k].to(dtype=t.dtype))
 
     known = KNOWN_WEIGHTS.get(p.name)
-    digest = _sha256(p)
+    digest = file_sha256(p)
     if mean is not None or std is not None:
         norm_src = "caller override"
     elif known is not None:

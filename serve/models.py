@@ -14,7 +14,6 @@ its model file) does not stop the others: it is listed with its reason in the lo
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 from lesionlite.classes import display_name
 from lesionlite.discovery import MAX_DEPTH, walk
 from lesionlite.errors import LesionliteError
+from lesionlite.hashing import file_sha256
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 from serve.runtimes import Runtime, load_runtime, servable_kinds
 
@@ -135,11 +135,8 @@ class LoadedModel:
 
 
 def _file_version(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:12]
+    """A model's version: the first 12 hex digits of its file's SHA-256 (changes exactly when the file does)."""
+    return file_sha256(path)[:12]
 
 
 def _model_name(root: Path, directory: Path) -> str:

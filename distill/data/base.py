@@ -150,14 +150,6 @@ class DatasetBundle:
 # helpers shared by the loaders
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint_parts(parts: Iterable[Any]) -> str:
     """sha256 over a stable text rendering of ``parts`` (strings, numbers, lists, arrays)."""
     h = hashlib.sha256()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle, sha256_file
+from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle
+from lesionlite.hashing import file_sha256
 from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
 from lesionlite.errors import LesionliteError
 
@@ -110,7 +111,7 @@ def bundle_from_npz(path: Path, requested_size: int | None = None) -> DatasetBun
     return DatasetBundle(
         train=ds[0], val=ds[1], test=ds[2], class_names=class_names,
         name=name if native == 28 else f"{name}_{native}",
-        fingerprint=sha256_file(path), synthetic=False, source=f"{what}: {path}", native_size=native,
+        fingerprint=file_sha256(path), synthetic=False, source=f"{what}: {path}", native_size=native,
         extra={"lossy": lossy, "file": str(path)},
     )
 

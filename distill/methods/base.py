@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Iterator, Literal
 import torch
 from torch import nn
 
+from lesionlite.errors import LesionliteError
+
 
 @dataclass
 class Batch:
@@ -52,6 +54,12 @@ class MethodContext:
     device: torch.device
     epochs: int
     steps_per_epoch: int
+
+
+def missing_teacher_error(method_name: str) -> LesionliteError:
+    """The one message for a teacher-based method run without ``--teacher`` (preflight, the loop, the methods)."""
+    return LesionliteError(f"method {method_name!r} needs a teacher: pass --teacher RUN_DIR (the run directory of "
+                           "a trained model, e.g. one trained with --method scratch)")
 
 
 class DistillMethod(nn.Module):

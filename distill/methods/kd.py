@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distill.methods.base import Batch, DistillMethod, LossOutput
+from distill.methods.base import Batch, DistillMethod, LossOutput, missing_teacher_error
 from distill.methods.registry import register_method
 from distill.methods.scratch import ScratchConfig, class_weight_buffer, weighted_cross_entropy
 from lesionlite.errors import LesionliteError
@@ -67,7 +67,7 @@ class KD(DistillMethod):
 
     def __init__(self, student, teacher, cfg: KDConfig, ctx) -> None:
         if teacher is None:
-            raise LesionliteError("method 'kd' needs a teacher: pass --teacher RUN_DIR (a trained run directory)")
+            raise missing_teacher_error(self.name)
         super().__init__(student, teacher, cfg, ctx)
         self.register_buffer("class_weight", class_weight_buffer(ctx.class_counts, cfg), persistent=False)
 

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.methods import ssdkd_losses as L
-from distill.methods.base import Batch, DistillMethod, LossOutput, MethodContext
+from distill.methods.base import Batch, DistillMethod, LossOutput, MethodContext, missing_teacher_error
 from distill.methods.registry import register_method
 from lesionlite.errors import LesionliteError
 
@@ -177,7 +177,7 @@ class SSDKD(DistillMethod):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: SSDKDConfig | None,
                  ctx: MethodContext) -> None:
         if teacher is None:
-            raise LesionliteError("method 'ssdkd' needs a teacher: pass --teacher")
+            raise missing_teacher_error(self.name)
         cfg = SSDKDConfig() if cfg is None else cfg
         super().__init__(student, teacher, cfg, ctx)
         for name in ("kd_T", "tf_T", "ss_T"):
