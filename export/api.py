@@ -341,8 +341,45 @@ def export_model(
     ``parity_threshold``, ``force``, ``int8_io``, ``onnx_quant``, ``simplify``, ``bias_correction``, ``opset``,
     ``seed``, ``dataset``). Raises :class:`LesionliteError` for bad input and :class:`ParityError` (nothing
     written) when an artifact's top-1 agreement is below ``parity_threshold`` and ``force`` is false.
+
+    Steps: resolve the formats, load the source (checkpoint, data, PyTorch reference outputs), convert
+    and verify every artifact into a staging folder, then publish (rename the accepted ones into place,
+    write the report and the model card).
     """
     options = ExportOptions.from_kwargs(opts)
+    fmts, precs = _resolve_formats(formats, precisions)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise LesionliteError(f"--out {out} exists and is not a directory")
+    source = _load_source(checkpoint_dir, data_spec, data_root, options)
+    out.mkdir(parents=True, exist_ok=True)
+    leftovers = remove_stale_leftovers(out)  # a killed export's staging folders and temporaries
+    results: list[ArtifactResult] = []
+    staged: list[tuple[Path, Path]] = []
+    workroot = Path(tempfile.mkdtemp(prefix="lesionlite-export-"))
+    try:
+        for fmt in fmts:
+            ctx = ExportContext(model=source.model, source=source.manifest, preprocessing=source.manifest.preprocessing,
+                                calib=source.data.calib, options=options, workdir=workroot / fmt.name)
+            ctx.workdir.mkdir(parents=True, exist_ok=True)
+            for prec in precs:
+                name = f"{source.manifest.architecture}_{fmt.name}_{prec}"
+                stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".staging", dir=out))
+                staged.append((stage, out / name))
+                results.append(_export_artifact(fmt, prec, ctx, source, stage, out / name))
+        report = ExportReport(out_dir=str(out), source=source.summary, data=source.data.describe(),
+                              parity_threshold=options.thresholds, artifacts=results,
+                              removed_leftovers=[p.name for p in leftovers])
+        staged = _publish(report, staged, source, out)
+        return report
+    finally:
+        for stage, _ in staged:
+            shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(workroot, ignore_errors=True)
+
+
+def _resolve_formats(formats: str | Sequence[str], precisions: str | Sequence[str]) -> tuple[list[ExportFormat], list[str]]:
+    """The format plug-ins and precisions asked for, each checked (supported, converter installed)."""
     fmt_names = parse_list(formats, list_formats(), "export format")
     precs = parse_list(precisions, PRECISIONS, "precision")
     fmts: list[ExportFormat] = [get_format(n) for n in fmt_names]
@@ -353,172 +390,171 @@ def export_model(
         with quiet():  # converters print banners on import (e.g. coremltools' missing native libs on Linux)
             f.check_available()
     require("torch", "export", "exporting a checkpoint")
+    return fmts, precs
 
+
+@dataclass
+class _Source:
+    """The checkpoint being exported and what every artifact is compared with."""
+
+    model: Any  # the PyTorch student (eval mode)
+    manifest: Manifest
+    sha256: str
+    data: Any  # export.data.ExportData: calibration and evaluation images
+    ref_logits: np.ndarray  # PyTorch's logits on data.eval_x
+    metrics: dict[str, Any]  # PyTorch's metrics on the evaluation images
+    stats: dict[str, Any]  # params, MACs
+    summary: dict[str, Any]  # the report's "source" block
+
+
+def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
+                 data_root: str | os.PathLike[str] | None, options: ExportOptions) -> _Source:
     import torch
 
     from distill.artifacts import file_sha256, load_student
     from export.data import prepare_data
     from export.modelstats import model_stats
-    from export.parity import classification_metrics, compare
+    from export.parity import classification_metrics
 
     model, src = load_student(checkpoint_dir)
     ckpt_dir = Path(checkpoint_dir)
     ckpt_dir = ckpt_dir.parent if ckpt_dir.is_file() else ckpt_dir
-    sha = file_sha256(ckpt_dir / src.files.get("model", "student.pt"))
+    model_file = ckpt_dir / src.files.get("model", "student.pt")
+    sha = file_sha256(model_file)
     cfg = src.preprocessing
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise LesionliteError(f"--out {out} exists and is not a directory")
-
     bundle = load_export_data(src, data_spec, None if data_root is None else str(data_root), options)
     data = prepare_data(bundle, cfg, src.class_names, options.calib_samples, options.eval_samples, options.seed)
     torch.manual_seed(options.seed)
     ref_logits = _torch_logits(model, data.eval_x)
-    num_classes = src.num_classes
-    source_metrics = classification_metrics(data.eval_y, ref_logits, num_classes)
+    metrics = classification_metrics(data.eval_y, ref_logits, src.num_classes)
     stats = model_stats(model, cfg.input_size)
-    source = {
-        "checkpoint": str(ckpt_dir),
-        "architecture": src.architecture,
-        "sha256": sha,
-        "params": stats["params"],
-        "macs": stats["macs"],
-        "macs_method": stats["macs_method"],
-        "size_bytes": path_size(ckpt_dir / src.files.get("model", "student.pt")),
-        "metrics": source_metrics,
-        "temperature": src.temperature,
-        "torch": torch.__version__,
-        "host": _cpu_model(),
+    summary = {
+        "checkpoint": str(ckpt_dir), "architecture": src.architecture, "sha256": sha, "params": stats["params"],
+        "macs": stats["macs"], "macs_method": stats["macs_method"], "size_bytes": path_size(model_file),
+        "metrics": metrics, "temperature": src.temperature, "torch": torch.__version__, "host": _cpu_model(),
     }
+    return _Source(model=model, manifest=src, sha256=sha, data=data, ref_logits=ref_logits, metrics=metrics,
+                   stats=stats, summary=summary)
 
-    out.mkdir(parents=True, exist_ok=True)
-    leftovers = remove_stale_leftovers(out)  # a killed export's staging folders and temporaries
-    results: list[ArtifactResult] = []
-    staged: list[tuple[Path, Path]] = []
-    workroot = Path(tempfile.mkdtemp(prefix="lesionlite-export-"))
+
+def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _Source, stage: Path,
+                     final: Path) -> ArtifactResult:
+    """Convert one format × precision into ``stage``, check it against PyTorch and write its manifest."""
+    dest = stage / fmt.model_file
+    src = source.manifest
+    t0 = time.perf_counter()
     try:
-        for fmt in fmts:
-            ctx = ExportContext(model=model, source=src, preprocessing=cfg, calib=data.calib, options=options,
-                                workdir=workroot / fmt.name)
-            ctx.workdir.mkdir(parents=True, exist_ok=True)
-            for prec in precs:
-                name = f"{src.architecture}_{fmt.name}_{prec}"
-                stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".staging", dir=out))
-                staged.append((stage, out / name))
-                dest = stage / fmt.model_file
-                t0 = time.perf_counter()
-                try:
-                    with quiet():
-                        info: ArtifactInfo = fmt.convert(ctx, prec, dest)
-                except LesionliteError:
-                    raise
-                except Exception as exc:  # a converter failing on an op it cannot lower, etc.
-                    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    raise LesionliteError(
-                        f"{fmt.name} {prec} conversion of {src.architecture} failed: {type(exc).__name__}: {msg[:300]}"
-                    ) from None
-                seconds = time.perf_counter() - t0
-                if prec == "int8" and ctx.int8_prep_info() and "quantization" in info.extra:
-                    info.extra["quantization"]["preparation"] = ctx.int8_prep_info()  # every format's int8
-                validation = fmt.validate(dest, info, ctx)
-                runner = fmt.load_runner(dest, info)
-                notes: list[str] = list(info.extra.pop("notes", []))
-                if runner is not None:
-                    outputs = _run_batched(runner, data.eval_x)
-                    latency = _latency_ms_p50(runner, data.eval_x[:1])
-                    parity = compare(ref_logits, outputs, fmt.output_kind, src.temperature)
-                    metrics = classification_metrics(data.eval_y, outputs, num_classes)
-                    threshold = options.thresholds.get(prec, 0.0)
-                    accepted = parity["top1_agreement"] >= threshold
-                    parity["threshold"] = threshold
-                    parity["verified"] = True
-                    parity["host_int8_kernels"] = dict(host_int8_note()) if prec == "int8" else None
-                    reference = fmt.reference_runner(dest, info)
-                    if reference is not None:  # the artifact as defined, beside what this host's kernels did
-                        ref_out = _run_batched(reference[0], data.eval_x)
-                        parity["as_defined"] = {
-                            **compare(ref_logits, ref_out, fmt.output_kind, src.temperature),
-                            **{k: v for k, v in classification_metrics(data.eval_y, ref_out, num_classes).items()
-                               if k in ("accuracy", "balanced_accuracy", "macro_f1")},
-                            "how": reference[1],
-                        }
-                else:
-                    parity = {"verified": False, "reason": info.extra.get("unverified_reason", "cannot run on this host")}
-                    metrics = {}
-                    latency = None
-                    accepted = True
-                    notes.append(f"not numerically verified: {parity['reason']}")
-                status = "written" if accepted else ("forced" if options.force else "refused")
-                manifest = Manifest(
-                    kind=fmt.kind,
-                    architecture=src.architecture,
-                    class_names=list(src.class_names),
-                    preprocessing=cfg,
-                    input=info.input,
-                    calibration=dict(src.calibration),
-                    metrics={k: v for k, v in metrics.items()},
-                    data=dict(src.data),
-                    files={"model": fmt.model_file},
-                    extra={
-                        "format": fmt.name,
-                        "precision": prec,
-                        "output": info.output,
-                        "source_checkpoint_sha256": sha,
-                        "source_metrics": source_metrics,
-                        "params": stats["params"],
-                        "macs": stats["macs"],
-                        "macs_method": stats["macs_method"],
-                        "parity": parity,
-                        "parity_accepted": accepted,
-                        "metrics_split": data.eval_split,
-                        "export_data": data.describe(),
-                        "tool_versions": tool_versions(("torch", "lesionlite", *fmt.tool_packages)),
-                        "validation": validation,
-                        **info.extra,
-                    },
-                    git_commit=git_commit(),
-                )
-                manifest.write(stage)
-                results.append(
-                    ArtifactResult(
-                        name=name, format=fmt.name, precision=prec, status=status,
-                        path=str(out / name) if status != "refused" else None,
-                        size_bytes=path_size(dest), convert_seconds=round(seconds, 3), parity=parity,
-                        metrics=metrics, validation=validation, input=info.input, output=info.output, notes=notes,
-                        latency_ms_p50=latency,
-                    )
-                )
-        report = ExportReport(out_dir=str(out), source=source, data=data.describe(),
-                              parity_threshold=options.thresholds, artifacts=results,
-                              removed_leftovers=[p.name for p in leftovers])
-        refused = {a.name for a in report.refused}
-        for stage, final in staged:
-            if final.name not in refused:
-                replace_dir(stage, final)
-        staged = [(stage, final) for stage, final in staged if final.name in refused]
-        if refused:
-            worst = ", ".join(
-                f"{a.name} top-1 agreement {a.parity['top1_agreement']:.4f} < {a.parity['threshold']}"
-                for a in report.refused if a.parity
-            )
-            written = len(report.artifacts) - len(refused)
-            if written == 0:
-                raise ParityError(f"refused to write: parity broken ({worst}); nothing was written; "
-                                  "pass --force to write anyway", report)
-        from export.report import write_report
+        with quiet():
+            info: ArtifactInfo = fmt.convert(ctx, prec, dest)
+    except LesionliteError:
+        raise
+    except Exception as exc:  # a converter failing on an op it cannot lower, etc.
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LesionliteError(
+            f"{fmt.name} {prec} conversion of {src.architecture} failed: {type(exc).__name__}: {msg[:300]}"
+        ) from None
+    seconds = time.perf_counter() - t0
+    if prec == "int8" and ctx.int8_prep_info() and "quantization" in info.extra:
+        info.extra["quantization"]["preparation"] = ctx.int8_prep_info()  # every format's int8
+    validation = fmt.validate(dest, info, ctx)
+    notes: list[str] = list(info.extra.pop("notes", []))
+    check = _verify(fmt, prec, dest, info, source, ctx.options)
+    if not check.parity["verified"]:
+        notes.append(f"not numerically verified: {check.parity['reason']}")
+    status = "written" if check.accepted else ("forced" if ctx.options.force else "refused")
+    _artifact_manifest(fmt, prec, info, source, check, validation).write(stage)
+    return ArtifactResult(
+        name=final.name, format=fmt.name, precision=prec, status=status,
+        path=str(final) if status != "refused" else None,
+        size_bytes=path_size(dest), convert_seconds=round(seconds, 3), parity=check.parity,
+        metrics=check.metrics, validation=validation, input=info.input, output=info.output, notes=notes,
+        latency_ms_p50=check.latency_ms,
+    )
 
-        write_report(report, out)
-        from export.model_card import build_model_card, write_model_card
 
-        write_model_card(build_model_card(report, src, data, ref_logits), out)
-        if refused:
-            raise ParityError(
-                f"refused to write: parity broken ({worst}); wrote the other {written} artifact(s) and "
-                f"{out / 'export_report.md'}; pass --force to write the refused ones anyway",
-                report,
-            )
-        return report
-    finally:
-        for stage, _ in staged:
-            shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(workroot, ignore_errors=True)
+@dataclass
+class _Check:
+    parity: dict[str, Any]
+    metrics: dict[str, Any]
+    latency_ms: float | None
+    accepted: bool
+
+
+def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source: _Source,
+            options: ExportOptions) -> _Check:
+    """Run the artifact on the evaluation images (where this host can) and compare it with PyTorch."""
+    from export.parity import classification_metrics, compare
+
+    runner = fmt.load_runner(dest, info)
+    if runner is None:
+        reason = info.extra.get("unverified_reason", "cannot run on this host")
+        return _Check(parity={"verified": False, "reason": reason}, metrics={}, latency_ms=None, accepted=True)
+    data, src, k = source.data, source.manifest, source.manifest.num_classes
+    outputs = _run_batched(runner, data.eval_x)
+    latency = _latency_ms_p50(runner, data.eval_x[:1])
+    parity = compare(source.ref_logits, outputs, fmt.output_kind, src.temperature)
+    metrics = classification_metrics(data.eval_y, outputs, k)
+    threshold = options.thresholds.get(prec, 0.0)
+    accepted = parity["top1_agreement"] >= threshold
+    parity["threshold"] = threshold
+    parity["verified"] = True
+    parity["host_int8_kernels"] = dict(host_int8_note()) if prec == "int8" else None
+    reference = fmt.reference_runner(dest, info)
+    if reference is not None:  # the artifact as defined, beside what this host's kernels did
+        ref_out = _run_batched(reference[0], data.eval_x)
+        parity["as_defined"] = {
+            **compare(source.ref_logits, ref_out, fmt.output_kind, src.temperature),
+            **{m: v for m, v in classification_metrics(data.eval_y, ref_out, k).items()
+               if m in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "how": reference[1],
+        }
+    return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted)
+
+
+def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source: _Source, check: _Check,
+                       validation: Any) -> Manifest:
+    src, stats = source.manifest, source.stats
+    return Manifest(
+        kind=fmt.kind, architecture=src.architecture, class_names=list(src.class_names),
+        preprocessing=src.preprocessing, input=info.input, calibration=dict(src.calibration),
+        metrics=dict(check.metrics), data=dict(src.data), files={"model": fmt.model_file},
+        extra={
+            "format": fmt.name, "precision": prec, "output": info.output,
+            "source_checkpoint_sha256": source.sha256, "source_metrics": source.metrics,
+            "params": stats["params"], "macs": stats["macs"], "macs_method": stats["macs_method"],
+            "parity": check.parity, "parity_accepted": check.accepted,
+            "metrics_split": source.data.eval_split, "export_data": source.data.describe(),
+            "tool_versions": tool_versions(("torch", "lesionlite", *fmt.tool_packages)),
+            "validation": validation,
+            **info.extra,
+        },
+        git_commit=git_commit(),
+    )
+
+
+def _publish(report: ExportReport, staged: list[tuple[Path, Path]], source: _Source, out: Path) -> list[tuple[Path, Path]]:
+    """Move every accepted artifact into place, write the report and the model card; raise
+    :class:`ParityError` for refused ones. Returns the staging folders still to delete."""
+    refused = {a.name for a in report.refused}
+    for stage, final in staged:
+        if final.name not in refused:
+            replace_dir(stage, final)
+    staged = [(stage, final) for stage, final in staged if final.name in refused]
+    worst = ", ".join(f"{a.name} top-1 agreement {a.parity['top1_agreement']:.4f} < {a.parity['threshold']}"
+                      for a in report.refused if a.parity)
+    written = len(report.artifacts) - len(refused)
+    if refused and written == 0:
+        raise ParityError(f"refused to write: parity broken ({worst}); nothing was written; "
+                          "pass --force to write anyway", report)
+    from export.model_card import build_model_card, write_model_card
+    from export.report import write_report
+
+    write_report(report, out)
+    write_model_card(build_model_card(report, source.manifest, source.data, source.ref_logits), out)
+    if refused:
+        raise ParityError(
+            f"refused to write: parity broken ({worst}); wrote the other {written} artifact(s) and "
+            f"{out / 'export_report.md'}; pass --force to write the refused ones anyway",
+            report,
+        )
+    return staged
