@@ -8,11 +8,13 @@ DEMO_RUN ?= runs/demo
 DEMO_EXPORT ?= artifacts/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install install-test browser clean help
+.PHONY: demo test install install-test browser clean help arm-board arm-board-down
 
 help:
 	@echo "make demo   - install, train a small student on the embedded default data (CPU), export it, bench it"
 	@echo "make test   - install and run the test suite"
+	@echo "make arm-board      - build (cached) and start the emulated aarch64 board: qemu-aarch64 + arm64 Python + loopback sshd"
+	@echo "make arm-board-down - stop the board's sshd"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,14 @@ demo: install
 
 test: install-test browser
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+# Emulated aarch64 board for `lesionlite bench MODEL_DIR --target board` (ARM-kernel outputs; times are an emulator's).
+# Built into $${LESIONLITE_CACHE:-~/.cache/lesionlite}/board-aarch64 from Debian + PyPI (~135 MB download, ~370 MB on disk).
+arm-board: install
+	$(PY) -m mobile_benchmarks board up
+
+arm-board-down:
+	$(PY) -m mobile_benchmarks board down
 
 clean:
 	rm -rf runs artifacts .pytest_cache

@@ -51,7 +51,6 @@ def make_input(art: Artifact, image: str | None = None, seed: int = 0) -> np.nda
     laid out and quantized as the manifest says (int8/uint8 inputs: q = round(x / scale) + zero_point)."""
     from PIL import Image
 
-    shape, dtype, layout, quant = expected_input(art)
     cfg = art.manifest.preprocessing
     if image:
         img = load_image_file(image)
@@ -59,6 +58,14 @@ def make_input(art: Artifact, image: str | None = None, seed: int = 0) -> np.nda
         rng = np.random.default_rng(seed)
         side = max(cfg.effective_resize, cfg.input_size)
         img = Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8), mode="RGB")
+    return input_from_image(art, img)
+
+
+def input_from_image(art: Artifact, img: Any) -> np.ndarray:
+    """One PIL image → the artifact's model input (batch of 1): preprocessed, laid out and quantized as
+    its manifest says. Shared by the timed input and the agreement check, so both feed what serve feeds."""
+    shape, dtype, layout, quant = expected_input(art)
+    cfg = art.manifest.preprocessing
     if layout not in ("NCHW", "NHWC"):
         raise LesionliteError(f"{art.name}: unknown input layout {layout!r} in manifest")
     x = preprocess(img, cfg, layout)[None]  # type: ignore[arg-type]
@@ -137,6 +144,7 @@ def run_bench(
                                            "source": image or "random RGB noise (seed 0) through lesionlite.preprocessing"}
                 runnable.append((art, npy))
             results += measure_interleaved(target, runnable, options, log)
+        agreement = agreement_on(target, arts, options, log)
     finally:
         target.close()
     host = host_info()
@@ -158,10 +166,48 @@ def run_bench(
         "artifacts": [a.info for a in arts] + [u.info for u in unreadable],
         "results": results,
     }
+    emulated = getattr(target, "emulated", None)
+    if emulated:  # an emulator's times: labelled in every report and refused by `bench compare` against real ones
+        doc["emulated"] = {"emulator": emulated, "note": EMULATED_NOTE}
+    if agreement is not None:
+        doc["agreement"] = agreement
     from mobile_benchmarks.report import write_reports
 
     doc["outputs"] = write_reports(doc, out)
     return doc
+
+
+EMULATED_NOTE = (
+    "EMULATED: every time in this report was measured in an emulator (qemu-aarch64 user mode) running on the "
+    "host's CPU. It is not the latency of a phone or of any ARM board and is never compared with real "
+    "measurements; what this run does tell is whether ARM's kernels give the same outputs (see 'ARM vs host')"
+)
+
+
+def agreement_images(target: Any, options: BenchOptions) -> int:
+    """Images for the ARM-vs-host check: as asked, else 500 on the emulated board (what it is for) and
+    none elsewhere (a real board's run is about its times; ask with --agreement-images N)."""
+    if options.agreement_images is not None:
+        if options.agreement_images < 0:
+            raise LesionliteError("--agreement-images must be >= 0")
+        return options.agreement_images
+    from mobile_benchmarks.agreement import DEFAULT_IMAGES
+
+    return DEFAULT_IMAGES if target.name in ("board", "qemu") else 0
+
+
+def agreement_on(target: Any, arts: list[Artifact], options: BenchOptions, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The target-vs-host output agreement table, when asked for and the target can return outputs."""
+    n = agreement_images(target, options)
+    if n == 0:
+        return None
+    if not hasattr(target, "predict"):
+        return {"images": n, "rows": [], "not_run": f"--target {target.name} cannot return model outputs "
+                                                    "(benchmark_model prints timings only)"}
+    from mobile_benchmarks.agreement import run_agreement
+    from mobile_benchmarks.targets.local import Target as LocalTarget
+
+    return run_agreement(arts, target, LocalTarget("local", options), n, log)
 
 
 def measure_interleaved(target: Any, runnable: list[tuple[Artifact, Path | None]], options: BenchOptions,

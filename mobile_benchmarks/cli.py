@@ -1,12 +1,14 @@
 """``lesionlite bench`` ≡ ``python -m mobile_benchmarks``.
 
-    lesionlite bench [run] MODEL_DIR [--target local|adb[:SERIAL]|ssh://[USER@]HOST[:PORT]]
+    lesionlite bench [run] MODEL_DIR [--target local|adb[:SERIAL]|ssh://[USER@]HOST[:PORT]|board|qemu]
                      [--threads 1,2,4] [--runs 100] [--warmup 10] [--min-secs 1]
                      [--warmup-min-secs 0.5] [--repeats 3] [--out DIR]
                      [--benchmark-model PATH] [--use-xnnpack|--use-gpu|--use-nnapi]
                      [--taskset MASK] [--remote-python python3] [--image FILE]
+                     [--agreement-images N] [--board-dir DIR]
     lesionlite bench compare A.json B.json
     lesionlite bench report bench.json [--out DIR]
+    lesionlite bench board up|down|status [--dir DIR]   # emulated aarch64 board (see board/cli.py)
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Sequence
 
 from lesionlite.errors import LesionliteError
 
-SUBCOMMANDS = ("run", "compare", "report")
+SUBCOMMANDS = ("run", "compare", "report", "board")
+DEFAULTS = {"threads": "1,2,4", "runs": 100, "warmup": 10, "min_secs": 1.0, "warmup_min_secs": 0.5, "repeats": 3}
+EMULATED_DEFAULTS = {"threads": "1", "runs": 10, "warmup": 2, "min_secs": 0.0, "warmup_min_secs": 0.0, "repeats": 1}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,18 +33,26 @@ class _Parser(argparse.ArgumentParser):
 def _run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lesionlite bench [run]", description="Benchmark every exported artifact of a model.")
     p.add_argument("model_dir", help="directory with one artifact (manifest.json) or several artifact subdirectories")
-    p.add_argument("--target", default="local", help="local (default) | adb | adb:SERIAL | ssh://[USER@]HOST[:PORT]")
-    p.add_argument("--threads", default="1,2,4", help="comma-separated thread counts (default 1,2,4)")
-    p.add_argument("--runs", type=int, default=100, help="timed inferences per artifact and thread count (default 100)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed warmup inferences (default 10)")
-    p.add_argument("--min-secs", type=float, default=1.0,
+    p.add_argument("--target", default="local",
+                   help="local (default) | adb | adb:SERIAL | ssh://[USER@]HOST[:PORT] | board (emulated aarch64 "
+                        "board over ssh, see 'bench board up') | qemu (the same, no ssh)")
+    p.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2,4; board/qemu: 1)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed inferences per artifact and thread count (default 100; board/qemu: 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warmup inferences (default 10; board/qemu: 2)")
+    p.add_argument("--min-secs", type=float, default=None,
                    help="keep timing until at least this many seconds have passed, as benchmark_model's "
-                        "--min_secs (default 1.0)")
-    p.add_argument("--warmup-min-secs", type=float, default=0.5,
-                   help="warm up for at least this many seconds, as benchmark_model's --warmup_min_secs (default 0.5)")
-    p.add_argument("--repeats", type=int, default=3,
+                        "--min_secs (default 1.0; board/qemu: 0)")
+    p.add_argument("--warmup-min-secs", type=float, default=None,
+                   help="warm up for at least this many seconds, as benchmark_model's --warmup_min_secs "
+                        "(default 0.5; board/qemu: 0)")
+    p.add_argument("--repeats", type=int, default=None,
                    help="fresh processes per artifact and thread count; figures are their medians and the "
-                        "spread between them is reported as the noise (default 3)")
+                        "spread between them is reported as the noise (default 3; board/qemu: 1)")
+    p.add_argument("--agreement-images", type=int, default=None,
+                   help="compare each ONNX/TFLite artifact's outputs on the target with this host's on this many "
+                        "test images of the export's data (default 500 on board/qemu, else 0)")
+    p.add_argument("--board-dir", help="board/qemu: the emulated board's folder (default $LESIONLITE_CACHE/board-aarch64)")
     p.add_argument("--out", help="output directory (default MODEL_DIR/bench)")
     p.add_argument("--benchmark-model", help="adb: path of TFLite's benchmark_model binary for the phone")
     g = p.add_mutually_exclusive_group()
@@ -50,7 +62,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--taskset", help="CPU affinity mask (hex, as taskset: 0x3 / f0) set for each measurement")
     p.add_argument("--remote-python", default="python3", help="ssh: python on the board (default python3)")
     p.add_argument("--image", help="use this image (through lesionlite.preprocessing) instead of random noise as input")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement (default 600)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds allowed per measurement, and per started 100 agreement images (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -60,10 +73,16 @@ def cmd_run(argv: Sequence[str]) -> int:
     from mobile_benchmarks.targets import BenchOptions
 
     a = _run_parser().parse_args(list(argv))
+    # under emulation one inference takes 20-400x longer and its time says nothing about a device:
+    # a few runs suffice to exercise the path, the agreement check is what the run is for
+    emulated = a.target.strip() in ("board", "qemu")
+    d = EMULATED_DEFAULTS if emulated else DEFAULTS
+    pick = lambda name: d[name] if getattr(a, name) is None else getattr(a, name)  # noqa: E731
     opts = BenchOptions(
-        threads=parse_threads(a.threads), runs=a.runs, warmup=a.warmup, repeats=a.repeats,
-        min_secs=a.min_secs, warmup_min_secs=a.warmup_min_secs, delegate=a.delegate, taskset=a.taskset,
+        threads=parse_threads(pick("threads")), runs=pick("runs"), warmup=pick("warmup"), repeats=pick("repeats"),
+        min_secs=pick("min_secs"), warmup_min_secs=pick("warmup_min_secs"), delegate=a.delegate, taskset=a.taskset,
         benchmark_model=a.benchmark_model, remote_python=a.remote_python, timeout_s=a.timeout,
+        board_dir=a.board_dir, agreement_images=a.agreement_images,
     )
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     doc = run_bench(a.model_dir, a.target, opts, out_dir=a.out, image=a.image, log=log)
@@ -100,6 +119,9 @@ def cmd_compare(argv: Sequence[str]) -> int:
     else:
         print(f"A = {a.a}\nB = {a.b}")
         print(format_compare(rows, sorted(ka - kb), sorted(kb - ka)))
+        if da.get("emulated") or db.get("emulated"):
+            print("note: both files hold EMULATED times (qemu-aarch64 on a host CPU): the ratios compare two "
+                  "emulator runs, not two devices")
         if differences:
             print("note: A and B were measured differently (" + "; ".join(differences) + "); a difference "
                   "outside the noise may come from that rather than from the artifacts")
@@ -133,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_compare(args[1:])
     if args[0] == "report":
         return cmd_report(args[1:])
+    if args[0] == "board":
+        from mobile_benchmarks.board.cli import main as board_main
+
+        return board_main(args[1:])
     if args[0] == "run":
         args = args[1:]
     return cmd_run(args)

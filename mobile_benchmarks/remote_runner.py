@@ -12,6 +12,10 @@ inputs are prepared (and, for TFLite, copied into the input tensor) before the t
 ``--mode bare`` instead puts one timer around the whole loop (no per-call timers), which is what
 ``benchmarks/bench_overhead.py`` compares against to measure the harness's own overhead.
 
+``--predict INPUTS.npy`` instead runs the model once per row of a stacked batch of prepared inputs
+and returns the (dequantized) outputs — what ``mobile_benchmarks.agreement`` compares between a
+board and the host.
+
 Output: one line ``LESIONLITE_RUNNER_JSON: {...}`` on stdout (other lines, e.g. runtime logs,
 are ignored by the caller). Exit status 0 on success, 3 when the runtime is missing, 4 when the
 model cannot be loaded or run.
@@ -27,6 +31,8 @@ import time
 
 MARKER = "LESIONLITE_RUNNER_JSON: "
 RUNNER_VERSION = 1
+#: a copy of mobile_benchmarks.board.EMULATOR_ENV (this script imports nothing of lesionlite)
+EMULATOR_ENV = "LESIONLITE_EMULATOR"
 
 
 def _emit(obj: dict) -> None:
@@ -457,11 +463,64 @@ def run(args: argparse.Namespace) -> dict:
             "release": platform.release(),
             "python": platform.python_version(),
             "pid": os.getpid(),
+            # set by the emulated board's python wrapper: these times are an emulator's, not the device's
+            "emulator": os.environ.get(EMULATOR_ENV) or None,
         },
         **info,
         **result,
     }
     return out
+
+
+def _dequantize(np, y, detail: dict):
+    """TFLite integer output → float with the tensor's own (scale, zero_point); float outputs unchanged."""
+    if y.dtype.kind not in "iu":
+        return y.astype(np.float64)
+    q = detail.get("quantization_parameters") or {}
+    scales, zps = q.get("scales"), q.get("zero_points")
+    if scales is None or len(scales) == 0:
+        scale, zp = detail.get("quantization", (1.0, 0))
+    else:
+        scale, zp = scales, zps
+    return (y.astype(np.float64) - np.asarray(zp, dtype=np.float64)) * np.asarray(scale, dtype=np.float64)
+
+
+def predict(args: argparse.Namespace) -> dict:
+    """Outputs of the model for each row of ``--predict`` (N prepared inputs stacked on axis 0)."""
+    import numpy as np
+
+    batch = np.load(args.predict)
+    outputs = []
+    try:
+        if args.kind == "onnx":
+            model, load_ns, info = _load_onnx(args.model, args.threads, args.ort_config)
+            name = info["input_name"]
+            t0 = time.perf_counter_ns()
+            for x in batch:
+                outputs.append(np.asarray(model.run(None, {name: np.ascontiguousarray(x)})[0], dtype=np.float64).reshape(-1))
+        elif args.kind == "tflite":
+            model, load_ns, info = _load_tflite(args.model, args.threads, args.delegate)
+            d_in = model.get_input_details()[0]
+            d_out = model.get_output_details()[0]
+            t0 = time.perf_counter_ns()
+            for x in batch:
+                model.set_tensor(d_in["index"], np.ascontiguousarray(x))
+                model.invoke()
+                outputs.append(_dequantize(np, model.get_tensor(d_out["index"]), d_out).reshape(-1))
+        else:
+            _fail(4, "failed", f"unknown kind {args.kind!r}")
+        total_ns = time.perf_counter_ns() - t0
+    except SystemExit:
+        raise
+    except Exception as exc:
+        _fail(4, "failed", f"{type(exc).__name__}: {exc}")
+    info.pop("delegate_coverage", None)
+    return {"status": "ok", "runner_version": RUNNER_VERSION, "kind": args.kind, "threads": args.threads,
+            "n": len(outputs), "load_ns": load_ns, "total_ns": total_ns,
+            "outputs": [[float(v) for v in o] for o in outputs],
+            "platform": {"machine": platform.machine(), "cpu_model": _cpu_model(), "python": platform.python_version(),
+                         "numpy": np.__version__, "emulator": os.environ.get(EMULATOR_ENV) or None},
+            **info}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -483,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taskset", help="CPU mask (hex, like taskset) or list '0,2-3'")
     p.add_argument("--mode", default="harness", choices=["harness", "bare", "both"])
     p.add_argument("--blocks", type=int, default=3, help="--mode both: alternating bare/harness blocks")
+    p.add_argument("--predict", metavar="INPUTS.npy",
+                   help="instead of timing: run each row of this stacked input batch once and print the outputs")
     return p
 
 
@@ -494,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(4, "failed", "--min-secs and --warmup-min-secs must be >= 0")
     if not os.path.exists(args.model):
         _fail(4, "failed", f"model file not found: {args.model}")
-    _emit(run(args))
+    _emit(predict(args) if args.predict else run(args))
     return 0
 
 

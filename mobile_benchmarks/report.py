@@ -51,6 +51,57 @@ def _big(v: Any) -> str:
     return f"{v:.0f}"
 
 
+def emulated(doc: dict[str, Any]) -> str | None:
+    """The emulator a bench file's times come from, or None for real measurements."""
+    if doc.get("emulated"):
+        return (doc["emulated"] or {}).get("emulator") or "emulated"
+    return next((r["emulated"] for r in doc.get("results") or [] if r.get("emulated")), None)
+
+
+EMULATED_BANNER = ("**EMULATED** — every time below was measured under {emu} on the host's CPU: it is an "
+                   "emulator's time, not the latency of a phone or of any ARM board, and `bench compare` refuses "
+                   "to compare it with real measurements. What this run tells is in 'ARM vs host agreement'.")
+
+
+def agreement_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The ARM(target)-vs-host agreement table, one row per ONNX/TFLite artifact."""
+    emu = emulated(doc)
+    head = ["artifact", "kind", "precision", "images", "top-1 agreement target vs host", "max |Δ| logits", "mean |Δ|",
+            "bit-identical", "accuracy target / host", "export: host vs PyTorch top-1 (max |Δ|, n)",
+            "target ms/inference" + (" (EMULATED)" if emu else "")]
+    rows = []
+    for r in (doc.get("agreement") or {}).get("rows") or []:
+        ref = r.get("export_vs_pytorch") or {}
+        mx = ref.get("max_abs_logits")
+        ref_cell = (f"{ref['top1_agreement']:.4f} ({'—' if mx is None else f'{mx:.3g}'}, {ref.get('n', '?')})"
+                    if ref.get("top1_agreement") is not None else "not recorded by export")
+        if r.get("status") != "ok":
+            rows.append([r["artifact"], r["kind"], _f(r.get("precision")), "—", f"failed: {r.get('reason')}", "—", "—",
+                         "—", "—", ref_cell, "—"])
+            continue
+        acc = (f"{r['accuracy_target']:.4f} / {r['accuracy_host']:.4f}" if r.get("accuracy_target") is not None
+               else "no labels")
+        rows.append([r["artifact"], r["kind"], _f(r.get("precision")), str(r["n"]), f"{r['top1_agreement']:.4f}",
+                     f"{r['max_abs_diff']:.3g}", f"{r['mean_abs_diff']:.3g}", "yes" if r["bit_identical"] else "no",
+                     acc, ref_cell, _f(r.get("target_ms_per_inference"), 1)])
+    return head, rows
+
+
+def _agreement_text(doc: dict[str, Any]) -> list[str]:
+    """Paragraphs that go with the agreement table (inputs, method, what is and is not compared)."""
+    ag = doc.get("agreement") or {}
+    if ag.get("not_run"):
+        return [f"Not run: {ag['not_run']}."]
+    t = doc.get("target") or {}
+    machine = (t.get("device") or {}).get("machine") or "the target"
+    return [f"Inputs: {'; '.join(ag.get('inputs') or ['?'])}.",
+            f"Method: {ag.get('method', '?')}. Target = {machine}"
+            + (f" under {emulated(doc)}" if emulated(doc) else "") + ".",
+            "PyTorch: the export records only summary parity figures against PyTorch (on the export host), not "
+            "per-image outputs, so 'target vs PyTorch' is read as target = host (this table) and host vs PyTorch "
+            "(export column)."]
+
+
 def artifact_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["artifact", "kind", "precision", "size (MB)", "params", "params source", "MACs", "MACs source", "accuracy", "accuracy source"]
     rows = []
@@ -129,8 +180,10 @@ def ship_recommendations(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     s = doc["settings"]
-    out = [f"# Benchmark: {doc['model_dir']}", "",
+    emu = emulated(doc)
+    out = [f"# Benchmark: {doc['model_dir']}" + (" — EMULATED times" if emu else ""), "",
            f"Created {doc['created']} (git {doc.get('git_commit') or 'n/a'}) on target `{doc['target'].get('spec')}`.", "",
+           *([f"> {EMULATED_BANNER.format(emu=emu)}", ""] if emu else []),
            "## Host", "", _md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
            *([f"> **Warning:** {w}" for w in doc.get("warnings") or []] + ([""] if doc.get("warnings") else [])),
            "## Method", "",
@@ -139,9 +192,15 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
            f"taskset: {s.get('taskset') or 'none (affinity as inherited)'}",
            f"- timing: {s['timing']}", f"- isolation and memory: {s['isolation']}", "",
            "## Artifacts", "", _md_table(*artifact_rows(doc)), "",
-           "## Results (latencies in ms)", "", _md_table(*result_rows(doc)), ""]
-    recs = ship_recommendations(doc)
-    if recs:
+           "## Results (" + ("EMULATED times in ms — not a device's latency" if emu else "latencies in ms") + ")", "",
+           _md_table(*result_rows(doc)), ""]
+    if doc.get("agreement"):
+        out += ["## ARM vs host agreement" if emu or (doc.get("target") or {}).get("name") in ("board", "qemu")
+                else "## Target vs host agreement", "", *_agreement_text(doc), "", _md_table(*agreement_rows(doc)), ""]
+    recs = [] if emu else ship_recommendations(doc)
+    if emu:
+        out += ["## Which precision to ship", "", "Not judged from this run: its times are an emulator's.", ""]
+    elif recs:
         out += ["## Which precision to ship", "",
                 f"Per format, at {min(s['threads'])} thread(s) on this target: the fastest p50 within 1 point of fp32's "
                 "balanced accuracy (from the export report), ties within 5 % to the smaller file.", ""]
@@ -178,16 +237,22 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
         "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
-        f"<h1>Benchmark: {e(doc['model_dir'])}</h1>",
+        f"<h1>Benchmark: {e(doc['model_dir'])}{' — EMULATED times' if emulated(doc) else ''}</h1>",
         f"<p>Created {e(doc['created'])} (git {e(str(doc.get('git_commit') or 'n/a'))}) on target <code>{e(str(doc['target'].get('spec')))}</code>.</p>",
+        *([f"<p style='border:2px solid #c00;padding:6px'>{e(EMULATED_BANNER.format(emu=emulated(doc))).replace('**', '')}</p>"]
+          if emulated(doc) else []),
         "<h2>Host</h2>", table(["field", "value"], [list(p) for p in _host_pairs(doc)]),
         *[f"<p><b>Warning:</b> {e(w)}</p>" for w in doc.get("warnings") or []],
         "<h2>Method</h2><ul>",
         f"<li>threads {e(str(s['threads']))}, {s['runs']} timed runs after {s['warmup']} warmup runs, delegate: {e(str(s['delegate']))}, taskset: {e(str(s.get('taskset') or 'none'))}</li>",
         f"<li>timing: {e(s['timing'])}</li><li>isolation and memory: {e(s['isolation'])}</li></ul>",
         "<h2>Artifacts</h2>", table(*artifact_rows(doc)),
-        "<h2>Results (latencies in ms)</h2>", table(*result_rows(doc)),
+        "<h2>Results (" + ("EMULATED times in ms — not a device's latency" if emulated(doc) else "latencies in ms")
+        + ")</h2>", table(*result_rows(doc)),
     ]
+    if doc.get("agreement"):
+        parts += ["<h2>ARM vs host agreement</h2>" if emulated(doc) else "<h2>Target vs host agreement</h2>",
+                  *[f"<p>{e(t)}</p>" for t in _agreement_text(doc)], table(*agreement_rows(doc))]
     notes = [r for r in doc["results"] if r["status"] != "ok"]
     if notes:
         parts.append("<h2>Not measured</h2><ul>" + "".join(
@@ -236,7 +301,7 @@ def accuracy_metric(artifact: dict[str, Any]) -> tuple[float | None, str]:
     return None, "accuracy"
 
 
-def latency_figure(results: list[dict[str, Any]]) -> Any:
+def latency_figure(results: list[dict[str, Any]], emulator: str | None = None) -> Any:
     """Box plot of per-run latencies (``results`` with ``latencies_ms``), log axis with plain ms tick labels."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
@@ -252,14 +317,19 @@ def latency_figure(results: list[dict[str, Any]]) -> Any:
     ax.yaxis.set_major_formatter(FixedFormatter([_plain(t) for t in ticks]))
     ax.yaxis.set_minor_formatter(NullFormatter())  # the log formatter would write "6×10⁰" here
     ax.set_ylim(lo, hi)
-    ax.set_ylabel("latency per inference (ms, log scale)")
-    ax.set_title("Warm latency distribution (box: p25–p75, whiskers: p1–p99, dots: beyond)")
+    if emulator:
+        ax.set_ylabel("EMULATED time per inference (ms, log scale)")
+        ax.set_title(f"EMULATED — not a device's latency\n{emulator}\n"
+                     "box: p25–p75, whiskers: p1–p99, dots: beyond", fontsize=9)
+    else:
+        ax.set_ylabel("latency per inference (ms, log scale)")
+        ax.set_title("Warm latency distribution (box: p25–p75, whiskers: p1–p99, dots: beyond)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
 
 
-def accuracy_figure(best: dict[str, dict[str, Any]], artifacts: dict[str, dict[str, Any]]) -> Any:
+def accuracy_figure(best: dict[str, dict[str, Any]], artifacts: dict[str, dict[str, Any]], emulator: str | None = None) -> Any:
     """Balanced accuracy (plain accuracy where it is unknown; the axis label says which) vs p50 latency."""
     import matplotlib.pyplot as plt
 
@@ -281,9 +351,13 @@ def accuracy_figure(best: dict[str, dict[str, Any]], artifacts: dict[str, dict[s
         ylabel, what = "accuracy (balanced accuracy not available)", "Accuracy"
     else:
         ylabel, what = "balanced accuracy (plain accuracy where marked)", "Balanced accuracy"
-    ax.set_xlabel("p50 latency (ms), best thread count per artifact; bars: noise between processes")
     ax.set_ylabel(ylabel)
-    ax.set_title(f"{what} vs latency across formats and precisions")
+    if emulator:
+        ax.set_xlabel("EMULATED p50 time (ms) — an emulator's, not a device's latency")
+        ax.set_title(f"{what} vs EMULATED time\n{emulator}", fontsize=9)
+    else:
+        ax.set_xlabel("p50 latency (ms), best thread count per artifact; bars: noise between processes")
+        ax.set_title(f"{what} vs latency across formats and precisions")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -303,7 +377,7 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     dist = [r for r in ok if r.get("latencies_ms")]
     if dist:
-        fig = latency_figure(dist)
+        fig = latency_figure(dist, emulated(doc))
         with atomic_path(out / LAT_PLOT) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
@@ -317,7 +391,7 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
             if r["artifact"] not in best or r["latency_ms"]["p50"] < best[r["artifact"]]["latency_ms"]["p50"]:
                 best[r["artifact"]] = r
     if best:
-        fig = accuracy_figure(best, acc)
+        fig = accuracy_figure(best, acc, emulated(doc))
         with atomic_path(out / ACC_PLOT) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
@@ -337,7 +411,7 @@ def write_reports(doc: dict[str, Any], out: str | Path, write_json: bool = True)
             paths[f"plot_{k}"] = str(out / plots[k])  # type: ignore[operator]
     doc["outputs"] = paths
     doc["plots"] = plots
-    doc["ship"] = ship_recommendations(doc)
+    doc["ship"] = [] if emulated(doc) else ship_recommendations(doc)  # never chosen by an emulator's times
     if write_json:
         write_json_atomic(out / "bench.json", doc)
     write_text_atomic(out / "bench.md", render_markdown(doc, plots))
@@ -356,8 +430,19 @@ COMPARE_METRICS = (
 )
 
 
+def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Emulated times are never compared with real ones (either way round): one line, exit status 2."""
+    ea, eb = emulated(a), emulated(b)
+    if bool(ea) != bool(eb):
+        which = "A" if ea else "B"
+        raise LesionliteError(f"{which} was measured under emulation ({ea or eb}) and the other on real hardware; "
+                              "emulated times are not compared with real measurements")
+
+
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per (artifact, threads) present and measured in both: B/A ratio of each metric (None if missing)."""
+    """Per (artifact, threads) present and measured in both: B/A ratio of each metric (None if missing).
+    Raises when only one of the two is emulated (:func:`check_comparable`)."""
+    check_comparable(a, b)
     arts_a = {x["name"]: x for x in a["artifacts"]}
     arts_b = {x["name"]: x for x in b["artifacts"]}
     ra = {(r["artifact"], r["threads"]): r for r in a["results"] if r["status"] == "ok"}

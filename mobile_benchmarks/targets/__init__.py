@@ -3,6 +3,8 @@
 * ``local``                      — this host (ONNX Runtime + LiteRT, fresh subprocess per measurement)
 * ``adb`` / ``adb:SERIAL``       — an attached Android phone, TFLite ``benchmark_model`` over adb
 * ``ssh://[USER@]HOST[:PORT]``   — a Linux board: copies ``remote_runner.py`` and runs it there
+* ``board``                      — the emulated aarch64 board (``bench board up``), over ssh; times labelled emulated
+* ``qemu``                       — the same emulated aarch64 Python, run directly (no ssh)
 
 Every target raises :class:`~lesionlite.errors.LesionliteError` with one line when it cannot run
 (tool missing, nothing attached, host unreachable) and never fills in figures it did not measure.
@@ -19,6 +21,8 @@ TARGETS: dict[str, str] = {
     "local": "mobile_benchmarks.targets.local",
     "adb": "mobile_benchmarks.targets.adb",
     "ssh": "mobile_benchmarks.targets.ssh",
+    "board": "mobile_benchmarks.targets.board",
+    "qemu": "mobile_benchmarks.targets.qemu",
 }
 
 
@@ -39,6 +43,10 @@ class BenchOptions:
     remote_python: str = "python3"
     timeout_s: float = 600.0
     connect_timeout_s: int = 5
+    #: board/qemu targets: the board folder (default $LESIONLITE_CACHE/board-aarch64)
+    board_dir: str | None = None
+    #: ARM-vs-host agreement: this many real test images per artifact (0: none; None: the target's default)
+    agreement_images: int | None = None
 
 
 def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
@@ -46,6 +54,8 @@ def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
     s = (spec or "local").strip()
     if s == "local":
         return "local", {}
+    if s in ("board", "qemu"):
+        return s, {}
     if s == "adb" or s.startswith("adb:"):
         serial = s[4:] or None
         return "adb", {"serial": serial}
@@ -67,7 +77,7 @@ def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
             raise LesionliteError(f"bad ssh target {spec!r}: no host; expected ssh://[USER@]HOST[:PORT]")
         return "ssh", {"user": user or None, "host": host, "port": port}
     raise LesionliteError(
-        f"unknown target {spec!r}; expected one of: local, adb, adb:SERIAL, ssh://[USER@]HOST[:PORT]"
+        f"unknown target {spec!r}; expected one of: local, adb, adb:SERIAL, ssh://[USER@]HOST[:PORT], board, qemu"
     )
 
 

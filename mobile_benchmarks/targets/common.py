@@ -65,6 +65,11 @@ def from_runner(artifact: dict[str, Any], threads: int, data: dict[str, Any], lo
         "latencies_ms": lat_ms,
         "notes": [],
     })
+    emulator = (data.get("platform") or {}).get("emulator")
+    if emulator:  # times of an emulator: labelled everywhere, never compared with a device's
+        res["emulated"] = emulator
+        res["notes"].append(f"EMULATED: measured under {emulator}; these times are an emulator's on "
+                            "the host CPU, not the latency of any ARM device")
     aff = data.get("affinity")
     if aff and threads > len(aff):
         res["notes"].append(f"{threads} threads requested but only {len(aff)} CPU(s) available to the process "
@@ -139,3 +144,30 @@ def from_benchmark_model(artifact: dict[str, Any], threads: int, parsed: dict[st
         "latencies_ms": [],
     })
     return res
+
+
+def predict_args(artifact: dict[str, Any]) -> list[str]:
+    """``remote_runner.py --predict`` arguments besides model and inputs: one thread, XNNPACK, the
+    onnxruntime settings export recorded (so host and board run the artifact the same way)."""
+    args = ["--kind", artifact["kind"], "--threads", "1", "--delegate", "xnnpack"]
+    for key, value in (artifact.get("ort_session_config") or {}).items():
+        args += ["--ort-config", f"{key}={value}"]
+    return args
+
+
+def predict_result(proc_stdout: str, proc_stderr: str, returncode: int) -> dict[str, Any]:
+    """Runner ``--predict`` JSON, or ``{status: failed, reason}`` naming what went wrong."""
+    data = find_runner_json(proc_stdout or "")
+    if data is None:
+        tail = (proc_stderr or proc_stdout or "").strip().splitlines()[-1:] or ["no output"]
+        return {"status": "failed", "reason": f"runner exited with status {returncode}: {tail[0][:300]}"}
+    return data
+
+
+def predict_timeout(options: Any, inputs_npy: Any) -> float:
+    """Seconds allowed for one ``--predict`` call: ``--timeout`` per started 100 images (an fp16 model
+    under emulation can take over a second per image, so 500 images would not fit one measurement's limit)."""
+    import numpy as np
+
+    n = int(np.load(inputs_npy, mmap_mode="r").shape[0])
+    return float(options.timeout_s) * max(1, -(-n // 100))

@@ -19,17 +19,24 @@ from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, runner_measurement_args
+from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
+                                              predict_timeout, runner_measurement_args)
 
 RUNNER = Path(remote_runner.__file__).resolve()
 
 
 class Target:
     name = "local"
+    #: times measured here are this host's own (see targets/qemu.py for an emulated variant)
+    emulated: str | None = None
 
     def __init__(self, spec: str, options: BenchOptions) -> None:
         self.spec = spec
         self.options = options
+
+    def python_cmd(self) -> list[str]:
+        """The interpreter that runs ``remote_runner.py`` (this one; the qemu target swaps it)."""
+        return [sys.executable]
 
     def check(self) -> None:
         if self.options.delegate in ("gpu", "nnapi"):
@@ -57,12 +64,25 @@ class Target:
                                     "platforms (macOS/iOS); no figures measured")
             return empty_result(art, threads, "skipped", "CoreML benchmarking is not implemented by this tool")
         cmd = [
-            sys.executable, str(RUNNER), "--model", str(model_path), "--kind", kind, "--delegate", "xnnpack",
+            *self.python_cmd(), str(RUNNER), "--model", str(model_path), "--kind", kind, "--delegate", "xnnpack",
             *runner_measurement_args(self.options, art, threads),
         ]
         if input_npy is not None:
             cmd += ["--input", str(input_npy)]
-        return run_runner_process(cmd, art, threads, self.options.timeout_s, source="local subprocess")
+        return run_runner_process(cmd, art, threads, self.options.timeout_s, source=f"{self.name} subprocess")
+
+    def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
+        """The artifact's outputs for each row of ``inputs_npy`` (runner ``--predict``), or a failure."""
+        cmd = [*self.python_cmd(), str(RUNNER), "--model", str(model_path), "--predict", str(inputs_npy),
+               *predict_args(art)]
+        limit = predict_timeout(self.options, inputs_npy)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "reason": f"prediction timed out after {limit:.0f} s"}
+        except OSError as exc:
+            return {"status": "failed", "reason": f"cannot start the runner: {exc}"}
+        return predict_result(proc.stdout, proc.stderr, proc.returncode)
 
     def close(self) -> None:
         pass

@@ -17,11 +17,14 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.targets import BenchOptions
-from mobile_benchmarks.targets.common import empty_result, find_runner_json, from_runner, runner_measurement_args
+from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
+                                              predict_timeout, runner_measurement_args)
 
 
 class Target:
     name = "ssh"
+    #: a real board's times are its own; the emulated board (targets/board.py) says otherwise
+    emulated: str | None = None
 
     def __init__(self, spec: str, options: BenchOptions, host: str, port: int = 22, user: str | None = None) -> None:
         self.spec = spec
@@ -37,8 +40,12 @@ class Target:
     def dest(self) -> str:
         return f"{self.user}@{self.host}" if self.user else self.host
 
+    def ssh_options(self) -> list[str]:
+        """Options placed before the defaults (ssh keeps the first value of each): none for a plain host."""
+        return []
+
     def _opts(self) -> list[str]:
-        return ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.options.connect_timeout_s}",
+        return [*self.ssh_options(), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.options.connect_timeout_s}",
                 "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR"]
 
     def _ssh(self, command: str, timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
@@ -116,6 +123,20 @@ class Target:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             return empty_result(art, threads, "failed", f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
         return from_runner(art, threads, data, proc.stderr + "\n" + proc.stdout, source=f"ssh {self.dest}")
+
+    def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
+        """The artifact's outputs on the board for each row of ``inputs_npy`` (runner ``--predict``)."""
+        safe = art["name"].replace("/", "_")
+        rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
+        rin = self._copy_once(inputs_npy, f"{safe}_{inputs_npy.name}")
+        args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--predict", rin,
+                *predict_args(art)]
+        try:
+            proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=predict_timeout(self.options, inputs_npy),
+                             check=False)
+        except LesionliteError as exc:  # no answer in time: this artifact's row fails, the others still run
+            return {"status": "failed", "reason": str(exc)}
+        return predict_result(proc.stdout, proc.stderr, proc.returncode)
 
     def close(self) -> None:
         if self.remote_dir:

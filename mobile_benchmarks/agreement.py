@@ -1,0 +1,140 @@
+"""ARM-vs-host agreement: does the board's runtime give the answers the export promised?
+
+What emulation *is* good for: the emulated board runs ARM's own kernels (XNNPACK NEON int8, ONNX
+Runtime's aarch64 MLAS), so a user shipping int8 to a phone learns whether those kernels give the
+outputs the export report measured on the host. For every ONNX and TFLite artifact the same N real
+test images (the manifest's data spec and split seed, the export's evaluation split; a seeded subset
+when N is smaller) go through the same preprocessing, are run once on the target and once on this
+host (``remote_runner.py --predict`` on both sides, one thread), and are compared:
+
+* top-1 agreement and max / mean |Δ| of the outputs (logits), and whether they are bit-identical;
+* top-1 accuracy of each side against the labels (real data only);
+* next to them, the export's own parity against PyTorch (``manifest.extra.parity``, measured on the
+  export host): the export stores summary figures, not per-image PyTorch outputs, so ARM-vs-PyTorch
+  is reported as "ARM = host" + "host vs PyTorch", never recomputed here (bench stays torch-free).
+
+Where no real data is found the inputs are seeded random images and the table says so.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lesionlite.errors import LesionliteError
+from mobile_benchmarks.artifacts import Artifact
+
+DEFAULT_IMAGES = 500
+
+
+def eval_images(art: Artifact, n: int, seed: int = 0) -> tuple[list[Any], np.ndarray | None, str]:
+    """(images, labels or None, description): ``n`` images of the export's evaluation split."""
+    data = art.manifest.data or {}
+    spec = data.get("spec") or data.get("name")
+    split = ((art.manifest.extra or {}).get("export_data") or {}).get("eval_split") or "test"
+    reason = "the manifest names no dataset"
+    if spec:
+        try:
+            from distill.data import load_dataset  # torch-free loader (PIL + numpy)
+
+            bundle = load_dataset(str(spec), None, int(data.get("split_seed") or 0), **(data.get("options") or {}))
+            ds = bundle.split(split)
+            total = len(ds)
+            idx = range(total) if n >= total else sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
+            pairs = [ds[int(i)] for i in idx]
+            kind = "synthetic" if bundle.synthetic else "real"
+            return ([p[0] for p in pairs], np.array([int(p[1]) for p in pairs]),
+                    f"{len(pairs)} {kind} images of the {split} split of {bundle.name} (of {total}; seed {seed} subset)"
+                    if len(pairs) < total else f"all {total} {kind} images of the {split} split of {bundle.name}")
+        except (LesionliteError, ImportError, OSError, ValueError, KeyError) as exc:
+            reason = f"data {spec!r} not available here ({exc})"
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    side = max(art.manifest.preprocessing.effective_resize, art.manifest.preprocessing.input_size)
+    imgs = [Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8), mode="RGB") for _ in range(n)]
+    return imgs, None, f"{n} seeded random images (no real test images: {reason})"
+
+
+def compare_outputs(target_out: np.ndarray, host_out: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """Agreement figures of two [N, C] output arrays (and accuracy of each when labels are known)."""
+    diff = np.abs(target_out - host_out)
+    row = {
+        "n": int(len(host_out)),
+        "top1_agreement": float(np.mean(target_out.argmax(1) == host_out.argmax(1))),
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "bit_identical": bool(np.array_equal(target_out, host_out)),
+    }
+    if labels is not None:
+        row["accuracy_target"] = float(np.mean(target_out.argmax(1) == labels))
+        row["accuracy_host"] = float(np.mean(host_out.argmax(1) == labels))
+    return row
+
+
+def export_parity(art: Artifact) -> dict[str, Any] | None:
+    """The export's host-vs-PyTorch parity of this artifact (summary figures only), if recorded."""
+    par = (art.manifest.extra or {}).get("parity")
+    if not isinstance(par, dict):
+        return None
+    keep = {k: par.get(k) for k in ("top1_agreement", "max_abs_logits", "mean_abs_logits", "n") if par.get(k) is not None}
+    return {**keep, "reference": "PyTorch, measured by export on the export host"} if keep else None
+
+
+def run_agreement(arts: list[Artifact], target: Any, host: Any, n: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Per ONNX/TFLite artifact: outputs on ``target`` vs on ``host`` for ``n`` evaluation images."""
+    rows: list[dict[str, Any]] = []
+    sources: set[str] = set()
+    cache: dict[tuple, tuple] = {}
+    with tempfile.TemporaryDirectory(prefix="lesionlite-agree-") as tmp:
+        for art in arts:
+            if art.kind not in ("onnx", "tflite") or art.info.get("problem") or art.model_path is None:
+                continue
+            base = {"artifact": art.name, "kind": art.kind, "precision": art.info.get("precision"),
+                    "export_vs_pytorch": export_parity(art)}
+            key = (str(art.manifest.data.get("spec") or art.manifest.data.get("name")), art.manifest.data.get("split_seed"))
+            if key not in cache:
+                cache[key] = eval_images(art, n)
+            images, labels, source = cache[key]
+            sources.add(source)
+            try:
+                from mobile_benchmarks.bench import input_from_image
+
+                batch = np.stack([input_from_image(art, img) for img in images])
+            except LesionliteError as exc:
+                rows.append({**base, "status": "failed", "reason": str(exc)})
+                continue
+            npy = Path(tmp) / f"{art.name.replace('/', '_')}_agreement_inputs.npy"
+            np.save(npy, batch)
+            log(f"[agree] {art.name}: {len(images)} images on {target.name} and on the host ...")
+            t_res = target.predict(art.info, art.model_path, npy)
+            h_res = host.predict(art.info, art.model_path, npy)
+            bad = [(w, r) for w, r in (("target", t_res), ("host", h_res)) if r.get("status") != "ok"]
+            if bad:
+                rows.append({**base, "status": "failed",
+                             "reason": "; ".join(f"{w}: {r.get('reason') or r.get('status')}" for w, r in bad)})
+                log(f"[agree]   failed: {rows[-1]['reason']}")
+                continue
+            t_out = np.asarray(t_res["outputs"], dtype=np.float64)
+            h_out = np.asarray(h_res["outputs"], dtype=np.float64)
+            row = {**base, "status": "ok", **compare_outputs(t_out, h_out, labels),
+                   "target_machine": (t_res.get("platform") or {}).get("machine"),
+                   "host_machine": (h_res.get("platform") or {}).get("machine"),
+                   "target_runtime": f"{t_res.get('runtime')} {t_res.get('runtime_version')}",
+                   "host_runtime": f"{h_res.get('runtime')} {h_res.get('runtime_version')}",
+                   "emulated": (t_res.get("platform") or {}).get("emulator"),
+                   "target_ms_per_inference": t_res["total_ns"] / 1e6 / max(t_res["n"], 1)}
+            rows.append(row)
+            log(f"[agree]   top-1 agreement {row['top1_agreement']:.4f}, max |Δ| {row['max_abs_diff']:.3g}"
+                f"{' (bit-identical)' if row['bit_identical'] else ''}")
+    return {
+        "images": n,
+        "inputs": sorted(sources),
+        "method": "the same preprocessed inputs run once per image on the target and on this host "
+                  "(remote_runner.py --predict, 1 thread, XNNPACK for TFLite; runtime versions per row, the same "
+                  "on the emulated board by construction); outputs are the model's logits (dequantized when the "
+                  "output tensor is integer)",
+        "rows": rows,
+    }
