@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
@@ -218,6 +218,21 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                         max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads,
                         broken=list(found.broken))
 
+    app = _new_app(state)
+    protected = _auth_dependencies(settings)
+    _add_predict_route(app, state, protected)
+    _add_batch_route(app, state, protected)
+    _add_model_routes(app, state, protected)
+    _add_infer_and_metrics_routes(app, state, protected)
+    _add_page_routes(app)
+    publish_model_names(app, list(models), [e.version for e in models.values()])
+    return app
+
+
+def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
+    """Start a micro-batcher per model and the preprocessing pool with the app; stop them with it."""
+    settings, metrics, models, default = state.settings, state.metrics, state.models, state.default_model
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.preprocess_pool = ThreadPoolExecutor(settings.effective_preprocess_threads, thread_name_prefix="preprocess")
@@ -243,6 +258,11 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             state.batchers.clear()
             state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
 
+    return lifespan
+
+
+def _new_app(state: ServerState) -> FastAPI:
+    """The FastAPI app with serve's error handlers, metrics middleware and offline docs."""
     # FastAPIOffline: /docs and /redoc load Swagger UI / ReDoc from the installed fastapi-offline package
     # instead of a CDN, so the docs work on offline hospital networks (a blank page before)
     app = FastAPIOffline(
@@ -252,12 +272,16 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
             "Skin-lesion classification with exported lesionlite models. **Research prototype — not a "
             "diagnosis.** Every error body is `{\"error\", \"detail\"}`."
         ),
-        lifespan=lifespan,
+        lifespan=_lifespan(state),
     )
     app.state.server = state
     install_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    return app
 
+
+def _auth_dependencies(settings: Settings) -> list[Any]:
+    """The API-key dependency every protected route takes (none without ``--api-key``)."""
     api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
     bearer = HTTPBearer(auto_error=False, description="the server's --api-key as a bearer token")
 
@@ -279,9 +303,18 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     # API-key/Bearer scheme the server would not ask for (schemathesis ST401 flagged the mismatch).
     protected = [Depends(require_api_key)] if settings.api_key is not None else []
 
+    return protected
+
+
+def _clamp_top_k(top_k: int | None, entry: LoadedModel, settings: Settings) -> int:
+    """``?top_k``, else the server's default, at most the model's class count."""
+    return min(top_k or settings.top_k, entry.manifest.num_classes)
+
+
+def _add_predict_route(app: FastAPI, state: ServerState, protected: list[Any]) -> None:
+    """``POST /predict``: one image → calibrated probabilities."""
+    settings = state.settings
     # ---------------------------------------------------------------------------- prediction
-    def _clamp_top_k(top_k: int | None, entry: LoadedModel) -> int:
-        return min(top_k or settings.top_k, entry.manifest.num_classes)
 
     @app.post("/predict", response_model=Prediction, responses=_ERRORS, dependencies=protected,
               openapi_extra=_MULTIPART_SINGLE, tags=["predict"])
@@ -308,10 +341,16 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                                            settings.max_pixels, settings.min_image_side)
             del parts, files
             (logits,) = await state.classify(entry, [x])
-        out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry),
+        out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry, settings),
                         settings.abstain_threshold, assess_ood(entry, x, logits))
         return {"model": entry.name, "version": entry.version, **out,
                 "latency_ms": (time.perf_counter() - t0) * 1000.0}
+
+
+
+def _add_batch_route(app: FastAPI, state: ServerState, protected: list[Any]) -> None:
+    """``POST /predict/batch``: several images; a bad one gets a per-item error."""
+    settings = state.settings
 
     @app.post("/predict/batch", response_model=BatchPrediction, responses=_ERRORS, dependencies=protected,
               openapi_extra=_multipart_batch(state.max_files), tags=["predict"], response_model_exclude_none=True)
@@ -345,7 +384,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                 if isinstance(d, BaseException) and not isinstance(d, ApiError):
                     raise d
             logits = await state.classify(entry, [decoded[i] for i in ok]) if ok else []
-        k = _clamp_top_k(top_k, entry)
+        k = _clamp_top_k(top_k, entry, settings)
         by_index = dict(zip(ok, logits))
         results = []
         for i, f in enumerate(files):
@@ -360,6 +399,10 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         return {"model": entry.name, "version": entry.version, "results": results,
                 "latency_ms": (time.perf_counter() - t0) * 1000.0}
 
+
+
+def _add_model_routes(app: FastAPI, state: ServerState, protected: list[Any]) -> None:
+    """Open Inference Protocol server/model metadata and health routes."""
     # ---------------------------------------------------------------------- OIP metadata/health
     @app.get("/v2", tags=["health"])
     async def server_metadata() -> dict[str, Any]:
@@ -409,6 +452,12 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     async def model_version_ready(name: str, version: str) -> Any:
         return _model_ready(state.model_version(name, version))
 
+
+
+def _add_infer_and_metrics_routes(app: FastAPI, state: ServerState, protected: list[Any]) -> None:
+    """``POST /v2/models/{name}[/versions/{version}]/infer`` and ``GET /metrics``."""
+    metrics = state.metrics
+
     infer = oip_infer.InferEndpoint(state)
     for path, endpoint in (("/v2/models/{name}/infer", infer.infer),
                            ("/v2/models/{name}/versions/{version}/infer", infer.infer_version)):
@@ -424,6 +473,10 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
         data, ctype = metrics.render()
         return Response(data, media_type=ctype)
 
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The web page, its favicon and static files."""
     # --------------------------------------------------------------------------------- web page
     _page_headers = {
         "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
@@ -443,8 +496,8 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                             headers={"Cache-Control": "max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    publish_model_names(app, list(models), [e.version for e in models.values()])
-    return app
+
+
 
 
 def create_app_from_env() -> FastAPI:
