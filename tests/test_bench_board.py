@@ -55,7 +55,7 @@ def int8_export(tmp_path_factory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("ai_edge_litert")
     from export.api import export_model
-    from export.testing import make_tiny_checkpoint, synthetic_bundle
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     root = tmp_path_factory.mktemp("board_export")
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=28)

@@ -1,6 +1,6 @@
 """Export round trips: every format × precision, run (ONNX, TFLite) or spec-checked (CoreML) on CPU.
 
-One module-scoped export of a briefly trained tiny_cnn (export.testing) to onnx/tflite/coreml ×
+One module-scoped export of a briefly trained tiny_cnn (tests/tiny_checkpoint.py) to onnx/tflite/coreml ×
 fp32/fp16/int8, plus one TFLite int8 export with int8 I/O. The artifacts are then run *independently*
 of export's own runners (onnxruntime / the LiteRT interpreter, fed by lesionlite.preprocessing) and
 compared with PyTorch.
@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from export.testing import PREPROCESSING, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
+from tiny_checkpoint import PREPROCESSING, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
 from lesionlite.manifest import read_manifest  # noqa: E402
 from lesionlite.preprocessing import preprocess_batch  # noqa: E402
 

@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 import export.data  # noqa: E402
 from export.cli import main as export_main  # noqa: E402
-from export.testing import make_tiny_checkpoint, synthetic_bundle  # noqa: E402
+from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle  # noqa: E402
 from lesionlite.cli import main as lesionlite_main  # noqa: E402
 from lesionlite.cli import run_stage  # noqa: E402
 from lesionlite.manifest import read_manifest  # noqa: E402

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.testing import make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
 from test_serve_support import ServerThread, build_onnx, encode, free_port, pattern, wait_until_ready
@@ -78,7 +78,7 @@ _KILLED_EXPORT = r"""
 import os, signal, sys
 from pathlib import Path
 import export.api as api
-from export.testing import synthetic_bundle
+from tiny_checkpoint import synthetic_bundle
 ckpt, out, point = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 real = api.replace_dir
 calls = []

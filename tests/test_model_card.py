@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from export.model_card import CARD_JSON, CARD_MD, balanced_accuracy, subgroups
-from export.testing import make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 

@@ -351,7 +351,7 @@ def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
             assert any(models[n]["runtime_tensors"]["input"]["datatype"] == "INT8" for n in tfl), models
         images = [encode(Image.fromarray(pattern(60, 44, seed=i)), "PNG") for i in range(3)] + [JPEG]
         if origin == "export.api":  # int8 is calibrated on these: compare on in-distribution images
-            from export.testing import synthetic_bundle
+            from tiny_checkpoint import synthetic_bundle
 
             in_dist = [encode(img, "PNG") for img, _ in synthetic_bundle().test[:7]]
         for name in tfl:

@@ -102,11 +102,11 @@ def build_tflite(out_dir: Path, layout: str = "NCHW") -> Path:
 def build_with_export_api(root: Path) -> Path:
     """The export stage's own artifacts: ONNX fp32 + TFLite fp32 and int8 (int8 input/output tensors).
 
-    Uses ``export.testing.make_tiny_checkpoint`` (tiny_cnn trained briefly on synthetic images) and
+    Uses ``tiny_checkpoint.make_tiny_checkpoint`` (tiny_cnn trained briefly on synthetic images) and
     ``export.api.export_model``; raises if the export stage is missing or fails.
     """
     from export.api import export_model
-    from export.testing import make_tiny_checkpoint, synthetic_bundle
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     bundle = synthetic_bundle()
     ckpt = make_tiny_checkpoint(root.parent / (root.name + "_ckpt"), bundle)

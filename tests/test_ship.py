@@ -37,7 +37,7 @@ def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
     import json
 
     from export.api import export_model
-    from export.testing import make_tiny_checkpoint, synthetic_bundle
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
     ckpt = make_tiny_checkpoint(tmp_path / "run", bundle)

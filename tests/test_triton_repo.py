@@ -173,7 +173,7 @@ def test_export_cli_writes_the_repository(tmp_path: Path, monkeypatch: pytest.Mo
     pytest.importorskip("torch")
     import export.data
     from export.cli import main as export_main
-    from export.testing import make_tiny_checkpoint, synthetic_bundle
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
     monkeypatch.setattr(export.data, "load_bundle", lambda spec, root, seed=0: bundle)

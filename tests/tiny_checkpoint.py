@@ -33,7 +33,7 @@ class SyntheticBundle:
     name: str = "synthetic-export-fixture"
     fingerprint: str = "synthetic-v1"
     synthetic: bool = True
-    source: str = "export.testing"
+    source: str = "tests/tiny_checkpoint.py"
 
 
 def _images(n: int, num_classes: int, seed: int) -> list[tuple[Image.Image, int]]:
