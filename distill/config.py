@@ -233,94 +233,107 @@ _TRUE = {"true", "yes", "on", "1", "y"}
 _FALSE = {"false", "no", "off", "0", "n"}
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Coerce ``value`` to the annotated type ``tp`` or raise a LesionliteError naming ``key``."""
-    bad = LesionliteError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
-    if tp is Any or tp is typing.Any:
-        return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        if isinstance(value, str):
-            for a in args:
-                if isinstance(a, str) and a.lower() == value.lower():
-                    return a
-        if value in args:
-            return value
-        raise bad
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~", "")):
-            if type(None) in args:
-                return None
+def _coerce_literal(value: Any, args: tuple[Any, ...], bad: LesionliteError) -> Any:
+    """One of the Literal's choices, matching strings case-insensitively so ``--set optim.name=SGD`` works."""
+    if isinstance(value, str):
         for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except LesionliteError:
-                continue
-        raise bad
-    if tp is type(None):
-        if value is None:
+            if isinstance(a, str) and a.lower() == value.lower():
+                return a
+    if value in args:
+        return value
+    raise bad
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], key: str, bad: LesionliteError) -> Any:
+    """None for a null-ish value when allowed, else the first member type that accepts the value."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~", "")):
+        if type(None) in args:
             return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except LesionliteError:
+            continue
+    raise bad
+
+
+def _coerce_bool(value: Any, bad: LesionliteError) -> bool:
+    """A bool from a bool, 0/1 or a yes/no-style string, since CLI and YAML spell booleans many ways."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise bad
+
+
+def _coerce_int(value: Any, bad: LesionliteError) -> int:
+    """An int from an int, an integral float or such a string, refusing bools and fractions so nothing is rounded."""
+    if isinstance(value, bool):
         raise bad
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
             try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise bad from None
-                if f.is_integer():
-                    return int(f)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                f = float(value)
             except ValueError:
                 raise bad from None
+            if f.is_integer():
+                return int(f)
+    raise bad
+
+
+def _coerce_float(value: Any, bad: LesionliteError) -> float:
+    """A float from a number or a numeric string, refusing bools (True is not 1.0 in a config)."""
+    if isinstance(value, bool):
         raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise bad from None
+    raise bad
+
+
+def _coerce_str(value: Any, bad: LesionliteError) -> str:
+    """A str, accepting numbers because YAML parses values such as ``1e-3`` or ``42`` as numbers."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise bad
+
+
+def _coerce_sequence(value: Any, tp: Any, origin: Any, args: tuple[Any, ...], key: str,
+                     bad: LesionliteError) -> Any:
+    """A list/tuple (also from a "a,b" or "[a,b]" string), each element coerced to its annotated type."""
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.strip("[]()").split(",")) if v != ""]
+        value = [yaml.safe_load(v) for v in value]
+    if not isinstance(value, (list, tuple)):
         raise bad
-    if origin in (tuple, list) or tp in (tuple, list):
-        if isinstance(value, str):
-            value = [v for v in (s.strip() for s in value.strip("[]()").split(",")) if v != ""]
-            value = [yaml.safe_load(v) for v in value]
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise LesionliteError(f"config key {key!r}: expected {len(args)} values, got {list(value)!r}")
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-        elem = args[0] if args else Any
-        seq = [_coerce(v, elem, key) for v in value]
-        return tuple(seq) if (origin is tuple or tp is tuple) else seq
-    if origin is dict or tp is dict:
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(value) != len(args):
+            raise LesionliteError(f"config key {key!r}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    elem = args[0] if args else Any
+    seq = [_coerce(v, elem, key) for v in value]
+    return tuple(seq) if (origin is tuple or tp is tuple) else seq
+
+
+def _coerce_other(value: Any, tp: Any, key: str, bad: LesionliteError) -> Any:
+    """Dicts, nested dataclasses (built from a mapping) and any other class the value already is."""
+    if typing.get_origin(tp) is dict or tp is dict:
         if isinstance(value, Mapping):
             return dict(value)
         raise bad
@@ -333,6 +346,34 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise bad
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise a LesionliteError naming ``key``."""
+    bad = LesionliteError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any or tp is typing.Any:
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        return _coerce_literal(value, args, bad)
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(value, args, key, bad)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if tp is bool:
+        return _coerce_bool(value, bad)
+    if tp is int:
+        return _coerce_int(value, bad)
+    if tp is float:
+        return _coerce_float(value, bad)
+    if tp is str:
+        return _coerce_str(value, bad)
+    if origin in (tuple, list) or tp in (tuple, list):
+        return _coerce_sequence(value, tp, origin, args, key, bad)
+    return _coerce_other(value, tp, key, bad)
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -85,30 +85,14 @@ def _fmt_keys(items: list[str], n: int = 8) -> str:
     return ", ".join(items[:n]) + (f" … (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: Any = None) -> dict[str, Any]:
-    """Load the backbone of ``model`` from an ImageNet state dict at ``path`` (strict on the backbone).
+def _map_source_keys(src: dict[str, Any], spec: Any, arch: str, own_layout: bool
+                     ) -> tuple[dict[str, Any], dict[str, str], list[str], list[str]]:
+    """Rename the file's keys to our ``features.*`` layout, so they can be checked against the model.
 
-    Returns ``{"path", "sha256", "arch", "layout", "num_tensors", "dropped", "mean", "std",
-    "normalization_source", "source", "bn_folded"}``; ``mean``/``std`` override the normalisation the file
-    is known (or assumed) to expect.
+    Returns (mapped tensors, our key → the file's key, dropped head keys, unexpected keys).
     """
-    import torch
-
-    from distill.models import get_model_spec
-
-    arch = getattr(model, "arch", "") or ""
-    spec = get_model_spec(arch) if arch else None
-    p = Path(path)
-    src = read_state_dict(p)
-    target = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
-    if not target:
-        raise LesionliteError(f"model {arch!r} has no backbone parameters to load")
-
     head = tuple(spec.head_prefixes) if spec else ()
     prefix = spec.source_prefix if spec else ""
-    # A lesionlite-layout file (features.* + our head), e.g. a trained teacher's student.pt state dict.
-    own_layout = prefix != "features." and all(
-        k.startswith(("features.", "classifier.", "final_activation.")) for k in src)
     mapped: dict[str, Any] = {}
     origin: dict[str, str] = {}
     dropped: list[str] = []
@@ -132,6 +116,12 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
             mapped["features." + rest], origin["features." + rest] = v, k
         else:
             unexpected.append(k)
+    return mapped, origin, dropped, unexpected
+
+
+def _check_backbone_match(p: Path, arch: str, spec: Any, target: dict[str, Any], mapped: dict[str, Any],
+                          origin: dict[str, str], unexpected: list[str]) -> None:
+    """Refuse a file that does not fill the backbone exactly, listing every mismatch so it can be fixed."""
     missing = [k for k in target if k not in mapped]
     unexpected += [origin[k] for k in mapped if k not in target]
     shape_bad = [f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(target[k].shape)}"
@@ -148,12 +138,10 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
             parts.append(f"{len(shape_bad)} shape mismatch(es): {_fmt_keys(shape_bad, 5)}")
         raise LesionliteError("; ".join(parts))
 
-    with torch.no_grad():
-        for k, t in target.items():
-            t.copy_(mapped[k].to(dtype=t.dtype))
 
-    known = KNOWN_WEIGHTS.get(p.name)
-    digest = file_sha256(p)
+def _normalization(p: Path, arch: str, spec: Any, known: dict[str, Any] | None, mean: Any, std: Any
+                   ) -> tuple[list[float], list[float], str]:
+    """The input mean/std the weights expect (override, known file, else assumed from layout) and why."""
     if mean is not None or std is not None:
         norm_src = "caller override"
     elif known is not None:
@@ -169,6 +157,42 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
     if known is not None and arch not in known["archs"]:
         # Loaded strictly, so shapes fit; but flag that the file is registered for another arch.
         norm_src += f" (registered for {', '.join(known['archs'])})"
+    return out_mean, out_std, norm_src
+
+
+def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: Any = None) -> dict[str, Any]:
+    """Load the backbone of ``model`` from an ImageNet state dict at ``path`` (strict on the backbone).
+
+    Returns ``{"path", "sha256", "arch", "layout", "num_tensors", "dropped", "mean", "std",
+    "normalization_source", "source", "bn_folded"}``; ``mean``/``std`` override the normalisation the file
+    is known (or assumed) to expect.
+    """
+    import torch
+
+    from distill.models import get_model_spec
+
+    arch = getattr(model, "arch", "") or ""
+    spec = get_model_spec(arch) if arch else None
+    p = Path(path)
+    src = read_state_dict(p)
+    target = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+    if not target:
+        raise LesionliteError(f"model {arch!r} has no backbone parameters to load")
+
+    prefix = spec.source_prefix if spec else ""
+    # A lesionlite-layout file (features.* + our head), e.g. a trained teacher's student.pt state dict.
+    own_layout = prefix != "features." and all(
+        k.startswith(("features.", "classifier.", "final_activation.")) for k in src)
+    mapped, origin, dropped, unexpected = _map_source_keys(src, spec, arch, own_layout)
+    _check_backbone_match(p, arch, spec, target, mapped, origin, unexpected)
+
+    with torch.no_grad():
+        for k, t in target.items():
+            t.copy_(mapped[k].to(dtype=t.dtype))
+
+    known = KNOWN_WEIGHTS.get(p.name)
+    digest = file_sha256(p)
+    out_mean, out_std, norm_src = _normalization(p, arch, spec, known, mean, std)
     return {
         "path": str(p),
         "sha256": digest,

@@ -133,6 +133,91 @@ def _set_buffer(model: Any, tensor: Any, data: np.ndarray, shared: bool) -> None
     buf.offset, buf.size, buf.data = 0, 0, raw
 
 
+_BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def _buffer_uses(model: Any) -> dict[int, int]:
+    """How many tensors share each buffer, so a repair never rewrites a buffer another tensor reads."""
+    uses: dict[int, int] = {}
+    for sg in model.subgraphs:
+        for t in sg.tensors or []:
+            uses[t.buffer] = uses.get(t.buffer, 0) + 1
+    return uses
+
+
+def _int8_biased_op(model: Any, sg: Any, op: Any) -> tuple[Any, Any, Any] | None:
+    """(input, weight, bias) of a conv/FC op with int8 weights, an int32 bias and known scales, else None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    if _builtin_name(model, op) not in _BIASED_OPS:
+        return None
+    inputs = list(op.inputs)
+    if len(inputs) < 3 or min(inputs[:3]) < 0:
+        return None
+    x, w, b = (sg.tensors[i] for i in inputs[:3])
+    if (b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8 or x.quantization is None
+            or w.quantization is None or x.quantization.scale is None or w.quantization.scale is None):
+        return None
+    return x, w, b
+
+
+def _repaired_scales(s_w: np.ndarray, bias: np.ndarray, bad: np.ndarray, s_in: float) -> np.ndarray:
+    """Weight scales with the bad channels raised to the layer's largest (more if needed), so their bias fits int32."""
+    good = np.setdiff1d(np.arange(len(s_w)), bad)
+    base = float(s_w[good].max()) if len(good) else 1.0
+    new_s = s_w.copy()
+    new_s[bad] = np.maximum(base, np.abs(bias[bad]) / (s_in * _BIAS_HEADROOM))
+    return new_s
+
+
+def _write_repaired_channels(model: Any, w: Any, b: Any, q_w: np.ndarray, q_bias: np.ndarray, bias: np.ndarray,
+                             bad: np.ndarray, s_in: float, s_w: np.ndarray, new_s: np.ndarray,
+                             uses: dict[int, int]) -> None:
+    """Re-round the bad channels' weights and requantize their biases at ``new_s``, in place in ``model``."""
+    axis = int(w.quantization.quantizedDimension)
+    weights = np.moveaxis(q_w.view(np.int8).reshape(list(w.shape)).copy(), axis, 0)
+    weights[bad] = np.clip(np.rint(weights[bad].astype(np.float64) * (s_w[bad] / new_s[bad]).reshape(
+        (-1,) + (1,) * (weights.ndim - 1))), -127, 127).astype(np.int8)
+    new_bias = q_bias.copy()
+    new_bias[bad] = np.clip(np.rint(bias[bad] / (s_in * new_s[bad])), -INT32_MAX, INT32_MAX).astype(np.int32)
+    _set_buffer(model, w, np.moveaxis(weights, 0, axis), uses.get(w.buffer, 0) > 1)
+    _set_buffer(model, b, new_bias, uses.get(b.buffer, 0) > 1)
+    w.quantization.scale = new_s.astype(np.float32).tolist()
+    b.quantization.scale = (s_in * new_s).astype(np.float32).tolist()
+
+
+def _repair_op(model: Any, quantized: bytes, fmodel: Any, float_model: bytes, float_tensors: dict[Any, Any],
+               uses: dict[int, int], x: Any, w: Any, b: Any, unrepairable: list[str]) -> dict[str, Any] | None:
+    """Repair one op's overflowing bias channels; None when it has none (or no float bias to repair from)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    s_in = float(np.asarray(x.quantization.scale)[0])
+    s_w = np.asarray(w.quantization.scale, dtype=np.float64)
+    fb = float_tensors.get(b.name)
+    fb_data = None if fb is None else _buffer_bytes(fmodel, float_model, fb)
+    q_bias = _buffer_bytes(model, quantized, b)
+    if q_bias is None or s_in <= 0:
+        return None
+    q_bias = q_bias.view(np.int32)
+    if fb_data is None or fb.type != schema.TensorType.FLOAT32:
+        if np.any(q_bias == np.iinfo(np.int32).min):
+            unrepairable.append(b.name.decode(errors="replace"))
+        return None
+    bias = fb_data.view(np.float32).astype(np.float64)
+    if bias.shape != q_bias.shape or len(s_w) != len(bias):
+        return None  # per-tensor weight scales: nothing channel-wise to repair
+    bad = np.flatnonzero(np.abs(bias) / (s_in * s_w) > INT32_MAX)
+    if len(bad) == 0:
+        return None
+    new_s = _repaired_scales(s_w, bias, bad, s_in)
+    q_w = _buffer_bytes(model, quantized, w)
+    if q_w is None:
+        return None
+    _write_repaired_channels(model, w, b, q_w, q_bias, bias, bad, s_in, s_w, new_s, uses)
+    return {"bias": b.name.decode(errors="replace"), "channels": bad.tolist(),
+            "float_bias": [round(float(v), 6) for v in bias[bad]]}
+
+
 def repair_int32_biases(quantized: bytes, float_model: bytes) -> tuple[bytes, dict[str, Any]]:
     """Requantize the int32 biases that do not fit their scale; returns (model bytes, report for the manifest).
 
@@ -150,60 +235,17 @@ def repair_int32_biases(quantized: bytes, float_model: bytes) -> tuple[bytes, di
     model = schema.ModelT.InitFromPackedBuf(bytearray(quantized), 0)
     fmodel = schema.ModelT.InitFromPackedBuf(bytearray(float_model), 0)
     float_tensors = {t.name: t for sg in fmodel.subgraphs for t in (sg.tensors or [])}
-    uses: dict[int, int] = {}
-    for sg in model.subgraphs:
-        for t in sg.tensors or []:
-            uses[t.buffer] = uses.get(t.buffer, 0) + 1
+    uses = _buffer_uses(model)
     repaired: list[dict[str, Any]] = []
     unrepairable: list[str] = []
     for sg in model.subgraphs:
         for op in sg.operators or []:
-            if _builtin_name(model, op) not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            xwb = _int8_biased_op(model, sg, op)
+            if xwb is None:
                 continue
-            inputs = list(op.inputs)
-            if len(inputs) < 3 or min(inputs[:3]) < 0:
-                continue
-            x, w, b = (sg.tensors[i] for i in inputs[:3])
-            if (b.type != schema.TensorType.INT32 or w.type != schema.TensorType.INT8 or x.quantization is None
-                    or w.quantization is None or x.quantization.scale is None or w.quantization.scale is None):
-                continue
-            s_in = float(np.asarray(x.quantization.scale)[0])
-            s_w = np.asarray(w.quantization.scale, dtype=np.float64)
-            fb = float_tensors.get(b.name)
-            fb_data = None if fb is None else _buffer_bytes(fmodel, float_model, fb)
-            q_bias = _buffer_bytes(model, quantized, b)
-            if q_bias is None or s_in <= 0:
-                continue
-            q_bias = q_bias.view(np.int32)
-            if fb_data is None or fb.type != schema.TensorType.FLOAT32:
-                if np.any(q_bias == np.iinfo(np.int32).min):
-                    unrepairable.append(b.name.decode(errors="replace"))
-                continue
-            bias = fb_data.view(np.float32).astype(np.float64)
-            if bias.shape != q_bias.shape or len(s_w) != len(bias):
-                continue  # per-tensor weight scales: nothing channel-wise to repair
-            bad = np.flatnonzero(np.abs(bias) / (s_in * s_w) > INT32_MAX)
-            if len(bad) == 0:
-                continue
-            good = np.setdiff1d(np.arange(len(s_w)), bad)
-            base = float(s_w[good].max()) if len(good) else 1.0
-            new_s = s_w.copy()
-            new_s[bad] = np.maximum(base, np.abs(bias[bad]) / (s_in * _BIAS_HEADROOM))
-            q_w = _buffer_bytes(model, quantized, w)
-            if q_w is None:
-                continue
-            axis = int(w.quantization.quantizedDimension)
-            weights = np.moveaxis(q_w.view(np.int8).reshape(list(w.shape)).copy(), axis, 0)
-            weights[bad] = np.clip(np.rint(weights[bad].astype(np.float64) * (s_w[bad] / new_s[bad]).reshape(
-                (-1,) + (1,) * (weights.ndim - 1))), -127, 127).astype(np.int8)
-            new_bias = q_bias.copy()
-            new_bias[bad] = np.clip(np.rint(bias[bad] / (s_in * new_s[bad])), -INT32_MAX, INT32_MAX).astype(np.int32)
-            _set_buffer(model, w, np.moveaxis(weights, 0, axis), uses.get(w.buffer, 0) > 1)
-            _set_buffer(model, b, new_bias, uses.get(b.buffer, 0) > 1)
-            w.quantization.scale = new_s.astype(np.float32).tolist()
-            b.quantization.scale = (s_in * new_s).astype(np.float32).tolist()
-            repaired.append({"bias": b.name.decode(errors="replace"), "channels": bad.tolist(),
-                             "float_bias": [round(float(v), 6) for v in bias[bad]]})
+            fix = _repair_op(model, quantized, fmodel, float_model, float_tensors, uses, *xwb, unrepairable)
+            if fix is not None:
+                repaired.append(fix)
     report: dict[str, Any] = {"applied": bool(repaired), "layers": len(repaired),
                               "channels": sum(len(r["channels"]) for r in repaired), "repaired": repaired}
     if unrepairable:

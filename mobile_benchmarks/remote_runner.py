@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from typing import Callable
 
 MARKER = "LESIONLITE_RUNNER_JSON: "
 RUNNER_VERSION = 1
@@ -267,155 +268,179 @@ def _load_tflite(path: str, threads: int, delegate: str):
     return interp, t1 - t0, info
 
 
-def run(args: argparse.Namespace) -> dict:
-    import numpy as np
-
-    affinity = None
-    if args.taskset:
-        cpus = parse_mask(args.taskset)
+def _pin_affinity(taskset: str | None) -> list[int] | None:
+    """Pin this process to --taskset first, so every later measurement runs on those CPUs."""
+    if taskset:
+        cpus = parse_mask(taskset)
         try:
             os.sched_setaffinity(0, cpus)
         except (AttributeError, OSError, ValueError) as exc:
-            _fail(4, "failed", f"cannot set CPU affinity {args.taskset!r} ({cpus}): {exc}")
+            _fail(4, "failed", f"cannot set CPU affinity {taskset!r} ({cpus}): {exc}")
     try:
-        affinity = sorted(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:
-        affinity = None
+        return None
 
+
+def _prepare_input(np, args: argparse.Namespace):
+    """The exact input (--input) or a seeded random one, contiguous so no copy happens while timing."""
     if args.input:
         x = np.load(args.input)
     else:
         shape = [int(s) for s in args.input_shape.split(",")]
         x = _make_input(np, shape, args.input_dtype)
-    x = np.ascontiguousarray(x)
+    return np.ascontiguousarray(x)
 
-    # import the runtime now so that the memory baseline below includes it
-    for mod in (["onnxruntime"] if args.kind == "onnx" else ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]):
+
+def _import_runtime(kind: str) -> None:
+    """Import the runtime now so that the memory baseline taken next includes it."""
+    for mod in (["onnxruntime"] if kind == "onnx" else ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]):
         try:
             __import__(mod)
             break
         except ImportError:
             continue
-    peak_before_load = _peak_rss_bytes()
-    peak_reset = _reset_peak() and _vm_hwm_bytes() is not None
-    rss_baseline = _rss_bytes()
 
-    try:
-        if args.kind == "onnx":
-            model, load_ns, info = _load_onnx(args.model, args.threads, args.ort_config)
-            from functools import partial
 
-            call = partial(model.run, None, {info["input_name"]: x})
-        elif args.kind == "tflite":
-            model, load_ns, info = _load_tflite(args.model, args.threads, args.delegate)
-            d = model.get_input_details()[0]
-            want = np.dtype(d["dtype"])
-            if x.dtype != want or tuple(x.shape) != tuple(int(s) for s in d["shape"]):
-                raise ValueError(
-                    f"input {x.dtype}{list(x.shape)} does not match the model's input "
-                    f"{want}{[int(s) for s in d['shape']]}"
-                )
-            model.set_tensor(d["index"], x)
-            call = model.invoke
-        else:
-            _fail(4, "failed", f"unknown kind {args.kind!r}")
-        rss_after_load = _rss_bytes()
+def _bind_model(np, args: argparse.Namespace, x) -> tuple[Callable[[], object], int, dict]:
+    """Load the model and bind its input once, so a timed call does nothing but run the model."""
+    if args.kind == "onnx":
+        model, load_ns, info = _load_onnx(args.model, args.threads, args.ort_config)
+        from functools import partial
 
-        t0 = time.perf_counter_ns()
+        call = partial(model.run, None, {info["input_name"]: x})
+    elif args.kind == "tflite":
+        model, load_ns, info = _load_tflite(args.model, args.threads, args.delegate)
+        d = model.get_input_details()[0]
+        want = np.dtype(d["dtype"])
+        if x.dtype != want or tuple(x.shape) != tuple(int(s) for s in d["shape"]):
+            raise ValueError(
+                f"input {x.dtype}{list(x.shape)} does not match the model's input "
+                f"{want}{[int(s) for s in d['shape']]}"
+            )
+        model.set_tensor(d["index"], x)
+        call = model.invoke
+    else:
+        _fail(4, "failed", f"unknown kind {args.kind!r}")
+    return call, load_ns, info
+
+
+def _time_first_call(call: Callable[[], object]) -> int:
+    """The first inference on its own, since it pays one-off costs (allocation, kernel selection)."""
+    t0 = time.perf_counter_ns()
+    call()
+    return time.perf_counter_ns() - t0
+
+
+def _warm_up(call: Callable[[], object], warmup: int, warmup_min_secs: float) -> list[int]:
+    """Warm-up calls (timed, reported apart) so the measured runs see a steady state."""
+    pc = time.perf_counter_ns
+    warm = [0] * max(warmup, 0)
+    w_start = pc()
+    for i in range(len(warm)):
+        t0 = pc()
         call()
-        first_ns = time.perf_counter_ns() - t0
+        warm[i] = pc() - t0
+    # like benchmark_model's --warmup_min_secs: keep warming up until this much time has passed
+    w_deadline = w_start + int(max(warmup_min_secs, 0.0) * 1e9)
+    while pc() < w_deadline:
+        t0 = pc()
+        call()
+        warm.append(pc() - t0)
+    return warm
 
-        pc = time.perf_counter_ns
-        warm = [0] * max(args.warmup, 0)
-        w_start = pc()
-        for i in range(len(warm)):
-            t0 = pc()
-            call()
-            warm[i] = pc() - t0
-        # like benchmark_model's --warmup_min_secs: keep warming up until this much time has passed
-        w_deadline = w_start + int(max(args.warmup_min_secs, 0.0) * 1e9)
-        while pc() < w_deadline:
-            t0 = pc()
-            call()
-            warm.append(pc() - t0)
 
-        result: dict = {}
-        n = args.runs
-        if args.mode in ("harness", "both"):
-            timings = [0] * n
-            blocks = args.blocks if args.mode == "both" else 1
-            bare_walls: list[int] = []
-            harness_walls: list[int] = []
-            bare_cpu: list[int] = []
-            harness_cpu: list[int] = []
-            tt = time.thread_time_ns
-            all_timings: list[int] = []
-            for _ in range(blocks):
-                if args.mode == "both":
-                    # bare loop: same calls, one timer around the whole loop
-                    c0 = tt()
-                    w0 = pc()
-                    for _i in range(n):
-                        call()
-                    bare_walls.append(pc() - w0)
-                    bare_cpu.append(tt() - c0)
-                c0 = tt()
-                w0 = pc()
-                for i in range(n):
-                    t0 = pc()
-                    call()
-                    t1 = pc()
-                    timings[i] = t1 - t0
-                if args.mode == "harness" and args.min_secs > 0:
-                    # like benchmark_model's --min_secs: at least --runs calls AND at least this long, so
-                    # that a fast model is timed across more than a blink of the host's state
-                    deadline = w0 + int(args.min_secs * 1e9)
-                    t1 = pc()
-                    while t1 < deadline:
-                        t0 = pc()
-                        call()
-                        t1 = pc()
-                        timings.append(t1 - t0)
-                harness_walls.append(pc() - w0)
-                harness_cpu.append(tt() - c0)
-                all_timings.extend(timings)
-            result["latencies_ns"] = all_timings
-            if args.mode == "both":
-                result["bare_wall_ns"] = bare_walls
-                result["harness_wall_ns"] = harness_walls
-                # CPU time of the calling thread: with 1 runtime thread all work runs here, and CPU time
-                # is not inflated when other processes preempt this one
-                result["bare_thread_cpu_ns"] = bare_cpu
-                result["harness_thread_cpu_ns"] = harness_cpu
-                result["runs_per_block"] = n
-                # cost of the timers themselves: the harness loop with no work minus a plain loop with no
-                # work (fastest of several blocks, so preemption by other processes does not count)
-                t_empty = [0] * n
-                timed, plain = [], []
-                for _b in range(max(blocks, 5)):
-                    w0 = pc()
-                    for i in range(n):
-                        t0 = pc()
-                        t1 = pc()
-                        t_empty[i] = t1 - t0
-                    timed.append(pc() - w0)
-                    w0 = pc()
-                    for _i in range(n):
-                        pass
-                    plain.append(pc() - w0)
-                result["empty_timer_wall_ns"] = min(timed)
-                result["empty_loop_wall_ns"] = min(plain)
-        else:  # bare
+def _time_runs(call: Callable[[], object], args: argparse.Namespace) -> dict:
+    """Dispatch on --mode: per-call timers (harness/both) or one timer around the loop (bare)."""
+    if args.mode in ("harness", "both"):
+        return _time_harness(call, args)
+    pc = time.perf_counter_ns
+    n = args.runs
+    w0 = pc()
+    for _i in range(n):
+        call()
+    return {"bare_wall_ns": [pc() - w0], "runs_per_block": n}
+
+
+def _time_harness(call: Callable[[], object], args: argparse.Namespace) -> dict:
+    """Per-call latencies; with --mode both, alternating bare blocks too, to measure the harness's overhead."""
+    result: dict = {}
+    pc = time.perf_counter_ns
+    n = args.runs
+    timings = [0] * n
+    blocks = args.blocks if args.mode == "both" else 1
+    bare_walls: list[int] = []
+    harness_walls: list[int] = []
+    bare_cpu: list[int] = []
+    harness_cpu: list[int] = []
+    tt = time.thread_time_ns
+    all_timings: list[int] = []
+    for _ in range(blocks):
+        if args.mode == "both":
+            # bare loop: same calls, one timer around the whole loop
+            c0 = tt()
             w0 = pc()
             for _i in range(n):
                 call()
-            result["bare_wall_ns"] = [pc() - w0]
-            result["runs_per_block"] = n
-    except SystemExit:
-        raise
-    except Exception as exc:  # model cannot be loaded/run on this host
-        _fail(4, "failed", f"{type(exc).__name__}: {exc}")
+            bare_walls.append(pc() - w0)
+            bare_cpu.append(tt() - c0)
+        c0 = tt()
+        w0 = pc()
+        for i in range(n):
+            t0 = pc()
+            call()
+            t1 = pc()
+            timings[i] = t1 - t0
+        if args.mode == "harness" and args.min_secs > 0:
+            # like benchmark_model's --min_secs: at least --runs calls AND at least this long, so
+            # that a fast model is timed across more than a blink of the host's state
+            deadline = w0 + int(args.min_secs * 1e9)
+            t1 = pc()
+            while t1 < deadline:
+                t0 = pc()
+                call()
+                t1 = pc()
+                timings.append(t1 - t0)
+        harness_walls.append(pc() - w0)
+        harness_cpu.append(tt() - c0)
+        all_timings.extend(timings)
+    result["latencies_ns"] = all_timings
+    if args.mode == "both":
+        result["bare_wall_ns"] = bare_walls
+        result["harness_wall_ns"] = harness_walls
+        # CPU time of the calling thread: with 1 runtime thread all work runs here, and CPU time
+        # is not inflated when other processes preempt this one
+        result["bare_thread_cpu_ns"] = bare_cpu
+        result["harness_thread_cpu_ns"] = harness_cpu
+        result["runs_per_block"] = n
+        result.update(_time_empty_timers(n, blocks))
+    return result
 
+
+def _time_empty_timers(n: int, blocks: int) -> dict:
+    """Cost of the timers themselves, so --mode both can subtract it from the harness's overhead."""
+    pc = time.perf_counter_ns
+    # cost of the timers themselves: the harness loop with no work minus a plain loop with no
+    # work (fastest of several blocks, so preemption by other processes does not count)
+    t_empty = [0] * n
+    timed, plain = [], []
+    for _b in range(max(blocks, 5)):
+        w0 = pc()
+        for i in range(n):
+            t0 = pc()
+            t1 = pc()
+            t_empty[i] = t1 - t0
+        timed.append(pc() - w0)
+        w0 = pc()
+        for _i in range(n):
+            pass
+        plain.append(pc() - w0)
+    return {"empty_timer_wall_ns": min(timed), "empty_loop_wall_ns": min(plain)}
+
+
+def _memory_report(peak_reset: bool, peak_before_load: int | None, rss_baseline: int | None,
+                   rss_after_load: int | None) -> dict:
+    """Memory figures in MiB, and which method produced the peak (reset VmHWM or lifetime ru_maxrss)."""
     rss_end = _rss_bytes()
     lifetime_peak = _peak_rss_bytes()
     if peak_reset:
@@ -428,7 +453,7 @@ def run(args: argparse.Namespace) -> dict:
                   "delta = peak minus the RSS after the runtime import, before the model is loaded")
     mb = 1024.0 * 1024.0
     conv = lambda v: None if v is None else v / mb  # noqa: E731
-    memory = {
+    return {
         "baseline_rss_mb": conv(rss_baseline),
         "after_load_rss_mb": conv(rss_after_load),
         "end_rss_mb": conv(rss_end),
@@ -439,6 +464,47 @@ def run(args: argparse.Namespace) -> dict:
         "peak_before_load_mb": conv(peak_before_load),
         "method": method,
     }
+
+
+def _platform_info() -> dict:
+    """Where the numbers were measured, so results from different hosts are never mixed up."""
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "release": platform.release(),
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+        # set by the emulated board's python wrapper: these times are an emulator's, not the device's
+        "emulator": os.environ.get(EMULATOR_ENV) or None,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure one artifact at one thread count in this process and return the JSON-able result."""
+    import numpy as np
+
+    affinity = _pin_affinity(args.taskset)
+    x = _prepare_input(np, args)
+    _import_runtime(args.kind)
+    peak_before_load = _peak_rss_bytes()
+    peak_reset = _reset_peak() and _vm_hwm_bytes() is not None
+    rss_baseline = _rss_bytes()
+
+    try:
+        call, load_ns, info = _bind_model(np, args, x)
+        rss_after_load = _rss_bytes()
+        first_ns = _time_first_call(call)
+        warm = _warm_up(call, args.warmup, args.warmup_min_secs)
+        result = _time_runs(call, args)
+    except SystemExit:
+        raise
+    except Exception as exc:  # model cannot be loaded/run on this host
+        _fail(4, "failed", f"{type(exc).__name__}: {exc}")
+
+    memory = _memory_report(peak_reset, peak_before_load, rss_baseline, rss_after_load)
     out = {
         "status": "ok",
         "runner_version": RUNNER_VERSION,
@@ -454,18 +520,7 @@ def run(args: argparse.Namespace) -> dict:
         "memory": memory,
         "affinity": affinity,
         "input": {"dtype": str(x.dtype), "shape": list(x.shape)},
-        "platform": {
-            "cpu_model": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "hostname": platform.node(),
-            "machine": platform.machine(),
-            "system": platform.system(),
-            "release": platform.release(),
-            "python": platform.python_version(),
-            "pid": os.getpid(),
-            # set by the emulated board's python wrapper: these times are an emulator's, not the device's
-            "emulator": os.environ.get(EMULATOR_ENV) or None,
-        },
+        "platform": _platform_info(),
         **info,
         **result,
     }

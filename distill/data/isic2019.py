@@ -51,66 +51,58 @@ def _one_hot_rows(csv_path: Path) -> tuple[list[str], list[int]]:
     return ids, labels
 
 
-def load_isic2019(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
-                  fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
-    root_p = data_root(root)
-    if not arg:
-        raise LesionliteError(
-            "isic2019 needs a path: isic2019:/path/to/folder holding "
-            f"{GROUND_TRUTH} and the ISIC 2019 training images"
-        )
-    p = resolve_path(arg, root_p)
-    if p.is_file():
-        gt, d = p, p.parent
-    else:
-        d = p
-        gt = d / GROUND_TRUTH
+def _read_ground_truth(gt: Path, d: Path) -> tuple[list[str], list[int], list[str], dict[str, str]]:
+    """Ids, labels and image paths from the official one-hot CSV, plus lesion ids to group the split by."""
+    ids, labels = _one_hot_rows(gt)
     groups_by_id: dict[str, str] = {}
-    if gt.is_file():
-        ids, labels = _one_hot_rows(gt)
-        meta = gt.parent / METADATA
-        if meta.is_file():
-            for r in read_csv(meta, required=("image",)):
-                if r.get("lesion_id"):
-                    groups_by_id[r["image"]] = r["lesion_id"]
-        folders = [d / s if s != "." else d for s in IMAGE_DIRS]
-        index = index_images(folders)
-        layout = "ISIC 2019 ground truth"
-        paths = []
-        missing = []
-        for i in ids:
-            q = index.get(i) or index.get(f"{i}_downsampled")
-            if q is None:
-                missing.append(i)
-            paths.append(q)
-        if missing:
-            raise missing_images_error(f"ISIC 2019 at {d}", missing, folders)
-    elif (d / "labels.csv").is_file():
-        rows = read_csv(d / "labels.csv", required=("file", "label8"))
-        ids, labels, paths, missing = [], [], [], []
-        for n, r in enumerate(rows, start=2):
-            if r["label8"] == "":
-                continue
-            try:
-                y = int(r["label8"])
-                if not 0 <= y < len(ISIC2019_CLASSES):
-                    raise ValueError
-            except ValueError:
-                raise LesionliteError(f"{d / 'labels.csv'}: line {n}: bad label8 {r['label8']!r} (0..7)") from None
-            q = d / r["file"]
-            if not q.is_file():
-                missing.append(r["file"])
-            ids.append(r.get("image_id") or Path(r["file"]).stem)
-            labels.append(y)
-            paths.append(str(q))
-        if missing:
-            raise missing_images_error(f"ISIC images at {d}", missing, [d])
-        if not ids:
-            raise LesionliteError(f"{d / 'labels.csv'}: no labelled rows")
-        layout = "labels.csv (label8, ISIC 2019 order)"
-    else:
-        raise LesionliteError(f"{d}: no {GROUND_TRUTH} (nor a labels.csv with file,label8 columns)")
+    meta = gt.parent / METADATA
+    if meta.is_file():
+        for r in read_csv(meta, required=("image",)):
+            if r.get("lesion_id"):
+                groups_by_id[r["image"]] = r["lesion_id"]
+    folders = [d / s if s != "." else d for s in IMAGE_DIRS]
+    index = index_images(folders)
+    paths = []
+    missing = []
+    for i in ids:
+        q = index.get(i) or index.get(f"{i}_downsampled")
+        if q is None:
+            missing.append(i)
+        paths.append(q)
+    if missing:
+        raise missing_images_error(f"ISIC 2019 at {d}", missing, folders)
+    return ids, labels, paths, groups_by_id
 
+
+def _read_labels_csv(d: Path) -> tuple[list[str], list[int], list[str]]:
+    """Ids, labels and image paths from a ``labels.csv`` (file + label8), the staged-folder layout."""
+    rows = read_csv(d / "labels.csv", required=("file", "label8"))
+    ids, labels, paths, missing = [], [], [], []
+    for n, r in enumerate(rows, start=2):
+        if r["label8"] == "":
+            continue
+        try:
+            y = int(r["label8"])
+            if not 0 <= y < len(ISIC2019_CLASSES):
+                raise ValueError
+        except ValueError:
+            raise LesionliteError(f"{d / 'labels.csv'}: line {n}: bad label8 {r['label8']!r} (0..7)") from None
+        q = d / r["file"]
+        if not q.is_file():
+            missing.append(r["file"])
+        ids.append(r.get("image_id") or Path(r["file"]).stem)
+        labels.append(y)
+        paths.append(str(q))
+    if missing:
+        raise missing_images_error(f"ISIC images at {d}", missing, [d])
+    if not ids:
+        raise LesionliteError(f"{d / 'labels.csv'}: no labelled rows")
+    return ids, labels, paths
+
+
+def _split_bundle(d: Path, layout: str, ids: list[str], labels: list[int], paths: list[str],
+                  groups_by_id: dict[str, str], seed: int, fractions) -> DatasetBundle:
+    """Split train/val/test (grouped by lesion when known, so no lesion leaks across) and bundle them."""
     y_arr = np.asarray(labels, dtype=np.int64)
     groups = [groups_by_id.get(i, "") for i in ids]
     grouped = any(groups)
@@ -135,3 +127,30 @@ def load_isic2019(arg: str | None = None, root: str | Path | None = None, seed: 
         source=f"ISIC 2019 labels ({layout}) at {d}: {len(ids)} images, 8 classes, UNK dropped, split {how} (seed {seed})",
         native_size=None, extra={"dir": str(d), "seed": seed, "split": how},
     )
+
+
+def load_isic2019(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
+                  fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
+    """Load ISIC 2019 from ``isic2019:PATH`` (ground-truth CSV or labels.csv layout), split by seed."""
+    root_p = data_root(root)
+    if not arg:
+        raise LesionliteError(
+            "isic2019 needs a path: isic2019:/path/to/folder holding "
+            f"{GROUND_TRUTH} and the ISIC 2019 training images"
+        )
+    p = resolve_path(arg, root_p)
+    if p.is_file():
+        gt, d = p, p.parent
+    else:
+        d = p
+        gt = d / GROUND_TRUTH
+    groups_by_id: dict[str, str] = {}
+    if gt.is_file():
+        ids, labels, paths, groups_by_id = _read_ground_truth(gt, d)
+        layout = "ISIC 2019 ground truth"
+    elif (d / "labels.csv").is_file():
+        ids, labels, paths = _read_labels_csv(d)
+        layout = "labels.csv (label8, ISIC 2019 order)"
+    else:
+        raise LesionliteError(f"{d}: no {GROUND_TRUTH} (nor a labels.csv with file,label8 columns)")
+    return _split_bundle(d, layout, ids, labels, paths, groups_by_id, seed, fractions)
