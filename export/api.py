@@ -311,10 +311,14 @@ def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: s
             "no data for calibration and parity: the checkpoint manifest names no data set; pass --data SPEC"
         )
     want = info.get("fingerprint")
+    # the split seed and loader options the checkpoint was trained with (e.g. --set data.options=…): without
+    # them the same spec builds other data (another fingerprint) and the checkpoint's data is "not found"
+    split_seed = int(info.get("split_seed", options.seed))
+    loader_options = dict(info.get("options") or {})
     first_error: LesionliteError | None = None
     for spec in candidates:
         try:
-            bundle = load_bundle(spec, data_root, options.seed)
+            bundle = load_bundle(spec, data_root, split_seed, **loader_options)
         except LesionliteError as exc:
             first_error = first_error or exc
             continue
@@ -532,6 +536,29 @@ def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source:
     )
 
 
+#: PyTorch's outputs on the export's evaluation images, beside the report (read by ``bench``'s agreement)
+REFERENCE_FILE = "pytorch_reference.npz"
+
+
+def write_pytorch_reference(source: _Source, out: Path) -> Path:
+    """Save PyTorch's logits on the evaluation images with the images' split and indices.
+
+    ``bench --target board`` runs the same images (it reloads them by index from the data the
+    manifest names) and compares the board's outputs with these per image, so "ARM vs PyTorch" is
+    measured, not inferred; bench itself never needs torch. A few KB (N × classes float32).
+    """
+    from lesionlite.atomic import atomic_path
+
+    d = source.data
+    path = out / REFERENCE_FILE
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, logits=source.ref_logits.astype(np.float32), labels=np.asarray(d.eval_y, np.int64),
+                 indices=np.asarray(d.eval_indices if d.eval_indices is not None else [], np.int64),
+                 split=np.str_(d.eval_split), data_fingerprint=np.str_(d.fingerprint),
+                 checkpoint_sha256=np.str_(source.sha256))
+    return path
+
+
 def _publish(report: ExportReport, staged: list[tuple[Path, Path]], source: _Source, out: Path) -> list[tuple[Path, Path]]:
     """Move every accepted artifact into place, write the report and the model card; raise
     :class:`ParityError` for refused ones. Returns the staging folders still to delete."""
@@ -551,6 +578,7 @@ def _publish(report: ExportReport, staged: list[tuple[Path, Path]], source: _Sou
 
     write_report(report, out)
     write_model_card(build_model_card(report, source.manifest, source.data, source.ref_logits), out)
+    write_pytorch_reference(source, out)
     if refused:
         raise ParityError(
             f"refused to write: parity broken ({worst}); wrote the other {written} artifact(s) and "

@@ -32,6 +32,9 @@ class ExportData:
     class_names: list[str]
     #: per-eval-image metadata for subgroup reports (HAM10000: sex, age, localization), when the data has it
     eval_attributes: list[dict[str, str]] | None = None
+    #: indices of the evaluation images in ``eval_split`` (None for a non-indexable split): lets a later
+    #: stage (bench's ARM agreement) run the very images PyTorch was measured on
+    eval_indices: list[int] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -45,8 +48,9 @@ class ExportData:
         }
 
 
-def load_bundle(spec: str, root: str | None, seed: int = 0) -> Any:
-    """Load a dataset bundle with the project's loader; a missing loader or bad spec is one line."""
+def load_bundle(spec: str, root: str | None, seed: int = 0, **options: Any) -> Any:
+    """Load a dataset bundle with the project's loader (``options``: its loader options, as training
+    recorded them); a missing loader or bad spec is one line."""
     try:
         from distill.data import load_dataset
     except ImportError as exc:
@@ -54,7 +58,7 @@ def load_bundle(spec: str, root: str | None, seed: int = 0) -> Any:
             f"cannot load data {spec!r}: the dataset loader distill.data.load_dataset is unavailable ({exc})"
         ) from None
     try:
-        return load_dataset(spec, root, seed)
+        return load_dataset(spec, root, seed, **options)
     except LesionliteError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -119,8 +123,8 @@ def prepare_data(
     eval_x, eval_y = _to_arrays(pairs, cfg)
     source = getattr(bundle, split, None)
     attrs = getattr(source, "attributes", None)
-    idx = _take_indices(source, eval_samples, seed + 1) if attrs is not None else None
-    eval_attributes = [attrs[int(i)] for i in idx] if idx is not None else None
+    idx = _take_indices(source, eval_samples, seed + 1)
+    eval_attributes = [attrs[int(i)] for i in idx] if idx is not None and attrs is not None else None
     return ExportData(
         name=str(getattr(bundle, "name", "unknown")),
         fingerprint=str(getattr(bundle, "fingerprint", "")),
@@ -131,4 +135,5 @@ def prepare_data(
         eval_split=split,
         class_names=data_classes,
         eval_attributes=eval_attributes,
+        eval_indices=[int(i) for i in idx] if idx is not None else None,
     )

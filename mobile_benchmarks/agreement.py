@@ -9,9 +9,12 @@ host (``remote_runner.py --predict`` on both sides, one thread), and are compare
 
 * top-1 agreement and max / mean |Δ| of the outputs (logits), and whether they are bit-identical;
 * top-1 accuracy of each side against the labels (real data only);
-* next to them, the export's own parity against PyTorch (``manifest.extra.parity``, measured on the
-  export host): the export stores summary figures, not per-image PyTorch outputs, so ARM-vs-PyTorch
-  is reported as "ARM = host" + "host vs PyTorch", never recomputed here (bench stays torch-free).
+* against PyTorch, per image: ``lesionlite export`` saves PyTorch's logits on its evaluation images
+  with their split and indices (``pytorch_reference.npz`` beside the report); when it is there and
+  names the same data and checkpoint, the images are drawn from those indices and the target's and
+  the host's outputs are also compared with PyTorch's (bench stays torch-free: it only reads them);
+* next to them, the export's own summary parity against PyTorch (``manifest.extra.parity``, on the
+  export host and all its evaluation images).
 
 Where no real data is found the inputs are seeded random images and the table says so.
 """
@@ -29,11 +32,39 @@ from mobile_benchmarks.artifacts import Artifact
 DEFAULT_IMAGES = 500
 
 
-def eval_images(art: Artifact, n: int, seed: int = 0) -> tuple[list[Any], np.ndarray | None, str]:
-    """(images, labels or None, description): ``n`` images of the export's evaluation split."""
+REFERENCE_FILE = "pytorch_reference.npz"  # written by export (export.api.REFERENCE_FILE)
+
+
+def pytorch_reference(art: Artifact) -> dict[str, Any] | None:
+    """The export's per-image PyTorch logits for this artifact, when saved and made from the same data
+    and checkpoint (else None: an older export, or a reference from another model)."""
+    path = art.directory.parent / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ref = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise LesionliteError(f"{path}: unreadable PyTorch reference ({exc}); re-run lesionlite export") from None
+    want_fp = str((art.manifest.data or {}).get("fingerprint") or "")
+    want_sha = str((art.manifest.extra or {}).get("source_checkpoint_sha256") or "")
+    if str(ref.get("data_fingerprint", "")) != want_fp or str(ref.get("checkpoint_sha256", "")) != want_sha:
+        return None
+    if len(ref.get("indices", [])) != len(ref.get("logits", [])):
+        return None  # the evaluation split was not indexable: images cannot be matched
+    return {"path": path, "split": str(ref["split"]), "indices": ref["indices"].astype(np.int64),
+            "logits": ref["logits"].astype(np.float64)}
+
+
+def eval_images(art: Artifact, n: int, seed: int = 0,
+                reference: dict[str, Any] | None = None) -> tuple[list[Any], np.ndarray | None, str, np.ndarray | None]:
+    """(images, labels or None, description, PyTorch logits or None): ``n`` images of the export's
+    evaluation split — drawn from the ones PyTorch was measured on when ``reference`` is given."""
     data = art.manifest.data or {}
     spec = data.get("spec") or data.get("name")
     split = ((art.manifest.extra or {}).get("export_data") or {}).get("eval_split") or "test"
+    if reference is not None:
+        split = reference["split"]
     reason = "the manifest names no dataset"
     if spec:
         try:
@@ -42,12 +73,17 @@ def eval_images(art: Artifact, n: int, seed: int = 0) -> tuple[list[Any], np.nda
             bundle = load_dataset(str(spec), None, int(data.get("split_seed") or 0), **(data.get("options") or {}))
             ds = bundle.split(split)
             total = len(ds)
-            idx = range(total) if n >= total else sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
-            pairs = [ds[int(i)] for i in idx]
+            pool = reference["indices"] if reference is not None else np.arange(total)
+            pick = (np.arange(len(pool)) if n >= len(pool)
+                    else np.sort(np.random.default_rng(seed).choice(len(pool), size=n, replace=False)))
+            pairs = [ds[int(pool[i])] for i in pick]
             kind = "synthetic" if bundle.synthetic else "real"
+            torch_logits = reference["logits"][pick] if reference is not None else None
+            where = (f"of the {len(pool)} export evaluated against PyTorch" if reference is not None else f"of {total}")
             return ([p[0] for p in pairs], np.array([int(p[1]) for p in pairs]),
-                    f"{len(pairs)} {kind} images of the {split} split of {bundle.name} (of {total}; seed {seed} subset)"
-                    if len(pairs) < total else f"all {total} {kind} images of the {split} split of {bundle.name}")
+                    f"{len(pairs)} {kind} images of the {split} split of {bundle.name} ({where}; seed {seed} subset)"
+                    if len(pairs) < len(pool) else f"all {len(pool)} {kind} images of the {split} split of {bundle.name}"
+                    + (" that export evaluated against PyTorch" if reference is not None else ""), torch_logits)
         except (LesionliteError, ImportError, OSError, ValueError, KeyError) as exc:
             reason = f"data {spec!r} not available here ({exc})"
     from PIL import Image
@@ -55,7 +91,7 @@ def eval_images(art: Artifact, n: int, seed: int = 0) -> tuple[list[Any], np.nda
     rng = np.random.default_rng(seed)
     side = max(art.manifest.preprocessing.effective_resize, art.manifest.preprocessing.input_size)
     imgs = [Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8), mode="RGB") for _ in range(n)]
-    return imgs, None, f"{n} seeded random images (no real test images: {reason})"
+    return imgs, None, f"{n} seeded random images (no real test images: {reason})", None
 
 
 def compare_outputs(target_out: np.ndarray, host_out: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
@@ -83,6 +119,15 @@ def export_parity(art: Artifact) -> dict[str, Any] | None:
     return {**keep, "reference": "PyTorch, measured by export on the export host"} if keep else None
 
 
+def _vs_pytorch(target_out: np.ndarray, host_out: np.ndarray, torch_logits: np.ndarray | None) -> dict[str, Any] | None:
+    """Target and host against PyTorch's logits on the same images (None without a reference)."""
+    if torch_logits is None:
+        return None
+    t, h = compare_outputs(target_out, torch_logits, None), compare_outputs(host_out, torch_logits, None)
+    return {"n": t["n"], "target_top1_agreement": t["top1_agreement"], "target_max_abs_diff": t["max_abs_diff"],
+            "host_top1_agreement": h["top1_agreement"], "host_max_abs_diff": h["max_abs_diff"]}
+
+
 def run_agreement(arts: list[Artifact], target: Any, host: Any, n: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Per ONNX/TFLite artifact: outputs on ``target`` vs on ``host`` for ``n`` evaluation images."""
     rows: list[dict[str, Any]] = []
@@ -94,10 +139,12 @@ def run_agreement(arts: list[Artifact], target: Any, host: Any, n: int, log: Cal
                 continue
             base = {"artifact": art.name, "kind": art.kind, "precision": art.info.get("precision"),
                     "export_vs_pytorch": export_parity(art)}
-            key = (str(art.manifest.data.get("spec") or art.manifest.data.get("name")), art.manifest.data.get("split_seed"))
+            reference = pytorch_reference(art)
+            key = (str(art.manifest.data.get("spec") or art.manifest.data.get("name")), art.manifest.data.get("split_seed"),
+                   None if reference is None else str(reference["path"]))
             if key not in cache:
-                cache[key] = eval_images(art, n)
-            images, labels, source = cache[key]
+                cache[key] = eval_images(art, n, reference=reference)
+            images, labels, source, torch_logits = cache[key]
             sources.add(source)
             try:
                 from mobile_benchmarks.bench import input_from_image
@@ -125,7 +172,8 @@ def run_agreement(arts: list[Artifact], target: Any, host: Any, n: int, log: Cal
                    "target_runtime": f"{t_res.get('runtime')} {t_res.get('runtime_version')}",
                    "host_runtime": f"{h_res.get('runtime')} {h_res.get('runtime_version')}",
                    "emulated": (t_res.get("platform") or {}).get("emulator"),
-                   "target_ms_per_inference": t_res["total_ns"] / 1e6 / max(t_res["n"], 1)}
+                   "target_ms_per_inference": t_res["total_ns"] / 1e6 / max(t_res["n"], 1),
+                   "vs_pytorch": _vs_pytorch(t_out, h_out, torch_logits)}
             rows.append(row)
             log(f"[agree]   top-1 agreement {row['top1_agreement']:.4f}, max |Δ| {row['max_abs_diff']:.3g}"
                 f"{' (bit-identical)' if row['bit_identical'] else ''}")

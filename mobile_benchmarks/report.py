@@ -67,7 +67,8 @@ def agreement_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The ARM(target)-vs-host agreement table, one row per ONNX/TFLite artifact."""
     emu = emulated(doc)
     head = ["artifact", "kind", "precision", "images", "top-1 agreement target vs host", "max |Δ| logits", "mean |Δ|",
-            "bit-identical", "accuracy target / host", "export: host vs PyTorch top-1 (max |Δ|, n)",
+            "bit-identical", "accuracy target / host", "target vs PyTorch top-1 (max |Δ|)",
+            "export: host vs PyTorch top-1 (max |Δ|, n)",
             "target ms/inference" + (" (EMULATED)" if emu else "")]
     rows = []
     for r in (doc.get("agreement") or {}).get("rows") or []:
@@ -77,13 +78,16 @@ def agreement_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     if ref.get("top1_agreement") is not None else "not recorded by export")
         if r.get("status") != "ok":
             rows.append([r["artifact"], r["kind"], _f(r.get("precision")), "—", f"failed: {r.get('reason')}", "—", "—",
-                         "—", "—", ref_cell, "—"])
+                         "—", "—", "—", ref_cell, "—"])
             continue
         acc = (f"{r['accuracy_target']:.4f} / {r['accuracy_host']:.4f}" if r.get("accuracy_target") is not None
                else "no labels")
+        vs = r.get("vs_pytorch")
+        vs_cell = (f"{vs['target_top1_agreement']:.4f} ({vs['target_max_abs_diff']:.3g})" if vs
+                   else "no per-image reference from export")
         rows.append([r["artifact"], r["kind"], _f(r.get("precision")), str(r["n"]), f"{r['top1_agreement']:.4f}",
                      f"{r['max_abs_diff']:.3g}", f"{r['mean_abs_diff']:.3g}", "yes" if r["bit_identical"] else "no",
-                     acc, ref_cell, _f(r.get("target_ms_per_inference"), 1)])
+                     acc, vs_cell, ref_cell, _f(r.get("target_ms_per_inference"), 1)])
     return head, rows
 
 
@@ -97,9 +101,10 @@ def _agreement_text(doc: dict[str, Any]) -> list[str]:
     return [f"Inputs: {'; '.join(ag.get('inputs') or ['?'])}.",
             f"Method: {ag.get('method', '?')}. Target = {machine}"
             + (f" under {emulated(doc)}" if emulated(doc) else "") + ".",
-            "PyTorch: the export records only summary parity figures against PyTorch (on the export host), not "
-            "per-image outputs, so 'target vs PyTorch' is read as target = host (this table) and host vs PyTorch "
-            "(export column)."]
+            "PyTorch: 'target vs PyTorch' compares the target's outputs per image with PyTorch's logits on the same "
+            "images, which lesionlite export saves (pytorch_reference.npz beside its report; exports made before "
+            "it did show 'no per-image reference'); the export column is export's own summary on all its "
+            "evaluation images, on the export host."]
 
 
 def artifact_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -191,6 +191,6 @@ def test_agreement_images_come_from_the_manifest_data(data_root, tmp_path):
 
     m = Manifest(kind="tflite", architecture="x", class_names=list("abcdefg"), preprocessing=PreprocessConfig(input_size=64),
                  data={"spec": "ham10000", "split_seed": 0})
-    images, labels, source = eval_images(Artifact("a", tmp_path, m, None), 6)
+    images, labels, source, _ = eval_images(Artifact("a", tmp_path, m, None), 6)
     assert len(images) == 6 and labels is not None and labels.shape == (6,)
     assert "real images of the test split of ham10000" in source

@@ -251,7 +251,7 @@ def test_parity_refusal_is_per_artifact(run_dir, bundle, tmp_path):
         export_model(run_dir, out, "onnx", "fp32,fp16", dataset=bundle, calib_samples=20,
                      parity_threshold={"fp16": 1.01})
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "export_report.json", "export_report.md",
-                                                     "model_card.json", "tiny_cnn_onnx_fp32"]
+                                                     "model_card.json", "pytorch_reference.npz", "tiny_cnn_onnx_fp32"]
     statuses = {a.name: a.status for a in err.value.report.artifacts}
     assert statuses == {"tiny_cnn_onnx_fp32": "written", "tiny_cnn_onnx_fp16": "refused"}
     assert "refused" in (out / "export_report.md").read_text()

@@ -159,7 +159,7 @@ def test_refusal_and_force(tmp_path, run_dir, capsys, data):
     assert m.extra["parity_accepted"] is False and m.extra["parity"]["top1_agreement"] == 1.0
     assert m.extra["simplified"] is True and m.extra["parity"]["max_abs_logits"] < 1e-4
     assert _entries(out) == ["MODEL_CARD.md", "export_report.json", "export_report.md", "model_card.json",
-                            "tiny_cnn_onnx_fp32"]
+                            "pytorch_reference.npz", "tiny_cnn_onnx_fp32"]
 
 
 def test_lesionlite_dispatch_and_python_m(tmp_path):
