@@ -104,8 +104,10 @@ def test_killed_export_changes_nothing_serve_or_bench_load(checkpoint: Path, tmp
     assert set(before) == names
 
     script = _KILLED_EXPORT % {"bundle": BUNDLE_ARGS, "kw": EXPORT_KW}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                      os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", script, str(checkpoint), str(out), point], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)  # finds tests/tiny_checkpoint.py
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     left = _hidden(out)
     assert any(n.endswith(".staging") for n in left), left  # the kill left staged work behind
