@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from distill.config import resolve_config
 from distill.methods.base import Batch, MethodContext
@@ -167,3 +168,22 @@ def test_kd_lowers_training_loss_with_the_scratch_teacher(scratch_run, tmp_path:
     man = read_manifest(res.run_dir)
     assert man.extra["method"] == "kd" and man.extra["teacher"]["run_dir"] == str(scratch_run.run_dir)
     assert man.extra["method_config"]["temperature"] == 2.0
+
+
+def test_class_weighted_kl_is_the_weighted_mean_of_per_image_kl() -> None:
+    """method.kl_class_weighted: Σ w_y·KLᵢ / Σ w_y (the CE's normalisation); equal weights = Hinton's term."""
+    from distill.methods.kd import kd_kl
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4), torch.randn(6, 4)
+    labels = torch.tensor([0, 0, 0, 1, 2, 3])
+    w = torch.tensor([0.5, 2.0, 3.0, 4.0])
+    temp = 3.0
+    per_row = (F.softmax(t / temp, 1) * (F.log_softmax(t / temp, 1) - F.log_softmax(s / temp, 1))).sum(1) * temp**2
+    expect = (w[labels] * per_row).sum() / w[labels].sum()
+    total, kl, _ = kd_loss(s, t, labels, temp, alpha=1.0, weights=w, kl_class_weighted=True)
+    assert torch.allclose(kl, expect, atol=1e-5) and torch.allclose(total, expect, atol=1e-5)
+    assert torch.allclose(kd_kl(s, t, temp, torch.ones(6)), kd_kl(s, t, temp), atol=1e-6)
+    assert not torch.allclose(kl, kd_kl(s, t, temp))  # the minority rows now count more
+    with pytest.raises(LesionliteError, match="needs method.class_weighted=true"):
+        KDConfig(kl_class_weighted=True, class_weighted=False)
