@@ -25,24 +25,7 @@ Toolchain (chosen by measurement; onnx2tf is not an option here because it needs
   all-zero int64 zero-point vectors were ~10 % of a MobileNetV2 int8 file), kept only when the
   outputs stay bit-identical.
 
-Measured on tiny_cnn (7 classes, 32×32, 2 CPU cores) while choosing:
-
-=====================================  ==========  ==================  ============
-int8 route                             time        max |Δlogit|        top-1 agree
-=====================================  ==========  ==================  ============
-ai-edge-quantizer static_wi8_ai8       0.26 s *    0.009               100 %
-litert-torch PT2E (PT2EQuantizer)      4.0 s       0.124               100 %
-=====================================  ==========  ==================  ============
-
-(* on top of the 3.2 s fp32 conversion that both need; fp32 itself: max |Δlogit| 5e-8, fp16 2e-5.)
-The PT2E route (torchao ``prepare_pt2e``/``convert_pt2e`` + ``litert_torch.convert(quant_config=…)``)
-re-traces and re-lowers the whole model, and its int8 graph was an order of magnitude further from
-PyTorch on the same calibration set, so export uses ai-edge-quantizer on the converted fp32 graph.
-On MobileNetV2 (96 px, 7 classes, same 300 calibration images, a busy 2-core host, 100 DermaMNIST test
-images, a barely trained head) the gap held: PT2E took 669 s to quantize and convert vs 27 s for
-ai-edge-quantizer after the 40 s fp32 conversion; max |Δlogit| 2.76 vs 2.49, top-1 agreement with
-PyTorch 49 % vs 63 %, same size (2.77 vs 2.83 MB). Trained-model numbers:
-``benchmarks/results/export_targets*.json``.
+Why this toolchain (the int8 routes measured against each other): ``docs/tflite_toolchain.md``.
 """
 from __future__ import annotations
 
