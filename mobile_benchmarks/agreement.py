@@ -79,11 +79,13 @@ def eval_images(art: Artifact, n: int, seed: int = 0,
             pairs = [ds[int(pool[i])] for i in pick]
             kind = "synthetic" if bundle.synthetic else "real"
             torch_logits = reference["logits"][pick] if reference is not None else None
-            where = (f"of the {len(pool)} export evaluated against PyTorch" if reference is not None else f"of {total}")
-            return ([p[0] for p in pairs], np.array([int(p[1]) for p in pairs]),
-                    f"{len(pairs)} {kind} images of the {split} split of {bundle.name} ({where}; seed {seed} subset)"
-                    if len(pairs) < len(pool) else f"all {len(pool)} {kind} images of the {split} split of {bundle.name}"
-                    + (" that export evaluated against PyTorch" if reference is not None else ""), torch_logits)
+            what = f"{kind} images of the {split} split of {bundle.name}"
+            if len(pairs) < len(pool):
+                where = f"of the {len(pool)} export evaluated against PyTorch" if reference is not None else f"of {total}"
+                source = f"{len(pairs)} {what} ({where}; seed {seed} subset)"
+            else:
+                source = f"all {len(pool)} {what}" + (" that export evaluated against PyTorch" if reference is not None else "")
+            return [p[0] for p in pairs], np.array([int(p[1]) for p in pairs]), source, torch_logits
         except (LesionliteError, ImportError, OSError, ValueError, KeyError) as exc:
             reason = f"data {spec!r} not available here ({exc})"
     from PIL import Image
