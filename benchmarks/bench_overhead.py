@@ -69,14 +69,14 @@ def build_fixtures(root: Path, sizes: tuple[int, ...] = (32, 96, 224)) -> None:
         torch.onnx.export(model, (x,), str(d / "model.onnx"), input_names=["input"], output_names=["logits"],
                           dynamo=False, opset_version=17)
         Manifest(kind="onnx", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-                 files={"model": "model.onnx"}, extra={"precision": "fp32"}).write(d)
+                 files={"model": "model.onnx"}, precision="fp32").write(d)
         d = root / f"tiny_cnn_{s}px_tflite_fp32"
         d.mkdir(parents=True, exist_ok=True)
         import litert_torch
 
         litert_torch.convert(model, (x,)).export(str(d / "model.tflite"))
         Manifest(kind="tflite", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-                 files={"model": "model.tflite"}, extra={"precision": "fp32"}).write(d)
+                 files={"model": "model.tflite"}, precision="fp32").write(d)
 
 
 def runner(model: Path, kind: str, npy: Path, mode: str, runs: int, warmup: int, blocks: int, threads: int = 1) -> dict:

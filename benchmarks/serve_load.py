@@ -78,7 +78,7 @@ def build_fixture(out_dir: Path, arch: str, input_size: int) -> Path:
              preprocessing=PreprocessConfig(input_size=input_size),
              input={"layout": "NCHW", "dtype": "float32", "shape": [1, 3, input_size, input_size], "quantization": None},
              calibration={"temperature": 1.0}, files={"model": "model.onnx"},
-             extra={"precision": "fp32", "fixture": "benchmarks/serve_load.py (random weights)"}).write(out_dir)
+             precision="fp32", extra={"fixture": "benchmarks/serve_load.py (random weights)"}).write(out_dir)
     return out_dir
 
 

@@ -653,11 +653,12 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
                      weights_meta: dict[str, Any] | None = None) -> None:
     from distill import reports
     from distill.artifacts import save_student
-    from lesionlite.manifest import Manifest
+    from lesionlite.manifest import Manifest, portable_text, weights_spec
 
     run_dir = result.run_dir
     data_info = {"name": bundle.name, "fingerprint": bundle.fingerprint, "synthetic": bool(bundle.synthetic),
-                 "source": bundle.source, "spec": data_spec(cfg, bundle), "split_seed": cfg.data.split_seed,
+                 "description": portable_text(bundle.source), "spec": data_spec(cfg, bundle),
+                 "split_seed": cfg.data.split_seed,
                  "options": dict(cfg.data.options), "class_counts": {
                      s: bundle.split(s).class_counts() for s in ("train", "val", "test")}}
     extra: dict[str, Any] = {
@@ -665,11 +666,9 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "seed": cfg.run.seed, "wall_time_s": round(result.wall_time_s, 2),
         "images_per_s": round(result.images_per_s, 2), "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-        "schedule": cfg.schedule.name, "batch_size": cfg.optim.batch_size, "weights": weights_note,
+        "schedule": cfg.schedule.name, "batch_size": cfg.optim.batch_size, "weights": portable_text(weights_note),
         "torch": torch.__version__,
     }
-    if weights_meta:
-        extra["weights_info"] = weights_meta
     if tman is not None:
         extra["teacher"] = {"run_dir": str(cfg.model.teacher), "architecture": tman.architecture,
                             "val_metrics": teacher_val}
@@ -677,6 +676,9 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
         kind="checkpoint", architecture=cfg.model.arch, class_names=list(bundle.class_names), preprocessing=pre,
         input={"layout": "NCHW", "dtype": "float32", "shape": [1, 3, pre.input_size, pre.input_size],
                "quantization": None},
+        output={"dtype": "float32", "shape": [1, len(bundle.class_names)], "quantization": None, "kind": "logits"},
+        precision="fp32", parameters=sum(p.numel() for p in student.parameters()),
+        weights=weights_spec(weights_meta) if weights_meta else None,
         calibration={"temperature": float(result.temperature), **({"ood": result.ood} if result.ood else {})},
         metrics={k: v for k, v in result.metrics.items()} | {"best_epoch": result.best_epoch},
         data=data_info, extra=extra,

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,167 +34,11 @@ import numpy as np
 
 from lesionlite.atomic import remove_stale_leftovers, replace_dir
 from lesionlite.errors import LesionliteError, require
-from lesionlite.manifest import Manifest, git_commit
-from lesionlite.preprocessing import PreprocessConfig
+from lesionlite.manifest import DataSpec, Manifest, git_commit, portable
+from export.context import DEFAULT_PARITY_THRESHOLDS, ExportContext, ExportOptions  # noqa: F401  (public API)
 from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
 from export.parity import host_int8_note
-
-REPORT_JSON = "export_report.json"
-REPORT_MD = "export_report.md"
-
-
-class ParityError(LesionliteError):
-    """Some artifact's top-1 agreement with PyTorch is below the threshold; nothing was written."""
-
-    def __init__(self, message: str, report: "ExportReport") -> None:
-        super().__init__(message)
-        self.report = report
-
-
-#: Top-1 agreement with PyTorch below which an artifact counts as broken (see the module docstring).
-DEFAULT_PARITY_THRESHOLDS: dict[str, float] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.90}
-
-
-@dataclass
-class ExportOptions:
-    calib_samples: int = 300
-    eval_samples: int | None = None  # cap on held-out images for parity/metrics (None: the whole split)
-    #: one threshold for every precision, or a {precision: threshold} map; None → the defaults below
-    parity_threshold: float | dict[str, float] | None = None
-    force: bool = False
-    int8_io: bool = False  # TFLite int8: int8 input/output tensors instead of float
-    onnx_quant: str = "static"  # ONNX int8: "static" (QDQ, calibrated) or "dynamic"
-    simplify: bool = False  # ONNX: run onnxslim on the fp32 graph
-    #: int8: quantize a BN-folded, grid-snapped, bias-corrected copy (export.int8_prep) rather than the raw model
-    bias_correction: bool = True
-    opset: int = 18
-    seed: int = 0
-    #: an already-loaded DatasetBundle to use instead of loading ``data_spec`` (tests and fixtures)
-    dataset: Any = None
-
-    @classmethod
-    def from_kwargs(cls, opts: dict[str, Any]) -> "ExportOptions":
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(opts) - names)
-        if unknown:
-            raise LesionliteError(f"unknown export option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        o = cls(**opts)
-        if o.onnx_quant not in ("static", "dynamic"):
-            raise LesionliteError(f"unknown ONNX quantization {o.onnx_quant!r}; choose 'static' or 'dynamic'")
-        if o.calib_samples < 1:
-            raise LesionliteError(f"--calib-samples must be at least 1, got {o.calib_samples}")
-        if o.eval_samples is not None and o.eval_samples < 1:
-            raise LesionliteError(f"--eval-samples must be at least 1, got {o.eval_samples}")
-        for value in o.thresholds.values():
-            if value < 0:  # above 1 is allowed: it refuses everything (useful to test the gate)
-                raise LesionliteError(f"--parity-threshold must not be negative, got {value}")
-        return o
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """The top-1 agreement each precision must reach to be written."""
-        if self.parity_threshold is None:
-            return dict(DEFAULT_PARITY_THRESHOLDS)
-        if isinstance(self.parity_threshold, dict):
-            return {**DEFAULT_PARITY_THRESHOLDS, **{k: float(v) for k, v in self.parity_threshold.items()}}
-        return {k: float(self.parity_threshold) for k in DEFAULT_PARITY_THRESHOLDS}
-
-
-@dataclass
-class ExportContext:
-    """What a format converter may use: the eval-mode model, its manifest, calibration data, options."""
-
-    model: Any
-    source: Manifest
-    preprocessing: PreprocessConfig
-    calib: np.ndarray  # NCHW float32, preprocessed training images
-    options: ExportOptions
-    workdir: Path  # scratch space shared by the precisions of one format (e.g. the fp32 graph)
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def architecture(self) -> str:
-        return self.source.architecture
-
-    def model_for(self, precision: str) -> Any:
-        """The float model a precision is converted from: int8 uses the prepared copy (once per export)."""
-        if precision != "int8" or not self.options.bias_correction:
-            return self.model
-        if "int8_model" not in self.cache:
-            from export.int8_prep import prepare_for_int8
-
-            self.cache["int8_model"], report = prepare_for_int8(self.model, self.calib)
-            self.cache["int8_prep"] = report.as_dict()
-        return self.cache["int8_model"]
-
-    def float_source(self, precision: str) -> tuple[Any, str]:
-        """(model, tag) ``precision`` is converted from; the tag ("fp32" or "fp32_int8prep") names that float
-        model so each format converts it once per export and the precisions sharing it reuse the graph."""
-        model = self.model_for(precision)
-        return model, "fp32" if model is self.model else "fp32_int8prep"
-
-    def int8_prep_info(self) -> dict[str, Any] | None:
-        """What :meth:`model_for` did for int8, for the artifact manifest (None when disabled)."""
-        return self.cache.get("int8_prep") if self.options.bias_correction else None
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.source.class_names)
-
-    @property
-    def temperature(self) -> float:
-        return self.source.temperature
-
-    @property
-    def input_size(self) -> int:
-        return self.preprocessing.input_size
-
-
-@dataclass
-class ArtifactResult:
-    name: str
-    format: str
-    precision: str
-    status: str  # "written" | "forced" | "refused"
-    path: str | None
-    size_bytes: int
-    convert_seconds: float
-    parity: dict[str, Any] | None
-    metrics: dict[str, Any]
-    validation: dict[str, Any]
-    input: dict[str, Any]
-    output: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    #: median batch-1 latency on the exporting host (ms, runtime defaults), for the model card
-    latency_ms_p50: float | None = None
-
-
-@dataclass
-class ExportReport:
-    out_dir: str
-    source: dict[str, Any]
-    data: dict[str, Any]
-    parity_threshold: dict[str, float]  # per precision
-    artifacts: list[ArtifactResult]
-    #: leftovers of an interrupted export in OUT that this export removed before writing (names)
-    removed_leftovers: list[str] = field(default_factory=list)
-
-    @property
-    def written(self) -> list[ArtifactResult]:
-        return [a for a in self.artifacts if a.status in ("written", "forced")]
-
-    @property
-    def refused(self) -> list[ArtifactResult]:
-        return [a for a in self.artifacts if a.status == "refused"]
-
-    def artifact(self, fmt: str, precision: str) -> ArtifactResult:
-        for a in self.artifacts:
-            if a.format == fmt and a.precision == precision:
-                return a
-        raise KeyError((fmt, precision))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from export.results import REPORT_JSON, REPORT_MD, ArtifactResult, ExportReport, ParityError  # noqa: F401
 
 
 def parse_list(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -298,14 +142,10 @@ def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: s
 
     if data_spec:
         return load_bundle(str(data_spec), data_root, options.seed)
-    # Default: the checkpoint's own data. Its manifest records the bundle name (e.g.
-    # "dermamnist_jpeg_lossy") and fingerprint, not always the loader spec, so try the recorded spec,
-    # the name and the name's first word, and take the first whose fingerprint matches.
+    # Default: the checkpoint's own data, rebuilt from the loader spec training recorded (data.spec; a
+    # manifest too old to have one offers its bundle name) and checked against the recorded fingerprint.
     info = ctx_manifest.data or {}
-    candidates = [str(c) for c in (info.get("spec"), info.get("name")) if c]
-    if info.get("name"):
-        candidates.append(str(info["name"]).split("_")[0])
-    candidates = list(dict.fromkeys(candidates))
+    candidates = list(dict.fromkeys(str(c) for c in (info.get("spec"), info.get("name")) if c))
     if not candidates:
         raise LesionliteError(
             "no data for calibration and parity: the checkpoint manifest names no data set; pass --data SPEC"
@@ -520,14 +360,15 @@ def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source:
     src, stats = source.manifest, source.stats
     return Manifest(
         kind=fmt.kind, architecture=src.architecture, class_names=list(src.class_names),
-        preprocessing=src.preprocessing, input=info.input, calibration=dict(src.calibration),
-        metrics=dict(check.metrics), data=dict(src.data), files={"model": fmt.model_file},
+        preprocessing=src.preprocessing, input=info.input, output=info.output, precision=prec,
+        parameters=stats["params"], macs=stats["macs"], session_config=dict(info.session_config),
+        parity={**check.parity, "accepted": check.accepted}, source_sha256=source.sha256,
+        evaluation=source.data.describe(), weights=src.weights, data=DataSpec(**portable(dict(src.data))),
+        calibration=dict(src.calibration), metrics=dict(check.metrics), files={"model": fmt.model_file},
+        version=src.version,
         extra={
-            "format": fmt.name, "precision": prec, "output": info.output,
-            "source_checkpoint_sha256": source.sha256, "source_metrics": source.metrics,
-            "params": stats["params"], "macs": stats["macs"], "macs_method": stats["macs_method"],
-            "parity": check.parity, "parity_accepted": check.accepted,
-            "metrics_split": source.data.eval_split, "export_data": source.data.describe(),
+            "format": fmt.name, "source_metrics": source.metrics, "macs_method": stats["macs_method"],
+            "metrics_split": source.data.eval_split,
             "tool_versions": tool_versions(("torch", "lesionlite", *fmt.tool_packages)),
             "validation": validation,
             **info.extra,

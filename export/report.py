@@ -14,7 +14,7 @@ from lesionlite.atomic import write_json_atomic, write_text_atomic
 from lesionlite.ship import describe, recommend
 
 if TYPE_CHECKING:  # pragma: no cover
-    from export.api import ExportReport
+    from export.results import ExportReport
 
 
 def _fmt_size(n: int) -> str:
@@ -93,7 +93,7 @@ def render_markdown(report: "ExportReport") -> str:
 
 def write_report(report: "ExportReport", out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
-    from export.api import REPORT_JSON, REPORT_MD
+    from export.results import REPORT_JSON, REPORT_MD
 
     j = write_json_atomic(out / REPORT_JSON, {**report.to_dict(), "ship": ship_recommendations(report)})
     m = write_text_atomic(out / REPORT_MD, render_markdown(report))

@@ -147,8 +147,7 @@ def _spec(value_info: Any) -> TensorSpec:
 
 def graph_temperature(manifest: Manifest) -> float:
     """The temperature to divide logits by: 1 when the graph already applies the calibration."""
-    out = manifest.extra.get("output") or {}
-    return 1.0 if out.get("temperature_applied") else manifest.temperature
+    return 1.0 if manifest.output.get("temperature_applied") else manifest.temperature
 
 
 def add_probabilities(model: Any, temperature: float, name: str = PROBABILITIES) -> Any:
@@ -208,7 +207,7 @@ def render_config(name: str, manifest: Manifest, inputs: list[TensorSpec], outpu
     out_blocks = [_tensor_block(t, batched, [f"    label_filename: {_q(LABELS_FILE)}"]) for t in outputs]
     params = {
         "lesionlite.architecture": manifest.architecture,
-        "lesionlite.precision": str(manifest.extra.get("precision") or ""),
+        "lesionlite.precision": manifest.precision,
         "lesionlite.layout": layout,
         "lesionlite.preprocessing": json.dumps(manifest.preprocessing.to_dict(), sort_keys=True),
         "lesionlite.temperature": repr(manifest.temperature),
@@ -218,12 +217,12 @@ def render_config(name: str, manifest: Manifest, inputs: list[TensorSpec], outpu
     }
     if any(o.name == PROBABILITIES for o in outputs):
         params["lesionlite.probabilities"] = f"softmax(logits / {graph_temperature(manifest)!r})"
-    session = manifest.extra.get("onnxruntime_session_config") or {}
+    session = manifest.session_config
     if session:
         params["lesionlite.onnxruntime_session_config"] = json.dumps(session, sort_keys=True)
     lines = [
         f"# Written by export.triton from {source.name}/{MANIFEST_NAME} ({manifest.architecture}, "
-        f"{manifest.extra.get('precision') or 'unknown precision'}).",
+        f"{manifest.precision}).",
         "# Clients preprocess images themselves with lesionlite.preprocessing (see lesionlite_manifest.json).",
         f"name: {_q(name)}",
         'backend: "onnxruntime"',

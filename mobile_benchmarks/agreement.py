@@ -13,7 +13,7 @@ host (``remote_runner.py --predict`` on both sides, one thread), and are compare
   with their split and indices (``pytorch_reference.npz`` beside the report); when it is there and
   names the same data and checkpoint, the images are drawn from those indices and the target's and
   the host's outputs are also compared with PyTorch's (bench stays torch-free: it only reads them);
-* next to them, the export's own summary parity against PyTorch (``manifest.extra.parity``, on the
+* next to them, the export's own summary parity against PyTorch (``manifest.parity``, on the
   export host and all its evaluation images).
 
 Where no real data is found the inputs are seeded random images and the table says so.
@@ -47,7 +47,7 @@ def pytorch_reference(art: Artifact) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         raise LesionliteError(f"{path}: unreadable PyTorch reference ({exc}); re-run lesionlite export") from None
     want_fp = str((art.manifest.data or {}).get("fingerprint") or "")
-    want_sha = str((art.manifest.extra or {}).get("source_checkpoint_sha256") or "")
+    want_sha = str(art.manifest.source_sha256 or "")
     if str(ref.get("data_fingerprint", "")) != want_fp or str(ref.get("checkpoint_sha256", "")) != want_sha:
         return None
     if len(ref.get("indices", [])) != len(ref.get("logits", [])):
@@ -62,7 +62,7 @@ def eval_images(art: Artifact, n: int, seed: int = 0,
     evaluation split — drawn from the ones PyTorch was measured on when ``reference`` is given."""
     data = art.manifest.data or {}
     spec = data.get("spec") or data.get("name")
-    split = ((art.manifest.extra or {}).get("export_data") or {}).get("eval_split") or "test"
+    split = art.manifest.evaluation.get("eval_split") or "test"
     if reference is not None:
         split = reference["split"]
     reason = "the manifest names no dataset"
@@ -114,7 +114,7 @@ def compare_outputs(target_out: np.ndarray, host_out: np.ndarray, labels: np.nda
 
 def export_parity(art: Artifact) -> dict[str, Any] | None:
     """The export's host-vs-PyTorch parity of this artifact (summary figures only), if recorded."""
-    par = (art.manifest.extra or {}).get("parity")
+    par = art.manifest.parity
     if not isinstance(par, dict):
         return None
     keep = {k: par.get(k) for k in ("top1_agreement", "max_abs_logits", "mean_abs_logits", "n") if par.get(k) is not None}

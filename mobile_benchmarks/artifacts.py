@@ -1,15 +1,14 @@
 """Find the exported artifacts in a model directory and describe them (size, params, MACs, accuracy).
 
 A model directory is either one artifact directory (``manifest.json`` + model file) or a directory
-whose visible subdirectories (up to four levels deep) each hold one. ``export_report.json`` at the top may
-carry accuracy per artifact. Parameter counts and MACs come from the manifest's ``extra`` when the
-exporter recorded them; otherwise they are counted here from the model file itself (ONNX
+whose visible subdirectories (up to four levels deep) each hold one. Precision, accuracy (measured by
+export on the artifact itself), parameter counts and MACs are the manifest's declared fields; where an
+artifact does not record parameters or MACs they are counted here from the model file itself (ONNX
 initializers / TFLite constant tensors; MACs by walking Conv/Gemm/MatMul resp. CONV_2D /
 DEPTHWISE_CONV_2D / FULLY_CONNECTED with their shapes). Torch is never imported.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,6 @@ from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 RUNNABLE_KINDS = ("onnx", "tflite", "coreml")
-ACCURACY_KEYS = (
-    "accuracy", "test_accuracy", "top1", "top1_accuracy", "acc", "test_acc", "val_accuracy",
-    "balanced_accuracy", "test_balanced_accuracy",
-)
-#: where a balanced accuracy is found (the metric the project reports; plots prefer it)
-BALANCED_ACCURACY_KEYS = ("balanced_accuracy", "test_balanced_accuracy")
 
 
 @dataclass
@@ -70,7 +63,6 @@ def discover_all(model_dir: str | Path, exclude: list[Path] | None = None) -> tu
         raise LesionliteError(f"{root} is not a directory; pass the directory written by 'lesionlite export'")
     skip = {p.resolve() for p in (exclude or [])}
     dirs = [d for d in artifact_dirs(root) if not any(d.resolve() == s or s in d.resolve().parents for s in skip)]
-    report = _load_export_report(root)
     arts: list[Artifact] = []
     unreadable: list[Unreadable] = []
     skipped_checkpoints = []
@@ -88,7 +80,7 @@ def discover_all(model_dir: str | Path, exclude: list[Path] | None = None) -> tu
         model_file = m.files.get("model")
         model_path = (d / model_file) if model_file else None
         art = Artifact(name=name, directory=d, manifest=m, model_path=model_path)
-        art.info = describe(art, report)
+        art.info = describe(art)
         arts.append(art)
     if not arts:
         if unreadable:
@@ -129,79 +121,20 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _accuracy_from(d: Any, keys: tuple[str, ...] = ACCURACY_KEYS) -> tuple[float | None, str | None]:
-    if not isinstance(d, dict):
-        return None, None
-    for k in keys:
-        if k in d and _num(d[k]) is not None:
-            return _num(d[k]), k
-    for sub in ("metrics", "test", "eval", "parity"):
-        if isinstance(d.get(sub), dict):
-            v, k = _accuracy_from(d[sub], keys)
-            if v is not None:
-                return v, f"{sub}.{k}"
-    return None, None
-
-
-def _load_export_report(root: Path) -> Any:
-    p = root / "export_report.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _report_entries(report: Any) -> Iterator[tuple[str | None, dict]]:
-    """(key, entry) pairs of per-artifact entries in an export report of unknown exact shape."""
-    if isinstance(report, list):
-        for e in report:
-            if isinstance(e, dict):
-                yield None, e
-    elif isinstance(report, dict):
-        for key in ("artifacts", "results", "exports", "formats"):
-            if key in report:
-                yield from _report_entries(report[key])
-        for k, v in report.items():
-            if isinstance(v, dict):
-                yield k, v
-
-
-def _accuracy_from_report(report: Any, art: Artifact,
-                          keys: tuple[str, ...] = ACCURACY_KEYS) -> tuple[float | None, str | None]:
-    if report is None:
-        return None, None
-    names = {art.name, art.directory.name, art.directory.as_posix()}
-    if art.model_path is not None:
-        names |= {art.model_path.name, art.model_path.as_posix()}
-    for key, entry in _report_entries(report):
-        ids = {str(v) for k, v in entry.items() if k in ("name", "artifact", "dir", "path", "directory", "file", "model", "model_path") and isinstance(v, str)}
-        ids |= {Path(v).name for v in list(ids)}
-        if key is not None:
-            ids.add(key)
-        if ids & names:
-            v, k = _accuracy_from(entry, keys)
-            if v is not None:
-                return v, f"export_report.json:{k}"
-    return None, None
-
-
-def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
+def describe(art: Artifact) -> dict[str, Any]:
     m = art.manifest
-    extra = m.extra or {}
     info: dict[str, Any] = {
         "name": art.name,
         "kind": m.kind,
         "directory": str(art.directory),
         "model_file": None if art.model_path is None else art.model_path.name,
         "architecture": m.architecture,
-        "precision": extra.get("precision") or _guess_precision(art.name),
+        "precision": m.precision,
         "num_classes": m.num_classes,
         "input": m.input,
         "size_bytes": _file_size(art.model_path),
         # onnxruntime settings export recorded (benchmarked as the artifact is meant to run)
-        "ort_session_config": dict(extra.get("onnxruntime_session_config") or {}),
+        "ort_session_config": dict(m.session_config),
     }
     if art.model_path is None:
         info["problem"] = f"{art.directory / MANIFEST_NAME} names no model file (files.model)"
@@ -209,10 +142,8 @@ def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
         info["problem"] = f"model file {art.model_path} listed in {MANIFEST_NAME} is missing"
     info["size_mb"] = None if info["size_bytes"] is None else info["size_bytes"] / 1e6
 
-    params = _num(extra.get("params", extra.get("num_params", extra.get("parameters"))))
-    macs = _num(extra.get("macs", extra.get("MACs")))
-    info["params"], info["params_source"] = (int(params), "manifest extra") if params is not None else (None, None)
-    info["macs"], info["macs_source"] = (int(macs), "manifest extra") if macs is not None else (None, None)
+    info["params"], info["params_source"] = (m.parameters, "manifest") if m.parameters is not None else (None, None)
+    info["macs"], info["macs_source"] = (m.macs, "manifest") if m.macs is not None else (None, None)
     if (info["params"] is None or info["macs"] is None) and "problem" not in info:
         try:
             counted = count_model(art.model_path, m.kind)
@@ -224,25 +155,19 @@ def describe(art: Artifact, report: Any = None) -> dict[str, Any]:
                 info[key] = counted.get(key)
                 info[f"{key}_source"] = counted.get(f"{key}_source")
 
-    acc, key = _accuracy_from(m.metrics)
-    source = f"manifest metrics.{key}" if acc is not None else None
-    if acc is None:
-        acc, source = _accuracy_from_report(report, art)
-    info["accuracy"], info["accuracy_source"] = acc, source
-    bal, key = _accuracy_from(m.metrics, BALANCED_ACCURACY_KEYS)
-    bal_source = f"manifest metrics.{key}" if bal is not None else None
-    if bal is None:
-        bal, bal_source = _accuracy_from_report(report, art, BALANCED_ACCURACY_KEYS)
-    info["balanced_accuracy"], info["balanced_accuracy_source"] = bal, bal_source
+    for key in ("accuracy", "balanced_accuracy"):
+        info[key], info[f"{key}_source"] = _metric(m.metrics, key)
     return info
 
 
-def _guess_precision(name: str) -> str | None:
-    low = name.lower()
-    for p in ("int8", "uint8", "fp16", "float16", "fp32", "float32", "dynamic"):
-        if p in low:
-            return p
-    return None
+def _metric(metrics: dict[str, Any], key: str) -> tuple[float | None, str | None]:
+    """``metrics[key]`` as export measures it on the artifact itself, else the ``test_`` value a
+    checkpoint's manifest carries (an artifact whose manifest was written from one); else unknown."""
+    for name in (key, f"test_{key}"):
+        value = _num(metrics.get(name))
+        if value is not None:
+            return value, f"manifest metrics.{name}"
+    return None, None
 
 
 def count_model(path: Path | None, kind: str) -> dict[str, Any]:

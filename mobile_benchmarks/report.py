@@ -402,7 +402,7 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
         plt.close(fig)
         plots["accuracy"] = ACC_PLOT
     else:
-        plots["accuracy_reason"] = "accuracy is not known for any measured artifact (no metrics in the manifests or export_report.json)"
+        plots["accuracy_reason"] = "accuracy is not known for any measured artifact (no metrics.accuracy in the manifests: export measures it on each artifact)"
     return plots
 
 

@@ -56,8 +56,7 @@ class LoadedModel:
     @property
     def temperature(self) -> float:
         """Calibration temperature to divide the model's outputs by (1 if the graph already did)."""
-        out = self.manifest.extra.get("output") or {}
-        return 1.0 if out.get("temperature_applied") else self.manifest.temperature
+        return 1.0 if self.manifest.output.get("temperature_applied") else self.manifest.temperature
 
     # ------------------------------------------------------------------ Open Inference Protocol tensors
     # ``/v2/models/{name}/infer`` takes ONE of two inputs — the preprocessed float32 batch under the
@@ -120,7 +119,7 @@ class LoadedModel:
                             "out_of_distribution": None if self.ood_calibration is None else {
                                 k: self.ood_calibration.get(k) for k in ("method", "quantile", "n",
                                                                          "val_abstain_rate")}},
-            "precision": m.extra.get("precision"),
+            "precision": m.precision,
             "metrics": m.metrics,
             "class_labels": {c: display_name(c) for c in m.class_names},
             "parity": self.parity(),
@@ -128,8 +127,8 @@ class LoadedModel:
 
     def parity(self) -> dict[str, Any]:
         """Export's numerical check of this artifact against PyTorch (None fields when it was not run)."""
-        p = (self.manifest.extra or {}).get("parity") or {}
-        return {"verified": bool(p.get("verified")), "accepted": (self.manifest.extra or {}).get("parity_accepted"),
+        p = self.manifest.parity or {}
+        return {"verified": bool(p.get("verified")), "accepted": p.get("accepted"),
                 "top1_agreement": p.get("top1_agreement"), "threshold": p.get("threshold"),
                 "max_abs_probs": p.get("max_abs_probs")}
 
@@ -205,9 +204,9 @@ def manifest_contradictions(runtime: Runtime, manifest: Manifest) -> list[str]:
 
 def parity_refusal(manifest: Manifest) -> str | None:
     """Why export refused this artifact (written anyway with ``--force``), or None when it was accepted."""
-    if (manifest.extra or {}).get("parity_accepted") is not False:
+    p = manifest.parity or {}
+    if p.get("accepted") is not False:
         return None
-    p = (manifest.extra or {}).get("parity") or {}
     agree, thr = p.get("top1_agreement"), p.get("threshold")
     what = (f"top-1 agreement with PyTorch {agree:.4f} < threshold {thr}" if isinstance(agree, (int, float))
             and isinstance(thr, (int, float)) else "its parity check failed")
@@ -243,7 +242,7 @@ def _load_one(root: Path, d: Path, threads: int, spin_wait: bool, allow_unverifi
     problems = manifest_contradictions(runtime, manifest)
     if problems:
         raise LesionliteError(f"{d / MANIFEST_NAME} contradicts {fname}: " + "; ".join(problems))
-    version = str(manifest.extra.get("version") or _file_version(path))
+    version = manifest.version or _file_version(path)
     return LoadedModel(_model_name(root, d), version, d, manifest, runtime)
 
 
@@ -306,8 +305,7 @@ def default_model_name(models: dict[str, LoadedModel]) -> str:
     """
     def key(name: str) -> tuple:
         m = models[name].manifest
-        parity = (m.extra or {}).get("parity") or {}
-        verified = bool(parity.get("verified")) and (m.extra or {}).get("parity_accepted") is not False
+        verified = m.parity_verified
         bal = (m.metrics or {}).get("balanced_accuracy")
         bal = float(bal) if isinstance(bal, (int, float)) else -1.0
         try:

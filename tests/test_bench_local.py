@@ -50,22 +50,19 @@ def model_dir(tmp_path_factory) -> Path:
     torch.onnx.export(model, (x,), str(d / "model.onnx"), input_names=["input"], output_names=["logits"],
                       dynamo=False, opset_version=17)
     Manifest(kind="onnx", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-             metrics={"accuracy": 0.42}, files={"model": "model.onnx"}, extra={"precision": "fp32"}).write(d)
+             metrics={"accuracy": 0.42}, files={"model": "model.onnx"}, precision="fp32").write(d)
 
     d = root / "tiny_cnn_tflite_fp32"
     d.mkdir()
     litert_torch.convert(model, (x,)).export(str(d / "model.tflite"))
     Manifest(kind="tflite", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-             files={"model": "model.tflite"}, extra={"precision": "fp32"}).write(d)
+             metrics={"accuracy": 0.41}, files={"model": "model.tflite"}, precision="fp32").write(d)
 
     d = root / "tiny_cnn_coreml_fp16"
     (d / "model.mlpackage").mkdir(parents=True)
     (d / "model.mlpackage" / "Manifest.json").write_text("{}")
     Manifest(kind="coreml", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-             files={"model": "model.mlpackage"}, extra={"precision": "fp16", "params": 15479, "macs": 239840}).write(d)
-    # accuracy of the TFLite artifact only in the export report (as export writes it)
-    (root / "export_report.json").write_text(json.dumps(
-        {"artifacts": [{"name": "tiny_cnn_tflite_fp32", "format": "tflite", "metrics": {"accuracy": 0.41}}]}))
+             files={"model": "model.mlpackage"}, precision="fp16", parameters=15479, macs=239840).write(d)
     return root
 
 
@@ -101,10 +98,11 @@ def test_local_schema_and_numbers(bench_a):
         assert a["size_bytes"] > 0
         assert a["params"] == 15479, a  # counted from the file (same graph in both formats)
         assert a["macs"] == 239840, a
-    assert arts["tiny_cnn_coreml_fp16"]["params_source"] == "manifest extra"
+    assert arts["tiny_cnn_coreml_fp16"]["params_source"] == "manifest"
+    assert arts["tiny_cnn_coreml_fp16"]["precision"] == "fp16" and arts["tiny_cnn_onnx_fp32"]["precision"] == "fp32"
     assert arts["tiny_cnn_onnx_fp32"]["accuracy"] == 0.42
     assert arts["tiny_cnn_tflite_fp32"]["accuracy"] == 0.41
-    assert arts["tiny_cnn_tflite_fp32"]["accuracy_source"].startswith("export_report.json")
+    assert arts["tiny_cnn_tflite_fp32"]["accuracy_source"] == "manifest metrics.accuracy"
 
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     assert sorted((r["artifact"], r["threads"]) for r in ok) == [

@@ -23,7 +23,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from tiny_checkpoint import PREPROCESSING, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
-from lesionlite.manifest import read_manifest  # noqa: E402
+from lesionlite.manifest import absolute_paths_in, read_manifest  # noqa: E402
 from lesionlite.preprocessing import preprocess_batch  # noqa: E402
 
 FORMATS = ("onnx", "tflite", "coreml")
@@ -92,23 +92,24 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
             assert m.preprocessing == source.preprocessing  # copied, one source of truth
             assert m.class_names == source.class_names
             assert m.calibration == source.calibration
-            assert m.extra["precision"] == prec
-            assert m.extra["source_checkpoint_sha256"] == report.source["sha256"]
-            assert m.extra["params"] == report.source["params"] > 0
+            assert m.precision == prec
+            assert absolute_paths_in(m.to_dict()) == [], "a shipped manifest names a path of this machine"
+            assert m.source_sha256 == report.source["sha256"]
+            assert m.parameters == report.source["params"] > 0
             # tiny_cnn: convs 55296 + 73728 + 73728 + 36864 MACs at 32x32, linear 32*7
-            assert m.extra["macs"] == 239616 + 32 * 7
+            assert m.macs == 239616 + 32 * 7
             assert m.extra["tool_versions"]["torch"]
             assert set(m.input) >= {"layout", "dtype", "shape", "quantization"}
             if fmt != "coreml":
                 assert set(m.metrics) >= {"accuracy", "balanced_accuracy", "macro_f1"}
-                assert m.extra["parity"]["verified"] is True
+                assert m.parity["verified"] is True and m.parity["accepted"] is True
             if prec == "int8":  # every format quantizes the same prepared copy (export.int8_prep)
                 prep = m.extra["quantization"]["preparation"]
                 assert prep["folded_batchnorms"] == 4 and prep["corrected_layers"] == 5
                 if fmt == "onnx":  # also evaluated as defined, beside this host's fused int8 kernels
-                    assert m.extra["parity"]["as_defined"]["top1_agreement"] >= INT8_MIN_AGREEMENT
-                    assert m.extra["parity"]["host_int8_kernels"]["machine"]
-                    assert m.extra["onnxruntime_session_config"] == {"session.x64quantprecision": "1"}
+                    assert m.parity["as_defined"]["top1_agreement"] >= INT8_MIN_AGREEMENT
+                    assert m.parity["host_int8_kernels"]["machine"]
+                    assert m.session_config == {"session.x64quantprecision": "1"}
                 if fmt == "tflite":  # duplicate zero-point vectors stored once, outputs checked bit-identical
                     assert m.extra["flatbuffer_dedup"]["applied"] is True
                     assert m.extra["flatbuffer_dedup"]["bytes_saved"] > 0
@@ -202,8 +203,8 @@ def test_tflite_int8_io(exported_int8_io, reference):
     d = out / "tiny_cnn_tflite_int8"
     m = read_manifest(d)
     assert m.input["dtype"] == "int8" and m.input["layout"] == "NHWC"
-    q_in, q_out = m.input["quantization"], m.extra["output"]["quantization"]
-    assert q_in["scale"] > 0 and m.extra["output"]["dtype"] == "int8" and q_out["scale"] > 0
+    q_in, q_out = m.input["quantization"], m.output_quantization
+    assert q_in["scale"] > 0 and m.output["dtype"] == "int8" and q_out["scale"] > 0
     y = _run_tflite(d / m.files["model"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)), q_in, q_out)
     assert _agreement(y, ref) >= INT8_MIN_AGREEMENT
     assert report.artifacts[0].parity["top1_agreement"] >= INT8_MIN_AGREEMENT
@@ -220,8 +221,8 @@ def test_coreml_spec_reload(exported):
         img = spec.description.input[0].type.imageType
         assert (img.width, img.height) == (32, 32)
         assert spec.description.predictedProbabilitiesName == "classLabel_probs"
-        assert m.extra["parity"]["verified"] is False  # not numerically verified on Linux
-        assert m.extra["output"]["kind"] == "probabilities" and m.extra["output"]["temperature_applied"]
+        assert m.parity["verified"] is False  # not numerically verified on Linux
+        assert m.output["kind"] == "probabilities" and m.output["temperature_applied"]
         ops = report.artifact("coreml", prec).validation["op_types"]
         assert "classify" in ops and "softmax" in ops
     assert report.artifact("coreml", "int8").validation["int8_weight_tensors"] > 0

@@ -16,6 +16,8 @@ from lesionlite.cli import main as lesionlite_main  # noqa: E402
 from lesionlite.cli import run_stage  # noqa: E402
 from lesionlite.manifest import read_manifest  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real conversions through the CLI
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -156,8 +158,8 @@ def test_refusal_and_force(tmp_path, run_dir, capsys, data):
     assert rc == 0, captured.err
     assert "forced" in captured.out
     m = read_manifest(out / "tiny_cnn_onnx_fp32")
-    assert m.extra["parity_accepted"] is False and m.extra["parity"]["top1_agreement"] == 1.0
-    assert m.extra["simplified"] is True and m.extra["parity"]["max_abs_logits"] < 1e-4
+    assert m.parity["accepted"] is False and m.parity["top1_agreement"] == 1.0
+    assert m.extra["simplified"] is True and m.parity["max_abs_logits"] < 1e-4
     assert _entries(out) == ["MODEL_CARD.md", "export_report.json", "export_report.md", "model_card.json",
                             "pytorch_reference.npz", "tiny_cnn_onnx_fp32"]
 

@@ -1,6 +1,6 @@
 """The onnxruntime settings export records for an int8 artifact reach serve's and bench's sessions.
 
-(export writes ``extra.onnxruntime_session_config`` = ``session.x64quantprecision=1`` for static int8:
+(export writes the manifest's ``session_config`` = ``session.x64quantprecision=1`` for static int8:
 precise int8 kernels on x86 CPUs without VNNI; asserted in tests/test_export.py.)
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _int8_manifest() -> Manifest:
     """The tiny model's manifest carrying the session config export records for static int8."""
     return Manifest(kind="onnx", architecture="tiny", class_names=["a", "b", "c"],
                     preprocessing=PreprocessConfig(input_size=8), files={"model": "model.onnx"},
-                    extra={"onnxruntime_session_config": CONFIG})
+                    session_config=CONFIG)
 
 
 def test_serve_runtime_applies_the_manifest_session_config(tiny_onnx: Path):

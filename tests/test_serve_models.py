@@ -13,13 +13,10 @@ from lesionlite.manifest import MANIFEST_NAME
 from test_serve_support import ServerThread, build_onnx
 
 
-def _edit(d: Path, **extra) -> None:
+def _edit(d: Path, **fields) -> None:
+    """Set declared manifest fields (as export writes them) in an artifact's manifest."""
     m = json.loads((d / MANIFEST_NAME).read_text())
-    for k, v in extra.items():
-        if k == "metrics":
-            m["metrics"] = v
-        else:
-            m.setdefault("extra", {})[k] = v
+    m.update(fields)
     (d / MANIFEST_NAME).write_text(json.dumps(m))
 
 
@@ -30,11 +27,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = build_onnx(root / "a_weak")
     for name in ("b_strong", "c_refused"):
         shutil.copytree(base, root / name)
-    verified = {"verified": True, "top1_agreement": 0.99, "threshold": 0.9}
-    _edit(root / "a_weak", parity=verified, parity_accepted=True, metrics={"balanced_accuracy": 0.60})
-    _edit(root / "b_strong", parity=verified, parity_accepted=True, metrics={"balanced_accuracy": 0.70})
-    _edit(root / "c_refused", parity={"verified": True, "top1_agreement": 0.71, "threshold": 0.9},
-          parity_accepted=False, metrics={"balanced_accuracy": 0.90})
+    verified = {"verified": True, "accepted": True, "top1_agreement": 0.99, "threshold": 0.9}
+    _edit(root / "a_weak", parity=verified, metrics={"balanced_accuracy": 0.60})
+    _edit(root / "b_strong", parity=verified, metrics={"balanced_accuracy": 0.70})
+    _edit(root / "c_refused", parity={"verified": True, "accepted": False, "top1_agreement": 0.71, "threshold": 0.9},
+          metrics={"balanced_accuracy": 0.90})
     return root
 
 

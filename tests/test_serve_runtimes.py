@@ -1,4 +1,4 @@
-"""serve's ONNX runtime reads what export writes: integer outputs dequantized with extra.output.quantization."""
+"""serve's ONNX runtime reads what export writes: integer outputs dequantized with the manifest's output.quantization."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +36,7 @@ def _manifest(output_quantization: dict | None) -> Manifest:
     return Manifest(kind="onnx", architecture="probe", class_names=list(CLASSES),
                     preprocessing=PreprocessConfig(input_size=4), input={"layout": "NCHW", "dtype": "float32"},
                     files={"model": "model.onnx"},
-                    extra={"output": {"dtype": "int8", "quantization": output_quantization}})
+                    output={"dtype": "int8", "quantization": output_quantization})
 
 
 def test_integer_output_is_dequantized_with_the_exported_parameters(tmp_path: Path) -> None:
@@ -53,5 +53,5 @@ def test_integer_output_without_parameters_is_refused_at_load(tmp_path: Path) ->
     from serve.runtimes import load_runtime
 
     _int8_output_model(tmp_path / "model.onnx")
-    with pytest.raises(LesionliteError, match="integer output needs extra.output.quantization"):
+    with pytest.raises(LesionliteError, match="integer output needs output.quantization"):
         load_runtime(tmp_path / "model.onnx", _manifest(None))

@@ -1,9 +1,9 @@
 """Export-format registry: one module per format in this package, found by name.
 
 Adding a format touches one file: create ``export/formats/<name>.py`` that defines a subclass of
-:class:`ExportFormat` decorated with :func:`register_format`. Modules are discovered with
-:mod:`pkgutil` and imported lazily, so a format whose converter is not installed costs nothing until
-it is asked for (and then fails with :class:`~lesionlite.errors.MissingDependencyError`).
+:class:`ExportFormat` decorated with :func:`register_format` (:class:`lesionlite.registry.Registry` finds
+it). Converters import their toolchains inside methods, so a format whose converter is not installed
+costs nothing until it is asked for (and then fails with :class:`~lesionlite.errors.MissingDependencyError`).
 
 The contract between a format and :mod:`export.api`:
 
@@ -17,18 +17,17 @@ The contract between a format and :mod:`export.api`:
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
-from lesionlite.errors import LesionliteError, require
+from lesionlite.errors import require
+from lesionlite.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
-    from export.api import ExportContext
+    from export.context import ExportContext
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -43,6 +42,8 @@ class ArtifactInfo:
     input: dict[str, Any]
     output: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: onnxruntime session config entries the artifact must run with (manifest ``session_config``)
+    session_config: dict[str, str] = field(default_factory=dict)
 
 
 class ExportFormat:
@@ -86,38 +87,26 @@ class ExportFormat:
         return {}
 
 
-_FORMATS: dict[str, type[ExportFormat]] = {}
+#: every format; a module of this package adds one with ``@register_format``
+FORMATS: Registry[type[ExportFormat]] = Registry("export format", __name__, hint="or 'all'")
 
 
 def register_format(cls: type[ExportFormat]) -> type[ExportFormat]:
     if not cls.name:
         raise TypeError(f"{cls.__name__} must set a format name")
-    _FORMATS[cls.name] = cls
-    return cls
+    return FORMATS.add(cls.name, cls)
 
 
-#: the order of ``--format all`` (then any other format modules, alphabetically)
+#: the order of ``--format all`` (then any other format, alphabetically)
 _PREFERRED_ORDER = ("onnx", "tflite", "coreml")
 
 
-def _discover() -> list[str]:
-    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
-    rank = {n: i for i, n in enumerate(_PREFERRED_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-
 def list_formats() -> list[str]:
-    """Names of all format modules (without importing their converters)."""
-    return _discover()
+    """Names of all formats, in ``--format all`` order (their converters are imported when used)."""
+    rank = {n: i for i, n in enumerate(_PREFERRED_ORDER)}
+    return sorted(FORMATS.names(), key=lambda n: (rank.get(n, len(rank)), n))
 
 
 def get_format(name: str) -> ExportFormat:
     """Instantiate the format ``name``; unknown names give one clear error."""
-    names = _discover()
-    if name not in names:
-        raise LesionliteError(f"unknown export format {name!r}; choose from {', '.join(names)} or 'all'")
-    if name not in _FORMATS:
-        importlib.import_module(f"{__name__}.{name}")
-    if name not in _FORMATS:  # pragma: no cover - a module that forgot @register_format
-        raise LesionliteError(f"export format module {name!r} registers no format")
-    return _FORMATS[name]()
+    return FORMATS.get(name)()

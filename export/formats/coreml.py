@@ -36,7 +36,7 @@ from export.formats import ArtifactInfo, ExportFormat, register_format
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from export.api import ExportContext
+    from export.context import ExportContext
 
 INPUT_NAME = "image"
 LABEL_NAME = "classLabel"

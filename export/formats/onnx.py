@@ -33,13 +33,13 @@ from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from export.api import ExportContext
+    from export.context import ExportContext
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 #: onnxruntime session settings a static-int8 artifact should run with, carried in its manifest
-#: (``extra.onnxruntime_session_config``) and applied by export's parity runner, ``serve`` and ``bench``:
+#: (the manifest's ``session_config``) and applied by export's parity runner, ``serve`` and ``bench``:
 #: on x86 CPUs without VNNI the default u8s8 kernels (VPMADDUBSW) saturate 16-bit sums; measured on the
 #: AVX2 host of benchmarks/RESULTS.md with the QAT MobileNetV2: 86.7 % top-1 agreement with PyTorch by
 #: default vs 96.1 % with this setting (= the QDQ arithmetic as written), ~35 % slower there. Applied only
@@ -186,7 +186,6 @@ class OnnxFormat(ExportFormat):
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             )
             model = onnx.load(str(tmp))
-            extra["onnxruntime_session_config"] = dict(INT8_SESSION_CONFIG)
             extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
                                      "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
                                      "calibration_samples": int(len(ctx.calib))}
@@ -200,6 +199,8 @@ class OnnxFormat(ExportFormat):
             output={"name": OUTPUT_NAME, "kind": "logits", "dtype": "float32", "shape": [1, len(ctx.class_names)],
                     "quantization": None, "temperature_applied": False},
             extra=extra,
+            session_config=dict(INT8_SESSION_CONFIG) if precision == "int8" and ctx.options.onnx_quant != "dynamic"
+            else {},
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo, optimize: bool = True):
@@ -207,7 +208,7 @@ class OnnxFormat(ExportFormat):
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        for key, value in applicable_ort_config(info.extra.get("onnxruntime_session_config")).items():
+        for key, value in applicable_ort_config(info.session_config).items():
             so.add_session_config_entry(key, value)  # as serve applies them on this host
         if not optimize:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

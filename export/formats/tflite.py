@@ -40,7 +40,7 @@ from export.formats import ArtifactInfo, ExportFormat, register_format
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from export.api import ExportContext
+    from export.context import ExportContext
 
 _NP_DTYPE_NAME = {np.float32: "float32", np.int8: "int8", np.uint8: "uint8"}
 
@@ -80,12 +80,13 @@ def _import_litert_torch() -> Any:
 def _invoke_each(it: Any, x_nchw: np.ndarray, input_q: tuple[float, int] | None) -> list[np.ndarray]:
     """The raw output of interpreter ``it`` for each image of an NCHW float batch (one invoke per image,
     the model's batch being 1); the input is quantized with ``input_q`` = (scale, zero point) when given."""
-    from export.quantize import nchw_to_nhwc, quantize_array
+    from export.quantize import nchw_to_nhwc
+    from lesionlite.int8_grid import quantize_affine
 
     ind, outd = it.get_input_details()[0], it.get_output_details()[0]
     xs = nchw_to_nhwc(x_nchw.astype(np.float32, copy=False))
     if input_q:
-        xs = quantize_array(xs, input_q[0], input_q[1], ind["dtype"])
+        xs = quantize_affine(xs, input_q[0], input_q[1], ind["dtype"])
     outs = []
     for i in range(len(xs)):
         it.set_tensor(ind["index"], xs[i : i + 1])
@@ -202,14 +203,14 @@ class TFLiteFormat(ExportFormat):
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
-        from export.quantize import dequantize_array
+        from lesionlite.int8_grid import dequantize_affine
 
         it = _interpreter(path)
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
 
         def run(x: np.ndarray) -> np.ndarray:
             ys = _invoke_each(it, x, (iq["scale"], iq["zero_point"]) if iq else None)
-            return np.concatenate([dequantize_array(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
+            return np.concatenate([dequantize_affine(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
                                    for y in ys], axis=0)
 
         return run

@@ -8,7 +8,10 @@ import numpy as np
 from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest
-from serve.runtimes.base import DTYPE_TO_OIP, Runtime, dequantize, layout_from_shape, quantize
+from serve.runtimes import register_runtime
+from lesionlite.int8_grid import dequantize_affine as dequantize
+from lesionlite.int8_grid import quantize_affine as quantize
+from serve.runtimes.base import DTYPE_TO_OIP, Runtime, layout_from_shape
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -20,6 +23,7 @@ def _dim(d: object) -> int:
     return d if isinstance(d, int) and d > 0 else -1
 
 
+@register_runtime
 class OnnxRuntime(Runtime):
     kind = "onnx"
     platform = "onnxruntime_onnx"
@@ -38,7 +42,7 @@ class OnnxRuntime(Runtime):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         # settings export recorded for this artifact, where this CPU needs them (precise int8 kernels
         # only on x86 without VNNI: lesionlite.cpu_features)
-        for key, value in applicable_ort_config((manifest.extra or {}).get("onnxruntime_session_config")).items():
+        for key, value in applicable_ort_config(manifest.session_config).items():
             opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(str(model_path), sess_options=opts,
@@ -64,11 +68,11 @@ class OnnxRuntime(Runtime):
         if np.issubdtype(self._in_dtype, np.integer) and self._in_q is None:
             raise LesionliteError(f"{model_path}: integer input needs input.quantization in the manifest")
         self.max_batch = None if self.input_shape[0] == -1 else self.input_shape[0]
-        # Integer outputs are dequantized with the parameters export records in extra.output.quantization.
-        oq = ((manifest.extra or {}).get("output") or {}).get("quantization") or {}
+        # Integer outputs are dequantized with the parameters export records in output.quantization.
+        oq = manifest.output_quantization or {}
         self._out_q = (float(oq["scale"]), int(oq.get("zero_point", 0))) if oq.get("scale") else None
         if np.issubdtype(_ORT_TYPES.get(out.type, np.float32), np.integer) and self._out_q is None:
-            raise LesionliteError(f"{model_path}: integer output needs extra.output.quantization {{scale, zero_point}} "
+            raise LesionliteError(f"{model_path}: integer output needs output.quantization {{scale, zero_point}} "
                                   "in the manifest (without it the probabilities would be wrong)")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
