@@ -1,8 +1,6 @@
 """Clear one-line errors (LesionliteError, exit status 2) instead of figures when a benchmark cannot run."""
 from __future__ import annotations
 
-import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -80,64 +78,37 @@ def test_adb_not_installed(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "m" / "bench").exists()
 
 
-def _fake_adb(bindir: Path, devices_out: str, sample: Path | None = None) -> None:
-    bindir.mkdir(exist_ok=True)
-    script = bindir / "adb"
-    shell_out = f'cat "{sample}"' if sample else "true"
-    script.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = "-s" ]; then shift 2; fi\n'
-        'case "$1" in\n'
-        f"  devices) printf '{devices_out}' ;;\n"
-        "  push) exit 0 ;;\n"
-        '  shell) shift; case "$*" in *--graph=*) '
-        f"{shell_out} ;; *getprop*ro.product.model*) echo FakePhone ;; *) true ;; esac ;;\n"
-        "esac\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-
-
-def test_adb_no_device(tmp_path, capsys, monkeypatch):
+def test_adb_no_device(tmp_path, capsys, fake_adb):
     fake_artifact(tmp_path / "m")
-    _fake_adb(tmp_path / "bin", "List of devices attached\\n\\n")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
-    bm = tmp_path / "benchmark_model"
-    bm.write_bytes(b"\x7fELF")
+    bm = fake_adb("List of devices attached\\n\\n")
     rc, err = run_cli([str(tmp_path / "m"), "--target", "adb", "--benchmark-model", str(bm)], capsys)
     assert rc == 2 and "no Android device attached" in err[-1]
 
 
-def test_adb_requires_benchmark_model(tmp_path, capsys, monkeypatch):
+def test_adb_requires_benchmark_model(tmp_path, capsys, fake_adb):
     fake_artifact(tmp_path / "m")
-    _fake_adb(tmp_path / "bin", "List of devices attached\\nABC\\tdevice\\n")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    fake_adb("List of devices attached\\nABC\\tdevice\\n")
     rc, err = run_cli([str(tmp_path / "m"), "--target", "adb"], capsys)
     assert rc == 2 and "--benchmark-model" in err[-1]
     rc, err = run_cli([str(tmp_path / "m"), "--target", "adb", "--benchmark-model", str(tmp_path / "missing")], capsys)
     assert rc == 2 and "file not found" in err[-1]
 
 
-def test_adb_serial_not_attached(tmp_path, capsys, monkeypatch):
+def test_adb_serial_not_attached(tmp_path, capsys, fake_adb):
     fake_artifact(tmp_path / "m")
-    _fake_adb(tmp_path / "bin", "List of devices attached\\nABC\\tdevice\\n")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
-    bm = tmp_path / "benchmark_model"
-    bm.write_bytes(b"\x7fELF")
+    bm = fake_adb("List of devices attached\\nABC\\tdevice\\n")
     rc, err = run_cli([str(tmp_path / "m"), "--target", "adb:XYZ", "--benchmark-model", str(bm)], capsys)
     assert rc == 2 and "XYZ" in err[-1] and "ABC" in err[-1]
 
 
-def test_adb_end_to_end_with_fake_device(tmp_path, capsys, monkeypatch):
+def test_adb_end_to_end_with_fake_device(tmp_path, capsys, fake_adb):
     """The adb path with a stand-in adb that replays real benchmark_model output (sample file)."""
     import json
 
     fake_artifact(tmp_path / "m", "tflite")
     fake_artifact(tmp_path / "m2", "onnx")
     (tmp_path / "m2" / "m_onnx").rename(tmp_path / "m" / "m_onnx")
-    _fake_adb(tmp_path / "bin", "List of devices attached\\nFAKE1\\tdevice\\n", DATA / "tflite_xnnpack_linux_percentiles.txt")
-    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
-    bm = tmp_path / "benchmark_model"
-    bm.write_bytes(b"\x7fELF")
+    bm = fake_adb("List of devices attached\\nFAKE1\\tdevice\\n", DATA / "tflite_xnnpack_linux_percentiles.txt")
     rc = main([str(tmp_path / "m"), "--target", "adb", "--benchmark-model", str(bm), "--threads", "4",
                "--use-xnnpack", "--taskset", "f0", "--repeats", "2", "--quiet"])
     assert rc == 0

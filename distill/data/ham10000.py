@@ -25,6 +25,7 @@ from distill.data.base import (
 from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
 from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, grouped_stratified_split
 from lesionlite.errors import LesionliteError
+from distill.data.registry import register_dataset
 
 METADATA = "HAM10000_metadata.csv"
 #: metadata columns kept per image for subgroup reports (missing columns read as empty)
@@ -55,6 +56,7 @@ def find_ham_dir(arg: str | None, root: Path | None) -> Path:
     )
 
 
+@register_dataset("ham10000", "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]")
 def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                   labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
     root_p = data_root(root)
@@ -134,6 +136,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     )
 
 
+@register_dataset("ham10000-isic8", "HAM10000 with ISIC 2019 8-class labels (labels.csv label8); ham10000-isic8[:PATH]")
 def load_ham10000_isic8(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                         **kw: object) -> DatasetBundle:
     kw.pop("labelling", None)

@@ -15,6 +15,7 @@ from distill.data.base import IMAGE_EXTENSIONS, DatasetBundle, FileDataset, file
 from distill.data.paths import data_root, resolve_path
 from distill.data.splits import DEFAULT_FRACTIONS, grouped_stratified_split
 from lesionlite.errors import LesionliteError
+from distill.data.registry import register_dataset
 
 SPLITS = ("train", "val", "test")
 
@@ -38,6 +39,7 @@ def _scan(d: Path, class_names: list[str]) -> tuple[list[str], list[int]]:
     return paths, labels
 
 
+@register_dataset("imagefolder", "PATH/{train,val,test}/CLASS/* or PATH/CLASS/*; imagefolder:PATH")
 def load_imagefolder(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                      fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
     if not arg:

@@ -25,6 +25,7 @@ from distill.data.base import (
 from distill.data.paths import data_root, resolve_path
 from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, grouped_stratified_split
 from lesionlite.errors import LesionliteError
+from distill.data.registry import register_dataset
 
 GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 METADATA = "ISIC_2019_Training_Metadata.csv"
@@ -129,6 +130,7 @@ def _split_bundle(d: Path, layout: str, ids: list[str], labels: list[int], paths
     )
 
 
+@register_dataset("isic2019", "ISIC 2019 one-hot ground truth, 8 classes, UNK dropped; isic2019:PATH")
 def load_isic2019(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                   fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
     """Load ISIC 2019 from ``isic2019:PATH`` (ground-truth CSV or labels.csv layout), split by seed."""

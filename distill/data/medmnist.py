@@ -17,6 +17,7 @@ from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle
 from lesionlite.hashing import file_sha256
 from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
 from lesionlite.errors import LesionliteError
+from distill.data.registry import register_dataset
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")
@@ -116,6 +117,7 @@ def bundle_from_npz(path: Path, requested_size: int | None = None) -> DatasetBun
     )
 
 
+@register_dataset("dermamnist", "DermaMNIST npz, official split; dermamnist[:28|64|128|224|PATH.npz]")
 def load_dermamnist(arg: str | None = None, root: str | Path | None = None, **_: object) -> DatasetBundle:
     """``dermamnist``, ``dermamnist:SIZE`` or ``dermamnist:PATH.npz``."""
     size = 28
@@ -143,6 +145,7 @@ def load_dermamnist(arg: str | None = None, root: str | Path | None = None, **_:
     )
 
 
+@register_dataset("npz", "any MedMNIST-layout npz; npz:PATH or a bare PATH.npz")
 def load_npz(arg: str, root: str | Path | None = None, **_: object) -> DatasetBundle:
     """A bare path to a MedMNIST-layout ``.npz`` file."""
     return bundle_from_npz(resolve_path(arg, data_root(root)))

@@ -2,49 +2,46 @@
 
 A spec is ``NAME`` or ``NAME:ARG`` (ARG is a size or a path), or a bare path: an ``.npz`` file
 (MedMNIST layout) or a folder that is recognised (HAM10000 metadata, ISIC 2019 ground truth,
-or class folders). Adding a dataset = one loader file + one line in ``_LOADERS``.
+or class folders). Adding a dataset touches one file: a loader module in :mod:`distill.data` whose
+function is decorated ``@register_dataset(name, description)``.
 """
 from __future__ import annotations
 
-import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from distill.data.base import DatasetBundle
 from lesionlite.errors import LesionliteError
-
-# name → (module, function, description)
-_LOADERS: dict[str, tuple[str, str, str]] = {
-    "synthetic": ("distill.data.synthetic", "load_synthetic",
-                  "generated 7-class lesion-like images (not real data); synthetic[:SIZE]"),
-    "dermamnist": ("distill.data.medmnist", "load_dermamnist",
-                   "DermaMNIST npz, official split; dermamnist[:28|64|128|224|PATH.npz]"),
-    "npz": ("distill.data.medmnist", "load_npz", "any MedMNIST-layout npz; npz:PATH or a bare PATH.npz"),
-    "ham10000": ("distill.data.ham10000", "load_ham10000",
-                 "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]"),
-    "ham10000-isic8": ("distill.data.ham10000", "load_ham10000_isic8",
-                       "HAM10000 with ISIC 2019 8-class labels (labels.csv label8); ham10000-isic8[:PATH]"),
-    "isic2019": ("distill.data.isic2019", "load_isic2019",
-                 "ISIC 2019 one-hot ground truth, 8 classes, UNK dropped; isic2019:PATH"),
-    "imagefolder": ("distill.data.imagefolder", "load_imagefolder",
-                    "PATH/{train,val,test}/CLASS/* or PATH/CLASS/*; imagefolder:PATH"),
-}
+from lesionlite.registry import Registry
 
 
-def register_dataset(name: str, module: str, function: str, description: str = "") -> None:
-    _LOADERS[name.lower()] = (module, function, description)
+@dataclass(frozen=True)
+class DatasetLoader:
+    name: str
+    load: Callable[..., DatasetBundle]  # load(arg, root=None, seed=0, **options) -> DatasetBundle
+    description: str  # one line for ``--list-datasets``: what it is and its spec syntax
+
+
+#: every dataset; a loader module of :mod:`distill.data` adds one with ``@register_dataset``
+DATASETS: Registry[DatasetLoader] = Registry("dataset", "distill.data", hint="or a path", ignore_case=True)
+
+
+def register_dataset(name: str, description: str) -> Callable[[Callable[..., DatasetBundle]], Callable[..., DatasetBundle]]:
+    """Function decorator: register a loader under ``name`` (a spec is ``name`` or ``name:ARG``)."""
+    def deco(fn: Callable[..., DatasetBundle]) -> Callable[..., DatasetBundle]:
+        DATASETS.add(name, DatasetLoader(name, fn, description))
+        return fn
+
+    return deco
 
 
 def list_datasets() -> dict[str, str]:
-    return {k: v[2] for k, v in sorted(_LOADERS.items())}
+    return {name: loader.description for name, loader in DATASETS.items()}
 
 
 def get_loader(name: str) -> Callable[..., DatasetBundle]:
-    key = name.lower()
-    if key not in _LOADERS:
-        raise LesionliteError(f"unknown dataset {name!r}; available: {', '.join(sorted(_LOADERS))} or a path")
-    mod, fn, _ = _LOADERS[key]
-    return getattr(importlib.import_module(mod), fn)
+    return DATASETS.get(name).load
 
 
 def _detect_folder(p: Path) -> str | None:
@@ -63,7 +60,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise LesionliteError("empty dataset spec; use e.g. synthetic, dermamnist, ham10000[:PATH]")
     spec = spec.strip()
     name, sep, arg = spec.partition(":")
-    if name.lower() in _LOADERS:
+    if name in DATASETS:
         return name.lower(), (arg if sep and arg != "" else None)
     p = Path(spec).expanduser()
     if spec.lower().endswith(".npz"):
@@ -74,6 +71,6 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
             return kind, spec
         raise LesionliteError(f"{spec}: folder not recognised as a dataset (no HAM10000/ISIC CSV, no class folders)")
     raise LesionliteError(
-        f"unknown dataset {spec!r}; use one of {', '.join(sorted(_LOADERS))} (NAME or NAME:ARG), "
+        f"unknown dataset {spec!r}; use one of {', '.join(DATASETS.names())} (NAME or NAME:ARG), "
         "or a path to an existing .npz file or dataset folder"
     )

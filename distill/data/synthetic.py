@@ -12,6 +12,7 @@ from PIL import Image
 
 from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle, fingerprint_parts
 from lesionlite.errors import LesionliteError
+from distill.data.registry import register_dataset
 
 GENERATOR_VERSION = "synthetic-v1"
 #: Larger images are rendered at this size and upsampled (bilinear) before the noise is added.
@@ -119,6 +120,7 @@ def generate(n: int, size: int, rng: np.random.Generator, num_classes: int = 7) 
     return images, labels
 
 
+@register_dataset("synthetic", "generated 7-class lesion-like images (not real data); synthetic[:SIZE]")
 def load_synthetic(arg: str | None = None, root=None, seed: int = 0, synthetic_size: int = 64,
                    synthetic_counts: tuple[int, int, int] = DEFAULT_COUNTS, **_: object) -> DatasetBundle:
     """``synthetic`` or ``synthetic:SIZE``. Deterministic in (seed, size, counts)."""

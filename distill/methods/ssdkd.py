@@ -145,6 +145,8 @@ def rotation_views(images: torch.Tensor, views: int) -> torch.Tensor:
 
 @register_method("ssdkd")
 class SSDKD(DistillMethod):
+    """SSD-KD (Wang et al. 2023): logit KD + channel relations + RKD + rotation self-supervision from a teacher."""
+
     name: ClassVar[str] = "ssdkd"
     num_views: ClassVar[int] = 4
     view_mode: ClassVar[str] = "rotations"

@@ -1,6 +1,7 @@
 """Model registry: architecture name → builder returning a :class:`LesionClassifier`.
 
-Adding an architecture touches one place: decorate a builder with ``@register_model(name, ...)``.
+Adding an architecture touches one file: decorate a builder with ``@register_model(name, ...)`` in any
+module of :mod:`distill.models` (:class:`lesionlite.registry.Registry` imports them all).
 Each builder returns ``features`` = the backbone up to the last feature map (state-dict keys
 ``features.*``, stable across versions so export can rebuild by name) plus the shared head
 (``classifier.*``). ``weights_layout`` / ``source_prefix`` / ``head_prefixes`` tell
@@ -16,6 +17,7 @@ from torch import nn
 
 from distill.models.base import LesionClassifier
 from lesionlite.errors import LesionliteError
+from lesionlite.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -35,28 +37,27 @@ class ModelSpec:
     default_input_size: int = 224
 
 
-_MODELS: dict[str, ModelSpec] = {}
+#: every architecture; a module of :mod:`distill.models` adds one with ``@register_model``
+MODELS: Registry[ModelSpec] = Registry("model", "distill.models")
 
 
 def register_model(name: str, feature_dim: int, description: str = "", weights_layout: str | None = None,
                    source_prefix: str = "", head_prefixes: tuple[str, ...] = (),
                    default_input_size: int = 224) -> Callable:
     def deco(fn: Callable[..., LesionClassifier]) -> Callable[..., LesionClassifier]:
-        _MODELS[name] = ModelSpec(name, fn, feature_dim, description, weights_layout, source_prefix,
-                                  tuple(head_prefixes), default_input_size)
+        MODELS.add(name, ModelSpec(name, fn, feature_dim, description, weights_layout, source_prefix,
+                                   tuple(head_prefixes), default_input_size))
         return fn
 
     return deco
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    if name not in _MODELS:
-        raise LesionliteError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name]
+    return MODELS.get(name)
 
 
 def build_model(name: str, num_classes: int, dropout: float = 0.2, **kwargs) -> LesionClassifier:

@@ -11,19 +11,11 @@ Every target raises :class:`~lesionlite.errors.LesionliteError` with one line wh
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lesionlite.errors import LesionliteError
-
-TARGETS: dict[str, str] = {
-    "local": "mobile_benchmarks.targets.local",
-    "adb": "mobile_benchmarks.targets.adb",
-    "ssh": "mobile_benchmarks.targets.ssh",
-    "board": "mobile_benchmarks.targets.board",
-    "qemu": "mobile_benchmarks.targets.qemu",
-}
+from lesionlite.registry import Registry
 
 
 @dataclass
@@ -49,49 +41,47 @@ class BenchOptions:
     agreement_images: int | None = None
 
 
+class BenchTarget:
+    """What every target declares: its name, the ``--target`` forms it accepts, and how to read them.
+
+    Subclasses implement ``describe()`` and ``run(artifact)`` (see :mod:`mobile_benchmarks.targets.local`)
+    and are registered with ``@register_target``.
+    """
+
+    name: ClassVar[str] = ""
+    #: the ``--target`` forms, for help and for the "unknown target" message
+    spec_forms: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> dict[str, Any] | None:
+        """The constructor parameters ``spec`` names, or None when ``spec`` is not this target's.
+
+        Raises :class:`LesionliteError` for a spec that is this target's but malformed (a bad port).
+        """
+        return {} if spec == cls.name else None
+
+
+#: every target; a module of this package adds one with ``@register_target``
+TARGETS: Registry[type[BenchTarget]] = Registry("target", __name__)
+
+
+def register_target(cls: type[BenchTarget]) -> type[BenchTarget]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} must set a target name")
+    return TARGETS.add(cls.name, cls)
+
+
 def parse_target(spec: str) -> tuple[str, dict[str, Any]]:
-    """``local`` | ``adb[:SERIAL]`` | ``ssh://[USER@]HOST[:PORT]`` → (name, params)."""
+    """``local`` | ``adb[:SERIAL]`` | ``ssh://[USER@]HOST[:PORT]`` | ``board`` | ``qemu`` → (name, params)."""
     s = (spec or "local").strip()
-    if s == "local":
-        return "local", {}
-    if s in ("board", "qemu"):
-        return s, {}
-    if s == "adb" or s.startswith("adb:"):
-        serial = s[4:] or None
-        return "adb", {"serial": serial}
-    if s.startswith("ssh://"):
-        rest = s[len("ssh://"):].rstrip("/")
-        user = None
-        if "@" in rest:
-            user, rest = rest.rsplit("@", 1)
-        port = 22
-        host = rest
-        if rest.startswith("["):  # [ipv6]:port
-            host, _, tail = rest[1:].partition("]")
-            if tail.startswith(":"):
-                port = _port(tail[1:], spec)
-        elif rest.count(":") == 1:
-            host, p = rest.split(":")
-            port = _port(p, spec)
-        if not host:
-            raise LesionliteError(f"bad ssh target {spec!r}: no host; expected ssh://[USER@]HOST[:PORT]")
-        return "ssh", {"user": user or None, "host": host, "port": port}
-    raise LesionliteError(
-        f"unknown target {spec!r}; expected one of: local, adb, adb:SERIAL, ssh://[USER@]HOST[:PORT], board, qemu"
-    )
+    for name, cls in TARGETS.items():
+        params = cls.parse_spec(s)
+        if params is not None:
+            return name, params
+    forms = [f for _, cls in TARGETS.items() for f in (cls.spec_forms or (cls.name,))]
+    raise LesionliteError(f"unknown target {spec!r}; expected one of: {', '.join(forms)}")
 
 
-def _port(p: str, spec: str) -> int:
-    try:
-        port = int(p)
-    except ValueError:
-        raise LesionliteError(f"bad ssh target {spec!r}: port {p!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise LesionliteError(f"bad ssh target {spec!r}: port {port} out of range")
-    return port
-
-
-def get_target(spec: str, options: BenchOptions):
+def get_target(spec: str, options: BenchOptions) -> BenchTarget:
     name, params = parse_target(spec)
-    module = importlib.import_module(TARGETS[name])
-    return module.Target(spec=spec, options=options, **params)
+    return TARGETS.get(name)(spec=spec, options=options, **params)

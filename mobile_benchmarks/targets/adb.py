@@ -19,7 +19,7 @@ from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.parsers import parse_tflite_benchmark_model
-from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import empty_result, from_benchmark_model
 
 REMOTE_DIR = "/data/local/tmp/lesionlite"
@@ -42,8 +42,16 @@ def parse_adb_devices(text: str) -> list[tuple[str, str]]:
     return out
 
 
-class Target:
+@register_target
+class Target(BenchTarget):
     name = "adb"
+    spec_forms = ("adb", "adb:SERIAL")
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> dict[str, Any] | None:
+        if spec == "adb" or spec.startswith("adb:"):
+            return {"serial": spec[4:] or None}
+        return None
 
     def __init__(self, spec: str, options: BenchOptions, serial: str | None = None) -> None:
         self.spec = spec

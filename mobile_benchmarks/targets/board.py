@@ -21,7 +21,7 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import board_dir
 from mobile_benchmarks.board.sshd import running
-from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets import BenchOptions, register_target
 from mobile_benchmarks.targets import ssh as ssh_target
 
 PROBE = ("import json, os, platform\n"
@@ -34,8 +34,14 @@ PROBE = ("import json, os, platform\n"
          "                  'cores': os.cpu_count(), 'emulator': os.environ.get('LESIONLITE_EMULATOR')}))\n")
 
 
+@register_target
 class Target(ssh_target.Target):
     name = "board"
+    spec_forms = ("board",)
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> dict[str, Any] | None:
+        return {} if spec == cls.name else None
 
     def __init__(self, spec: str, options: BenchOptions, board: str | None = None) -> None:
         self.paths = board_dir(board or options.board_dir)

@@ -18,14 +18,15 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
 from mobile_benchmarks.hostinfo import host_info
-from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
                                               predict_timeout, runner_measurement_args)
 
 RUNNER = Path(remote_runner.__file__).resolve()
 
 
-class Target:
+@register_target
+class Target(BenchTarget):
     name = "local"
     #: times measured here are this host's own (see targets/qemu.py for an emulated variant)
     emulated: str | None = None

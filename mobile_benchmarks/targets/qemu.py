@@ -11,10 +11,11 @@ from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import board_dir
-from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets import BenchOptions, register_target
 from mobile_benchmarks.targets import local
 
 
+@register_target
 class Target(local.Target):
     name = "qemu"
 

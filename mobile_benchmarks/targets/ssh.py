@@ -16,13 +16,37 @@ from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import remote_runner
-from mobile_benchmarks.targets import BenchOptions
+from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
                                               predict_timeout, runner_measurement_args)
 
 
-class Target:
+@register_target
+class Target(BenchTarget):
     name = "ssh"
+    spec_forms = ("ssh://[USER@]HOST[:PORT]",)
+
+    @classmethod
+    def parse_spec(cls, spec: str) -> dict[str, Any] | None:
+        """``ssh://[USER@]HOST[:PORT]`` (IPv6 hosts in brackets) → user, host, port."""
+        if not spec.startswith("ssh://"):
+            return None
+        rest = spec[len("ssh://"):].rstrip("/")
+        user = None
+        if "@" in rest:
+            user, rest = rest.rsplit("@", 1)
+        port = 22
+        host = rest
+        if rest.startswith("["):  # [ipv6]:port
+            host, _, tail = rest[1:].partition("]")
+            if tail.startswith(":"):
+                port = _port(tail[1:], spec)
+        elif rest.count(":") == 1:
+            host, p = rest.split(":")
+            port = _port(p, spec)
+        if not host:
+            raise LesionliteError(f"bad ssh target {spec!r}: no host; expected ssh://[USER@]HOST[:PORT]")
+        return {"user": user or None, "host": host, "port": port}
     #: a real board's times are its own; the emulated board (targets/board.py) says otherwise
     emulated: str | None = None
 
@@ -144,3 +168,13 @@ class Target:
                 self._ssh(f"rm -rf {shlex.quote(self.remote_dir)}", check=False, timeout=30)
             except LesionliteError:
                 pass
+
+
+def _port(p: str, spec: str) -> int:
+    try:
+        port = int(p)
+    except ValueError:
+        raise LesionliteError(f"bad ssh target {spec!r}: port {p!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise LesionliteError(f"bad ssh target {spec!r}: port {port} out of range")
+    return port

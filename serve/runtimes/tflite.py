@@ -13,7 +13,10 @@ import numpy as np
 
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import Manifest
-from serve.runtimes.base import DTYPE_TO_OIP, Runtime, dequantize, layout_from_shape, quantize
+from serve.runtimes import register_runtime
+from lesionlite.int8_grid import dequantize_affine as dequantize
+from lesionlite.int8_grid import quantize_affine as quantize
+from serve.runtimes.base import DTYPE_TO_OIP, Runtime, layout_from_shape
 
 
 def _qparams(detail: dict) -> tuple[float, int] | None:
@@ -26,6 +29,7 @@ def _qparams(detail: dict) -> tuple[float, int] | None:
     return (float(scale), int(zp)) if scale else None
 
 
+@register_runtime
 class TFLiteRuntime(Runtime):
     kind = "tflite"
     platform = "tflite"
