@@ -45,14 +45,3 @@ def tflite_calibration_data(calib: np.ndarray, signature_key: str, input_name: s
     """The representative dataset in ai-edge-quantizer's form: {signature: [{input: NHWC[1,H,W,3]}, …]}."""
     nhwc = nchw_to_nhwc(calib.astype(np.float32, copy=False))
     return {signature_key: [{input_name: nhwc[i : i + 1]} for i in range(len(nhwc))]}
-
-
-def quantize_array(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
-    """Affine-quantize a float array the way TFLite does: ``q = clip(round(x / scale) + zero_point)``."""
-    info = np.iinfo(dtype)
-    q = np.round(x / np.float32(scale)) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize_array(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from lesionlite.atomic import replace_dir
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import DEFAULT_QEMU_CPU, EMULATOR_ENV, HOST_ALIAS, BoardPaths
 
@@ -111,16 +112,6 @@ class Builder:
         final.parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
 
-    @staticmethod
-    def _swap_in(staged: Path, final: Path) -> None:
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(staged, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staged, final)
-
     def _apt_opts(self) -> list[str]:
         a = self.p.apt
         return ["-o", f"Dir::Etc::sourcelist={a / 'sources.list'}", "-o", "Dir::Etc::sourceparts=-",
@@ -184,7 +175,7 @@ class Builder:
             _run(["apt-get", *self._apt_opts(), "download", *wanted], "cannot download the Debian packages",
                  timeout=1800, cwd=staged)
             os.chmod(staged, 0o755)
-            self._swap_in(staged, self.p.debs)
+            replace_dir(staged, self.p.debs)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         self._done("debs", key)
@@ -216,7 +207,7 @@ class Builder:
             shutil.rmtree(staged / "usr")
             os.chmod(staged, 0o755)
             version = _run([str(staged / "qemu-aarch64"), "--version"], "qemu-aarch64 does not run on this host")
-            self._swap_in(staged, self.p.qemu.parent)
+            replace_dir(staged, self.p.qemu.parent)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         self._done("qemu", deb.name)
@@ -228,7 +219,7 @@ class Builder:
             for deb in debs:
                 _run(["dpkg-deb", "-x", str(deb), str(staged)], f"cannot unpack {deb.name}")
             os.chmod(staged, 0o755)
-            self._swap_in(staged, final)
+            replace_dir(staged, final)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
@@ -261,7 +252,7 @@ class Builder:
                   "--only-binary=:all:", *plat, "--python-version", "311", "--implementation", "cp", "--abi", "cp311",
                   *pins], "cannot download the aarch64 wheels from PyPI", timeout=1800)
             os.chmod(staged, 0o755)
-            self._swap_in(staged, self.p.site)
+            replace_dir(staged, self.p.site)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
         out = self._emulated(["-c", "import numpy, onnxruntime, ai_edge_litert.interpreter as i; "

@@ -95,17 +95,6 @@ class Runtime(ABC):
                 "threads": self.threads or "runtime default", "spin_wait": self.spin_wait}
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: np.dtype) -> np.ndarray:
-    """float → int8/uint8 with the tensor's affine parameters (round half to even, clipped)."""
-    info = np.iinfo(dtype)
-    q = np.rint(x / np.float32(scale)) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
-
-
 DTYPE_TO_OIP = {
     "float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8", "uint8": "UINT8",
     "int16": "INT16", "int32": "INT32", "int64": "INT64",
