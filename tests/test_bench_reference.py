@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.slow  # a training run, an export and bench on it
+
 TINY = {
     "data.name": "synthetic", "data.image_size": 16, "data.workers": 0,
     "data.options": {"synthetic_counts": [84, 21, 21]}, "model.arch": "tiny_cnn", "optim.lr": 0.01,

@@ -32,6 +32,8 @@ from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
 from test_serve_support import ServerThread, build_onnx, encode, free_port, pattern, wait_until_ready
 
+pytestmark = pytest.mark.slow  # killed exports and trainings in subprocesses, a server under SIGTERM
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE_ARGS = dict(n_train=70, n_val=14, n_test=42)
 EXPORT_KW = dict(formats="onnx", precisions="fp32,fp16", eval_samples=28, calib_samples=28)

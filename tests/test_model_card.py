@@ -11,6 +11,8 @@ import pytest
 from export.model_card import CARD_JSON, CARD_MD, balanced_accuracy, subgroups
 from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
+pytestmark = pytest.mark.slow  # real exports
+
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 

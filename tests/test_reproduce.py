@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the reproduction protocol on tiny data end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -23,7 +23,6 @@ from test_serve_support import (
     exif_rotated_jpeg,
     free_port,
     image_variants,
-    model_root,
     pattern,
     png_bomb,
     reference_probabilities,
@@ -43,30 +42,11 @@ JPEG = VARIANTS["rgb_jpeg"][0]
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    return model_root(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="session")
-def tfl_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def tfl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("litert_torch")
     pytest.importorskip("ai_edge_litert")
     return tflite_root(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def server(models_dir: Path):
-    app = create_app(models_dir, Settings(max_upload_mb=1, max_batch=8, max_wait_ms=2, queue_size=64))
-    with ServerThread(app) as s:
-        yield s
-
-
-@pytest.fixture()
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
 
 
 def post_file(client: httpx.Client, data: bytes, name: str = "x.jpg", ctype: str = "image/jpeg",
@@ -336,24 +316,22 @@ def test_overload_gives_503_with_retry_after_then_recovers(models_dir: Path) -> 
 # ------------------------------------------------------------------------------ TFLite
 
 
-def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
-    """TFLite artifacts (from export.api when it works, else hand-built) agree with the ONNX model."""
-    root, origin = tfl_dir
+@pytest.mark.slow
+def test_tflite_models(tfl_dir: Path, models_dir: Path) -> None:
+    """TFLite artifacts as export writes them (and one NCHW file from elsewhere) agree with their ONNX models."""
+    root = tfl_dir
     app = create_app(root, Settings(max_batch=4))
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as c:
         models = {m["name"]: m for m in c.get("/v2/models").json()["models"]}
         onnx_name = next(n for n, m in models.items() if m["kind"] == "onnx" and m["precision"] == "fp32")
         tfl = [n for n, m in models.items() if m["kind"] == "tflite"]
-        if origin == "fallback":
-            assert sorted(models) == ["onnx", "tflite", "tflite_nhwc"]
-            assert models["tflite"]["layout"] == "NCHW" and models["tflite_nhwc"]["layout"] == "NHWC"
-        else:
-            assert any(models[n]["runtime_tensors"]["input"]["datatype"] == "INT8" for n in tfl), models
+        assert sorted(tfl) == ["tflite_nchw", "tiny_cnn_tflite_fp32", "tiny_cnn_tflite_int8"], models
+        assert models["tflite_nchw"]["layout"] == "NCHW" and models["tiny_cnn_tflite_fp32"]["layout"] == "NHWC"
+        assert models["tiny_cnn_tflite_int8"]["runtime_tensors"]["input"]["datatype"] == "INT8"
         images = [encode(Image.fromarray(pattern(60, 44, seed=i)), "PNG") for i in range(3)] + [JPEG]
-        if origin == "export.api":  # int8 is calibrated on these: compare on in-distribution images
-            from tiny_checkpoint import synthetic_bundle
+        from tiny_checkpoint import synthetic_bundle  # int8 is calibrated on these: compare in distribution
 
-            in_dist = [encode(img, "PNG") for img, _ in synthetic_bundle().test[:7]]
+        in_dist = [encode(img, "PNG") for img, _ in synthetic_bundle().test[:7]]
         for name in tfl:
             meta = models[name]
             manifest_layout = app.state.server.models[name].manifest.input.get("layout")
@@ -365,7 +343,9 @@ def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
                 r = post_file(c, data, "x.png", model=name)
                 assert r.status_code == 200, r.text
                 probs = np.array([r.json()["probabilities"][k] for k in meta["class_names"]])
-                expected = reference_probabilities(root / onnx_name, data)
+                # the hand-built NCHW file has the weights of the hand-built ONNX model (models_dir)
+                reference = models_dir / "onnx" if name == "tflite_nchw" else root / onnx_name
+                expected = reference_probabilities(reference, data)
                 assert probs.sum() == pytest.approx(1.0, abs=1e-6)
                 if quantized:  # int8 in/out (de)quantised by serve: close to fp32, same top class
                     assert np.abs(probs - expected).max() < 0.05, (name, probs, expected)
@@ -385,7 +365,8 @@ def test_tflite_models(tfl_dir: tuple[Path, str]) -> None:
         assert r.status_code == 200 and all("probabilities" in x for x in r.json()["results"])
 
 
-def test_serve_runs_without_torch(tfl_dir: tuple[Path, str]) -> None:
+@pytest.mark.slow
+def test_serve_runs_without_torch(tfl_dir: Path) -> None:
     script = r"""
 import sys
 for m in ("torch", "torchvision", "distill", "export", "litert_torch", "timm"):
@@ -407,7 +388,7 @@ loaded = [m for m in ("torch", "distill", "export") if sys.modules.get(m) is not
 assert not loaded, loaded
 print("TORCH-FREE OK")
 """
-    out = subprocess.run([sys.executable, "-c", script, str(tfl_dir[0])], capture_output=True, text=True, cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", script, str(tfl_dir)], capture_output=True, text=True, cwd=REPO,
                          timeout=120)
     assert out.returncode == 0 and "TORCH-FREE OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
 

@@ -12,7 +12,7 @@ import pytest
 
 from lesionlite.classes import display_name
 
-from test_serve_support import CLASS_NAMES, ServerThread, image_variants, model_root
+from test_serve_support import CLASS_NAMES, image_variants, model_root, serving
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -25,11 +25,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
-    from serve.app import create_app
-    from serve.settings import Settings
-
-    app = create_app(model_root(tmp_path_factory.getbasetemp()), Settings())
-    with ServerThread(app) as s:
+    with serving(model_root(tmp_path_factory.getbasetemp())) as s:
         yield s
 
 

@@ -14,22 +14,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 
-from test_serve_support import ServerThread, model_root
+from test_serve_support import model_root, serving
 
 pytest.importorskip("fastapi")
 
 from serve.batching import MicroBatcher, Overloaded  # noqa: E402
 from serve.postprocess import calibrated_probabilities, normalized_entropy, summarize  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Hypothesis-driven requests against a live server
+
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
-    from serve.app import create_app
-    from serve.settings import Settings
-
-    app = create_app(model_root(tmp_path_factory.getbasetemp()), Settings(max_upload_mb=1))
-    with ServerThread(app) as s:
+    with serving(model_root(tmp_path_factory.getbasetemp()), max_upload_mb=1) as s:
         yield s
 
 

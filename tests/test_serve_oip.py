@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from test_serve import JPEG, VARIANTS, client, models_dir, server  # noqa: F401  (the shared fixtures)
+from test_serve import JPEG, VARIANTS
 from test_serve_support import CLASS_NAMES, TEMPERATURE, ServerThread
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve_support import ServerThread, image_variants, model_root
+from test_serve_support import image_variants, model_root, serving
+
+pytestmark = pytest.mark.slow  # the schemathesis CLI against two live servers (~80 s)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("schemathesis")
@@ -29,12 +31,8 @@ API_KEY = "test-key-5f2c"
 @pytest.fixture(scope="module", params=["open", "keyed"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")  # the fixture model is exported with torch
-    from serve.app import create_app
-    from serve.settings import Settings
-
     key = API_KEY if request.param == "keyed" else None
-    app = create_app(model_root(tmp_path_factory.getbasetemp()), Settings(max_upload_mb=1, api_key=key))
-    with ServerThread(app) as s:
+    with serving(model_root(tmp_path_factory.getbasetemp()), max_upload_mb=1, api_key=key) as s:
         yield s, key
 
 

@@ -1,16 +1,14 @@
 """Shared helpers for the serve tests (no tests here): model fixtures, a threaded uvicorn, images.
 
 Fixture models are tiny_cnn (7 classes, 32 px) exported with torch: ONNX via ``torch.onnx.export``
-and TFLite via ``litert_torch`` (NCHW as converted, plus an NHWC-wrapped variant). When
-``export.api.export_model`` exists and works it is tried first for the ONNX fixture; the
-hand-built fallback keeps the tests independent of the export stage's progress. Artifacts are
-cached per test session (several test modules share them).
+and TFLite via ``litert_torch`` (NCHW as converted, plus an NHWC-wrapped variant); the TFLite set
+serve's tests run on is what ``export.api.export_model`` writes, with no fallback (a broken export
+fails them). Artifacts are cached per test session (several test modules share them).
 """
 from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import struct
 import threading
@@ -57,7 +55,7 @@ def _manifest(kind: str, layout: str, fname: str, extra: dict[str, Any] | None =
                "shape": [1, 3, s, s] if layout == "NCHW" else [1, s, s, 3], "quantization": None},
         calibration={"temperature": TEMPERATURE},
         files={"model": fname},
-        extra={"precision": "fp32", "fixture": True, **(extra or {})},
+        precision="fp32", extra={"fixture": True, **(extra or {})},
     )
 
 
@@ -129,33 +127,22 @@ def model_root(base: Path) -> Path:
     return _BUILT[key]
 
 
-def tflite_root(base: Path) -> tuple[Path, str]:
-    """A parent dir with an fp32 ONNX reference and TFLite artifacts, and where they came from.
+def tflite_root(base: Path) -> Path:
+    """A parent dir with what the export stage writes (tiny_cnn_onnx_fp32, tiny_cnn_tflite_fp32 and
+    tiny_cnn_tflite_int8 with int8 I/O, NHWC) plus one hand-built NCHW TFLite file (``tflite_nchw``: a
+    third-party model as litert-torch converts it without export's NHWC wrapper; it has the weights of
+    :func:`model_root`'s hand-built ONNX model, its reference).
 
-    Prefers the export stage (``"export.api"``: tiny_cnn_onnx_fp32, tiny_cnn_tflite_fp32 and
-    tiny_cnn_tflite_int8, NHWC as export writes them); falls back to hand-built artifacts
-    (``"fallback"``: onnx, tflite (NCHW as litert-torch converts) and tflite_nhwc) when the export
-    stage is unavailable, fails, or ``LESIONLITE_SERVE_TESTS_NO_EXPORT_API`` is set.
+    A broken export stage fails this fixture, and with it the serve tests that use it: serve's tests
+    must never stay green on artifacts export can no longer write.
     """
     key = str(base) + ":tflite"
     if key not in _BUILT:
         root = base / "serve_models_export"
-        origin = "export.api"
-        try:
-            if os.environ.get("LESIONLITE_SERVE_TESTS_NO_EXPORT_API"):
-                raise RuntimeError("disabled by LESIONLITE_SERVE_TESTS_NO_EXPORT_API")
-            build_with_export_api(root)
-        except Exception as exc:  # noqa: BLE001 - any failure of another stage → our own fixture
-            import warnings
-
-            warnings.warn(f"serve tests: export.api fixture unavailable ({type(exc).__name__}: {exc}); "
-                          "using hand-built TFLite fixtures", stacklevel=2)
-            root, origin = base / "serve_models_tfl", "fallback"
-            build_onnx(root / "onnx")
-            build_tflite(root / "tflite", "NCHW")
-            build_tflite(root / "tflite_nhwc", "NHWC")
-        _BUILT[key] = (root, origin)  # type: ignore[assignment]
-    return _BUILT[key]  # type: ignore[return-value]
+        build_with_export_api(root)
+        build_tflite(root / "tflite_nchw", "NCHW")
+        _BUILT[key] = root
+    return _BUILT[key]
 
 
 # ---------------------------------------------------------------------------------- independent reference
@@ -208,6 +195,18 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
+
+
+def serving(model_dir: Path, **settings: Any) -> ServerThread:
+    """The one way serve's tests start a live server: ``with serving(models, max_upload_mb=1) as s: s.url``.
+
+    ``create_app`` on ``model_dir`` with :class:`serve.settings.Settings` built from ``settings``,
+    behind a real uvicorn on a free loopback port.
+    """
+    from serve.app import create_app
+    from serve.settings import Settings
+
+    return ServerThread(create_app(model_dir, Settings(**settings)))
 
 
 def free_port() -> int:

@@ -1,6 +1,8 @@
 """Which precision to ship (lesionlite.ship), and export/bench reporting it (issue 14 item 3)."""
 from __future__ import annotations
 
+import pytest
+
 from lesionlite.ship import describe, recommend
 
 
@@ -33,6 +35,7 @@ def test_near_ties_go_to_the_smaller_file_and_unverified_never_ships() -> None:
     assert none["ship"] is None
 
 
+@pytest.mark.slow
 def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
     import json
 

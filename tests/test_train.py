@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -239,6 +238,7 @@ def test_cli_errors_are_one_line_exit_2(argv: list[str], needle: str, tmp_path: 
     assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_python_m_distill_error_subprocess(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "distill", "--model", "nope", "--out", str(tmp_path / "r")],
                          capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from test_serve import models_dir  # noqa: F401  (the shared fixture: one hand-built ONNX tiny_cnn)
 from test_serve_support import CLASS_NAMES, TEMPERATURE, image_variants, reference_probabilities
 
 onnx = pytest.importorskip("onnx")
@@ -29,6 +28,8 @@ text_format = pytest.importorskip("google.protobuf.text_format")
 
 from export.triton import RepoOptions, build_triton_repository  # noqa: E402
 from lesionlite.manifest import read_manifest  # noqa: E402
+
+pytestmark = pytest.mark.slow  # real exports and Triton clients
 from lesionlite.preprocessing import PreprocessConfig, load_image_bytes, preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
