@@ -1,8 +1,8 @@
 """`lesionlite bench` local mode on tiny ONNX and TFLite models (tiny_cnn at 32 px), compare and report.
 
-Fixtures are built here with torch (allowed in tests; mobile_benchmarks itself never imports it):
-ONNX via torch.onnx.export, TFLite via litert_torch.convert, each with a lesionlite Manifest; plus a
-CoreML-kind entry that must be reported as skipped on Linux, never measured.
+Fixtures come from the tests' artifact factory (``test_serve_support.build_onnx``/``build_tflite``: torch is
+allowed in tests; mobile_benchmarks itself never imports it), plus a CoreML-kind entry that must be reported
+as skipped on Linux, never measured.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lesionlite.cli import run_stage
-from lesionlite.manifest import Manifest
+from lesionlite.manifest import Manifest, read_manifest
 from lesionlite.preprocessing import PreprocessConfig
 from mobile_benchmarks.cli import main
 
@@ -30,38 +30,25 @@ RESULT_KEYS = ("artifact", "kind", "precision", "threads", "status", "runtime", 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("onnx")
+    """tiny_cnn (7 classes, 32 px) as ONNX and TFLite by the tests' one artifact factory, each with the accuracy
+    export would have measured, plus a CoreML entry (skipped on Linux) whose manifest carries its counts."""
+    pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
-    litert_torch = pytest.importorskip("litert_torch")
-    from distill.models import build_model
+    pytest.importorskip("litert_torch")
+    from test_serve_support import build_onnx, build_tflite
 
     root = tmp_path_factory.mktemp("bench_models")
-    torch.manual_seed(0)
-    model = build_model("tiny_cnn", 7).eval()
-    x = torch.randn(1, 3, 32, 32)
-    names = [f"class{i}" for i in range(7)]
-    cfg = PreprocessConfig(input_size=32)
-    inp = {"layout": "NCHW", "dtype": "float32", "shape": [1, 3, 32, 32], "quantization": None}
-
-    d = root / "tiny_cnn_onnx_fp32"
-    d.mkdir()
-    torch.onnx.export(model, (x,), str(d / "model.onnx"), input_names=["input"], output_names=["logits"],
-                      dynamo=False, opset_version=17)
-    Manifest(kind="onnx", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-             metrics={"accuracy": 0.42}, files={"model": "model.onnx"}, precision="fp32").write(d)
-
-    d = root / "tiny_cnn_tflite_fp32"
-    d.mkdir()
-    litert_torch.convert(model, (x,)).export(str(d / "model.tflite"))
-    Manifest(kind="tflite", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
-             metrics={"accuracy": 0.41}, files={"model": "model.tflite"}, precision="fp32").write(d)
-
+    for build, name, accuracy in ((build_onnx, "tiny_cnn_onnx_fp32", 0.42), (build_tflite, "tiny_cnn_tflite_fp32", 0.41)):
+        m = read_manifest(build(root / name))
+        m.metrics = {"accuracy": accuracy}
+        m.write(root / name)
     d = root / "tiny_cnn_coreml_fp16"
     (d / "model.mlpackage").mkdir(parents=True)
     (d / "model.mlpackage" / "Manifest.json").write_text("{}")
-    Manifest(kind="coreml", architecture="tiny_cnn", class_names=names, preprocessing=cfg, input=inp,
+    Manifest(kind="coreml", architecture="tiny_cnn", class_names=[f"class{i}" for i in range(7)],
+             preprocessing=PreprocessConfig(input_size=32),
+             input={"layout": "NCHW", "dtype": "float32", "shape": [1, 3, 32, 32], "quantization": None},
              files={"model": "model.mlpackage"}, precision="fp16", parameters=15479, macs=239840).write(d)
     return root
 
