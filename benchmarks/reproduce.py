@@ -299,6 +299,27 @@ def paired_comparisons(runs: list[dict[str, Any]], num_classes: int, n_boot: int
     return out
 
 
+def per_class_recall(runs: list[dict[str, Any]], class_names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Mean test recall per class over each row's finished seeds, from the stored test predictions.
+
+    Balanced accuracy is the mean of these; which classes a method gains or loses is what a clinical user
+    asks next (melanoma above all), and two methods with the same Bal-ACC can trade classes very differently.
+    """
+    per_key: dict[str, list[list[float | None]]] = {}
+    for r in runs:
+        if r["status"] != "done" or r.get("test_pred") is None or r.get("test_labels") is None:
+            continue
+        y, p = np.asarray(r["test_labels"]), np.asarray(r["test_pred"])
+        per_key.setdefault(r["key"], []).append(
+            [float(np.mean(p[y == c] == c)) if np.any(y == c) else None for c in range(len(class_names))])
+    out: dict[str, dict[str, Any]] = {}
+    for key, recs in per_key.items():
+        cols = [[v[c] for v in recs if v[c] is not None] for c in range(len(class_names))]
+        out[key] = {"seeds": len(recs),
+                    "recall": {name: (sum(col) / len(col) if col else None) for name, col in zip(class_names, cols)}}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Machine / GPU utilisation
 # ------------------------------------------------------------------------------------------------
@@ -917,6 +938,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {METHOD_LABELS.get(key, key)} | {', '.join(map(str, c['seed_ids']))} | "
                          f"{', '.join(f'{d * 100:+.2f}' for d in c['per_seed'])} | {c['delta'] * 100:+.2f} | "
                          f"[{c['ci_low'] * 100:+.2f}, {c['ci_high'] * 100:+.2f}] |")
+    lines += _recall_section(doc)
     lines += ["", "## Targets (verdicts computed from the numbers above)", "",
               "| Target | Verdict | Detail |", "|---|---|---|"]
     for t in doc["targets"]:
@@ -960,6 +982,22 @@ def render_markdown(doc: dict[str, Any]) -> str:
                      f"| {_pct(mt.get('accuracy'))} | {_pct(mt.get('balanced_accuracy'))} | {_pct(i8)} | {wall} | {ips} | "
                      f"`{r['run_dir']}` |")
     return "\n".join(lines) + "\n"
+
+
+def _recall_section(doc: dict[str, Any]) -> list[str]:
+    """Markdown: test recall per class and row, in %, mean over the row's finished seeds."""
+    recall = doc.get("per_class_recall") or {}
+    names = list(doc["data"].get("class_names") or [])
+    if not recall or not names:
+        return []
+    order = ["teacher", *METHODS, *sorted(k for k in recall if k not in METHODS and k != "teacher")]
+    lines = ["", "## Test recall per class (%, mean over the finished seeds)", "",
+             "Balanced accuracy is the mean of a row; the columns say which classes a method gains or loses.", "",
+             "| Row | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for key in (k for k in order if k in recall):
+        cells = [_pct(recall[key]["recall"].get(n)) for n in names]
+        lines.append(f"| {METHOD_LABELS.get(key, key)} | {recall[key]['seeds']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def short_table(doc: dict[str, Any]) -> str:
@@ -1048,7 +1086,7 @@ def build_doc(settings: dict[str, Any], runs: list[dict[str, Any]], machine: dic
         "reduced": protocol != "gpu", "label": plabel, "complete": complete,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "data": data, "settings": settings,
         "rows": rows, "runs": [{k: v for k, v in r.items() if k not in ("test_pred", "test_labels")} for r in runs],
-        "comparisons": comparisons,
+        "comparisons": comparisons, "per_class_recall": per_class_recall(runs, data.get("class_names") or []),
         "targets": evaluate_targets(rows, settings["image_size"], settings["student_arch"], comparisons),
         "notes": notes, "gpu_note": gpu_note, "wall_time_s": wall,
         "total_run_wall_s": sum(r.get("wall_time_s") or 0 for r in runs),

@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # runs the reproduction protocol on tiny data end to end
@@ -181,6 +182,13 @@ def test_smoke_writes_every_row_with_numbers_in_range(smoke):
     assert rec["status"] == "done" and len(rec["test_pred"]) == len(rec["test_labels"]) == 28
     assert rec["curve"] and rec["curve"][0]["epoch"] == 1
     assert set(doc["comparisons"]) == {"kd", "ssdkd", "udcd", "udcd-code", "udcd-densenet121"}
+    # per-class test recall of every finished row, from the same stored predictions (Bal-ACC is their mean)
+    recall = doc["per_class_recall"]
+    assert {"scratch", "kd", "ssdkd"} <= set(recall) and recall["kd"]["seeds"] == 1
+    kd = [v for v in recall["kd"]["recall"].values() if v is not None]
+    assert all(0.0 <= v <= 1.0 for v in kd) and len(recall["kd"]["recall"]) == len(doc["data"]["class_names"])
+    assert np.mean(kd) == pytest.approx(rows["kd"]["balanced_accuracy"]["mean"], abs=1e-9)
+    assert "## Test recall per class" in md
     c = doc["comparisons"]["kd"]
     assert c["ci_low"] <= c["delta"] <= c["ci_high"] and c["seed_ids"] == [0]
     assert "## Against scratch" in md
