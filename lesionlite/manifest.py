@@ -23,7 +23,7 @@ Fields (schema 2; every stage reads them by name):
     calibration      {"temperature": float, optional "ood": {...}}
     metrics          dict of floats (test/val metrics of this artifact or its source)
     files            {"model": "<file name beside the manifest>"}
-    version          optional version label a server publishes (default: the file's date)
+    version          optional version label a server publishes (default: the model file's SHA-256 prefix)
     extra            what no other stage reads (tool versions, training details, converter notes)
 
 Shipped manifests carry no absolute path of the machine that wrote them (:func:`portable_text`).

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from lesionlite.errors import require
+from lesionlite.manifest import PRECISIONS  # the one list: what a manifest may declare
 from lesionlite.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from export.context import ExportContext
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 #: A runner maps a float32 NCHW batch to float outputs (``ExportFormat.output_kind`` says which).
 Runner = Callable[[np.ndarray], np.ndarray]
