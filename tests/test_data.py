@@ -146,6 +146,24 @@ def test_ham10000_isic8_labelling(tmp_path: Path) -> None:
         load_dataset(f"ham10000-isic8:{tmp_path / 'nolabels'}")
 
 
+def test_ham10000_image_split_is_per_image_and_says_so(tmp_path: Path) -> None:
+    """The DermaMNIST-style comparison split: same images and counts, lesions may cross splits, and the
+    bundle's name, fingerprint and description make it impossible to mistake for the lesion split."""
+    d = make_ham(tmp_path / "ham", lesions_per_class=12)
+    by_lesion = load_dataset(f"ham10000:{d}")
+    per_image = load_dataset(f"ham10000-image-split:{d}")
+    assert per_image.name == "ham10000-image-split" and "per image" in per_image.source
+    assert per_image.fingerprint != by_lesion.fingerprint
+    n = sum(len(per_image.split(s)) for s in ("train", "val", "test"))
+    assert n == sum(len(by_lesion.split(s)) for s in ("train", "val", "test"))
+    tr, _, te = _split_groups(per_image)
+    assert tr & te, "a per-image split of lesions with 1-3 photos should put some lesion in train and test"
+    # the lesion split is untouched by the new option (same fingerprint as an explicit split_by="lesion")
+    assert load_dataset(f"ham10000:{d}", split_by="lesion").fingerprint == by_lesion.fingerprint
+    with pytest.raises(LesionliteError, match="split_by"):
+        load_dataset(f"ham10000:{d}", split_by="patient")
+
+
 def test_ham10000_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(LesionliteError, match="not found"):
         load_dataset(f"ham10000:{tmp_path / 'nope'}")

@@ -3,7 +3,9 @@
 Spec forms: ``ham10000`` (looks in the data root for ``ham10000_200x150/``, ``ham10000/``,
 ``HAM10000/`` or the root itself), ``ham10000:PATH``; ``ham10000-isic8[:PATH]`` relabels with the
 8-class ISIC 2019 labelling (``label8`` in ``labels.csv``: MEL,NV,BCC,AK,BKL,DF,VASC,SCC; HAM akiec
-splits into AK and SCC). Images are found in ``images/``, ``HAM10000_images_part_1/``,
+splits into AK and SCC). ``ham10000-image-split[:PATH]`` splits per image instead, as DermaMNIST does:
+photos of one lesion may then sit in train and test (35 % of the test images here), so it exists only to
+compare with per-image-split figures (``benchmarks/accuracy_gap.py``), never to report a model. Images are found in ``images/``, ``HAM10000_images_part_1/``,
 ``HAM10000_images_part_2/``, ``HAM10000_images/`` or the folder itself, and decoded lazily.
 """
 from __future__ import annotations
@@ -58,7 +60,10 @@ def find_ham_dir(arg: str | None, root: Path | None) -> Path:
 
 @register_dataset("ham10000", "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]")
 def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
-                  labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, **_: object) -> DatasetBundle:
+                  labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, split_by: str = "lesion",
+                  **_: object) -> DatasetBundle:
+    if split_by not in ("lesion", "image"):
+        raise LesionliteError(f"HAM10000 split_by must be 'lesion' or 'image', got {split_by!r}")
     root_p = data_root(root)
     d = find_ham_dir(arg, root_p)
     meta = read_csv(d / METADATA, required=("lesion_id", "image_id", "dx"))
@@ -112,8 +117,10 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         raise missing_images_error(f"HAM10000 at {d}", missing, folders)
 
     y_arr = np.asarray(labels, dtype=np.int64)
-    splits = grouped_stratified_split(y_arr, groups, fractions=fractions, seed=seed)
-    check_disjoint_groups(groups, splits)
+    per_image = split_by == "image"
+    splits = grouped_stratified_split(y_arr, None if per_image else groups, fractions=fractions, seed=seed)
+    if not per_image:
+        check_disjoint_groups(groups, splits)
     split_of = np.zeros(len(paths), dtype=np.int64)
     for s, idx in enumerate(splits):
         split_of[idx] = s
@@ -124,15 +131,20 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
                            attributes=[attributes[i] for i in idx])
 
     fp = files_fingerprint(paths, y_arr, split_of, d,
-                           extra=["ham10000", labelling, seed, tuple(fractions), len(paths)])
+                           extra=["ham10000", labelling, seed, tuple(fractions), len(paths)]
+                           + (["per-image"] if per_image else []))
     name = "ham10000" if labelling != "isic8" else "ham10000-isic8"
+    name += "-image-split" if per_image else ""
+    how = ("per image (photos of one lesion may be in train and test; for comparison with per-image-split "
+           "figures only)") if per_image else "by lesion_id"
     lab_desc = "7 classes (dx, DermaMNIST order)" if labelling != "isic8" else "8 classes (ISIC 2019 label8)"
     return DatasetBundle(
         train=part(splits[0]), val=part(splits[1]), test=part(splits[2]), class_names=class_names,
         name=name, fingerprint=fp, synthetic=False,
         source=(f"HAM10000 at {d}: {len(paths)} images of {len(set(groups))} lesions, {lab_desc}, "
-                f"split {'/'.join(str(round(f * 100)) for f in fractions)} by lesion_id (seed {seed})"),
-        native_size=None, extra={"dir": str(d), "seed": seed, "split": "grouped by lesion_id"},
+                f"split {'/'.join(str(round(f * 100)) for f in fractions)} {how} (seed {seed})"),
+        native_size=None, extra={"dir": str(d), "seed": seed,
+                                 "split": "per image" if per_image else "grouped by lesion_id"},
     )
 
 
@@ -141,3 +153,11 @@ def load_ham10000_isic8(arg: str | None = None, root: str | Path | None = None, 
                         **kw: object) -> DatasetBundle:
     kw.pop("labelling", None)
     return load_ham10000(arg, root, seed=seed, labelling="isic8", **kw)
+
+
+@register_dataset("ham10000-image-split",
+                  "HAM10000 7 classes split per image as DermaMNIST (lesions leak across splits: comparison only)")
+def load_ham10000_image_split(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
+                              **kw: object) -> DatasetBundle:
+    kw.pop("split_by", None)
+    return load_ham10000(arg, root, seed=seed, split_by="image", **kw)
