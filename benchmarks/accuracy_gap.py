@@ -66,7 +66,7 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
 
     from distill.artifacts import load_student
     from distill.methods.scratch import class_weights
-    from distill.metrics import classification_report
+    from distill.metrics import classification_report, prior_restored_logits
 
     model, man = load_student(run)
     model.eval()
@@ -80,7 +80,7 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
     if not counts:
         raise SystemExit(f"{run}: its manifest records no training class counts; cannot restore the prior")
     w = class_weights(counts).double().numpy()
-    restored = logits - np.log(np.where(w > 0, w, np.inf))  # log(q / w): argmax = Bayes rule for the real prior
+    restored = prior_restored_logits(logits, w)
     trained = classification_report(y, logits, class_names=names)
     prior = classification_report(y, restored, class_names=names)
     majority = int(np.argmax(counts))
@@ -88,8 +88,8 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
         "run": os.path.relpath(run.resolve(), ROOT), "architecture": man.architecture,
         "input_size": man.preprocessing.input_size, "method": (man.extra or {}).get("method"),
         "n_test": int(len(y)),
-        "argmax": {"accuracy": trained["accuracy"], "balanced_accuracy": trained["balanced_accuracy"]},
-        "prior_restored": {"accuracy": prior["accuracy"], "balanced_accuracy": prior["balanced_accuracy"]},
+        "argmax": {k: trained[k] for k in ("accuracy", "balanced_accuracy", "ece", "nll")},
+        "prior_restored": {k: prior[k] for k in ("accuracy", "balanced_accuracy", "ece", "nll")},
         "majority_class": names[majority], "majority_accuracy": float(np.mean(y == majority)),
         "class_weights": [round(float(v), 4) for v in w],
     }
@@ -135,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(decision_rule_row(run, eval_data))
     doc: dict = {"what": "test ACC / Bal-ACC under the trained argmax and the prior-restored rule argmax(q/w)",
                  "medmnist_best_accuracy": MEDMNIST_BEST_ACC, "runs": rows}
-    print(f"{'run':48s} {'px':>4s} {'ACC':>6s} {'BalACC':>7s} | {'ACC*':>6s} {'BalACC*':>7s}   (* prior restored)")
+    print(f"{'run':48s} {'px':>4s} {'ACC':>6s} {'BalACC':>7s} {'ECE':>5s} | {'ACC*':>6s} {'BalACC*':>7s} {'ECE*':>5s}"
+          "   (* prior restored)")
     for r in rows:
         a, b = r["argmax"], r["prior_restored"]
-        print(f"{r['run']:48s} {r['input_size']:4d} {100 * a['accuracy']:6.1f} {100 * a['balanced_accuracy']:7.1f} | "
-              f"{100 * b['accuracy']:6.1f} {100 * b['balanced_accuracy']:7.1f}")
+        print(f"{r['run']:48s} {r['input_size']:4d} {100 * a['accuracy']:6.1f} {100 * a['balanced_accuracy']:7.1f} "
+              f"{100 * a['ece']:5.1f} | {100 * b['accuracy']:6.1f} {100 * b['balanced_accuracy']:7.1f} {100 * b['ece']:5.1f}")
     print(f"all-{rows[0]['majority_class']} baseline ACC {100 * rows[0]['majority_accuracy']:.1f}; "
           f"MedMNIST best {100 * MEDMNIST_BEST_ACC:.1f}")
     if not args.no_split:

@@ -209,6 +209,26 @@ def nll_from_logits(y_true: Sequence[int], logits: np.ndarray, temperature: floa
     return float(np.mean(lse - z[np.arange(t.size), t])) if t.size else float("nan")
 
 
+def prior_restored_logits(logits: np.ndarray, class_weights: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Logits of the real class prior from a model trained with class-weighted cross-entropy.
+
+    Weighted CE with weights ``w`` makes the softmax estimate ``q(c|x) ∝ w_c · p(c|x)`` (the posterior
+    of a training set in which class c is w_c times as frequent), which is what balanced accuracy wants.
+    Subtracting ``log w_c`` undoes the tilt, so the argmax becomes the accuracy-optimal (Bayes) decision
+    for the class frequencies seen in training and the softmax a posterior at those frequencies. A class
+    with weight 0 (absent from training) gets ``-inf``.
+    """
+    w = np.asarray(class_weights, dtype=np.float64).reshape(-1)
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != w.shape[0]:
+        raise ValueError(f"logits of shape {z.shape} do not match {w.shape[0]} class weights")
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"class weights must be finite and non-negative, got {w.tolist()}")
+    with np.errstate(divide="ignore"):
+        log_w = np.where(w > 0, np.log(w), np.inf)  # an untrained class can never win
+    return z - log_w[None, :]
+
+
 def classification_report(
     y_true: Sequence[int] | np.ndarray,
     logits: np.ndarray | None = None,

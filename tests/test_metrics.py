@@ -118,3 +118,27 @@ def test_temperature_degenerate_inputs() -> None:
     assert t == pytest.approx(0.05, rel=0.02)
     t = fit_temperature(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([0, 1]))  # always wrong: T at the upper bound
     assert t == pytest.approx(20.0, rel=0.02)
+
+
+def test_prior_restored_logits_undo_class_weighting_exactly() -> None:
+    """A model trained with weighted CE estimates q ∝ w·p; restoring the prior gives back p's argmax (the
+    accuracy-optimal decision), which on imbalanced data beats the tilted argmax on accuracy."""
+    from distill.metrics import prior_restored_logits
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.05, 0.1, 0.85])
+    n = 4000
+    y = rng.choice(3, size=n, p=prior)
+    lik = rng.dirichlet(np.ones(3) * 0.7, size=n)  # noisy likelihoods
+    lik[np.arange(n), y] += 0.6
+    p = lik * prior
+    p /= p.sum(1, keepdims=True)
+    w = 1.0 / (3 * prior)  # the project's w_c = N / (K N_c)
+    q_logits = np.log(p * w) + 5.0  # any per-row shift is allowed in logits
+    restored = prior_restored_logits(q_logits, w)
+    assert np.array_equal(restored.argmax(1), p.argmax(1))
+    np.testing.assert_allclose(M.softmax(restored), p, atol=1e-12)
+    assert M.accuracy(y, restored.argmax(1)) > M.accuracy(y, q_logits.argmax(1)) + 0.02
+    with pytest.raises(ValueError, match="class weights"):
+        prior_restored_logits(q_logits, [1.0, 2.0])
+    assert np.isneginf(prior_restored_logits(q_logits, [1.0, 0.0, 1.0])[:, 1]).all()
