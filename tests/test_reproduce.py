@@ -99,6 +99,24 @@ def test_rows_targets_and_relative_throughput():
                 if "MedMNIST" in t["target"])["verdict"] == "n/a"
 
 
+def test_accuracy_operating_point_verdict_reads_accuracy_gap_per_method():
+    """The ACC target at the accuracy operating point: per-method means over seeds from accuracy_gap.json,
+    teacher and other architectures ignored, pass when one method's mean reaches 75.4 %."""
+    def run(path, arch, acc):
+        return {"run": path, "architecture": arch, "prior_restored": {"accuracy": acc}}
+
+    gap = {"runs": [run("runs/cpu/teacher_mobilenet_v2", "mobilenet_v2", 0.99),
+                    run("runs/cpu/seed0/scratch_mobilenet_v2", "mobilenet_v2", 0.76),
+                    run("runs/cpu/seed1/scratch_mobilenet_v2", "mobilenet_v2", 0.75),
+                    run("runs/cpu/seed0/kd_mobilenet_v2", "mobilenet_v2", 0.74),
+                    run("runs/cpu/seed0/kd_resnet18", "resnet18", 0.99)]}
+    t = R.operating_point_target(gap, "mobilenet_v2")
+    assert t["verdict"] == "pass" and "scratch 75.50% (2 seed(s))" in t["detail"] and "kd 74.00%" in t["detail"]
+    gap["runs"][1]["prior_restored"]["accuracy"] = 0.70
+    assert R.operating_point_target(gap, "mobilenet_v2")["verdict"] == "fail"  # scratch mean 72.5, kd 74
+    assert R.operating_point_target({"runs": gap["runs"][:1]}, "mobilenet_v2")["verdict"] == "n/a"
+
+
 def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
     args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r")])
     settings, plan = R.build_plan(args, R.load_recipe("cpu"))
