@@ -46,7 +46,8 @@ class EvalData:
         self._bundles: dict[str, object] = {}
         self._prepared: dict[str, object] = {}
 
-    def for_manifest(self, man) -> object:
+    def for_manifest(self, man) -> tuple[object, object]:
+        """(prepared test images, the data bundle they came from) for one run's manifest."""
         from export.api import load_export_data
         from export.context import ExportOptions
         from export.data import prepare_data
@@ -57,7 +58,30 @@ class EvalData:
         key = spec + json.dumps(man.preprocessing.to_dict(), sort_keys=True)
         if key not in self._prepared:
             self._prepared[key] = prepare_data(self._bundles[spec], man.preprocessing, list(man.class_names), 8, None, 0)
-        return self._prepared[key]
+        return self._prepared[key], self._bundles[spec]
+
+
+def leakage_breakdown(bundle, y: np.ndarray, pred: np.ndarray, num_classes: int) -> dict | None:
+    """Test ACC / Bal-ACC over the images whose lesion has a photo in training and over the rest.
+
+    None when the split is by lesion (no such image). Same model, same test set: the gap between the two
+    subsets is what a per-image split adds to a reported number.
+    """
+    from distill.metrics import accuracy, balanced_accuracy
+
+    test_groups = getattr(bundle.test, "groups", None)
+    train_groups = getattr(bundle.train, "groups", None)
+    if not test_groups or not train_groups:
+        return None
+    train_set = set(train_groups)
+    seen = np.array([g in train_set for g in test_groups])
+    if not seen.any():
+        return None
+    out = {}
+    for name, mask in (("lesion_in_train", seen), ("lesion_not_in_train", ~seen)):
+        out[name] = {"images": int(mask.sum()), "accuracy": accuracy(y[mask], pred[mask]),
+                     "balanced_accuracy": balanced_accuracy(y[mask], pred[mask], num_classes)}
+    return out
 
 
 def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
@@ -70,7 +94,7 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
 
     model, man = load_student(run)
     model.eval()
-    data = eval_data.for_manifest(man)
+    data, bundle = eval_data.for_manifest(man)
     x = torch.from_numpy(data.eval_x)
     with torch.inference_mode():
         logits = torch.cat([model(x[i:i + 256]).float() for i in range(0, len(x), 256)]).numpy()
@@ -84,7 +108,8 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
     trained = classification_report(y, logits, class_names=names)
     prior = classification_report(y, restored, class_names=names)
     majority = int(np.argmax(counts))
-    return {
+    leak = leakage_breakdown(bundle, y, logits.argmax(1), len(names))
+    row = {
         "run": os.path.relpath(run.resolve(), ROOT), "architecture": man.architecture,
         "input_size": man.preprocessing.input_size, "method": (man.extra or {}).get("method"),
         "n_test": int(len(y)),
@@ -93,6 +118,9 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
         "majority_class": names[majority], "majority_accuracy": float(np.mean(y == majority)),
         "class_weights": [round(float(v), 4) for v in w],
     }
+    if leak is not None:
+        row["test_subsets"] = leak
+    return row
 
 
 def split_leakage(seed: int = 0) -> dict:
@@ -131,14 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         it = tqdm(runs, desc="evaluating", unit="run")
     except ImportError:  # pragma: no cover - tqdm is a dependency
         it = runs
+    from lesionlite.errors import LesionliteError
+
     for run in it:
-        rows.append(decision_rule_row(run, eval_data))
+        if not (run / "student.pt").is_file():
+            print(f"skipped {run}: not a finished run (no student.pt)")
+            continue
+        try:
+            rows.append(decision_rule_row(run, eval_data))
+        except LesionliteError as e:
+            raise SystemExit(f"{run}: {e}") from None
+    if not rows:
+        raise SystemExit("none of the runs named has finished (no student.pt)")
     doc: dict = {"what": "test ACC / Bal-ACC under the trained argmax and the prior-restored rule argmax(q/w)",
                  "medmnist_best_accuracy": MEDMNIST_BEST_ACC, "runs": rows}
     print(f"{'run':48s} {'px':>4s} {'ACC':>6s} {'BalACC':>7s} {'ECE':>5s} | {'ACC*':>6s} {'BalACC*':>7s} {'ECE*':>5s}"
           "   (* prior restored)")
     for r in rows:
         a, b = r["argmax"], r["prior_restored"]
+        for name, sub in (r.get("test_subsets") or {}).items():
+            print(f"  {r['run']}: {name.replace('_', ' ')}: {sub['images']} images, ACC "
+                  f"{100 * sub['accuracy']:.1f}, Bal-ACC {100 * sub['balanced_accuracy']:.1f}")
         print(f"{r['run']:48s} {r['input_size']:4d} {100 * a['accuracy']:6.1f} {100 * a['balanced_accuracy']:7.1f} "
               f"{100 * a['ece']:5.1f} | {100 * b['accuracy']:6.1f} {100 * b['balanced_accuracy']:7.1f} {100 * b['ece']:5.1f}")
     print(f"all-{rows[0]['majority_class']} baseline ACC {100 * rows[0]['majority_accuracy']:.1f}; "
