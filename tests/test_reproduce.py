@@ -298,3 +298,20 @@ def test_a_record_distilled_from_another_teacher_does_not_stand(tmp_path):
     assert R.committed_record(settings, kd) is None
     write_json_atomic(path, {k: v for k, v in rec.items() if k != "teacher"})  # a record from before teachers were named
     assert R.committed_record(settings, kd) is None
+
+
+def test_gpu_protocol_plan_is_ready(tmp_path):
+    """``--protocol gpu`` (run on the day a device is lent) resolves: 224 px, three seeds, every method of the
+    table, one ResNet-50 teacher per seed shared by that seed's KD and SSD-KD, on the accelerator's settings."""
+    args = R.build_parser().parse_args(["--protocol", "gpu", "--out", str(tmp_path / "g")])
+    settings, plan = R.build_plan(args, R.load_recipe("gpu"))
+    assert settings["image_size"] == 224 and settings["student_arch"] == "mobilenet_v2"
+    students = [p for p in plan if p.key not in ("teacher",) and p.arch == "mobilenet_v2"]
+    assert {p.seed for p in students} == {0, 1, 2}
+    assert {p.method for p in students} >= {"scratch", "kd", "ssdkd", "udcd", "udcd-code"}
+    teachers = [p for p in plan if p.key == "teacher"]
+    assert [(t.arch, t.seed) for t in teachers] == [("resnet50", 0), ("resnet50", 1), ("resnet50", 2)]
+    for p in plan:
+        if p.method in ("kd", "ssdkd"):
+            assert p.teacher_dir == next(t.run_dir for t in teachers if t.seed == p.seed)
+    assert all(p.overrides.get("method.ss_amp") is True for p in students if p.method == "ssdkd")
