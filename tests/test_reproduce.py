@@ -315,3 +315,25 @@ def test_gpu_protocol_plan_is_ready(tmp_path):
         if p.method in ("kd", "ssdkd"):
             assert p.teacher_dir == next(t.run_dir for t in teachers if t.seed == p.seed)
     assert all(p.overrides.get("method.ss_amp") is True for p in students if p.method == "ssdkd")
+
+
+def test_failed_targets_carry_their_measured_reason(monkeypatch):
+    """A miss of the CPU protocol names the committed measurement that explains it (read, never typed in); a
+    pass gets none, and without the result file there is no reason rather than an invented one."""
+    files = {"teacher_ensemble_probe.json": {"ensemble": {"balanced_accuracy": 0.69}},
+             "ablation_kd_kl_class_weighted.json": {"rows": {"KD seed 2": {"test_balanced_accuracy": 0.625},
+                                                             "KD + class-weighted KL seed 2": {"test_balanced_accuracy": 0.649}}}}
+    monkeypatch.setattr(R, "_read_result", lambda name: files.get(name))
+    rows = [{"role": "teacher", "key": "teacher", "balanced_accuracy": {"mean": 0.67}},
+            {"role": "student", "key": "scratch", "balanced_accuracy": {"mean": 0.643}}]
+    targets = [{"target": "teacher >= scratch + 3 Bal-ACC points", "verdict": "fail"},
+               {"target": "Hinton KD beats scratch on balanced accuracy", "verdict": "fail"},
+               {"target": "best mobilenet_v2 student >= 65% balanced accuracy", "verdict": "fail"},
+               {"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "pass"}]
+    out = R.explain_misses([dict(t) for t in targets], rows, "cpu")
+    assert "69.0 (+4.7)" in out[0]["why"] and "64.9 vs 62.5" in out[1]["why"] and "67.0" in out[2]["why"]
+    assert "why" not in out[3]
+    files.clear()
+    out = R.explain_misses([dict(t) for t in targets], rows, "cpu")
+    assert "why" not in out[0] and "why" not in out[1]
+    assert R.explain_misses([dict(t) for t in targets], rows, "gpu") == targets
