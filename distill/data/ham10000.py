@@ -58,6 +58,36 @@ def find_ham_dir(arg: str | None, root: Path | None) -> Path:
     )
 
 
+def _labeller(d: Path, labelling: str):
+    """(class names, ``label_of(image_id, dx, csv_line) -> int``) for the 7-class dx or the 8-class ISIC labelling."""
+    if labelling == "isic8":
+        lab_rows = read_csv(d / LABELS, required=("image_id", "label8"))
+        label8: dict[str, str] = {r["image_id"]: r["label8"] for r in lab_rows}
+        names = list(ISIC2019_CLASSES)
+
+        def isic8(iid: str, dx: str, line: int) -> int:
+            v = label8.get(iid, "")
+            try:
+                y = int(v)
+                if not 0 <= y < len(names):
+                    raise ValueError
+            except ValueError:
+                raise LesionliteError(f"{d / LABELS}: no valid label8 (0..7) for image {iid} (got {v!r})") from None
+            return y
+
+        return names, isic8
+    names = list(DERMAMNIST_CLASSES)
+    cls_index = {c: i for i, c in enumerate(names)}
+
+    def dx7(iid: str, dx: str, line: int) -> int:
+        if dx not in cls_index:
+            raise LesionliteError(
+                f"{d / METADATA}: line {line}: unknown dx {dx!r}; expected one of {', '.join(names)}")
+        return cls_index[dx]
+
+    return names, dx7
+
+
 @register_dataset("ham10000", "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]")
 def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                   labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, split_by: str = "lesion",
@@ -68,13 +98,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     d = find_ham_dir(arg, root_p)
     meta = read_csv(d / METADATA, required=("lesion_id", "image_id", "dx"))
 
-    if labelling == "isic8":
-        lab_rows = read_csv(d / LABELS, required=("image_id", "label8"))
-        label8: dict[str, str] = {r["image_id"]: r["label8"] for r in lab_rows}
-        class_names = list(ISIC2019_CLASSES)
-    else:
-        class_names = list(DERMAMNIST_CLASSES)
-    cls_index = {c: i for i, c in enumerate(class_names)}
+    class_names, label_of = _labeller(d, labelling)
 
     folders = [d / sub if sub != "." else d for sub in IMAGE_DIRS]
     index = index_images(folders)
@@ -88,22 +112,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         if iid in seen:
             raise LesionliteError(f"{d / METADATA}: image_id {iid} listed twice (line {n})")
         seen.add(iid)
-        if labelling == "isic8":
-            v = label8.get(iid, "")
-            try:
-                y = int(v)
-                if not 0 <= y < len(class_names):
-                    raise ValueError
-            except ValueError:
-                raise LesionliteError(
-                    f"{d / LABELS}: no valid label8 (0..7) for image {iid} (got {v!r})"
-                ) from None
-        else:
-            if dx not in cls_index:
-                raise LesionliteError(
-                    f"{d / METADATA}: line {n}: unknown dx {r['dx']!r}; expected one of {', '.join(class_names)}"
-                )
-            y = cls_index[dx]
+        y = label_of(iid, dx, n)
         p = index.get(iid)
         if p is None:
             missing.append(iid)
