@@ -68,7 +68,12 @@ def autocast(device: torch.device, enabled: bool) -> Any:
 
 
 def configure_backends(deterministic: bool, device: torch.device) -> None:
-    """Deterministic kernels when asked (also on CUDA); otherwise cuDNN autotuning and TF32 on CUDA."""
+    """Deterministic kernels when asked (also on CUDA); otherwise cuDNN autotuning and TF32 on CUDA; on CPU,
+    glibc malloc kept from re-faulting large buffers every step (:mod:`distill.cpu_malloc`)."""
+    if device.type == "cpu":
+        from distill.cpu_malloc import tune_glibc_malloc
+
+        tune_glibc_malloc()
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
