@@ -134,8 +134,8 @@ def split_leakage(seed: int = 0) -> dict:
         shared = int(sum(g in train_lesions for g in bundle.test.groups))
         out[how] = {"dataset": spec, "test_images": len(bundle.test), "test_images_whose_lesion_is_in_train": shared,
                     "fraction": shared / len(bundle.test)}
-        groups = list(bundle.train.groups) + list(bundle.val.groups) + list(bundle.test.groups)
-        out["images"], out["lesions"] = len(groups), len(set(groups))
+    groups = [g for part in (bundle.train, bundle.val, bundle.test) for g in part.groups]  # same images either way
+    out["images"], out["lesions"] = len(groups), len(set(groups))
     return out
 
 

@@ -1179,14 +1179,7 @@ def explain_misses(targets: list[dict[str, Any]], rows: list[dict[str, Any]], pr
 
 def read_accuracy_gap(protocol: str) -> dict[str, Any] | None:
     """``results/accuracy_gap.json`` for the CPU protocol (the runs it evaluated are this protocol's), else None."""
-    path = REPO / "benchmarks" / "results" / "accuracy_gap.json"
-    if protocol != "cpu" or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"warning: {path} unreadable ({e}); the operating-point verdict is left out", file=sys.stderr)
-        return None
+    return _read_result("accuracy_gap.json") if protocol == "cpu" else None
 
 
 def plot_protocol(doc: dict[str, Any], path: Path) -> Path | None:

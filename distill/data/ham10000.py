@@ -5,8 +5,9 @@ Spec forms: ``ham10000`` (looks in the data root for ``ham10000_200x150/``, ``ha
 8-class ISIC 2019 labelling (``label8`` in ``labels.csv``: MEL,NV,BCC,AK,BKL,DF,VASC,SCC; HAM akiec
 splits into AK and SCC). ``ham10000-image-split[:PATH]`` splits per image instead, as DermaMNIST does:
 photos of one lesion may then sit in train and test (35 % of the test images here), so it exists only to
-compare with per-image-split figures (``benchmarks/accuracy_gap.py``), never to report a model. Images are found in ``images/``, ``HAM10000_images_part_1/``,
-``HAM10000_images_part_2/``, ``HAM10000_images/`` or the folder itself, and decoded lazily.
+compare with per-image-split figures (``benchmarks/accuracy_gap.py``), never to report a model.
+Images are found in ``images/``, ``HAM10000_images_part_1/``, ``HAM10000_images_part_2/``,
+``HAM10000_images/`` or the folder itself, and decoded lazily.
 """
 from __future__ import annotations
 
