@@ -13,6 +13,12 @@ Answers issue 13's targets with measurements on the host at hand:
   loading included) and ``compute_images_per_s`` (the same epoch minus the time spent waiting for
   the loader) are read from the run's history. KD and SSD-KD runs use a teacher of ``--teacher-arch``
   (random init: speed does not depend on weights) and report their cost per image relative to scratch.
+  ``--teacher-image-size 128`` gives the teacher a larger input than the student, distilled at its
+  native size (``model.teacher_input=native``), as the ``cpu`` protocol's 128 px MobileNetV2 teacher.
+
+Both loops run with the same glibc allocator settings (:mod:`distill.cpu_malloc`, applied at start
+unless ``LESIONLITE_MALLOC_TUNING=0``): the project's loop applies them when it configures the backends,
+and a bare loop measured under a different allocator would compare allocators, not loops.
 
 Ratios printed and written to ``benchmarks/results/train_throughput_<device>.json``:
 ``loop / bare`` (target ≥ 0.9), ``end-to-end / bare`` (target ≥ 0.8), ``KD / scratch`` cost per image
@@ -103,24 +109,33 @@ def project_loop(method: str, args: argparse.Namespace, teacher_dir: str | None,
     }
     if teacher_dir:
         flags["model.teacher"] = teacher_dir
+        if teacher_size(args) != args.image_size:
+            flags["model.teacher_input"] = "native"
     if method == "ssdkd":
         flags["method.ss_epochs"] = 0  # stage A is a one-off before training, not part of a step
     res = train(resolve_config(flags=flags), overwrite=True)
     last = res.history[-1]
-    return {"method": method, "epochs": args.epochs, "steps_per_epoch": args.steps,
+    return {"method": method, "teacher_input": flags.get("model.teacher_input", "student") if teacher_dir else None,
+            "epochs": args.epochs, "steps_per_epoch": args.steps,
             "images_per_s": last["images_per_s"], "compute_images_per_s": last["compute_images_per_s"],
             "data_time_s": last["data_time_s"], "epoch_time_s": last["time_s"],
             "data_fraction": last["data_time_s"] / max(last["time_s"], 1e-9)}
 
 
+def teacher_size(args: argparse.Namespace) -> int:
+    """The teacher's input size: ``--teacher-image-size``, or the student's when not given."""
+    return args.teacher_image_size or args.image_size
+
+
 def make_teacher(args: argparse.Namespace, out: Path) -> str:
-    """A teacher run directory of ``--teacher-arch`` (random init, one step: only its cost matters)."""
+    """A teacher run directory of ``--teacher-arch`` at :func:`teacher_size` (random init, one step: only its
+    cost matters)."""
     from distill.config import resolve_config
     from distill.train import train
 
     d = out / "teacher"
     train(resolve_config(flags={
-        "method.name": "scratch", "data.name": args.data, "data.image_size": args.image_size,
+        "method.name": "scratch", "data.name": args.data, "data.image_size": teacher_size(args),
         "model.arch": args.teacher_arch, "run.epochs": 1, "run.max_steps_per_epoch": 1, "run.device": "cpu",
         "run.threads": args.threads, "run.progress": False, "run.plots": False, "run.out": str(d)}), overwrite=True)
     return str(d)
@@ -130,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="mobilenet_v2")
     ap.add_argument("--teacher-arch", default="efficientnet_lite2")
+    ap.add_argument("--teacher-image-size", type=int, default=None,
+                    help="teacher input size (default: the student's); larger = distilled at its native size")
     ap.add_argument("--data", default="ham10000")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -138,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="project-loop epochs; the last one is reported")
     ap.add_argument("--methods", default="scratch,kd,ssdkd")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--name", default=None, help="result file name under --out (default train_throughput_cpu.json)")
     args = ap.parse_args(argv)
 
     import logging
@@ -148,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     logging.getLogger("distill").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
+    from distill.cpu_malloc import tune_glibc_malloc
     from distill.data import load_dataset
+
+    malloc = tune_glibc_malloc()  # before the bare loop: both loops measured under one allocator
 
     num_classes = load_dataset(args.data).num_classes
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "verdict": "pass" if r["cost_per_image_vs_scratch"] <= lim else "fail"})
     header = f"{'run':<26}{'img/s':>8}{'no-data img/s':>15}{'data %':>8}{'÷ bare':>8}{'cost ×scratch':>15}"
     print(f"\n{args.model} {args.image_size}px B={args.batch_size} threads={args.threads} data={args.data} "
+          f"teacher={args.teacher_arch}@{teacher_size(args)}px malloc={'tuned' if malloc else 'default'} "
           f"| bare reference: {best_fmt} {ref:.1f} img/s | {cpu_model()}")
     print(header)
     print("-" * len(header))
@@ -213,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
                  "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
-        "args": vars(args), "bare_reference": {"memory_format": best_fmt, "images_per_s": ref},
+        "args": vars(args), "teacher_image_size": teacher_size(args),
+        "malloc": {"tuned": bool(malloc), "settings": malloc or {}}, "bare_reference": {"memory_format": best_fmt, "images_per_s": ref},
         "bare": bare, "loops": loops, "targets": targets,
         "notes": "images_per_s of a project loop = its last epoch, data loading included; compute_images_per_s = "
                  "the same epoch minus the time spent waiting for the loader. SSD-KD: 4 rotation views per image; "
@@ -221,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "train_throughput_cpu.json"
+    path = out / (args.name or "train_throughput_cpu.json")
     tmp_path = path.with_suffix(".json.tmp")
     tmp_path.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp_path, path)

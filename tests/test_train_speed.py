@@ -153,3 +153,29 @@ def test_linear_color_jitter_small_hue_shift_turns_colours_as_torchvision_does()
     assert np.sign(moved[1]) == np.sign(ref_moved[1]) != 0  # green, the channel HSV moves, moves the same way
     assert 0.5 <= np.abs(moved).sum() / np.abs(ref_moved).sum() <= 2.0  # by a similar amount
     assert LinearColorJitter()(img).tolist() == np.asarray(img).tolist()  # all off: unchanged
+
+
+def test_throughput_benchmark_measures_a_native_size_teacher_under_the_loops_allocator(tmp_path):
+    """benchmarks/train_throughput.py: ``--teacher-image-size`` larger than the student's makes the KD run
+    distil at the teacher's native input (as the cpu protocol), and the bare loop runs under the same
+    allocator settings the project's loop applies."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from distill import cpu_malloc
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rc = mod.main(["--data", "synthetic", "--model", "tiny_cnn", "--teacher-arch", "tiny_cnn", "--image-size", "32",
+                   "--teacher-image-size", "48", "--batch-size", "8", "--threads", "1", "--steps", "1",
+                   "--epochs", "1", "--methods", "scratch,kd", "--out", str(tmp_path), "--name", "t.json"])
+    assert rc == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert res["teacher_image_size"] == 48
+    loops = {r["method"]: r for r in res["loops"]}
+    assert loops["kd"]["teacher_input"] == "native" and loops["scratch"]["teacher_input"] is None
+    assert loops["kd"]["cost_per_image_vs_scratch"] > 0
+    assert res["malloc"]["tuned"] == (cpu_malloc.tune_glibc_malloc() is not None)
