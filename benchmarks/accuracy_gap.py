@@ -26,10 +26,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from reproduce import MEDMNIST_BEST_ACC  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MEDMNIST_BEST_ACC = 0.754  # MedMNIST v2, DermaMNIST, ResNet-18 (224), per-image split
 
 
 def default_runs(base: Path) -> list[Path]:
@@ -86,18 +86,15 @@ def leakage_breakdown(bundle, y: np.ndarray, pred: np.ndarray, num_classes: int)
 
 def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
     """Test ACC / Bal-ACC of one run under the trained (argmax) and the prior-restored decision rule."""
-    import torch
-
     from distill.artifacts import load_student
+    from distill.inference import logits_in_batches
     from distill.methods.scratch import class_weights
     from distill.metrics import classification_report, prior_restored_logits
 
     model, man = load_student(run)
     model.eval()
     data, bundle = eval_data.for_manifest(man)
-    x = torch.from_numpy(data.eval_x)
-    with torch.inference_mode():
-        logits = torch.cat([model(x[i:i + 256]).float() for i in range(0, len(x), 256)]).numpy()
+    logits = logits_in_batches(model, data.eval_x)
     y = np.asarray(data.eval_y)
     names = list(man.class_names)
     counts = ((man.data or {}).get("class_counts") or {}).get("train")

@@ -29,13 +29,6 @@ def _inputs_module():
     return mod
 
 
-def _logits(model: Any, xs: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(xs[i:i + 256])).float().numpy() for i in range(0, len(xs), 256)])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a distill run directory (student.pt + manifest.json)")
@@ -47,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.artifacts import load_student
     from distill.data import load_dataset
+    from distill.inference import logits_in_batches
     from lesionlite.ood import assess, energy, fit, image_statistics, unnormalize
     from lesionlite.preprocessing import preprocess
 
@@ -63,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     val = [bundle.val[i][0] for i in range(len(bundle.val))]
     xv, sv = prepare(val)
-    cal = fit(sv, _logits(model, xv), man.temperature)
+    cal = fit(sv, logits_in_batches(model, xv), man.temperature)
     test = [bundle.test[i][0] for i in range(len(bundle.test))]
     groups: dict[str, list[Any]] = {"lesion (test split)": test, **_inputs_module().non_dermoscopy()}
     rows = []
     for kind, images in groups.items():
         xs, stats = prepare(images)
-        logits = _logits(model, xs)
+        logits = logits_in_batches(model, xs)
         verdicts = [assess(cal, s, z[None]) for s, z in zip(stats, logits)]
         image_only = sum(v["image_distance"] > cal["image_threshold"] for v in verdicts)
         energy_only = int((energy(logits, man.temperature) < cal["energy_threshold"]).sum())

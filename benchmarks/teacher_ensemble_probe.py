@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from distill.inference import logits_in_batches
     from distill.metrics import classification_report
     from export.api import load_checkpoint_and_export_data
 
@@ -32,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     probs, labels, rows = [], None, []
     for run in args.runs:
         model, man, data, _ = load_checkpoint_and_export_data(run, None, None, 8, None)
-        x = torch.from_numpy(data.eval_x)
-        with torch.inference_mode():
-            logits = torch.cat([model(x[i:i + 256]).float() for i in range(0, len(x), 256)]).numpy()
+        logits = logits_in_batches(model, data.eval_x)
         if labels is not None and not np.array_equal(labels, data.eval_y):
             raise SystemExit(f"{run}: its test split differs from the first run's; ensemble undefined")
         labels = np.asarray(data.eval_y)

@@ -142,3 +142,19 @@ def test_prior_restored_logits_undo_class_weighting_exactly() -> None:
     with pytest.raises(ValueError, match="class weights"):
         prior_restored_logits(q_logits, [1.0, 2.0])
     assert np.isneginf(prior_restored_logits(q_logits, [1.0, 0.0, 1.0])[:, 1]).all()
+
+
+def test_logits_in_batches_matches_one_forward_for_any_batch_size():
+    import torch
+
+    from distill.inference import logits_in_batches
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((10, 3, 2, 2)).astype(np.float32)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(x)).numpy()
+    for bs in (1, 3, 10, 256):
+        np.testing.assert_allclose(logits_in_batches(model, x, bs), whole, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        logits_in_batches(model, x, 0)
