@@ -51,10 +51,15 @@ def resolve_device(spec: str, local_rank: int = 0, distributed: bool = False) ->
 
 
 def resolve_workers(workers: int | None, device: torch.device, threads: int | None) -> int:
-    """``data.workers``, with None resolved: CUDA min(8, cores); CPU the cores left by the torch threads."""
+    """``data.workers``, with None resolved: CUDA min(8, cores); CPU the cores left by the torch threads.
+
+    Cores are those this process may run on (:func:`lesionlite.cpus.usable_cpu_count`): under ``taskset`` or a
+    container cpuset a worker sized from the machine's count would share the training thread's core."""
     if workers is not None:
         return int(workers)
-    cores = os.cpu_count() or 1
+    from lesionlite.cpus import usable_cpu_count
+
+    cores = usable_cpu_count()
     if device.type == "cuda":
         return min(8, cores)
     return max(0, min(4, cores - (threads or torch.get_num_threads())))

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import MAX_IMAGE_PIXELS
 
@@ -87,7 +87,7 @@ class Settings:
 
     @property
     def effective_preprocess_threads(self) -> int:
-        return self.preprocess_threads or max(1, min(4, os.cpu_count() or 1))
+        return self.preprocess_threads or min(4, usable_cpu_count())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

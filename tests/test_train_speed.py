@@ -78,12 +78,24 @@ def test_train_transform_output_shape_and_determinism_under_seed():
 
 
 def test_workers_auto_leaves_the_training_threads_their_cores(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("lesionlite.cpus.usable_cpu_count", lambda: 2)
     assert resolve_workers(None, torch.device("cpu"), 2) == 0  # 2 cores, 2 torch threads: no worker
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setattr("lesionlite.cpus.usable_cpu_count", lambda: 16)
     assert resolve_workers(None, torch.device("cpu"), 4) == 4
     assert resolve_workers(None, torch.device("cuda"), None) == 8
     assert resolve_workers(3, torch.device("cpu"), 2) == 3  # an explicit value wins
+
+
+def test_workers_auto_counts_the_cores_the_process_may_use_not_the_machines(monkeypatch):
+    """Pinned to one core of two (taskset -c 0), one torch thread leaves no core for a loader worker."""
+    from lesionlite.cpus import usable_cpu_count
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cpu_count() == 1
+    assert resolve_workers(None, torch.device("cpu"), 1) == 0
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # no affinity API (macOS): the machine's count
+    assert usable_cpu_count() == 2
 
 
 def test_paired_bootstrap_identical_methods_give_zero_and_a_better_one_a_positive_ci():

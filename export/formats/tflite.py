@@ -30,13 +30,13 @@ Why this toolchain (the int8 routes measured against each other): ``docs/tflite_
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.formats import ArtifactInfo, ExportFormat, register_format
+from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,7 +140,7 @@ def _tensor_spec(detail: dict[str, Any]) -> dict[str, Any]:
 def _interpreter(path: Path, threads: int | None = None) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    it = Interpreter(model_path=str(path), num_threads=threads or min(4, os.cpu_count() or 1))
+    it = Interpreter(model_path=str(path), num_threads=threads or min(4, usable_cpu_count()))
     it.allocate_tensors()
     return it
 
@@ -189,7 +189,7 @@ class TFLiteFormat(ExportFormat):
             from export.tflite_int8 import quantize_int8
 
             payload, extra["quantization"] = quantize_int8(fp32, ctx.calib, ctx.options.int8_io,
-                                                           num_threads=min(4, os.cpu_count() or 1))
+                                                           num_threads=min(4, usable_cpu_count()))
             payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
             payload, extra["flatbuffer_dedup"] = _compact(payload, ctx.calib)
         dest.write_bytes(payload)
