@@ -121,3 +121,40 @@ def test_qat_run_on_a_trained_tiny_model(tmp_path: Path):
         assert torch.allclose(snap_to_int8_grid(w), w, atol=1e-6)
     # the simulated-int8 student still does the job the float one learned
     assert man.metrics["test_balanced_accuracy"] >= read_manifest(base.run_dir).metrics["test_balanced_accuracy"] - 0.1
+
+
+@pytest.mark.slow
+def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Path):
+    """benchmarks/qat_probe.py: QAT copy trained on the run's own data (its config's data section), exported
+    as the protocol exports, and the int8 drop measured against the *original* float model's test Bal-ACC."""
+    import importlib.util
+    import json
+
+    import yaml
+
+    from distill.data import load_dataset
+    from distill.train import train
+    from export.api import export_model
+
+    torch.set_num_threads(1)
+    base = train(resolve_config(flags={**TINY, "method.name": "scratch", "run.epochs": 3,
+                                       "run.out": str(tmp_path / "runs" / "seed0" / "scratch_tiny")}))
+    bundle = load_dataset("synthetic", seed=0, synthetic_size=16, synthetic_counts=[112, 28, 28])
+    export_model(base.run_dir, base.run_dir / "export", ["onnx"], ["int8"], calib_samples=16, parity_threshold=0.0,
+                 dataset=bundle, seed=0)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"export": {"formats": ["onnx"], "calib_samples": 16}}))
+    spec = importlib.util.spec_from_file_location("qat_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "qat_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "int8_qat.json"
+    assert mod.main([str(base.run_dir), "--epochs", "1", "--lr", "0.002", "--batch-size", "16", "--recipe", str(recipe),
+                     "--base-out", str(tmp_path / "qat"), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    float_bal = json.loads((base.run_dir / "manifest.json").read_text())["metrics"]["test_balanced_accuracy"]
+    assert row["float_balanced_accuracy"] == float_bal
+    assert set(row["ptq"]) == set(row["qat"]) == {"onnx"}
+    assert row["qat"]["onnx"]["n"] == 28  # the run's own test split, not the recipe's dataset
+    assert row["drop"]["qat"]["onnx"] == pytest.approx(float_bal - row["qat"]["onnx"]["balanced_accuracy"])
+    assert row["qat_tflite_drop"] is None and row["qat_within_target"] is False  # no TFLite: no verdict
+    assert (tmp_path / "qat" / "seed0_scratch_tiny_qat" / "student.pt").exists()

@@ -1,0 +1,165 @@
+"""Does quantization-aware training bring a student's int8 export back within 1 Bal-ACC point of its float model?
+
+Issue 13's int8 target compares every student's int8 TFLite export with its own float model, "QAT allowed;
+say which". ``benchmarks/reproduce.py`` exports with post-training quantization (PTQ). For each run named,
+this script fine-tunes a quantization-aware copy (``distill --method qat``: the run is both the starting point
+and the teacher, :mod:`distill.methods.qat`), exports it exactly as the protocol exports its students (int8
+TFLite and int8 ONNX, the protocol recipe's calibration size, the same data split), and compares the int8
+artifacts' test balanced accuracy with the **original float model's** — the number the target is about —
+beside the PTQ export the protocol already made.
+
+    python benchmarks/qat_probe.py runs/cpu/seed0/ssdkd_mobilenet_v2 [RUN …] [--epochs 2 --lr 1e-4]
+
+Writes ``benchmarks/results/int8_qat.json`` (one row per run; rows of runs not named are kept) and prints a
+table. One thread; resumable (a finished QAT run or export is reused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+INT8_MAX_DROP = 0.01
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def int8_scores(export_dir: Path) -> dict[str, dict[str, float]]:
+    """Test ACC / Bal-ACC of each int8 artifact in an export directory's report (empty when none)."""
+    rep = _read_json(export_dir / "export_report.json") or {}
+    out = {}
+    for a in rep.get("artifacts", []):
+        m = a.get("metrics") or {}
+        if a.get("precision") == "int8" and m.get("balanced_accuracy") is not None:
+            out[a["format"]] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "n": m.get("n")}
+    return out
+
+
+def run_data_section(run: Path) -> dict[str, Any]:
+    """The ``data`` section of a run's ``config.yaml`` (dataset, split seed, size, options)."""
+    import yaml
+
+    try:
+        return (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {}
+    except OSError as exc:
+        raise SystemExit(f"{run}: cannot read its config.yaml ({exc})") from exc
+
+
+def run_bundle(data: dict[str, Any]) -> Any:
+    """The run's own dataset and split, as its training loaded it (the protocol exports on the same)."""
+    from distill.data import load_dataset
+
+    size = int(data.get("synthetic_size") or data.get("image_size", 64))
+    return load_dataset(data.get("name", "ham10000"), root=data.get("root"), seed=int(data.get("split_seed", 0)),
+                        synthetic_size=size, **(data.get("options") or {}))
+
+
+def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
+    """Train (or resume) the QAT copy of ``run`` into ``out`` on the run's own data; returns the seconds spent."""
+    from distill.config import resolve_config
+    from distill.train import train
+
+    if (out / "student.pt").exists() and (out / "manifest.json").exists():
+        return 0.0
+    src = _read_json(run / "manifest.json") or {}
+    data = {f"data.{k}": v for k, v in run_data_section(run).items() if k not in ("workers", "cache")}
+    t0 = time.time()
+    train(resolve_config(flags={
+        **data, "method.name": "qat", "model.teacher": str(run), "model.arch": src.get("architecture"),
+        "run.epochs": args.epochs, "optim.lr": args.lr, "optim.batch_size": args.batch_size, "run.device": "cpu",
+        "run.threads": args.threads, "run.progress": False, "run.out": str(out)}), resume=(out / "last.pt").exists())
+    return time.time() - t0
+
+
+def export_like_the_protocol(run: Path, edir: Path, recipe: dict[str, Any], bundle: Any) -> None:
+    """int8 TFLite + ONNX of ``run``, with the protocol recipe's export settings (reproduce.Runner.export)."""
+    from export.api import export_model
+
+    if int8_scores(edir):
+        return
+    ex = recipe.get("export") or {}
+    export_model(run, edir, list(ex.get("formats") or ["tflite", "onnx"]), ["int8"],
+                 calib_samples=int(ex.get("calib_samples", 300)), eval_samples=ex.get("eval_samples"),
+                 parity_threshold=0.0, dataset=bundle, seed=0)
+
+
+def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, Any]:
+    man = _read_json(run / "manifest.json")
+    if man is None:
+        raise SystemExit(f"{run}: no manifest.json (not a finished distill run)")
+    float_bal = (man.get("metrics") or {}).get("test_balanced_accuracy")
+    if float_bal is None:
+        raise SystemExit(f"{run}: its manifest records no test balanced accuracy")
+    ptq = int8_scores(run / "export")
+    qdir = Path(args.base_out) / f"{run.parent.name}_{run.name}_qat"
+    qat_s = qat_run(run, qdir, args)
+    t0 = time.time()
+    export_like_the_protocol(qdir, qdir / "export", recipe, run_bundle(run_data_section(run)))
+    qat = int8_scores(qdir / "export")
+    qman = _read_json(qdir / "manifest.json") or {}
+    row = {"run": str(run), "qat_run": str(qdir), "float_balanced_accuracy": float_bal,
+           "qat_simulated_balanced_accuracy": (qman.get("metrics") or {}).get("test_balanced_accuracy"),
+           "ptq": ptq, "qat": qat, "qat_epochs": args.epochs, "qat_lr": args.lr, "qat_wall_s": round(qat_s, 1),
+           "export_wall_s": round(time.time() - t0, 1)}
+    # float minus int8 test Bal-ACC per quantization and format (positive = the int8 artifact lost points)
+    row["drop"] = {kind: {fmt: float_bal - m["balanced_accuracy"] for fmt, m in row[kind].items()} for kind in ("ptq", "qat")}
+    row["ptq_tflite_drop"], row["qat_tflite_drop"] = row["drop"]["ptq"].get("tflite"), row["drop"]["qat"].get("tflite")
+    row["qat_within_target"] = row["qat_tflite_drop"] is not None and row["qat_tflite_drop"] <= INT8_MAX_DROP
+    return row
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return os.uname().machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="finished distill run directories with the protocol's PTQ export")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--recipe", default=str(HERE / "recipes" / "cpu.yaml"), help="the protocol recipe (export settings)")
+    p.add_argument("--base-out", default=str(ROOT / "runs" / "qat"))
+    p.add_argument("--out", default=str(HERE / "results" / "int8_qat.json"))
+    args = p.parse_args(argv)
+
+    import torch
+    import yaml
+
+    from lesionlite.atomic import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    recipe = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8")) or {}
+    old = _read_json(Path(args.out)) or {}
+    rows = {r["run"]: r for r in old.get("rows", [])}
+    for run in args.runs:
+        row = probe(Path(run), args, recipe)
+        rows[row["run"]] = row
+        doc = {"benchmark": "qat_probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "target": f"int8 TFLite within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of the float model",
+               "host_cpu": _cpu_model(), "rows": list(rows.values())}
+        write_json_atomic(Path(args.out), doc)
+        print(f"{row['run']:<44} float {row['float_balanced_accuracy'] * 100:5.1f} | PTQ TFLite "
+              f"{-(row['ptq_tflite_drop'] or 0) * 100:+.2f} | QAT TFLite {-(row['qat_tflite_drop'] or 0) * 100:+.2f} "
+              f"(ONNX {((row['qat'].get('onnx') or {}).get('balanced_accuracy', float('nan'))) * 100:.1f}) "
+              f"{'within' if row['qat_within_target'] else 'outside'} 1 point", flush=True)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
