@@ -65,20 +65,20 @@ def run_bundle(data: dict[str, Any]) -> Any:
 
 
 def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
-    """Train (or resume) the QAT copy of ``run`` into ``out`` on the run's own data; returns the seconds spent."""
+    """Train (or resume) the QAT copy of ``run`` into ``out`` on the run's own data; returns its training wall
+    seconds (read from the finished run when it is reused)."""
     from distill.config import resolve_config
     from distill.train import train
 
     if (out / "student.pt").exists() and (out / "manifest.json").exists():
-        return 0.0
+        return float((_read_json(out / "metrics.json") or {}).get("wall_time_s") or 0.0)
     src = _read_json(run / "manifest.json") or {}
     data = {f"data.{k}": v for k, v in run_data_section(run).items() if k not in ("workers", "cache")}
-    t0 = time.time()
-    train(resolve_config(flags={
+    res = train(resolve_config(flags={
         **data, "method.name": "qat", "model.teacher": str(run), "model.arch": src.get("architecture"),
         "run.epochs": args.epochs, "optim.lr": args.lr, "optim.batch_size": args.batch_size, "run.device": "cpu",
         "run.threads": args.threads, "run.progress": False, "run.out": str(out)}), resume=(out / "last.pt").exists())
-    return time.time() - t0
+    return float(res.wall_time_s)
 
 
 def export_like_the_protocol(run: Path, edir: Path, recipe: dict[str, Any], bundle: Any) -> None:

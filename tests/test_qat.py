@@ -158,3 +158,7 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
     assert row["drop"]["qat"]["onnx"] == pytest.approx(float_bal - row["qat"]["onnx"]["balanced_accuracy"])
     assert row["qat_tflite_drop"] is None and row["qat_within_target"] is False  # no TFLite: no verdict
     assert (tmp_path / "qat" / "seed0_scratch_tiny_qat" / "student.pt").exists()
+    assert row["qat_wall_s"] > 0
+    assert mod.main([str(base.run_dir), "--recipe", str(recipe), "--base-out", str(tmp_path / "qat"), "--out", str(out)]) == 0
+    again = json.loads(out.read_text())["rows"]
+    assert len(again) == 1 and again[0]["qat_wall_s"] == row["qat_wall_s"]  # reused run: same row, its own wall time
