@@ -10,39 +10,31 @@ beside the PTQ export the protocol already made.
 
     python benchmarks/qat_probe.py runs/cpu/seed0/ssdkd_mobilenet_v2 [RUN …] [--epochs 2 --lr 1e-4]
 
-Writes ``benchmarks/results/int8_qat.json`` (one row per run; rows of runs not named are kept) and prints a
+Writes ``benchmarks/results/int8_qat.json`` (one row per run and QAT recipe; other rows are kept) and prints a
 table. One thread; resumable (a finished QAT run or export is reused).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from reproduce import INT8_MAX_DROP, _export_summary, _read_json  # benchmarks/ is on sys.path as a script
+
+from mobile_benchmarks.hostinfo import cpu_model
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-INT8_MAX_DROP = 0.01
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+#: the QAT recipe fields a reused QAT run must match (config key → argument)
+RECIPE_KEYS = {("run", "epochs"): "epochs", ("optim", "lr"): "lr", ("optim", "batch_size"): "batch_size"}
 
 
 def int8_scores(export_dir: Path) -> dict[str, dict[str, float]]:
-    """Test ACC / Bal-ACC of each int8 artifact in an export directory's report (empty when none)."""
-    rep = _read_json(export_dir / "export_report.json") or {}
-    out = {}
-    for a in rep.get("artifacts", []):
-        m = a.get("metrics") or {}
-        if a.get("precision") == "int8" and m.get("balanced_accuracy") is not None:
-            out[a["format"]] = {"accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"], "n": m.get("n")}
-    return out
+    """Test ACC / Bal-ACC of each int8 artifact of an export directory (:func:`reproduce._export_summary`)."""
+    summary = _export_summary(export_dir) or {}
+    return {fmt: {k: a.get(k) for k in ("accuracy", "balanced_accuracy", "n")} for fmt, a in summary.items()
+            if isinstance(a, dict) and fmt in ("tflite", "onnx") and a.get("balanced_accuracy") is not None}
 
 
 def run_data_section(run: Path) -> dict[str, Any]:
@@ -64,6 +56,20 @@ def run_bundle(data: dict[str, Any]) -> Any:
                         synthetic_size=size, **(data.get("options") or {}))
 
 
+def check_reused_recipe(out: Path, args: argparse.Namespace) -> None:
+    """A finished QAT run is reused only when its config holds this call's recipe (else its row would lie)."""
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}
+    wanted = {**{k: getattr(args, a) for k, a in RECIPE_KEYS.items()},
+              **({("method", "alpha"): args.alpha} if args.alpha is not None else {})}
+    for (section, key), value in wanted.items():
+        have = (cfg.get(section) or {}).get(key)
+        if have != value:
+            raise SystemExit(f"{out} was trained with {section}.{key}={have}, not {value}: remove it or use another "
+                             f"--base-out")
+
+
 def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
     """Train (or resume) the QAT copy of ``run`` into ``out`` on the run's own data; returns its training wall
     seconds (read from the finished run when it is reused)."""
@@ -71,13 +77,15 @@ def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
     from distill.train import train
 
     if (out / "student.pt").exists() and (out / "manifest.json").exists():
+        check_reused_recipe(out, args)
         return float((_read_json(out / "metrics.json") or {}).get("wall_time_s") or 0.0)
     src = _read_json(run / "manifest.json") or {}
     data = {f"data.{k}": v for k, v in run_data_section(run).items() if k not in ("workers", "cache")}
     res = train(resolve_config(flags={
         **data, "method.name": "qat", "model.teacher": str(run), "model.arch": src.get("architecture"),
         "run.epochs": args.epochs, "optim.lr": args.lr, "optim.batch_size": args.batch_size, "run.device": "cpu",
-        "run.threads": args.threads, "run.progress": False, "run.out": str(out)}), resume=(out / "last.pt").exists())
+        "run.threads": args.threads, "run.progress": False, "run.out": str(out),
+        **({} if args.alpha is None else {"method.alpha": args.alpha})}), resume=(out / "last.pt").exists())
     return float(res.wall_time_s)
 
 
@@ -85,8 +93,6 @@ def export_like_the_protocol(run: Path, edir: Path, recipe: dict[str, Any], bund
     """int8 TFLite + ONNX of ``run``, with the protocol recipe's export settings (reproduce.Runner.export)."""
     from export.api import export_model
 
-    if int8_scores(edir):
-        return
     ex = recipe.get("export") or {}
     export_model(run, edir, list(ex.get("formats") or ["tflite", "onnx"]), ["int8"],
                  calib_samples=int(ex.get("calib_samples", 300)), eval_samples=ex.get("eval_samples"),
@@ -101,16 +107,22 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
     if float_bal is None:
         raise SystemExit(f"{run}: its manifest records no test balanced accuracy")
     ptq = int8_scores(run / "export")
-    qdir = Path(args.base_out) / f"{run.parent.name}_{run.name}_qat"
+    alpha = "" if args.alpha is None else f"_a{args.alpha:g}"
+    qdir = Path(args.base_out) / f"{run.parent.name}_{run.name}_qat_e{args.epochs}_lr{args.lr:g}{alpha}"
     qat_s = qat_run(run, qdir, args)
-    t0 = time.time()
-    export_like_the_protocol(qdir, qdir / "export", recipe, run_bundle(run_data_section(run)))
     qat = int8_scores(qdir / "export")
+    export_s = float((_read_json(qdir / "export" / "qat_probe_export_time.json") or {}).get("wall_s") or 0.0)
+    if not qat:
+        t0 = time.time()
+        export_like_the_protocol(qdir, qdir / "export", recipe, run_bundle(run_data_section(run)))
+        export_s = round(time.time() - t0, 1)
+        (qdir / "export" / "qat_probe_export_time.json").write_text(f'{{"wall_s": {export_s}}}\n', encoding="utf-8")
+        qat = int8_scores(qdir / "export")
     qman = _read_json(qdir / "manifest.json") or {}
-    row = {"run": str(run), "qat_run": str(qdir), "float_balanced_accuracy": float_bal,
+    row = {"run": str(run), "qat_run": str(qdir.relative_to(ROOT) if qdir.is_relative_to(ROOT) else qdir), "float_balanced_accuracy": float_bal,
            "qat_simulated_balanced_accuracy": (qman.get("metrics") or {}).get("test_balanced_accuracy"),
-           "ptq": ptq, "qat": qat, "qat_epochs": args.epochs, "qat_lr": args.lr, "qat_wall_s": round(qat_s, 1),
-           "export_wall_s": round(time.time() - t0, 1)}
+           "ptq": ptq, "qat": qat, "qat_epochs": args.epochs, "qat_lr": args.lr, "qat_alpha": args.alpha, "qat_wall_s": round(qat_s, 1),
+           "export_wall_s": export_s or None}
     # float minus int8 test Bal-ACC per quantization and format (positive = the int8 artifact lost points)
     row["drop"] = {kind: {fmt: float_bal - m["balanced_accuracy"] for fmt, m in row[kind].items()} for kind in ("ptq", "qat")}
     row["ptq_tflite_drop"], row["qat_tflite_drop"] = row["drop"]["ptq"].get("tflite"), row["drop"]["qat"].get("tflite")
@@ -118,11 +130,9 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
     return row
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return os.uname().machine
+def _points(drop: float | None) -> str:
+    """int8 − float in Bal-ACC points, or n/a when that artifact does not exist."""
+    return "n/a" if drop is None else f"{-drop * 100:+.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="finished distill run directories with the protocol's PTQ export")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--alpha", type=float, default=None,
+                   help="QAT loss weight of the KD term toward the float model (default: the method's, 0.5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recipe", default=str(HERE / "recipes" / "cpu.yaml"), help="the protocol recipe (export settings)")
@@ -143,20 +155,28 @@ def main(argv: list[str] | None = None) -> int:
     from lesionlite.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
-    recipe = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8")) or {}
+    try:
+        recipe = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"--recipe {args.recipe}: cannot read it as YAML ({exc})") from exc
+    if not isinstance(recipe, dict):
+        raise SystemExit(f"--recipe {args.recipe}: not a mapping of protocol settings")
     old = _read_json(Path(args.out)) or {}
-    rows = {r["run"]: r for r in old.get("rows", [])}
+    def row_key(r: dict[str, Any]) -> tuple[Any, ...]:  # one row per run and QAT recipe
+        return r["run"], r.get("qat_epochs"), r.get("qat_lr"), r.get("qat_alpha")
+
+    rows = {row_key(r): r for r in old.get("rows", [])}
     for run in args.runs:
         row = probe(Path(run), args, recipe)
-        rows[row["run"]] = row
+        rows[row_key(row)] = row
         doc = {"benchmark": "qat_probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "target": f"int8 TFLite within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of the float model",
-               "host_cpu": _cpu_model(), "rows": list(rows.values())}
+               "host_cpu": cpu_model(), "rows": list(rows.values())}
         write_json_atomic(Path(args.out), doc)
         print(f"{row['run']:<44} float {row['float_balanced_accuracy'] * 100:5.1f} | PTQ TFLite "
-              f"{-(row['ptq_tflite_drop'] or 0) * 100:+.2f} | QAT TFLite {-(row['qat_tflite_drop'] or 0) * 100:+.2f} "
-              f"(ONNX {((row['qat'].get('onnx') or {}).get('balanced_accuracy', float('nan'))) * 100:.1f}) "
-              f"{'within' if row['qat_within_target'] else 'outside'} 1 point", flush=True)
+              f"{_points(row['ptq_tflite_drop'])} | QAT TFLite {_points(row['qat_tflite_drop'])} (ONNX "
+              f"{_points(row['drop']['qat'].get('onnx'))}) {'within' if row['qat_within_target'] else 'outside'} "
+              f"{INT8_MAX_DROP * 100:.0f} point", flush=True)
     print(f"wrote {args.out}")
     return 0
 

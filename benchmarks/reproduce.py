@@ -214,6 +214,7 @@ def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: 
     else:
         best = max(accs, key=accs.get)
         reached = [k for k, a in accs.items() if a >= MEDMNIST_BEST_ACC]
+        t.update(uses=list(accs), decided_by=reached)  # one row reaching it decides, whatever the others do
         t.update(verdict="pass" if reached else "fail",
                  detail=f"best {best} {accs[best] * 100:.2f}%" + (f"; reached by {', '.join(reached)}" if reached
                                                                  else f" ({(accs[best] - MEDMNIST_BEST_ACC) * 100:+.2f} points)"))
@@ -225,12 +226,14 @@ def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: 
 
 def mark_provisional(targets: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A pass or fail computed from a row with planned seeds still unfinished is not a verdict yet: it becomes
-    ``pending`` and its detail says so (a 1-of-3-seeds mean must not read as the 3-seed result)."""
+    ``pending`` and its detail says so (a 1-of-3-seeds mean must not read as the 3-seed result) — unless a complete
+    row alone decides it (``decided_by``: a row that reaches an "any student" bar, or misses an "every student" one)."""
     partial = {r["key"]: f"{len(r['seeds'])}/{len(r['seeds_planned'])}" for r in rows
                if len(r["seeds"]) < len(r["seeds_planned"])}
     for t in targets:
         waiting = [f"{k} {partial[k]} seeds" for k in t.get("uses", []) if k in partial]
-        if waiting and t.get("verdict") in ("pass", "fail"):
+        decisive = [k for k in t.get("decided_by", []) if k not in partial]
+        if waiting and t.get("verdict") in ("pass", "fail") and not decisive:
             t["provisional_verdict"] = t["verdict"]
             t.update(verdict="pending", detail=f"provisional {t['verdict']} ({', '.join(waiting)} done): {t['detail']}")
     return targets
@@ -301,6 +304,7 @@ def protocol_targets(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any
         t.update(verdict="n/a", detail="no finished student run")
     else:
         best = max(bals, key=bals.get)
+        t.update(uses=list(bals), decided_by=[k for k, b in bals.items() if b >= MIN_BEST_BAL_ACC])
         t.update(verdict="pass" if bals[best] >= MIN_BEST_BAL_ACC else "fail",
                  detail=f"best {best} {bals[best] * 100:.2f}%")
     out.append(t)
@@ -313,6 +317,7 @@ def protocol_targets(rows: list[dict[str, Any]], by_key: dict[str, dict[str, Any
         t.update(verdict="n/a", detail="no int8 TFLite export finished")
     else:
         worst = max(drops, key=drops.get)
+        t.update(uses=list(drops), decided_by=[k for k, d in drops.items() if d > INT8_MAX_DROP])  # one miss decides
         t.update(verdict="pass" if drops[worst] <= INT8_MAX_DROP else "fail",
                  detail="int8 − float: " + "; ".join(f"{k} {-d * 100:+.2f}" for k, d in drops.items())
                         + " points (post-training quantization, no QAT)")
@@ -1153,11 +1158,12 @@ def _read_result(name: str) -> dict[str, Any] | None:
 
 
 def explain_misses(targets: list[dict[str, Any]], rows: list[dict[str, Any]], protocol: str) -> list[dict[str, Any]]:
-    """Attach to each failed target of the CPU protocol the measurement that explains it, when one is committed.
+    """Attach to each failed (or provisionally failing) target of the CPU protocol the measurement that explains
+    it, when one is committed.
 
     The reasons are read from result files other benchmarks wrote (never typed in): the teacher-ensemble probe,
-    the accuracy-operating-point evaluation and the class-weighted-KL ablation; and, for the Bal-ACC target, the
-    same architecture's score at the teacher's larger input (a row of this table).
+    the accuracy-operating-point evaluation, the class-weighted-KL ablation and the QAT probe (``int8_qat.json``);
+    and, for the Bal-ACC target, the same architecture's score at the teacher's larger input (a row of this table).
     """
     if protocol != "cpu":
         return targets
@@ -1185,7 +1191,8 @@ def explain_misses(targets: list[dict[str, Any]], rows: list[dict[str, Any]], pr
             t["why"] = ("the recipe trains for balanced accuracy (class-weighted CE); the same weights at the accuracy "
                         "operating point: next row (accuracy_gap.json)")
         elif name.startswith("int8 TFLite"):
-            qat = [r for r in (_read_result("int8_qat.json") or {}).get("rows", []) if r.get("qat_tflite_drop") is not None]
+            qat = [r for r in (_read_result("int8_qat.json") or {}).get("rows", [])
+                   if r.get("qat_tflite_drop") is not None and r.get("ptq_tflite_drop") is not None]
             if qat:
                 t["why"] = ("QAT measured on " + "; ".join(
                     f"{Path(r['run']).parent.name}/{Path(r['run']).name.removesuffix('_mobilenet_v2')}: PTQ "

@@ -124,7 +124,7 @@ def test_qat_run_on_a_trained_tiny_model(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Path):
+def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Path, monkeypatch):
     """benchmarks/qat_probe.py: QAT copy trained on the run's own data (its config's data section), exported
     as the protocol exports, and the int8 drop measured against the *original* float model's test Bal-ACC."""
     import importlib.util
@@ -144,7 +144,9 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
                  dataset=bundle, seed=0)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"export": {"formats": ["onnx"], "calib_samples": 16}}))
-    spec = importlib.util.spec_from_file_location("qat_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "qat_probe.py")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))  # as when run as a script: it imports reproduce's helpers
+    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "int8_qat.json"
@@ -157,8 +159,13 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
     assert row["qat"]["onnx"]["n"] == 28  # the run's own test split, not the recipe's dataset
     assert row["drop"]["qat"]["onnx"] == pytest.approx(float_bal - row["qat"]["onnx"]["balanced_accuracy"])
     assert row["qat_tflite_drop"] is None and row["qat_within_target"] is False  # no TFLite: no verdict
-    assert (tmp_path / "qat" / "seed0_scratch_tiny_qat" / "student.pt").exists()
+    assert (tmp_path / "qat" / "seed0_scratch_tiny_qat_e1_lr0.002" / "student.pt").exists()
     assert row["qat_wall_s"] > 0
-    assert mod.main([str(base.run_dir), "--recipe", str(recipe), "--base-out", str(tmp_path / "qat"), "--out", str(out)]) == 0
+    args = [str(base.run_dir), "--epochs", "1", "--lr", "0.002", "--batch-size", "16", "--recipe", str(recipe),
+            "--base-out", str(tmp_path / "qat"), "--out", str(out)]
+    assert mod.main(args) == 0
     again = json.loads(out.read_text())["rows"]
     assert len(again) == 1 and again[0]["qat_wall_s"] == row["qat_wall_s"]  # reused run: same row, its own wall time
+    assert again[0]["export_wall_s"] == row["export_wall_s"] > 0
+    with pytest.raises(SystemExit, match="batch_size=16, not 8"):  # a reused run must hold the recipe the row names
+        mod.main(args[:5] + ["--batch-size", "8"] + args[7:])

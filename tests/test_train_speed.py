@@ -173,6 +173,7 @@ def test_throughput_benchmark_measures_a_native_size_teacher_under_the_loops_all
     allocator settings the project's loop applies."""
     import importlib.util
     import json
+    import os
     from pathlib import Path
 
     from distill import cpu_malloc
@@ -190,4 +191,10 @@ def test_throughput_benchmark_measures_a_native_size_teacher_under_the_loops_all
     loops = {r["method"]: r for r in res["loops"]}
     assert loops["kd"]["teacher_input"] == "native" and loops["scratch"]["teacher_input"] is None
     assert loops["kd"]["cost_per_image_vs_scratch"] > 0
-    assert res["malloc"]["tuned"] == (cpu_malloc.tune_glibc_malloc() is not None)
+    import platform
+
+    if platform.libc_ver()[0] == "glibc" and os.environ.get(cpu_malloc.ENV_VAR, "1") != "0":
+        assert res["malloc"]["tuned"] is True
+        assert res["malloc"]["settings"] == {k: v for k, (_, v) in cpu_malloc.SETTINGS.items()}
+    else:
+        assert res["malloc"] == {"tuned": False, "settings": {}}
