@@ -342,7 +342,11 @@ def test_failed_targets_carry_their_measured_reason(monkeypatch):
                                         "qat_tflite_drop": 0.0178, "qat_epochs": 2, "qat_lr": 1e-4}]}
     int8 = R.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "pending",
                               "provisional_verdict": "fail"}], rows, "cpu")[0]
-    assert int8["why"] == "QAT measured on seed0/ssdkd: PTQ -1.30, QAT (2 epochs, lr 0.0001) -1.78 points: int8_qat.json"
+    assert int8["why"] == "QAT measured on seed0/ssdkd: PTQ -1.30, QAT (2 epoch(s), lr 0.0001) -1.78 points: int8_qat.json"
+    files["int8_qat.json"]["rows"][0]["qat_alpha"] = 0.9
+    int8 = R.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "fail"}],
+                            rows, "cpu")[0]
+    assert "QAT (2 epoch(s), lr 0.0001, KD weight 0.9) -1.78" in int8["why"]
 
 
 def test_a_verdict_on_a_method_with_unfinished_seeds_is_pending_not_pass():
