@@ -22,6 +22,7 @@ from typing import Any
 
 from reproduce import INT8_MAX_DROP, _export_summary, _read_json  # benchmarks/ is on sys.path as a script
 
+from lesionlite.atomic import write_json_atomic
 from mobile_benchmarks.hostinfo import cpu_model
 
 HERE = Path(__file__).resolve().parent
@@ -116,13 +117,14 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
         t0 = time.time()
         export_like_the_protocol(qdir, qdir / "export", recipe, run_bundle(run_data_section(run)))
         export_s = round(time.time() - t0, 1)
-        (qdir / "export" / "qat_probe_export_time.json").write_text(f'{{"wall_s": {export_s}}}\n', encoding="utf-8")
+        write_json_atomic(qdir / "export" / "qat_probe_export_time.json", {"wall_s": export_s})
         qat = int8_scores(qdir / "export")
     qman = _read_json(qdir / "manifest.json") or {}
-    row = {"run": str(run), "qat_run": str(qdir.relative_to(ROOT) if qdir.is_relative_to(ROOT) else qdir), "float_balanced_accuracy": float_bal,
+    row = {"run": str(run), "qat_run": str(qdir.relative_to(ROOT) if qdir.is_relative_to(ROOT) else qdir),
+           "float_balanced_accuracy": float_bal,
            "qat_simulated_balanced_accuracy": (qman.get("metrics") or {}).get("test_balanced_accuracy"),
-           "ptq": ptq, "qat": qat, "qat_epochs": args.epochs, "qat_lr": args.lr, "qat_alpha": args.alpha, "qat_wall_s": round(qat_s, 1),
-           "export_wall_s": export_s or None}
+           "ptq": ptq, "qat": qat, "qat_epochs": args.epochs, "qat_lr": args.lr, "qat_alpha": args.alpha,
+           "qat_wall_s": round(qat_s, 1), "export_wall_s": export_s or None}
     # float minus int8 test Bal-ACC per quantization and format (positive = the int8 artifact lost points)
     row["drop"] = {kind: {fmt: float_bal - m["balanced_accuracy"] for fmt, m in row[kind].items()} for kind in ("ptq", "qat")}
     row["ptq_tflite_drop"], row["qat_tflite_drop"] = row["drop"]["ptq"].get("tflite"), row["drop"]["qat"].get("tflite")
@@ -151,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import yaml
-
-    from lesionlite.atomic import write_json_atomic
 
     torch.set_num_threads(args.threads)
     try:
