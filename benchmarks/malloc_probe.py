@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from lesionlite.atomic import write_json_atomic
+from mobile_benchmarks.hostinfo import cpu_model
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[label]
         print(f"{label:28s} minor faults/step {r['minor_faults_per_step']:9.0f}  kernel {r['kernel_share']:6.1%}  "
               f"CPU s/step {r['cpu_s_per_step']:.3f}  wall s/step {r['wall_s_per_step']:.3f}")
-    doc = {"benchmark": "malloc_probe", "settings": vars(args), "host": platform.processor() or platform.machine(),
+    doc = {"benchmark": "malloc_probe", "settings": vars(args), "host": cpu_model(),
            "load_average_at_end": os.getloadavg(), "rows": rows}
-    tmp = Path(args.out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json_atomic(Path(args.out), doc)
     print(f"wrote {args.out}")
     return 0
 
