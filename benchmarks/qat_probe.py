@@ -8,7 +8,10 @@ TFLite and int8 ONNX, the protocol recipe's calibration size, the same data spli
 artifacts' test balanced accuracy with the **original float model's** — the number the target is about —
 beside the PTQ export the protocol already made.
 
-    python benchmarks/qat_probe.py runs/cpu/seed0/ssdkd_mobilenet_v2 [RUN …] [--epochs 2 --lr 1e-4]
+    python benchmarks/qat_probe.py runs/cpu/seed0/ssdkd_mobilenet_v2 [RUN …] [--epochs 1 --lr 1e-5 --alpha 0.9]
+
+Without recipe flags it runs the recipe the protocol declares (``export.qat`` of ``--recipe``, the one
+``reproduce.py``'s "QAT where PTQ missed" verdict counts).
 
 Writes ``benchmarks/results/int8_qat.json`` (one row per run and QAT recipe; other rows are kept) and prints a
 table. One thread; resumable (a finished QAT run or export is reused).
@@ -132,6 +135,18 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
     return row
 
 
+def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
+    """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``), so that the plain
+    command runs the recipe the table's verdict counts; without a declared recipe: 2 epochs at lr 1e-4."""
+    declared = (recipe.get("export") or {}).get("qat") or {}
+    if not isinstance(declared, dict):
+        raise SystemExit(f"--recipe {args.recipe}: export.qat must be a mapping (epochs, lr, alpha)")
+    for name, fallback, cast in (("epochs", 2, int), ("lr", 1e-4, float), ("alpha", None, float)):
+        if getattr(args, name) is None:
+            value = declared.get(name, fallback)
+            setattr(args, name, None if value is None else cast(value))
+
+
 def _points(drop: float | None) -> str:
     """int8 − float in Bal-ACC points, or n/a when that artifact does not exist."""
     return "n/a" if drop is None else f"{-drop * 100:+.2f}"
@@ -140,10 +155,11 @@ def _points(drop: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished distill run directories with the protocol's PTQ export")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=None, help="QAT epochs (default: the recipe's export.qat, else 2)")
+    p.add_argument("--lr", type=float, default=None, help="QAT learning rate (default: the recipe's, else 1e-4)")
     p.add_argument("--alpha", type=float, default=None,
-                   help="QAT loss weight of the KD term toward the float model (default: the method's, 0.5)")
+                   help="QAT loss weight of the KD term toward the float model (default: the recipe's, else the "
+                        "method's own, 0.5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--recipe", default=str(HERE / "recipes" / "cpu.yaml"), help="the protocol recipe (export settings)")
@@ -161,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--recipe {args.recipe}: cannot read it as YAML ({exc})") from exc
     if not isinstance(recipe, dict):
         raise SystemExit(f"--recipe {args.recipe}: not a mapping of protocol settings")
+    apply_recipe_defaults(args, recipe)
     old = _read_json(Path(args.out)) or {}
     def row_key(r: dict[str, Any]) -> tuple[Any, ...]:  # one row per run and QAT recipe
         return r["run"], r.get("qat_epochs"), r.get("qat_lr"), r.get("qat_alpha")

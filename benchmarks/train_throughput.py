@@ -40,30 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mobile_benchmarks.hostinfo import cpu_model, simd_flags
+
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags that decide CPU kernel speed (AVX2, AVX-512, VNNI, AMX, bf16)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                keep = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "avx_vnni", "fma")
-                return [f for f in flags if f in keep]
-    except OSError:
-        pass
-    return []
 
 
 def bare_loop(arch: str, num_classes: int, batch: int, size: int, steps: int, warmup: int,
@@ -220,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'run':<26}{'img/s':>8}{'no-data img/s':>15}{'data %':>8}{'÷ bare':>8}{'cost ×scratch':>15}"
     print(f"\n{args.model} {args.image_size}px B={args.batch_size} threads={args.threads} data={args.data} "
           f"teacher={args.teacher_arch}@{teacher_size(args)}px malloc={'tuned' if malloc else 'default'} "
-          f"| bare reference: {best_fmt} {ref:.1f} img/s | {cpu_model()}")
+          f"| bare reference: {best_fmt} {ref:.1f} img/s | {cpu_model() or 'unknown CPU'}")
     print(header)
     print("-" * len(header))
     for b in bare:
@@ -233,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  [{t['verdict']}] {t['target']}: {t['value']:.2f}")
     payload = {
         "benchmark": "train_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cpu_count": os.cpu_count(),
+        "host": {"cpu": cpu_model(), "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(),
                  "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "args": vars(args), "teacher_image_size": teacher_size(args),
         "malloc": {"tuned": bool(malloc), "settings": malloc or {}}, "bare_reference": {"memory_format": best_fmt, "images_per_s": ref},

@@ -32,6 +32,25 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+#: the SIMD features that decide CPU kernel speed (what "which host measured it" has to name beside the model)
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
+              "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """Which of :data:`SIMD_FLAGS` the CPU reports (``flags`` on x86, ``Features`` on ARM), in that order."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    have = set(value.split())
+                    return [f for f in SIMD_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def affinity() -> list[int] | None:
     try:
         return sorted(os.sched_getaffinity(0))
@@ -77,6 +96,7 @@ def host_info() -> dict[str, Any]:
         "hostname": platform.node(),
         "load_average_1_5_15": _loadavg(),
         "cpu_model": cpu_model(),
+        "cpu_flags": simd_flags(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "physical_cores": phys,

@@ -154,7 +154,7 @@ def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if t.get("name") != "local":
         for k, v in (t.get("device") or {}).items():
             pairs.append((f"device {k}", _f(v)))
-    keys = ["cpu_model", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
+    keys = ["cpu_model", "cpu_flags", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
             "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "lesionlite"]
     label = "host " if t.get("name") != "local" else ""
     pairs += [(f"{label}{k}", _f(h.get(k))) for k in keys]

@@ -72,7 +72,7 @@ def test_local_schema_and_numbers(bench_a):
     for k in ("created", "model_dir", "target", "host", "settings", "artifacts", "results"):
         assert k in doc
     host = doc["host"]
-    for k in ("cpu_model", "logical_cores", "affinity", "affinity_mask", "os", "python", "onnxruntime", "ai_edge_litert"):
+    for k in ("cpu_model", "cpu_flags", "logical_cores", "affinity", "affinity_mask", "os", "python", "onnxruntime", "ai_edge_litert"):
         assert k in host
     assert host["onnxruntime"] and host["ai_edge_litert"]
     assert doc["settings"]["threads"] == [1, 2] and doc["settings"]["runs"] == 30 and doc["settings"]["repeats"] == 2
@@ -264,3 +264,16 @@ def test_runner_times_at_least_min_secs(model_dir):
     assert data["min_secs"] == 0.3 and data["warmup_min_secs"] == 0.2
     # the timed calls (and the timers between them) span the 0.3 s; the warm-up spans 0.2 s
     assert 0.1e9 < sum(lat) < 0.3e9 + 0.2e9 and sum(warm) > 0.05e9
+
+
+def test_simd_flags_name_the_kernels_features_on_x86_and_arm(tmp_path):
+    """The host line of every benchmark names the CPU's SIMD features (x86 ``flags``, ARM ``Features``)."""
+    from mobile_benchmarks.hostinfo import simd_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma vaes avx512f\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp i8mm\nCPU implementer\t: 0x41\n")
+    assert simd_flags(str(x86)) == ["avx2", "fma", "avx512f"]
+    assert simd_flags(str(arm)) == ["asimd", "asimddp", "i8mm"]
+    assert simd_flags(str(tmp_path / "missing")) == []

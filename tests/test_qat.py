@@ -169,3 +169,28 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
     assert again[0]["export_wall_s"] == row["export_wall_s"] > 0
     with pytest.raises(SystemExit, match="batch_size=16, not 8"):  # a reused run must hold the recipe the row names
         mod.main(args[:5] + ["--batch-size", "8"] + args[7:])
+
+
+def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise(monkeypatch):
+    """The plain ``qat_probe.py RUN`` command runs the protocol's declared QAT recipe (``export.qat``, the one the
+    table's verdict counts); explicit flags win; without a declared recipe the old defaults hold."""
+    import argparse
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def resolved(recipe: dict, **flags) -> tuple:
+        args = argparse.Namespace(**{"epochs": None, "lr": None, "alpha": None, "recipe": "r.yaml", **flags})
+        mod.apply_recipe_defaults(args, recipe)
+        return args.epochs, args.lr, args.alpha
+
+    declared = {"export": {"qat": {"epochs": 1, "lr": 1.0e-5, "alpha": 0.9}}}
+    assert resolved(declared) == (1, 1e-5, 0.9)
+    assert resolved(declared, lr=3e-4) == (1, 3e-4, 0.9)
+    assert resolved({"export": {"formats": ["onnx"]}}) == (2, 1e-4, None)
+    with pytest.raises(SystemExit, match="export.qat must be a mapping"):
+        resolved({"export": {"qat": "1 epoch"}})

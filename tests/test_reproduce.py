@@ -257,6 +257,27 @@ def test_fresh_checkout_builds_the_table_from_committed_records(smoke, capsys, t
     shutil.rmtree(fresh, ignore_errors=True)
 
 
+def test_an_interim_table_keeps_the_committed_test_predictions(smoke):
+    """An interim table collects the runs not yet visited without the data bundle: for a finished run it must
+    keep its committed record's test predictions (the paired CI needs them), not write the record without them."""
+    root, args, _ = smoke
+    settings, plan = R.build_plan(R.build_parser().parse_args(args), R.load_recipe("smoke"))
+    spec = next(p for p in plan if p.key == "scratch")
+    path = R.run_record_path(settings, spec)
+    before = json.loads(path.read_text())
+    assert before["test_pred"] and before["test_labels"]
+    r = R.collect(spec, settings, {}, {"status": "pending"})  # write_table's preview of a not-yet-visited run
+    assert r["test_pred"] == before["test_pred"]
+    assert json.loads(path.read_text())["test_pred"] == before["test_pred"]
+    stripped = json.dumps({**before, "test_pred": None, "test_labels": None, "marker": "untouched"})
+    path.write_text(stripped)
+    try:  # without committed predictions, a preview writes nothing (it cannot compute them without the data)
+        R.collect(spec, settings, {}, {"status": "pending"})
+        assert path.read_text() == stripped
+    finally:
+        path.write_text(json.dumps(before))
+
+
 def test_more_epochs_resumes_the_run(smoke, capsys):
     root, _, _ = smoke
     args = ["--protocol", "smoke", "--methods", "scratch", "--epochs", "2", "--no-export",
@@ -373,3 +394,32 @@ def test_a_verdict_on_a_method_with_unfinished_seeds_is_pending_not_pass():
                 "decided_by": ["ssdkd"]}]
     out = R.mark_provisional([dict(t) for t in decided], rows)
     assert [t["verdict"] for t in out] == ["pass", "fail", "pending"]
+
+
+def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
+    """"QAT allowed; say which": a method whose PTQ int8 misses counts with its QAT export, but only rows of the
+    protocol's declared QAT recipe, and only once every finished seed has one (else pending, never pass)."""
+    recipe = {"epochs": 1, "lr": 1e-5, "alpha": 0.9}
+    by_key = {"scratch": {"seeds": [0, 1, 2]}, "ssdkd": {"seeds": [0, 1, 2]}}
+    ptq = {"scratch": 0.004, "ssdkd": 0.013}
+
+    def row(seed: int, drop: float, **recipe_fields) -> dict:
+        return {"run": f"runs/cpu/seed{seed}/ssdkd_mobilenet_v2", "qat_tflite_drop": drop,
+                **{f"qat_{k}": v for k, v in {**recipe, **recipe_fields}.items()}}
+
+    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007)], recipe, "mobilenet_v2")
+    assert t["verdict"] == "pending" and t["provisional_verdict"] == "fail"
+    assert "ssdkd PTQ -1.30, QAT measured on 1/3 seed(s)" in t["detail"] and "scratch PTQ -0.40" in t["detail"]
+    # another recipe's rows (a recipe tried and dropped) never count, even when they would pass
+    other = [row(s, 0.001, epochs=2, lr=1e-4, alpha=None) for s in (0, 1, 2)]
+    assert R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), *other], recipe, "mobilenet_v2")["verdict"] == "pending"
+    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), row(1, 0.004), row(2, 0.010)], recipe, "mobilenet_v2")
+    assert t["verdict"] == "pass" and "ssdkd QAT -0.70 over 3 seed(s) (PTQ -1.30)" in t["detail"]
+    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), row(1, 0.004), row(2, 0.025)], recipe, "mobilenet_v2")
+    assert t["verdict"] == "fail" and t["decided_by"] == ["ssdkd"]
+    # PTQ within the point: no QAT needed, whatever QAT rows say
+    t = R.int8_with_qat_target(by_key, {"scratch": 0.004, "ssdkd": 0.009}, [row(0, 0.05)], recipe, "mobilenet_v2")
+    assert t["verdict"] == "pass" and "ssdkd PTQ -0.90" in t["detail"]
+    assert R.int8_with_qat_target(by_key, {}, [], recipe, "mobilenet_v2")["verdict"] == "n/a"
+    assert R.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
+    assert R.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
