@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reproduce import INT8_MAX_DROP, _export_summary, _read_json  # benchmarks/ is on sys.path as a script
+from reproduce import INT8_MAX_DROP, _export_summary, _read_json, declared_qat_recipe  # benchmarks/ on sys.path
 
 from lesionlite.atomic import write_json_atomic
+from lesionlite.errors import LesionliteError
 from mobile_benchmarks.hostinfo import cpu_model
 
 HERE = Path(__file__).resolve().parent
@@ -136,15 +137,16 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
 
 
 def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
-    """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``), so that the plain
-    command runs the recipe the table's verdict counts; without a declared recipe: 2 epochs at lr 1e-4."""
-    declared = (recipe.get("export") or {}).get("qat") or {}
-    if not isinstance(declared, dict):
-        raise SystemExit(f"--recipe {args.recipe}: export.qat must be a mapping (epochs, lr, alpha)")
-    for name, fallback, cast in (("epochs", 2, int), ("lr", 1e-4, float), ("alpha", None, float)):
+    """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``, parsed by
+    :func:`reproduce.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
+    the recipe the verdict counts; without a declared recipe: 2 epochs at lr 1e-4, the method's own KD weight."""
+    try:
+        declared = declared_qat_recipe(recipe) or {"epochs": 2, "lr": 1e-4, "alpha": None}
+    except LesionliteError as exc:
+        raise SystemExit(f"--recipe {args.recipe}: {exc}") from None
+    for name in ("epochs", "lr", "alpha"):
         if getattr(args, name) is None:
-            value = declared.get(name, fallback)
-            setattr(args, name, None if value is None else cast(value))
+            setattr(args, name, declared[name])
 
 
 def _points(drop: float | None) -> str:

@@ -37,8 +37,9 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"
               "asimd", "asimddp", "sve", "i8mm", "bf16")
 
 
-def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """Which of :data:`SIMD_FLAGS` the CPU reports (``flags`` on x86, ``Features`` on ARM), in that order."""
+def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """Which of :data:`SIMD_FLAGS` the CPU reports (``flags`` on x86, ``Features`` on ARM), in that order; None
+    where the CPU's features cannot be read (no ``/proc/cpuinfo``: macOS, Windows) — unknown, not "none"."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -47,8 +48,8 @@ def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
                     have = set(value.split())
                     return [f for f in SIMD_FLAGS if f in have]
     except OSError:
-        pass
-    return []
+        return None
+    return None
 
 
 def affinity() -> list[int] | None:

@@ -157,7 +157,8 @@ def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
     keys = ["cpu_model", "cpu_flags", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
             "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "lesionlite"]
     label = "host " if t.get("name") != "local" else ""
-    pairs += [(f"{label}{k}", _f(h.get(k))) for k in keys]
+    pairs += [(f"{label}{k}", " ".join(h[k]) if k == "cpu_flags" and isinstance(h.get(k), list) else _f(h.get(k)))
+              for k in keys]
     return pairs
 
 

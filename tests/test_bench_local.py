@@ -276,4 +276,4 @@ def test_simd_flags_name_the_kernels_features_on_x86_and_arm(tmp_path):
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm asimddp i8mm\nCPU implementer\t: 0x41\n")
     assert simd_flags(str(x86)) == ["avx2", "fma", "avx512f"]
     assert simd_flags(str(arm)) == ["asimd", "asimddp", "i8mm"]
-    assert simd_flags(str(tmp_path / "missing")) == []
+    assert simd_flags(str(tmp_path / "missing")) is None  # unknown, not "no SIMD"

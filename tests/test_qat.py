@@ -192,5 +192,6 @@ def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise(m
     assert resolved(declared) == (1, 1e-5, 0.9)
     assert resolved(declared, lr=3e-4) == (1, 3e-4, 0.9)
     assert resolved({"export": {"formats": ["onnx"]}}) == (2, 1e-4, None)
+    assert resolved({"export": {"qat": {"epochs": 1, "lr": "1e-5"}}}) == (1, 1e-5, None)  # YAML's string "1e-5"
     with pytest.raises(SystemExit, match="export.qat must be a mapping"):
         resolved({"export": {"qat": "1 epoch"}})

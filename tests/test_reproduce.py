@@ -309,6 +309,7 @@ def test_a_record_distilled_from_another_teacher_does_not_stand(tmp_path):
     args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
                                         "--results", str(tmp_path / "results")])
     settings, plan = R.build_plan(args, R.load_recipe("cpu"))
+    assert settings["qat_recipe"] == {"epochs": 1, "lr": 1e-5, "alpha": 0.9, "chosen_on_seeds": [0]}  # the verdict's
     kd = next(p for p in plan if p.key == "kd" and p.seed == 0)
     rec = {"protocol": "cpu", "key": "kd", "method": "kd", "arch": kd.arch, "seed": 0, "epochs": kd.epochs,
            "overrides": kd.overrides, "teacher": kd.teacher_id, "status": "done", "metrics": {"accuracy": 0.7}}
@@ -398,28 +399,57 @@ def test_a_verdict_on_a_method_with_unfinished_seeds_is_pending_not_pass():
 
 def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
     """"QAT allowed; say which": a method whose PTQ int8 misses counts with its QAT export, but only rows of the
-    protocol's declared QAT recipe, and only once every finished seed has one (else pending, never pass)."""
-    recipe = {"epochs": 1, "lr": 1e-5, "alpha": 0.9}
-    by_key = {"scratch": {"seeds": [0, 1, 2]}, "ssdkd": {"seeds": [0, 1, 2]}}
+    protocol's declared QAT recipe, of this very run and float model, and only once every finished seed has one
+    (else pending, provisionally what the measured seeds say); the seeds that chose the recipe are reported apart
+    and the others must be within the point too."""
+    recipe = R.declared_qat_recipe({"export": {"qat": {"epochs": 1, "lr": "1e-5", "alpha": 0.9,
+                                                       "chosen_on_seeds": [0]}}})
+    assert recipe == {"epochs": 1, "lr": 1e-5, "alpha": 0.9, "chosen_on_seeds": [0]}  # YAML's "1e-5" is a string
+    floats = {0: 0.68, 1: 0.66, 2: 0.67}
+
+    def seeds_of(key):
+        return {s: {"run_dir": f"runs/cpu/seed{s}/{key}_mobilenet_v2", "balanced_accuracy": f}
+                for s, f in floats.items()}
+
+    by_key = {"scratch": {"seeds": [0, 1, 2], "per_seed": seeds_of("scratch")},
+              "ssdkd": {"seeds": [0, 1, 2], "per_seed": seeds_of("ssdkd")}}
     ptq = {"scratch": 0.004, "ssdkd": 0.013}
 
-    def row(seed: int, drop: float, **recipe_fields) -> dict:
-        return {"run": f"runs/cpu/seed{seed}/ssdkd_mobilenet_v2", "qat_tflite_drop": drop,
-                **{f"qat_{k}": v for k, v in {**recipe, **recipe_fields}.items()}}
+    def row(seed: int, drop: float, **changes) -> dict:
+        r = {"run": f"runs/cpu/seed{seed}/ssdkd_mobilenet_v2", "qat_tflite_drop": drop, "qat_epochs": 1,
+             "qat_lr": 1e-5, "qat_alpha": 0.9, "float_balanced_accuracy": floats[seed]}
+        return {**r, **changes}
 
-    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007)], recipe, "mobilenet_v2")
-    assert t["verdict"] == "pending" and t["provisional_verdict"] == "fail"
-    assert "ssdkd PTQ -1.30, QAT measured on 1/3 seed(s)" in t["detail"] and "scratch PTQ -0.40" in t["detail"]
-    # another recipe's rows (a recipe tried and dropped) never count, even when they would pass
-    other = [row(s, 0.001, epochs=2, lr=1e-4, alpha=None) for s in (0, 1, 2)]
-    assert R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), *other], recipe, "mobilenet_v2")["verdict"] == "pending"
-    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), row(1, 0.004), row(2, 0.010)], recipe, "mobilenet_v2")
-    assert t["verdict"] == "pass" and "ssdkd QAT -0.70 over 3 seed(s) (PTQ -1.30)" in t["detail"]
-    t = R.int8_with_qat_target(by_key, ptq, [row(0, 0.007), row(1, 0.004), row(2, 0.025)], recipe, "mobilenet_v2")
+    def target(rows, drops=ptq, recipe=recipe):
+        return R.int8_with_qat_target(by_key, drops, rows, recipe)
+
+    t = target([row(0, 0.007)])
+    assert t["verdict"] == "pending" and t["provisional_verdict"] == "pass"  # what seed 0 says so far
+    assert "ssdkd PTQ -1.30, QAT -0.70 over seed(s) 0" in t["detail"] and "scratch PTQ -0.40" in t["detail"]
+    assert "QAT not yet measured on 2 of 3 seed(s)" in t["detail"]
+    assert target([row(0, 0.015)])["provisional_verdict"] == "fail"
+    # rows that are not the declared recipe (lr alone differs), not this run, or not this float model never count
+    others = [row(s, 0.001, qat_lr=1e-4) for s in (0, 1, 2)] + [
+        row(s, 0.001, run=f"runs/cpu-reduced/seed{s}/ssdkd_mobilenet_v2") for s in (0, 1, 2)] + [
+        row(s, 0.001, float_balanced_accuracy=0.5) for s in (0, 1, 2)] + [row(s, 0.001, qat_alpha=None) for s in (0, 1, 2)]
+    assert target([row(0, 0.007), *others])["verdict"] == "pending"
+    t = target([row(0, 0.007), row(1, 0.004), row(2, 0.010)])
+    assert t["verdict"] == "pass"
+    assert "QAT -0.70 over seed(s) 0, 1, 2 (-0.70 without seed(s) 0, which chose the recipe)" in t["detail"]
+    t = target([row(0, 0.001), row(1, 0.004), row(2, 0.025)])  # all-seed mean within, held-out mean not
     assert t["verdict"] == "fail" and t["decided_by"] == ["ssdkd"]
     # PTQ within the point: no QAT needed, whatever QAT rows say
-    t = R.int8_with_qat_target(by_key, {"scratch": 0.004, "ssdkd": 0.009}, [row(0, 0.05)], recipe, "mobilenet_v2")
+    t = target([row(0, 0.05)], drops={"scratch": 0.004, "ssdkd": 0.009})
     assert t["verdict"] == "pass" and "ssdkd PTQ -0.90" in t["detail"]
-    assert R.int8_with_qat_target(by_key, {}, [], recipe, "mobilenet_v2")["verdict"] == "n/a"
+    assert target([], drops={})["verdict"] == "n/a"
+    # a recipe without a KD weight matches rows without one
+    plain = R.declared_qat_recipe({"export": {"qat": {"epochs": 2, "lr": 1e-4}}})
+    assert target([row(s, 0.005, qat_epochs=2, qat_lr=1e-4, qat_alpha=None) for s in (0, 1, 2)],
+                  recipe=plain)["verdict"] == "pass"
+    assert R.declared_qat_recipe({"export": {}}) is None
+    for bad, msg in (({"epochs": 1}, "needs 'lr'"), ("1 epoch", "must be a mapping"), ({"epochs": 1, "lr": "fast"}, "qat.lr: 'fast' is not a valid"),
+                     ({"epochs": 1, "lr": 1e-5, "alhpa": 0.9}, "unknown key")):
+        with pytest.raises(R.LesionliteError, match=msg):
+            R.declared_qat_recipe({"export": {"qat": bad}})
     assert R.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
     assert R.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
