@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from reproduce import MEDMNIST_BEST_ACC  # benchmarks/ is on sys.path when run as a script
+from protocol_verdicts import MEDMNIST_BEST_ACC  # benchmarks/ is on sys.path when run as a script
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reproduce import INT8_MAX_DROP, _export_summary, _read_json, declared_qat_recipe  # benchmarks/ on sys.path
+from protocol_verdicts import INT8_MAX_DROP, declared_qat_recipe  # benchmarks/ is on sys.path as a script
+from reproduce import _export_summary, _read_json
 
 from lesionlite.atomic import write_json_atomic
 from lesionlite.errors import LesionliteError

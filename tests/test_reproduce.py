@@ -25,6 +25,7 @@ def _load():
 
 
 R = _load()
+V = sys.modules["protocol_verdicts"]  # the table's verdicts (imported by reproduce from beside it)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def test_rows_targets_and_relative_throughput():
     assert "n/a" == next(t for t in doc["targets"] if t["target"].startswith("SSD-KD >="))["verdict"]  # no preds
     md = R.render_markdown(doc)
     assert "CPU-REDUCED protocol" in md and "INCOMPLETE" in md and "76.0 ± 1.4" in md
-    assert next(t for t in R.evaluate_targets(doc["rows"], 28, "mobilenet_v2")
+    assert next(t for t in V.evaluate_targets(doc["rows"], 28, "mobilenet_v2")
                 if "MedMNIST" in t["target"])["verdict"] == "n/a"
 
 
@@ -111,11 +112,11 @@ def test_accuracy_operating_point_verdict_reads_accuracy_gap_per_method():
                     run("runs/cpu/seed1/scratch_mobilenet_v2", "mobilenet_v2", 0.75),
                     run("runs/cpu/seed0/kd_mobilenet_v2", "mobilenet_v2", 0.74),
                     run("runs/cpu/seed0/kd_resnet18", "resnet18", 0.99)]}
-    t = R.operating_point_target(gap, "mobilenet_v2")
+    t = V.operating_point_target(gap, "mobilenet_v2")
     assert t["verdict"] == "pass" and "scratch 75.50% (2 seed(s))" in t["detail"] and "kd 74.00%" in t["detail"]
     gap["runs"][1]["prior_restored"]["accuracy"] = 0.70
-    assert R.operating_point_target(gap, "mobilenet_v2")["verdict"] == "fail"  # scratch mean 72.5, kd 74
-    assert R.operating_point_target({"runs": gap["runs"][:1]}, "mobilenet_v2")["verdict"] == "n/a"
+    assert V.operating_point_target(gap, "mobilenet_v2")["verdict"] == "fail"  # scratch mean 72.5, kd 74
+    assert V.operating_point_target({"runs": gap["runs"][:1]}, "mobilenet_v2")["verdict"] == "n/a"
 
 
 def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
@@ -346,27 +347,27 @@ def test_failed_targets_carry_their_measured_reason(monkeypatch):
     files = {"teacher_ensemble_probe.json": {"ensemble": {"balanced_accuracy": 0.69}},
              "ablation_kd_kl_class_weighted.json": {"rows": {"KD seed 2": {"test_balanced_accuracy": 0.625},
                                                              "KD + class-weighted KL seed 2": {"test_balanced_accuracy": 0.649}}}}
-    monkeypatch.setattr(R, "_read_result", lambda name: files.get(name))
+    monkeypatch.setattr(V, "_read_result", lambda name: files.get(name))
     rows = [{"role": "teacher", "key": "teacher", "balanced_accuracy": {"mean": 0.67}},
             {"role": "student", "key": "scratch", "balanced_accuracy": {"mean": 0.643}}]
     targets = [{"target": "teacher >= scratch + 3 Bal-ACC points", "verdict": "fail"},
                {"target": "Hinton KD beats scratch on balanced accuracy", "verdict": "fail"},
                {"target": "best mobilenet_v2 student >= 65% balanced accuracy", "verdict": "fail"},
                {"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "pass"}]
-    out = R.explain_misses([dict(t) for t in targets], rows, "cpu")
+    out = V.explain_misses([dict(t) for t in targets], rows, "cpu")
     assert "69.0 (+4.7)" in out[0]["why"] and "64.9 vs 62.5" in out[1]["why"] and "67.0" in out[2]["why"]
     assert "why" not in out[3]
     files.clear()
-    out = R.explain_misses([dict(t) for t in targets], rows, "cpu")
+    out = V.explain_misses([dict(t) for t in targets], rows, "cpu")
     assert "why" not in out[0] and "why" not in out[1]
-    assert R.explain_misses([dict(t) for t in targets], rows, "gpu") == targets
+    assert V.explain_misses([dict(t) for t in targets], rows, "gpu") == targets
     files["int8_qat.json"] = {"rows": [{"run": "runs/cpu/seed0/ssdkd_mobilenet_v2", "ptq_tflite_drop": 0.013,
                                         "qat_tflite_drop": 0.0178, "qat_epochs": 2, "qat_lr": 1e-4}]}
-    int8 = R.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "pending",
+    int8 = V.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "pending",
                               "provisional_verdict": "fail"}], rows, "cpu")[0]
     assert int8["why"] == "QAT measured on seed0/ssdkd: PTQ -1.30, QAT (2 epoch(s), lr 0.0001) -1.78 points: int8_qat.json"
     files["int8_qat.json"]["rows"][0]["qat_alpha"] = 0.9
-    int8 = R.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "fail"}],
+    int8 = V.explain_misses([{"target": "int8 TFLite of every student within 1 Bal-ACC point", "verdict": "fail"}],
                             rows, "cpu")[0]
     assert "QAT (2 epoch(s), lr 0.0001, KD weight 0.9) -1.78" in int8["why"]
 
@@ -381,7 +382,7 @@ def test_a_verdict_on_a_method_with_unfinished_seeds_is_pending_not_pass():
                {"target": "UDCD beats scratch", "verdict": "fail", "detail": "63.7 vs 64.3", "uses": ["udcd", "scratch"]},
                {"target": "best student", "verdict": "pass", "detail": "ssdkd", "uses": ["scratch", "ssdkd", "udcd"]},
                {"target": "SSD-KD CI", "verdict": "n/a", "detail": "not measured", "uses": ["ssdkd", "scratch"]}]
-    out = R.mark_provisional([dict(t) for t in targets], rows)
+    out = V.mark_provisional([dict(t) for t in targets], rows)
     assert out[0]["verdict"] == "pending" and out[0]["provisional_verdict"] == "pass"
     assert out[0]["detail"] == "provisional pass (ssdkd 1/3 seeds done): 68.0 vs 64.3"
     assert out[1]["verdict"] == "fail" and "provisional_verdict" not in out[1]
@@ -393,7 +394,7 @@ def test_a_verdict_on_a_method_with_unfinished_seeds_is_pending_not_pass():
                 "decided_by": ["udcd", "ssdkd"]},
                {"target": "int8 every student", "verdict": "fail", "detail": "ssdkd -1.3", "uses": ["scratch", "ssdkd", "udcd"],
                 "decided_by": ["ssdkd"]}]
-    out = R.mark_provisional([dict(t) for t in decided], rows)
+    out = V.mark_provisional([dict(t) for t in decided], rows)
     assert [t["verdict"] for t in out] == ["pass", "fail", "pending"]
 
 
@@ -402,7 +403,7 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
     protocol's declared QAT recipe, of this very run and float model, and only once every finished seed has one
     (else pending, provisionally what the measured seeds say); the seeds that chose the recipe are reported apart
     and the others must be within the point too."""
-    recipe = R.declared_qat_recipe({"export": {"qat": {"epochs": 1, "lr": "1e-5", "alpha": 0.9,
+    recipe = V.declared_qat_recipe({"export": {"qat": {"epochs": 1, "lr": "1e-5", "alpha": 0.9,
                                                        "chosen_on_seeds": [0]}}})
     assert recipe == {"epochs": 1, "lr": 1e-5, "alpha": 0.9, "chosen_on_seeds": [0]}  # YAML's "1e-5" is a string
     floats = {0: 0.68, 1: 0.66, 2: 0.67}
@@ -421,7 +422,7 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
         return {**r, **changes}
 
     def target(rows, drops=ptq, recipe=recipe):
-        return R.int8_with_qat_target(by_key, drops, rows, recipe)
+        return V.int8_with_qat_target(by_key, drops, rows, recipe)
 
     t = target([row(0, 0.007)])
     assert t["verdict"] == "pending" and t["provisional_verdict"] == "pass"  # what seed 0 says so far
@@ -443,13 +444,13 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
     assert t["verdict"] == "pass" and "ssdkd PTQ -0.90" in t["detail"]
     assert target([], drops={})["verdict"] == "n/a"
     # a recipe without a KD weight matches rows without one
-    plain = R.declared_qat_recipe({"export": {"qat": {"epochs": 2, "lr": 1e-4}}})
+    plain = V.declared_qat_recipe({"export": {"qat": {"epochs": 2, "lr": 1e-4}}})
     assert target([row(s, 0.005, qat_epochs=2, qat_lr=1e-4, qat_alpha=None) for s in (0, 1, 2)],
                   recipe=plain)["verdict"] == "pass"
-    assert R.declared_qat_recipe({"export": {}}) is None
+    assert V.declared_qat_recipe({"export": {}}) is None
     for bad, msg in (({"epochs": 1}, "needs 'lr'"), ("1 epoch", "must be a mapping"), ({"epochs": 1, "lr": "fast"}, "qat.lr: 'fast' is not a valid"),
                      ({"epochs": 1, "lr": 1e-5, "alhpa": 0.9}, "unknown key")):
-        with pytest.raises(R.LesionliteError, match=msg):
-            R.declared_qat_recipe({"export": {"qat": bad}})
-    assert R.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
-    assert R.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
+        with pytest.raises(V.LesionliteError, match=msg):
+            V.declared_qat_recipe({"export": {"qat": bad}})
+    assert V.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
+    assert V.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
