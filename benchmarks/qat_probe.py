@@ -28,7 +28,7 @@ from reproduce import _export_summary, _read_json
 
 from lesionlite.atomic import write_json_atomic
 from lesionlite.errors import LesionliteError
-from mobile_benchmarks.hostinfo import cpu_model
+from mobile_benchmarks.hostinfo import cpu_model, simd_flags
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -150,6 +150,30 @@ def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> N
             setattr(args, name, declared[name])
 
 
+def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """One row per run and QAT recipe."""
+    return r["run"], r.get("qat_epochs"), r.get("qat_lr"), r.get("qat_alpha")
+
+
+def record_row(out: Path, row: dict[str, Any]) -> None:
+    """Add (or replace) ``row`` in the results file, re-reading the file under an exclusive lock on its folder:
+    two probes run at once (one per core, one per seed) keep each other's rows instead of the last writer's set."""
+    import fcntl
+    import os
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        rows = {row_key(r): r for r in (_read_json(out) or {}).get("rows", [])}
+        rows[row_key(row)] = row
+        write_json_atomic(out, {"benchmark": "qat_probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "target": f"int8 TFLite within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of the float model",
+                                "host_cpu": cpu_model(), "host_cpu_flags": simd_flags(), "rows": list(rows.values())})
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _points(drop: float | None) -> str:
     """int8 − float in Bal-ACC points, or n/a when that artifact does not exist."""
     return "n/a" if drop is None else f"{-drop * 100:+.2f}"
@@ -181,18 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(recipe, dict):
         raise SystemExit(f"--recipe {args.recipe}: not a mapping of protocol settings")
     apply_recipe_defaults(args, recipe)
-    old = _read_json(Path(args.out)) or {}
-    def row_key(r: dict[str, Any]) -> tuple[Any, ...]:  # one row per run and QAT recipe
-        return r["run"], r.get("qat_epochs"), r.get("qat_lr"), r.get("qat_alpha")
-
-    rows = {row_key(r): r for r in old.get("rows", [])}
     for run in args.runs:
         row = probe(Path(run), args, recipe)
-        rows[row_key(row)] = row
-        doc = {"benchmark": "qat_probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "target": f"int8 TFLite within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of the float model",
-               "host_cpu": cpu_model(), "rows": list(rows.values())}
-        write_json_atomic(Path(args.out), doc)
+        record_row(Path(args.out), row)
         print(f"{row['run']:<44} float {row['float_balanced_accuracy'] * 100:5.1f} | PTQ TFLite "
               f"{_points(row['ptq_tflite_drop'])} | QAT TFLite {_points(row['qat_tflite_drop'])} (ONNX "
               f"{_points(row['drop']['qat'].get('onnx'))}) {'within' if row['qat_within_target'] else 'outside'} "

@@ -195,3 +195,29 @@ def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise(m
     assert resolved({"export": {"qat": {"epochs": 1, "lr": "1e-5"}}}) == (1, 1e-5, None)  # YAML's string "1e-5"
     with pytest.raises(SystemExit, match="export.qat must be a mapping"):
         resolved({"export": {"qat": "1 epoch"}})
+
+
+def test_qat_probe_rows_from_two_probes_at_once_are_both_kept(tmp_path: Path, monkeypatch):
+    """Two probes (one per seed, one per core) write the same results file: each re-reads it under a lock before
+    writing, so the second keeps the first's row; a row of the same run and recipe is replaced, not duplicated."""
+    import importlib.util
+    import json
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "results" / "int8_qat.json"
+
+    def row(seed: int, drop: float) -> dict:
+        return {"run": f"runs/cpu/seed{seed}/ssdkd_mobilenet_v2", "qat_epochs": 1, "qat_lr": 1e-5, "qat_alpha": 0.9,
+                "qat_tflite_drop": drop}
+
+    mod.record_row(out, row(1, 0.004))
+    mod.record_row(out, row(2, 0.006))  # each write merges with what the file holds now, not a copy read at start
+    mod.record_row(out, row(1, 0.003))  # the same run and recipe again: replaced
+    doc = json.loads(out.read_text())
+    assert sorted((r["run"], r["qat_tflite_drop"]) for r in doc["rows"]) == [
+        ("runs/cpu/seed1/ssdkd_mobilenet_v2", 0.003), ("runs/cpu/seed2/ssdkd_mobilenet_v2", 0.006)]
+    assert list(out.parent.iterdir()) == [out]  # no lock file left beside the results
