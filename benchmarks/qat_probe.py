@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol_verdicts import INT8_MAX_DROP, declared_qat_recipe  # benchmarks/ is on sys.path as a script
-from reproduce import _export_summary, _read_json
+from reproduce import _export_summary, _read_json, load_recipe
 
 from lesionlite.atomic import write_json_atomic
 from lesionlite.errors import LesionliteError
@@ -139,7 +139,7 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
 
 def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
     """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``, parsed by
-    :func:`reproduce.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
+    :func:`protocol_verdicts.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
     the recipe the verdict counts; without a declared recipe: 2 epochs at lr 1e-4, the method's own KD weight."""
     try:
         declared = declared_qat_recipe(recipe) or {"epochs": 2, "lr": 1e-4, "alpha": None}
@@ -195,15 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-    import yaml
 
     torch.set_num_threads(args.threads)
     try:
-        recipe = yaml.safe_load(Path(args.recipe).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SystemExit(f"--recipe {args.recipe}: cannot read it as YAML ({exc})") from exc
-    if not isinstance(recipe, dict):
-        raise SystemExit(f"--recipe {args.recipe}: not a mapping of protocol settings")
+        recipe = load_recipe("cpu", args.recipe)
+    except LesionliteError as exc:
+        raise SystemExit(f"--recipe: {exc}") from None
     apply_recipe_defaults(args, recipe)
     for run in args.runs:
         row = probe(Path(run), args, recipe)

@@ -326,7 +326,10 @@ def load_recipe(protocol: str, path: str | None = None) -> dict[str, Any]:
     p = Path(path) if path else RECIPES / f"{protocol}.yaml"
     if not p.is_file():
         raise LesionliteError(f"recipe not found: {p}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:  # a broken recipe is a clear error, not a traceback
+        raise LesionliteError(f"{p}: cannot read it as YAML ({exc})") from None
     if not isinstance(data, dict):
         raise LesionliteError(f"{p}: a recipe must be a YAML mapping")
     return data

@@ -454,3 +454,15 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
             V.declared_qat_recipe({"export": {"qat": bad}})
     assert V.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
     assert V.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
+
+
+def test_a_broken_recipe_file_is_a_clear_error(tmp_path):
+    """A recipe that is not valid YAML (or not a mapping) is named in a LesionliteError, never a parser traceback;
+    reproduce.py and qat_probe.py both read recipes through load_recipe."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1\n")
+    with pytest.raises(V.LesionliteError, match="bad.yaml: cannot read it as YAML"):
+        R.load_recipe("cpu", str(bad))
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(V.LesionliteError, match="must be a YAML mapping"):
+        R.load_recipe("cpu", str(bad))
