@@ -7,6 +7,10 @@ exact and the setting only costs time (p50 1.14 vs 0.89 ms on a VNNI host, issue
 does nothing. So the setting is recorded in the manifest and applied only where this function says
 the host needs it. (``mobile_benchmarks/remote_runner.py`` carries its own copy of the check: it runs
 on the target and imports nothing of lesionlite.)
+
+The decision (:func:`int8_features`) is a pure function of the machine name and the CPU flags, and the
+machine is read in one place (:func:`read_host_cpu`), so tests can hand it any CPU — x86 with or without
+VNNI, ARM — instead of asserting what the machine they run on happens to be.
 """
 from __future__ import annotations
 
@@ -16,22 +20,38 @@ from typing import Any, Mapping
 
 #: onnxruntime session entries that only matter on x86 without VNNI
 X86_NO_VNNI_ONLY = ("session.x64quantprecision",)
-_VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "avx512vnni", "avx_vnni_int8"}
+X86_MACHINES = ("x86_64", "amd64", "i686", "x86")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "avx_vnni_int8"})
+CPUINFO = "/proc/cpuinfo"
+
+
+def read_cpu_flags(path: str = CPUINFO) -> set[str] | None:
+    """The words of ``/proc/cpuinfo`` (its flags among them), or None where it cannot be read (macOS,
+    Windows, a sandbox): unknown, which :func:`needs_precise_int8` treats as the safe side."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return set(fh.read().split())
+    except OSError:
+        return None
+
+
+def read_host_cpu() -> tuple[str, set[str] | None]:
+    """(machine, CPU flags) of this host: the only place the machine is read (tests replace it)."""
+    machine = platform.machine().lower()
+    return machine, read_cpu_flags() if machine in X86_MACHINES else None
+
+
+def int8_features(machine: str, flags: set[str] | frozenset[str] | None) -> dict[str, Any]:
+    """``{"x86": bool, "vnni": bool | None}`` for a CPU (vnni None on non-x86 or when flags are unknown)."""
+    if machine.lower() not in X86_MACHINES:
+        return {"x86": False, "vnni": None}
+    return {"x86": True, "vnni": None if flags is None else bool(set(flags) & VNNI_FLAGS)}
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_int8() -> dict[str, Any]:
-    """``{"x86": bool, "vnni": bool | None}`` for this CPU (vnni None when the flags cannot be read)."""
-    machine = platform.machine().lower()
-    x86 = machine in ("x86_64", "amd64", "i686", "x86")
-    if not x86:
-        return {"x86": False, "vnni": None}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = set(fh.read().split())
-    except OSError:
-        return {"x86": True, "vnni": None}
-    return {"x86": True, "vnni": bool(flags & _VNNI_FLAGS)}
+    """:func:`int8_features` of this host (cached: the CPU does not change while a process runs)."""
+    return int8_features(*read_host_cpu())
 
 
 def needs_precise_int8() -> bool:

@@ -177,22 +177,35 @@ def _delegate_coverage_tflite(interp) -> dict:
     return {"delegated_nodes": len(covered), "total_nodes": len(originals), "partitions": len(delegates)}
 
 
-
-#: a copy of lesionlite.cpu_features' check (this script runs on the target and imports nothing of lesionlite)
+#: a copy of lesionlite.cpu_features' check (this script runs on the target and imports nothing of lesionlite);
+#: tests/test_cpu_features.py holds the two to the same answers on every kind of CPU
 _X86_NO_VNNI_ONLY = ("session.x64quantprecision",)
+_X86_MACHINES = ("x86_64", "amd64", "i686", "x86")
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "avx_vnni_int8"})
+
+
+def _host_cpu() -> tuple[str, set[str] | None]:
+    """(machine, CPU flags or None when unreadable) of this host: the only place it is read (tests replace it)."""
+    machine = platform.machine().lower()
+    if machine not in _X86_MACHINES:
+        return machine, None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return machine, set(fh.read().split())
+    except OSError:
+        return machine, None
+
+
+def _needs_precise_int8(machine: str, flags: set[str] | frozenset[str] | None) -> bool:
+    """True on x86 without VNNI, or x86 whose flags are unknown (the safe side); False on ARM and VNNI CPUs."""
+    if machine.lower() not in _X86_MACHINES:
+        return False
+    return flags is None or not (set(flags) & _VNNI_FLAGS)
 
 
 def _x86_without_vnni() -> bool:
-    import platform
+    return _needs_precise_int8(*_host_cpu())
 
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = set(fh.read().split())
-    except OSError:
-        return True
-    return not (flags & {"avx512_vnni", "avx_vnni", "avx512vnni", "avx_vnni_int8"})
 
 def _load_onnx(path: str, threads: int, config: list[str] | None = None):
     try:

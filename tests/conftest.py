@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _fixtures_cpu import SIMULATED_CPUS
 from _fixtures_data import real_data_root
 
 
@@ -87,3 +88,29 @@ def client(server):
 
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+# ------------------------------------------------------------------------------------- the CPU int8 kernels see
+@pytest.fixture
+def simulated_cpu(monkeypatch: pytest.MonkeyPatch):
+    """``simulated_cpu("x86-vnni")``: lesionlite.cpu_features and bench's remote runner (its own copy of the
+    check) see that CPU instead of this machine's, so CPU-dependent behaviour is tested on every host."""
+    import sys
+
+    import lesionlite.cpu_features as cpu_features
+    from mobile_benchmarks import remote_runner
+
+    def clear_caches() -> None:
+        cpu_features.cpu_int8.cache_clear()
+        parity = sys.modules.get("export.parity")  # caches its note on the host's int8 kernels
+        if parity is not None:
+            parity.host_int8_note.cache_clear()
+
+    def simulate(name: str) -> None:
+        machine, flags = SIMULATED_CPUS[name]
+        monkeypatch.setattr(cpu_features, "read_host_cpu", lambda: (machine, flags))
+        monkeypatch.setattr(remote_runner, "_host_cpu", lambda: (machine, flags))
+        clear_caches()
+
+    yield simulate
+    clear_caches()

@@ -1,13 +1,16 @@
 """The onnxruntime settings export records for an int8 artifact reach serve's and bench's sessions.
 
-(export writes the manifest's ``session_config`` = ``session.x64quantprecision=1`` for static int8:
-precise int8 kernels on x86 CPUs without VNNI; asserted in tests/test_export.py.)
+(export writes the manifest's ``session_config`` = ``session.x64quantprecision=1`` for static int8 on every
+host; asserted in tests/test_export.py.) Serve and bench apply that entry only where the CPU needs it —
+x86 without VNNI (lesionlite.cpu_features) — so each test here runs on every simulated CPU
+(``simulated_cpu`` in conftest.py) rather than on whatever CPU runs the suite.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from _fixtures_cpu import PRECISE_INT8_APPLIED
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -16,6 +19,16 @@ from lesionlite.manifest import Manifest  # noqa: E402
 from lesionlite.preprocessing import PreprocessConfig  # noqa: E402
 
 CONFIG = {"session.x64quantprecision": "1"}
+PRECISE = "session.x64quantprecision"
+CPUS = pytest.mark.parametrize("cpu", sorted(PRECISE_INT8_APPLIED))
+
+
+def _entry(opts, key: str) -> str | None:
+    """A session config entry, or None when it was never set (onnxruntime raises for a missing key)."""
+    try:
+        return opts.get_session_config_entry(key)
+    except Exception:  # onnxruntime's RuntimeException: "does not have configuration with key"
+        return None
 
 
 @pytest.fixture()
@@ -40,29 +53,39 @@ def _int8_manifest() -> Manifest:
                     session_config=CONFIG)
 
 
-def test_serve_runtime_applies_the_manifest_session_config(tiny_onnx: Path):
+@CPUS
+def test_serve_runtime_applies_the_manifest_session_config(tiny_onnx: Path, simulated_cpu, cpu: str):
     from serve.runtimes.onnx import OnnxRuntime
 
-    manifest = _int8_manifest()
-    rt = OnnxRuntime(tiny_onnx, manifest)
-    assert rt.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    simulated_cpu(cpu)
+    rt = OnnxRuntime(tiny_onnx, _int8_manifest())
+    assert _entry(rt.session.get_session_options(), PRECISE) == ("1" if PRECISE_INT8_APPLIED[cpu] else None)
 
 
-def test_bench_runner_applies_ort_config(tiny_onnx: Path):
+@CPUS
+def test_bench_runner_applies_ort_config(tiny_onnx: Path, simulated_cpu, cpu: str):
     from mobile_benchmarks import remote_runner
 
-    sess, _load_ns, _info = remote_runner._load_onnx(str(tiny_onnx), 1, ["session.x64quantprecision=1"])
-    assert sess.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+    simulated_cpu(cpu)
+    sess, _load_ns, info = remote_runner._load_onnx(str(tiny_onnx), 1, [f"{PRECISE}=1", "session.other=x"])
+    opts = sess.get_session_options()
+    assert _entry(opts, "session.other") == "x"  # entries other than the CPU-dependent one always apply
+    if PRECISE_INT8_APPLIED[cpu]:
+        assert _entry(opts, PRECISE) == "1" and info["session_config_not_needed_here"] == {}
+    else:  # skipped, and the result says so
+        assert _entry(opts, PRECISE) is None and info["session_config_not_needed_here"] == {PRECISE: "1"}
     args = remote_runner.build_parser().parse_args(["--model", "m", "--kind", "onnx", "--ort-config", "a=1",
                                                     "--ort-config", "b=2"])
     assert args.ort_config == ["a=1", "b=2"]
 
 
-def test_serve_runtime_does_not_spin_unless_asked(tiny_onnx: Path):
+@CPUS
+def test_serve_runtime_does_not_spin_unless_asked(tiny_onnx: Path, simulated_cpu, cpu: str):
     """serve turns onnxruntime's spin-waiting off (its threads share the cores with image decoding);
-    --runtime-spin restores it; a setting recorded in the manifest still applies on top."""
+    --runtime-spin restores it; a setting recorded in the manifest still applies on top where the CPU needs it."""
     from serve.runtimes import load_runtime
 
+    simulated_cpu(cpu)
     manifest = _int8_manifest()
     key = "session.intra_op.allow_spinning"
     quiet = load_runtime(tiny_onnx, manifest)
@@ -71,7 +94,7 @@ def test_serve_runtime_does_not_spin_unless_asked(tiny_onnx: Path):
     spinning = load_runtime(tiny_onnx, manifest, threads=1, spin_wait=True)
     opts = spinning.session.get_session_options()
     assert opts.get_session_config_entry(key) == "1"
-    assert opts.get_session_config_entry("session.x64quantprecision") == "1"
+    assert _entry(opts, PRECISE) == ("1" if PRECISE_INT8_APPLIED[cpu] else None)
 
 
 def test_serve_cli_runtime_spin_flag():
