@@ -682,7 +682,7 @@ def test_predictions(spec: RunSpec, bundle: Any) -> tuple[list[int], list[int]]:
     import torch
 
     from distill.artifacts import load_student
-    from distill.data.transforms import eval_transform
+    from distill.transforms import eval_transform
 
     model, man = load_student(spec.run_dir, map_location="cpu")
     model.eval()

@@ -58,7 +58,7 @@ class DataConfig:
     #: CPU the cores the training threads leave free (0 on a 2-core host: one worker beside two torch
     #: threads cut MobileNetV2 64 px training from 117 to 23 img/s there, by oversubscription)
     workers: int | None = None
-    #: training augmentation strength (distill.data.transforms.train_transform)
+    #: training augmentation strength (distill.transforms.train_transform)
     augment: Literal["default", "light", "none"] = "default"
     #: decode every image once per run into RAM (distill.data.cache): training images downscaled to
     #: ``cache_short_side``, val/test as their exact eval tensors. Off = decode from disk every epoch.

@@ -205,7 +205,7 @@ def _bn_calibration_batches(ds: Any, pre: PreprocessConfig, batch: int = 64) -> 
 
     Deterministic (same images on every rank and every run of the same split), so DDP ranks agree.
     """
-    from distill.data.transforms import eval_transform
+    from distill.transforms import eval_transform
 
     tf = eval_transform(pre)
     order = np.random.default_rng(0).permutation(len(ds))[:BN_CALIBRATION_IMAGES]
@@ -321,7 +321,7 @@ def install_student_downscale(student: nn.Module, size: int) -> Any:
 def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: Any, s: Student, tman: Any,
                   method_cls: Any) -> Loaders:
     """The multi-view training loader (seeded sampler), the val/test loaders and the steps per epoch."""
-    from distill.data.transforms import MultiViewDataset, collate_views, train_transform
+    from distill.transforms import MultiViewDataset, collate_views, train_transform
 
     bs = cfg.optim.batch_size
     view_pre = training_view_preprocessing(cfg, s.pre, tman)
@@ -360,7 +360,7 @@ def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bu
 
 def _eval_loader(split: str, bundle: Any, pre: PreprocessConfig, eval_sources: dict[str, Any], batch_size: int,
                  info: ddp.DistInfo, loader_kw: dict[str, Any]) -> torch.utils.data.DataLoader:
-    from distill.data.transforms import MultiViewDataset, eval_transform
+    from distill.transforms import MultiViewDataset, eval_transform
 
     mv = eval_sources.get(split) or MultiViewDataset(bundle.split(split), eval_transform(pre), 1, "independent")
     kw = dict(loader_kw)
@@ -380,7 +380,7 @@ def cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
     if not cfg.data.cache:
         return bundle.train, {}
     from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache
-    from distill.data.transforms import eval_transform
+    from distill.transforms import eval_transform
 
     t0 = time.time()
     side = cfg.data.cache_short_side or 2 * max(pre.input_size, view_size or 0)

@@ -87,13 +87,27 @@ def eval_images(art: Artifact, n: int, seed: int = 0,
                 source = f"all {len(pool)} {what}" + (" that export evaluated against PyTorch" if reference is not None else "")
             return [p[0] for p in pairs], np.array([int(p[1]) for p in pairs]), source, torch_logits
         except (LesionliteError, ImportError, OSError, ValueError, KeyError) as exc:
-            reason = f"data {spec!r} not available here ({exc})"
+            reason = why_no_data(str(spec), exc)
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     side = max(art.manifest.preprocessing.effective_resize, art.manifest.preprocessing.input_size)
     imgs = [Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8), mode="RGB") for _ in range(n)]
     return imgs, None, f"{n} seeded random images (no real test images: {reason})", None
+
+
+def why_no_data(spec: str, exc: BaseException) -> str:
+    """Why the agreement check fell back to random images, in words a user can act on.
+
+    An ImportError means the data layer itself could not be imported (a package missing from this
+    environment), not that the data is missing: saying "not available" then would send the user looking
+    for a folder that is there. A loader's own error names the folder it looked in (distill.data.paths).
+    """
+    if isinstance(exc, ImportError):
+        missing = f" (module {exc.name!r} is not installed)" if exc.name else ""
+        return (f"data {spec!r} was not read: a module the data layer needs is missing here{missing}; "
+                f"{type(exc).__name__}: {exc}")
+    return f"data {spec!r} not available here: {exc}"
 
 
 def compare_outputs(target_out: np.ndarray, host_out: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
@@ -146,6 +160,8 @@ def run_agreement(arts: list[Artifact], target: Any, host: Any, n: int, log: Cal
                    None if reference is None else str(reference["path"]))
             if key not in cache:
                 cache[key] = eval_images(art, n, reference=reference)
+                if cache[key][1] is None:  # no labels: random images stand in, and the user hears why
+                    log(f"[agree] {cache[key][2]}")
             images, labels, source, torch_logits = cache[key]
             sources.add(source)
             try:

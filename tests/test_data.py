@@ -298,7 +298,7 @@ def test_grouped_split_keeps_groups_and_proportions() -> None:
 def test_multiview_dataset_and_collate() -> None:
     import torch
 
-    from distill.data.transforms import MultiViewDataset, collate_views, eval_transform, train_transform
+    from distill.transforms import MultiViewDataset, collate_views, eval_transform, train_transform
     from distill.methods.base import Batch
     from lesionlite.preprocessing import PreprocessConfig
 

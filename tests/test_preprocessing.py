@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.data.transforms import TrainTransform, eval_transform, train_transform
+from distill.transforms import TrainTransform, eval_transform, train_transform
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import (
     IMAGENET_MEAN,

@@ -10,9 +10,9 @@ from PIL import Image
 
 from distill.data import ArrayDataset
 from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache, downscale_to_short_side
-from distill.data.transforms import RandomRotatedResizedCrop, eval_transform, train_transform
 from distill.metrics import balanced_accuracy, paired_bootstrap_balanced_accuracy_delta
 from distill.train import resolve_workers
+from distill.transforms import RandomRotatedResizedCrop, eval_transform, train_transform
 from lesionlite.preprocessing import PreprocessConfig
 
 
@@ -132,7 +132,7 @@ def test_loop_runs_channels_last_on_cpu_and_meters_data_waits(tmp_path):
 def test_linear_color_jitter_matches_torchvision_on_each_linear_operation(op):
     from torchvision.transforms import functional as TF
 
-    from distill.data.transforms import LinearColorJitter
+    from distill.transforms import LinearColorJitter
 
     rng = np.random.default_rng(2)
     img = Image.fromarray(rng.integers(30, 220, (40, 40, 3), dtype=np.uint8))  # no clipping either way
@@ -151,7 +151,7 @@ def test_linear_color_jitter_matches_torchvision_on_each_linear_operation(op):
 def test_linear_color_jitter_small_hue_shift_turns_colours_as_torchvision_does():
     from torchvision.transforms import functional as TF
 
-    from distill.data.transforms import LinearColorJitter
+    from distill.transforms import LinearColorJitter
 
     img = Image.new("RGB", (8, 8), (180, 90, 80))  # a reddish skin tone
     jit = LinearColorJitter(hue=0.02)

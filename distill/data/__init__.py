@@ -3,8 +3,9 @@
 ``load_dataset(spec)`` returns a :class:`DatasetBundle` (train/val/test :class:`LesionDataset`
 yielding ``(PIL RGB image, label)``, class names, a stable fingerprint and a human-readable source).
 Real data is found through one setting: ``root`` / ``LESIONLITE_DATA`` / ``<repo>/../shared/data``.
-Torch transforms live in :mod:`distill.data.transforms` (imported lazily: this package stays
-torch-free).
+This package imports without torch (bench's agreement check and export's data rebuild read datasets
+through it): the dataset registry imports every public module here, so the torch transforms live
+outside it, in :mod:`distill.transforms`, and their names below are looked up lazily.
 """
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ def load_dataset(spec: str, root: str | Path | None = None, seed: int = 0, synth
     return loader(arg, root=root, seed=int(seed), synthetic_size=int(synthetic_size), **kwargs)
 
 
-def __getattr__(name: str) -> Any:  # lazy torch-dependent names
-    if name in ("eval_transform", "train_transform", "MultiViewDataset", "collate_views", "TransformedDataset",
-                "EvalTransform", "TrainTransform"):
-        from distill.data import transforms
+_TRANSFORM_NAMES = ("eval_transform", "train_transform", "MultiViewDataset", "collate_views", "TransformedDataset",
+                    "EvalTransform", "TrainTransform")
+
+
+def __getattr__(name: str) -> Any:
+    """The torch transforms' names, imported on first use so that ``import distill.data`` needs no torch."""
+    if name in _TRANSFORM_NAMES:
+        from distill import transforms
 
         return getattr(transforms, name)
     raise AttributeError(f"module 'distill.data' has no attribute {name!r}")
