@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -89,28 +90,60 @@ def load_image_bytes(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.I
     """Decode bytes into an RGB PIL image, honouring EXIF orientation.
 
     Raises :class:`ImageDecodeError` with a message naming the problem for empty, corrupt,
-    truncated or oversized input (never a Pillow traceback).
+    truncated or oversized input (never a Pillow traceback). ``max_pixels`` is the one size limit:
+    it is checked on the header, before anything is decoded, and its refusal names it.
     """
     if not data:
         raise ImageDecodeError("empty image: no bytes received")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            w, h = probe.size
-            fmt = probe.format
+        img = _open_header(data)
+        (w, h), fmt = img.size, img.format
         if w * h > max_pixels:
-            raise ImageDecodeError(
-                f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
-            )
-        img = Image.open(io.BytesIO(data))
+            raise ImageDecodeError(f"image too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
         img.load()
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large (decompression-bomb guard): {exc}") from None
+    except Image.DecompressionBombError:  # no plugin re-read the header: the size is unknown, only "huge"
+        raise ImageDecodeError(f"image too large: over {2 * Image.MAX_IMAGE_PIXELS} pixels, which exceeds the "
+                               f"limit of {max_pixels}") from None
     except Exception as exc:  # PIL raises many types for corrupt input
         raise ImageDecodeError(f"cannot decode image: {type(exc).__name__}: {exc}") from None
     img.info["source_format"] = fmt
     return to_rgb(img)
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """The image opened lazily (header read, pixels not yet decoded).
+
+    ``Image.open`` refuses an image over twice Pillow's ``Image.MAX_IMAGE_PIXELS`` (178956970) itself, in
+    its own words and with its own limit, before the caller's ``max_pixels`` could be checked: a
+    20000x20000 upload answered "exceeds limit of 178956970 pixels" while the server's limit is another.
+    Such an image is opened again by its format's plugin, which reads only the header, so that the
+    caller's limit is the one applied and named.
+    """
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        img = _open_with_plugin(data)
+        if img is None:
+            raise
+        return img
+
+
+def _open_with_plugin(data: bytes) -> Image.Image | None:
+    """``Image.open`` without its decompression-bomb check: the first registered format plugin that
+    accepts the bytes (as ``Image.open`` tries them), or None."""
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        verdict = accept(data[:16]) if accept else True
+        if not verdict or isinstance(verdict, str):  # a str is Pillow's "recognised but unsupported"
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError, struct.error):
+            continue
+    return None
 
 
 def load_image_file(path: str) -> Image.Image:

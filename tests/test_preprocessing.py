@@ -89,6 +89,18 @@ def test_decompression_bomb_guard() -> None:
     assert load_image_bytes(buf.getvalue(), max_pixels=20_000_000).size == (4000, 3000)
 
 
+@pytest.mark.parametrize("side", [20000, 60000])
+def test_pixel_limit_is_ours_past_pillows_own_guard(side: int) -> None:
+    """Pillow's Image.open refuses over 2 x Image.MAX_IMAGE_PIXELS in its own words; the caller's
+    max_pixels, read from the header before decoding, is the limit the error names."""
+    from test_serve_support import png_bomb
+
+    assert side * side > 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError) as err:
+        load_image_bytes(png_bomb(side, side), max_pixels=40_000_000)
+    assert str(err.value) == f"image too large: {side}x{side} = {side * side} pixels exceeds the limit of 40000000"
+
+
 @pytest.mark.parametrize("strength", ["default", "light"])
 def test_train_transform_shape_and_normalisation(strength: str) -> None:
     torch.manual_seed(0)
