@@ -8,6 +8,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -35,10 +36,24 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _endpoint(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if path else "unmatched"  # never the raw path: unknown URLs must not add labels
+def _endpoint(scope: Scope, request: Scope) -> str:
+    """The label of a request: its route template, never the raw path (unknown URLs must not add labels).
+
+    FastAPI leaves ``scope["route"]`` unset for plain Starlette routes and mounts — ``/openapi.json`` and the
+    offline docs' ``/static-offline-docs/...`` files — so those are looked up among the app's routes.
+    ``request`` is the path as it came in (the router rewrites ``root_path`` for mounts).
+    """
+    path = getattr(scope.get("route"), "path", None)
+    return path or _plain_route_template(scope.get("app"), request) or "unmatched"
+
+
+def _plain_route_template(app: object, request: Scope) -> str | None:
+    """The template of the app's top-level Starlette route or mount that matches ``request``; a mount as
+    ``/prefix/{path}`` (one label for all its files); None for an unknown URL."""
+    for route in getattr(app, "routes", ()):
+        if isinstance(route, (Route, Mount)) and route.matches(request)[0] is not Match.NONE:
+            return f"{route.path}/{{path}}" if isinstance(route, Mount) else route.path
+    return None
 
 
 class MetricsMiddleware:
@@ -59,6 +74,8 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        request = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
+                   "method": scope.get("method", "")}
         m = self.metrics
         m.in_flight.inc()
         t0 = time.perf_counter()
@@ -66,6 +83,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, _send)
         finally:
             m.in_flight.dec()
-            ep = _endpoint(scope)
+            ep = _endpoint(scope, request)
             m.requests.labels(ep, scope.get("method", ""), str(status["code"])).inc()
             m.latency.labels(ep).observe(time.perf_counter() - t0)

@@ -248,6 +248,19 @@ def test_metrics(client: httpx.Client) -> None:
     assert "/definitely/not/here" not in client.get("/metrics").text  # no label per unknown URL
 
 
+def test_metrics_label_the_schema_and_the_offline_docs_files_by_route(client: httpx.Client) -> None:
+    """/openapi.json and the docs' own JS/CSS (plain Starlette routes, not FastAPI's) get their route, not
+    ``unmatched``; a static mount is one label, never one per file."""
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/static-offline-docs/swagger-ui.css").status_code == 200
+    assert client.get("/static-offline-docs/no-such-file.js").status_code == 404
+    text = client.get("/metrics").text
+    assert 'lesionlite_requests_total{endpoint="/openapi.json",method="GET",status="200"}' in text
+    assert 'lesionlite_requests_total{endpoint="/static-offline-docs/{path}",method="GET",status="200"}' in text
+    assert 'lesionlite_requests_total{endpoint="/static-offline-docs/{path}",method="GET",status="404"}' in text
+    assert "swagger-ui.css" not in text and "no-such-file" not in text
+
+
 def test_web_page_is_self_contained(client: httpx.Client) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
