@@ -360,11 +360,11 @@ def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source:
     src, stats = source.manifest, source.stats
     return Manifest(
         kind=fmt.kind, architecture=src.architecture, class_names=list(src.class_names),
-        preprocessing=src.preprocessing, input=info.input, output=info.output, precision=prec,
+        preprocessing=info.preprocessing or src.preprocessing, input=info.input, output=info.output, precision=prec,
         parameters=stats["params"], macs=stats["macs"], session_config=dict(info.session_config),
         parity={**check.parity, "accepted": check.accepted}, source_sha256=source.sha256,
         evaluation=source.data.describe(), weights=src.weights, data=DataSpec(**portable(dict(src.data))),
-        calibration=dict(src.calibration), metrics=dict(check.metrics), files={"model": fmt.model_file},
+        calibration=info.calibration(src.calibration), metrics=dict(check.metrics), files={"model": fmt.model_file},
         version=src.version,
         extra={
             "format": fmt.name, "source_metrics": source.metrics, "macs_method": stats["macs_method"],

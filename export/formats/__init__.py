@@ -44,6 +44,23 @@ class ArtifactInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     #: onnxruntime session config entries the artifact must run with (manifest ``session_config``)
     session_config: dict[str, str] = field(default_factory=dict)
+    #: the artifact's own preprocessing when it differs from the source's (TFLite: pixels in, normalised
+    #: in the graph); None keeps the source's
+    preprocessing: Any = None
+
+    def calibration(self, source_calibration: dict[str, Any]) -> dict[str, Any]:
+        """The artifact manifest's ``calibration``: the source's, less what its outputs cannot serve.
+
+        An artifact whose output is probabilities cannot give the logit energy that serve's
+        out-of-distribution check compares with ``ood.energy_threshold`` (log-probabilities have energy
+        0), so that threshold is dropped there; the image-statistics check stays.
+        """
+        cal = dict(source_calibration)
+        ood = cal.get("ood")
+        if self.output.get("kind") == "probabilities" and isinstance(ood, dict) and ood.get("energy_threshold") is not None:
+            cal["ood"] = {**ood, "energy_threshold": None,
+                          "energy_note": "dropped: the model outputs probabilities, not logits"}
+        return cal
 
 
 class ExportFormat:

@@ -45,20 +45,47 @@ if TYPE_CHECKING:  # pragma: no cover
 _NP_DTYPE_NAME = {np.float32: "float32", np.int8: "int8", np.uint8: "uint8"}
 
 
-def _nhwc_wrapper(model: Any) -> Any:
+def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0),
+                  temperature: float | None = None) -> Any:
+    """The module converted to TFLite: NHWC pixels in [0, 1] → ``softmax(student((x - mean) / std) / T)``.
+
+    Normalisation and the calibrated softmax live in the graph (as in CoreML) so that a phone task
+    runtime fed an image gets what training saw (:mod:`export.tflite_metadata` says why); with the
+    defaults and ``temperature=None`` it is the bare student on NHWC input (benchmarks use that).
+    """
+    import torch
     from torch import nn
 
-    class NHWCInput(nn.Module):
+    class NHWCClassifier(nn.Module):
         """Takes [N, H, W, 3] (what mobile image code produces) and feeds the NCHW student."""
 
         def __init__(self, inner: nn.Module) -> None:
             super().__init__()
             self.inner = inner
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+            self.temperature = temperature
 
         def forward(self, x):  # noqa: ANN001
-            return self.inner(x.permute(0, 3, 1, 2))
+            logits = self.inner((x.permute(0, 3, 1, 2) - self.mean) * self.inv_std)
+            return logits if self.temperature is None else torch.softmax(logits / self.temperature, dim=1)
 
-    return NHWCInput(model).eval()
+    return NHWCClassifier(model).eval()
+
+
+def to_pixels(x_nchw: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """Normalised NCHW input (lesionlite.preprocessing) → the graph's NCHW pixels in [0, 1]."""
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return (x_nchw.astype(np.float32, copy=False) * s + m).astype(np.float32)
+
+
+def pixel_preprocessing(cfg: Any) -> Any:
+    """The artifact's preprocessing: the source's resize, with mean 0 and std 1 (normalised in the graph)."""
+    from dataclasses import replace
+
+    return replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                   extra={**cfg.extra, "normalization_in_graph": {"mean": list(cfg.mean), "std": list(cfg.std)}})
 
 
 def _import_litert_torch() -> Any:
@@ -145,14 +172,29 @@ def _interpreter(path: Path, threads: int | None = None) -> Any:
     return it
 
 
+def _with_metadata(ctx: "ExportContext", precision: str, payload: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+    """``payload`` with image-classifier metadata (:mod:`export.tflite_metadata`); LiteRT outputs checked unchanged."""
+    from export.tflite_metadata import add_metadata, describe
+
+    import importlib.metadata
+
+    version = ctx.source.version or f"lesionlite {importlib.metadata.version('lesionlite')}"
+    return add_metadata(payload, name=f"lesionlite {ctx.architecture} ({precision})", version=str(version),
+                        description=describe(ctx.architecture, precision, ctx.temperature, ctx.class_names,
+                                             ctx.input_size),
+                        class_names=ctx.class_names, outputs_of=lambda b: _outputs(b, calib))
+
+
 @register_format
 class TFLiteFormat(ExportFormat):
     name = "tflite"
     kind = "tflite"
     model_file = "model.tflite"
+    output_kind = "probabilities"  # softmax(logits / T) in the graph, like CoreML
     requires = (("litert_torch", "TFLite export"), ("ai_edge_quantizer", "TFLite fp16/int8 quantization"),
-                ("ai_edge_litert", "running TFLite models (parity checks)"))
-    tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert")
+                ("ai_edge_litert", "running TFLite models (parity checks)"),
+                ("mediapipe", "TFLite metadata (its metadata schema) and the MediaPipe check"))
+    tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "mediapipe")
 
     def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
         """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy."""
@@ -163,8 +205,9 @@ class TFLiteFormat(ExportFormat):
 
             litert_torch = _import_litert_torch()
             litert_torch.config.show_progress = False
-            s = ctx.input_size
-            edge = litert_torch.convert(_nhwc_wrapper(model), (torch.zeros(1, s, s, 3),))
+            s, pre = ctx.input_size, ctx.preprocessing
+            edge = litert_torch.convert(_nhwc_wrapper(model, pre.mean, pre.std, ctx.temperature),
+                                        (torch.zeros(1, s, s, 3),))
             path = ctx.workdir / f"{stem}.tflite"
             edge.export(str(path))
             ctx.cache[key] = path
@@ -172,7 +215,10 @@ class TFLiteFormat(ExportFormat):
 
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
         fp32 = self.float_graph(ctx, precision)
-        extra: dict[str, Any] = {"converter": "litert_torch.convert (NHWC wrapper)"}
+        pre = ctx.preprocessing
+        calib = to_pixels(ctx.calib, pre.mean, pre.std)  # the graph takes pixels in [0, 1]
+        extra: dict[str, Any] = {"converter": "litert_torch.convert (NHWC pixels in, normalisation and "
+                                              "softmax(logits / T) in the graph)"}
         if precision == "fp32":
             payload = fp32.read_bytes()
         elif precision == "fp16":
@@ -188,18 +234,25 @@ class TFLiteFormat(ExportFormat):
         else:
             from export.tflite_int8 import quantize_int8
 
-            payload, extra["quantization"] = quantize_int8(fp32, ctx.calib, ctx.options.int8_io,
+            payload, extra["quantization"] = quantize_int8(fp32, calib, ctx.options.int8_io,
                                                            num_threads=min(4, usable_cpu_count()))
+            if ctx.options.int8_io:
+                from export.tflite_metadata import pin_pixel_input_quantization
+
+                payload, extra["quantization"]["input_pinned"] = pin_pixel_input_quantization(payload)
             payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
-            payload, extra["flatbuffer_dedup"] = _compact(payload, ctx.calib)
+            payload, extra["flatbuffer_dedup"] = _compact(payload, calib)
+        payload, extra["metadata"] = _with_metadata(ctx, precision, payload, calib)
         dest.write_bytes(payload)
         it = _interpreter(dest, 1)
         inp = _tensor_spec(it.get_input_details()[0])
         outp = _tensor_spec(it.get_output_details()[0])
         return ArtifactInfo(
-            input={**inp, "layout": "NHWC"},
-            output={**outp, "kind": "logits", "temperature_applied": False},
-            extra=extra,
+            input={**inp, "layout": "NHWC", "type": "image", "color_layout": "RGB", "pixel_scale": 1.0 / 255.0,
+                   "normalization": "in graph: (pixel/255 - mean) / std with the source's preprocessing"},
+            output={**outp, "kind": "probabilities", "temperature_applied": True},
+            extra={**extra, "source_normalization": {"mean": list(pre.mean), "std": list(pre.std)}},
+            preprocessing=pixel_preprocessing(pre),
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
@@ -207,9 +260,10 @@ class TFLiteFormat(ExportFormat):
 
         it = _interpreter(path)
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
+        norm = info.extra.get("source_normalization", {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
 
-        def run(x: np.ndarray) -> np.ndarray:
-            ys = _invoke_each(it, x, (iq["scale"], iq["zero_point"]) if iq else None)
+        def run(x: np.ndarray) -> np.ndarray:  # x: normalised with the source's preprocessing
+            ys = _invoke_each(it, to_pixels(x, norm["mean"], norm["std"]), (iq["scale"], iq["zero_point"]) if iq else None)
             return np.concatenate([dequantize_affine(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
                                    for y in ys], axis=0)
 

@@ -3,7 +3,9 @@
 Handles NCHW or NHWC inputs (``input.layout`` in the manifest, checked against the tensor shape)
 and int8/uint8 input/output tensors, (de)quantised with the scale/zero_point of the tensor details.
 A model whose batch dimension is fixed (shape_signature[0] != -1, e.g. litert-torch exports with a
-batch of 1) is run one image at a time; a dynamic batch is resized to each batch size.
+batch of 1) is run one image at a time; a dynamic batch is resized to each batch size. A model whose
+manifest says its output is probabilities (exported TFLite: softmax(logits / T) in the graph) returns
+their logarithm, so that serve's logits → softmax path gives the model's own probabilities back.
 """
 from __future__ import annotations
 
@@ -27,6 +29,16 @@ def _qparams(detail: dict) -> tuple[float, int] | None:
         if scales is not None and len(scales) == 1:
             scale, zp = float(scales[0]), int(qp["zero_points"][0])
     return (float(scale), int(zp)) if scale else None
+
+
+#: floor of a probability before its log: an int8 softmax output rounds small probabilities to 0
+_MIN_PROBABILITY = 1e-9
+
+
+def log_probabilities(p: np.ndarray) -> np.ndarray:
+    """Probabilities → logits of the same softmax at temperature 1 (serve's contract is logits; the
+    manifest's ``temperature_applied`` makes serve use T = 1, so softmax(log p) gives p back)."""
+    return np.log(np.maximum(p, _MIN_PROBABILITY)).astype(np.float32)
 
 
 @register_runtime
@@ -64,6 +76,8 @@ class TFLiteRuntime(Runtime):
         if np.issubdtype(self._in_dtype, np.integer) and self._in_q is None:
             raise LesionliteError(f"{model_path}: integer input tensor without quantization parameters")
         self._current_batch = int(self._in["shape"][0])
+        #: exported TFLite computes softmax(logits / T) in the graph (manifest output.kind "probabilities")
+        self._probabilities = manifest.output.get("kind") == "probabilities"
 
     def _prepare(self, batch: np.ndarray) -> np.ndarray:
         if self._in_q is not None:
@@ -78,9 +92,8 @@ class TFLiteRuntime(Runtime):
         self.interpreter.set_tensor(self._in["index"], x)
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self._out["index"])
-        if self._out_q is not None:
-            return dequantize(y, *self._out_q)
-        return y.astype(np.float32)
+        y = dequantize(y, *self._out_q) if self._out_q is not None else y.astype(np.float32)
+        return log_probabilities(y) if self._probabilities else y
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         x = self._prepare(batch)

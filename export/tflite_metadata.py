@@ -1,0 +1,217 @@
+"""TFLite metadata, so that phone task runtimes (MediaPipe Tasks, the TFLite Task Library) run the file as exported.
+
+Without metadata MediaPipe's ``vision.ImageClassifier`` refuses a float-input model ("it requires
+specifying NormalizationOptions metadata") and an app team must re-write the preprocessing, the
+label list and the softmax by hand — the classic source of silent accuracy loss on the phone. Every
+exported ``.tflite`` therefore carries (written here with the flatbuffers package and the metadata
+schema's generated Python that the mediapipe 1.2.2 wheel ships — its own writers fail to import, as
+``mediapipe.tasks.cc`` is missing from the wheel, and tflite-support 0.4.4 needs protobuf < 4, which
+onnx 1.23 (protobuf ≥ 6.31) rules out):
+
+* general metadata: name, version, description with the research-use disclaimer, author, licence;
+* the input as an RGB image. The graph takes *pixels*: float32 ``pixel / 255`` (NormalizationOptions
+  mean 0, std 255) or, with int8 I/O, int8 ``pixel - 128`` (scale 1/255, zero point -128) — the
+  per-channel mean/std of :mod:`lesionlite.preprocessing` is applied inside the graph, exactly, as
+  CoreML does. (MediaPipe's ImageToTensor maps a float input to one [min, max] range computed from the
+  *first* mean/std value only, so a per-channel normalisation written as metadata would be wrong for
+  green and blue; its int8 input is always ``pixel - 128``.)
+* the output as classification scores: ``softmax(logits / T)`` with the calibration temperature T is
+  computed in the graph, and two label files ride along (class codes, and display names for locale
+  ``en``), so ``category_name`` is the code and ``display_name`` the readable name.
+
+:func:`add_metadata` checks that the LiteRT outputs of the model are bit-identical with and without
+the metadata (metadata is a flatbuffer side table and must not change the graph).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lesionlite.classes import display_name
+from lesionlite.errors import LesionliteError, require
+
+#: shown in every exported model's description: what the model is not
+DISCLAIMER = ("Research use only: not a medical device, not validated for clinical use, and not a substitute "
+              "for diagnosis by a dermatologist.")
+LICENSE = "Apache-2.0 (lesionlite); see the model card for the training data's terms"
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+#: MediaPipe's ImageToTensor maps pixel p to (p - mean) / std: p / 255 for a float input
+PIXEL_NORM_MEAN, PIXEL_NORM_STD = 0.0, 255.0
+LABELS_FILE, DISPLAY_LABELS_FILE = "labels.txt", "labels_en.txt"
+METADATA_NAME = "TFLITE_METADATA"
+METADATA_IDENTIFIER = b"M001"
+#: the oldest metadata parser that reads every field written here (image properties, normalisation,
+#: label files with a locale: all of metadata schema 1.0)
+MIN_PARSER_VERSION = "1.0.0"
+
+
+def _schema() -> Any:
+    """MediaPipe's generated metadata schema (pure Python flatbuffers code inside the mediapipe wheel)."""
+    require("mediapipe", "export", "TFLite metadata (the metadata flatbuffer schema) and the MediaPipe check")
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as mfb
+
+    return mfb
+
+
+def describe(architecture: str, precision: str, temperature: float, class_names: list[str],
+             input_size: int, extra: str = "") -> str:
+    """The model's description: what goes in, what comes out, and the disclaimer."""
+    return (f"lesionlite {architecture} skin-lesion (dermoscopy) classifier, {precision}. Input: an RGB image, "
+            f"resized by the runtime to {input_size}x{input_size} (whole image, aspect ratio not kept). Output: "
+            f"calibrated probabilities softmax(logits / {temperature:.4g}) over {len(class_names)} classes "
+            f"({', '.join(class_names)}). {extra}{DISCLAIMER}")
+
+
+def _tensor_md(mfb: Any, name: str, description: str, lo: float, hi: float) -> Any:
+    t = mfb.TensorMetadataT()
+    t.name, t.description = name, description
+    t.stats = mfb.StatsT()
+    t.stats.min, t.stats.max = [lo], [hi]
+    t.content = mfb.ContentT()
+    return t
+
+
+def _labels(mfb: Any, name: str, locale: str | None, description: str) -> Any:
+    f = mfb.AssociatedFileT()
+    f.name, f.description, f.type, f.locale = name, description, mfb.AssociatedFileType.TENSOR_AXIS_LABELS, locale
+    return f
+
+
+def metadata_buffer(name: str, version: str, description: str) -> bytes:
+    """The ``TFLITE_METADATA`` flatbuffer of an image classifier (pixel input, probabilities out, label files)."""
+    import flatbuffers
+
+    mfb = _schema()
+    image = _tensor_md(mfb, INPUT_NAME, "RGB image; pixels enter the graph as p/255 (float32) or p-128 (int8) and "
+                       "are normalised inside it with lesionlite's mean/std", 0.0, 1.0)
+    image.content.contentPropertiesType = mfb.ContentProperties.ImageProperties
+    image.content.contentProperties = mfb.ImagePropertiesT()
+    image.content.contentProperties.colorSpace = mfb.ColorSpaceType.RGB
+    norm = mfb.ProcessUnitT()
+    norm.optionsType = mfb.ProcessUnitOptions.NormalizationOptions
+    norm.options = mfb.NormalizationOptionsT()
+    norm.options.mean, norm.options.std = [PIXEL_NORM_MEAN], [PIXEL_NORM_STD]
+    image.processUnits = [norm]
+    probs = _tensor_md(mfb, OUTPUT_NAME, "calibrated class probabilities: softmax(logits / temperature)", 0.0, 1.0)
+    probs.content.contentPropertiesType = mfb.ContentProperties.FeatureProperties
+    probs.content.contentProperties = mfb.FeaturePropertiesT()
+    probs.associatedFiles = [_labels(mfb, LABELS_FILE, None, "class codes, one per output index"),
+                             _labels(mfb, DISPLAY_LABELS_FILE, "en", "display names, one per output index")]
+    sg = mfb.SubGraphMetadataT()
+    sg.inputTensorMetadata, sg.outputTensorMetadata = [image], [probs]
+    md = mfb.ModelMetadataT()
+    md.name, md.version, md.description, md.author, md.license = name, version, description, "lesionlite", LICENSE
+    md.subgraphMetadata = [sg]
+    md.minParserVersion = MIN_PARSER_VERSION
+    b = flatbuffers.Builder(0)
+    b.Finish(md.Pack(b), METADATA_IDENTIFIER)
+    return bytes(b.Output())
+
+
+def _attach(model_bytes: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
+    """The model with ``metadata`` as its ``TFLITE_METADATA`` buffer and ``files`` zipped behind it (stored,
+    uncompressed, as the metadata populators of tflite-support and MediaPipe pack associated files)."""
+    import io
+    import zipfile
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from export.tflite_compact import serialize
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(metadata, np.uint8).copy()
+    model.buffers.append(buf)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    model.metadata.append(entry)
+    packed, _ = serialize(model, model_bytes, dedupe=False)
+    out = io.BytesIO(packed)
+    out.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def add_metadata(model_bytes: bytes, *, name: str, version: str, description: str, class_names: list[str],
+                 outputs_of: Callable[[bytes], list[np.ndarray]] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """``model_bytes`` with image-classifier metadata, and what was written (for the manifest).
+
+    ``outputs_of(model_bytes)`` runs a model on a few images; when given, the outputs with and without
+    metadata must be identical, else :class:`LesionliteError`.
+    """
+    files = {LABELS_FILE: ("\n".join(class_names) + "\n").encode(),
+             DISPLAY_LABELS_FILE: ("\n".join(display_name(c) for c in class_names) + "\n").encode()}
+    out = _attach(model_bytes, metadata_buffer(name, version, description), files)
+    info: dict[str, Any] = {"schema": "TFLite metadata (MediaPipe's metadata_schema, min parser "
+                                      f"{MIN_PARSER_VERSION})", "name": name, "version": version,
+                            "labels": f"{LABELS_FILE} (codes), {DISPLAY_LABELS_FILE} (display names, en)",
+                            "input_normalization": {"mean": [PIXEL_NORM_MEAN], "std": [PIXEL_NORM_STD]},
+                            "disclaimer": DISCLAIMER}
+    if outputs_of is not None:
+        if not all(np.array_equal(a, b) for a, b in zip(outputs_of(model_bytes), outputs_of(out))):
+            raise LesionliteError(f"{name}: LiteRT outputs changed when TFLite metadata was added")
+        info["outputs_unchanged"] = True
+    return out, info
+
+
+#: int8 input as MediaPipe's ImageToTensor fills it: q = pixel - 128, i.e. pixel / 255 at scale 1/255, zero point -128
+PIXEL_INT8_SCALE, PIXEL_INT8_ZERO_POINT = 1.0 / 255.0, -128
+
+
+def pin_pixel_input_quantization(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Set an int8 graph input's quantization to exactly (1/255, -128), the pixel grid.
+
+    Calibration gives the input roughly [0, 1] (scale ≈ 1/255), but MediaPipe always writes
+    ``pixel - 128`` into an int8 input whatever its parameters say; pinning them makes that exact (and
+    lossless: every pixel value is a grid point). The first op reads the input's parameters when the
+    interpreter prepares it, so the graph stays consistent.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    from export.tflite_compact import serialize
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    sg = model.subgraphs[0]
+    t = sg.tensors[sg.inputs[0]]
+    if t.type != schema.TensorType.INT8 or t.quantization is None or t.quantization.scale is None:
+        return model_bytes, {"applied": False, "reason": "input is not int8"}
+    before = {"scale": float(t.quantization.scale[0]), "zero_point": int(t.quantization.zeroPoint[0])}
+    lo, hi = (-128 - before["zero_point"]) * before["scale"], (127 - before["zero_point"]) * before["scale"]
+    t.quantization.scale = [PIXEL_INT8_SCALE]
+    t.quantization.zeroPoint = [PIXEL_INT8_ZERO_POINT]
+    out, _ = serialize(model, model_bytes, dedupe=False)
+    return out, {"applied": True, "calibrated": before, "calibrated_range": [round(lo, 5), round(hi, 5)],
+                 "pinned": {"scale": PIXEL_INT8_SCALE, "zero_point": PIXEL_INT8_ZERO_POINT}}
+
+
+def read_metadata(model_bytes: bytes) -> dict[str, Any]:
+    """Name, version, description, normalisation and associated files of a ``.tflite`` ({} without metadata)."""
+    import io
+    import zipfile
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    mfb = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    entry = next((m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())), None)
+    if entry is None:
+        return {}
+    md = mfb.ModelMetadataT.InitFromObj(mfb.ModelMetadata.GetRootAs(bytes(model.buffers[entry.buffer].data), 0))
+    image = md.subgraphMetadata[0].inputTensorMetadata[0]
+    norm = image.processUnits[0].options if image.processUnits else None
+    try:
+        with zipfile.ZipFile(io.BytesIO(model_bytes)) as zf:
+            files = {n: zf.read(n).decode() for n in zf.namelist()}
+    except zipfile.BadZipFile:
+        files = {}
+    dec = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    return {"name": dec(md.name), "version": dec(md.version), "description": dec(md.description),
+            "min_parser_version": dec(md.minParserVersion),
+            "normalization": None if norm is None else {"mean": list(norm.mean), "std": list(norm.std)},
+            "associated_files": files}
