@@ -126,9 +126,9 @@ def test_resume_reproduces_an_uninterrupted_run(full_run, tmp_path: Path) -> Non
 def test_artifacts_and_reload_gives_identical_logits(full_run) -> None:
     from distill.artifacts import load_student
     from distill.data import load_dataset
-    from distill.transforms import eval_transform
     from distill.metrics import classification_report
     from distill.models import build_model
+    from distill.transforms import eval_transform
 
     run = full_run.run_dir
     for name in ("config.yaml", "last.pt", "student.pt", "manifest.json", "metrics.json", "train_log.jsonl",
