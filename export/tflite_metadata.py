@@ -10,11 +10,11 @@ onnx 1.23 (protobuf ≥ 6.31) rules out):
 
 * general metadata: name, version, description with the research-use disclaimer, author, licence;
 * the input as an RGB image. The graph takes *pixels*: float32 ``pixel / 255`` (NormalizationOptions
-  mean 0, std 255) or, with int8 I/O, int8 ``pixel - 128`` (scale 1/255, zero point -128) — the
+  mean 0, std 255) or, with integer I/O, the uint8 pixels themselves (scale 1/255, zero point 0) — the
   per-channel mean/std of :mod:`lesionlite.preprocessing` is applied inside the graph, exactly, as
   CoreML does. (MediaPipe's ImageToTensor maps a float input to one [min, max] range computed from the
   *first* mean/std value only, so a per-channel normalisation written as metadata would be wrong for
-  green and blue; its int8 input is always ``pixel - 128``.)
+  green and blue; its ImageClassifier refuses an int8 input, or output, hence :func:`uint8_io`.)
 * the output as classification scores: ``softmax(logits / T)`` with the calibration temperature T is
   computed in the graph, and two label files ride along (class codes, and display names for locale
   ``en``), so ``category_name`` is the code and ``display_name`` the readable name.
@@ -85,7 +85,7 @@ def metadata_buffer(name: str, version: str, description: str) -> bytes:
     import flatbuffers
 
     mfb = _schema()
-    image = _tensor_md(mfb, INPUT_NAME, "RGB image; pixels enter the graph as p/255 (float32) or p-128 (int8) and "
+    image = _tensor_md(mfb, INPUT_NAME, "RGB image; pixels enter the graph as p/255 (float32) or p (uint8) and "
                        "are normalised inside it with lesionlite's mean/std", 0.0, 1.0)
     image.content.contentPropertiesType = mfb.ContentProperties.ImageProperties
     image.content.contentProperties = mfb.ImagePropertiesT()
@@ -160,17 +160,52 @@ def add_metadata(model_bytes: bytes, *, name: str, version: str, description: st
     return out, info
 
 
-#: int8 input as MediaPipe's ImageToTensor fills it: q = pixel - 128, i.e. pixel / 255 at scale 1/255, zero point -128
-PIXEL_INT8_SCALE, PIXEL_INT8_ZERO_POINT = 1.0 / 255.0, -128
+#: the pixel grid: uint8 pixel p is p / 255 (what MediaPipe writes into a uint8 input), and the int8 tensor
+#: behind it holds p - 128 at the same scale
+PIXEL_SCALE, UINT8_ZERO_POINT, INT8_ZERO_POINT = 1.0 / 255.0, 0, -128
 
 
-def pin_pixel_input_quantization(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Set an int8 graph input's quantization to exactly (1/255, -128), the pixel grid.
+def _quantize_op(model: Any, src: int, dst: int) -> Any:
+    """A QUANTIZE operator (requantisation between int8 and uint8) from tensor ``src`` to ``dst``."""
+    from ai_edge_litert import schema_py_generated as schema
 
-    Calibration gives the input roughly [0, 1] (scale ≈ 1/255), but MediaPipe always writes
-    ``pixel - 128`` into an int8 input whatever its parameters say; pinning them makes that exact (and
-    lossless: every pixel value is a grid point). The first op reads the input's parameters when the
-    interpreter prepares it, so the graph stays consistent.
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+    code.version = 2
+    model.operatorCodes.append(code)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = len(model.operatorCodes) - 1, [src], [dst]
+    return op
+
+
+def _uint8_twin(model: Any, sg: Any, index: int, scale: float, zero_point: int) -> int:
+    """Add a uint8 tensor shaped like ``index`` that takes over its name (the int8 one gets ``_int8``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    t = sg.tensors[index]
+    new = schema.TensorT()
+    new.name, t.name = t.name, (t.name.decode() if isinstance(t.name, bytes) else t.name) + "_int8"
+    new.shape, new.shapeSignature, new.type = t.shape, t.shapeSignature, schema.TensorType.UINT8
+    new.quantization = schema.QuantizationParametersT()
+    new.quantization.scale, new.quantization.zeroPoint = [scale], [zero_point]
+    model.buffers.append(schema.BufferT())
+    new.buffer = len(model.buffers) - 1
+    sg.tensors.append(new)
+    for sig in model.signatureDefs or []:
+        for io in list(sig.inputs or []) + list(sig.outputs or []):
+            if io.tensorIndex == index:
+                io.tensorIndex = len(sg.tensors) - 1
+    return len(sg.tensors) - 1
+
+
+def uint8_io(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
+    """An int8-I/O graph with uint8 I/O: ``uint8 pixels (1/255, 0) → QUANTIZE → int8 … int8 → QUANTIZE → uint8``.
+
+    MediaPipe's ImageClassifier accepts only uint8 or float32 inputs and outputs ("Requested one of these
+    types: uint8/float32, got INT8"); it fills a uint8 input with the raw pixels. The int8 input tensor is
+    pinned to the pixel grid (1/255, -128) — calibration gave it roughly [0, 1] — so both requantisations
+    are exact shifts by 128 (same scale) and every pixel value is represented without loss. Ops read their
+    tensors' parameters when the interpreter prepares them, so the graph stays consistent.
     """
     from ai_edge_litert import schema_py_generated as schema
 
@@ -178,16 +213,21 @@ def pin_pixel_input_quantization(model_bytes: bytes) -> tuple[bytes, dict[str, A
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     sg = model.subgraphs[0]
-    t = sg.tensors[sg.inputs[0]]
-    if t.type != schema.TensorType.INT8 or t.quantization is None or t.quantization.scale is None:
-        return model_bytes, {"applied": False, "reason": "input is not int8"}
-    before = {"scale": float(t.quantization.scale[0]), "zero_point": int(t.quantization.zeroPoint[0])}
-    lo, hi = (-128 - before["zero_point"]) * before["scale"], (127 - before["zero_point"]) * before["scale"]
-    t.quantization.scale = [PIXEL_INT8_SCALE]
-    t.quantization.zeroPoint = [PIXEL_INT8_ZERO_POINT]
+    x, y = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
+    if any(t.type != schema.TensorType.INT8 or t.quantization is None or t.quantization.scale is None for t in (x, y)):
+        return model_bytes, {"applied": False, "reason": "input or output is not int8"}
+    before = {"scale": float(x.quantization.scale[0]), "zero_point": int(x.quantization.zeroPoint[0])}
+    x.quantization.scale, x.quantization.zeroPoint = [PIXEL_SCALE], [INT8_ZERO_POINT]
+    y_scale, y_zero = float(y.quantization.scale[0]), int(y.quantization.zeroPoint[0])
+    old_in, old_out = sg.inputs[0], sg.outputs[0]
+    new_in = _uint8_twin(model, sg, old_in, PIXEL_SCALE, UINT8_ZERO_POINT)
+    new_out = _uint8_twin(model, sg, old_out, y_scale, y_zero + 128)
+    sg.operators = [_quantize_op(model, new_in, old_in), *sg.operators, _quantize_op(model, old_out, new_out)]
+    sg.inputs, sg.outputs = [new_in], [new_out]
     out, _ = serialize(model, model_bytes, dedupe=False)
-    return out, {"applied": True, "calibrated": before, "calibrated_range": [round(lo, 5), round(hi, 5)],
-                 "pinned": {"scale": PIXEL_INT8_SCALE, "zero_point": PIXEL_INT8_ZERO_POINT}}
+    return out, {"applied": True, "input": "uint8 pixels (scale 1/255, zero point 0) -> QUANTIZE -> int8",
+                 "output": f"int8 -> QUANTIZE -> uint8 (scale {y_scale:.6g}, zero point {y_zero + 128})",
+                 "calibrated_int8_input": before}
 
 
 def read_metadata(model_bytes: bytes) -> dict[str, Any]:

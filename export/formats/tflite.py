@@ -237,9 +237,9 @@ class TFLiteFormat(ExportFormat):
             payload, extra["quantization"] = quantize_int8(fp32, calib, ctx.options.int8_io,
                                                            num_threads=min(4, usable_cpu_count()))
             if ctx.options.int8_io:
-                from export.tflite_metadata import pin_pixel_input_quantization
+                from export.tflite_metadata import uint8_io
 
-                payload, extra["quantization"]["input_pinned"] = pin_pixel_input_quantization(payload)
+                payload, extra["quantization"]["uint8_io"] = uint8_io(payload)
             payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
             payload, extra["flatbuffer_dedup"] = _compact(payload, calib)
         payload, extra["metadata"] = _with_metadata(ctx, precision, payload, calib)
