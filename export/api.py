@@ -303,6 +303,7 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
     validation = fmt.validate(dest, info, ctx)
     notes: list[str] = list(info.extra.pop("notes", []))
     check = _verify(fmt, prec, dest, info, source, ctx.options)
+    _mediapipe_check(fmt, dest, info, source, check.parity)
     if not check.parity["verified"]:
         notes.append(f"not numerically verified: {check.parity['reason']}")
     status = "written" if check.accepted else ("forced" if ctx.options.force else "refused")
@@ -314,6 +315,15 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
         metrics=check.metrics, validation=validation, input=info.input, output=info.output, notes=notes,
         latency_ms_p50=check.latency_ms,
     )
+
+
+def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, parity: dict[str, Any]) -> None:
+    """TFLite: run the artifact in MediaPipe's ImageClassifier on the original evaluation images
+    (:mod:`export.mediapipe_check`; skipped with a note when mediapipe is not installed)."""
+    from export.mediapipe_check import attach
+
+    with quiet():
+        attach(fmt, dest, info, source.data, source.ref_logits, parity)
 
 
 @dataclass

@@ -35,6 +35,9 @@ class ExportData:
     #: indices of the evaluation images in ``eval_split`` (None for a non-indexable split): lets a later
     #: stage (bench's ARM agreement) run the very images PyTorch was measured on
     eval_indices: list[int] | None = None
+    #: the evaluation images as they came (PIL RGB, not resized), re-read on demand: the MediaPipe check
+    #: (export/mediapipe_check.py) gives them to the phone runtime, which resizes them itself
+    eval_images: Any = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -136,4 +139,5 @@ def prepare_data(
         class_names=data_classes,
         eval_attributes=eval_attributes,
         eval_indices=[int(i) for i in idx] if idx is not None else None,
+        eval_images=lambda: [p[0] for p in _take(source, eval_samples, seed + 1)],
     )

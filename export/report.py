@@ -82,6 +82,9 @@ def render_markdown(report: "ExportReport") -> str:
                   "latency measured during export, `lesionlite bench` for a target): the fastest within 1 point of "
                   "fp32's balanced accuracy, ties to the smaller file.", ""]
         lines += [f"- {line}" for line in describe(recs)]
+    from export.mediapipe_check import report_lines
+
+    lines += report_lines(report.artifacts)
     notes = [f"- {a.name}: {n}" for a in report.artifacts for n in a.notes]
     if notes:
         lines += ["", "Notes:", *notes]
