@@ -249,6 +249,7 @@ class _Source:
     metrics: dict[str, Any]  # PyTorch's metrics on the evaluation images
     stats: dict[str, Any]  # params, MACs
     summary: dict[str, Any]  # the report's "source" block
+    evidence: Any = None  # export.evidence.Evidence: operating point, internal and external image sets
 
 
 def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
@@ -272,13 +273,50 @@ def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
     ref_logits = _torch_logits(model, data.eval_x)
     metrics = classification_metrics(data.eval_y, ref_logits, src.num_classes)
     stats = model_stats(model, cfg.input_size)
+    evidence = _gather_evidence(model, src, bundle, data, ref_logits, data_root, options)
     summary = {
         "checkpoint": str(ckpt_dir), "architecture": src.architecture, "sha256": sha, "params": stats["params"],
         "macs": stats["macs"], "macs_method": stats["macs_method"], "size_bytes": path_size(model_file),
         "metrics": metrics, "temperature": src.temperature, "torch": torch.__version__, "host": _cpu_model(),
+        "evidence": evidence.describe(), "clinical": measure_evidence(evidence, src, None, "logits"),
     }
     return _Source(model=model, manifest=src, sha256=sha, data=data, ref_logits=ref_logits, metrics=metrics,
-                   stats=stats, summary=summary)
+                   stats=stats, summary=summary, evidence=evidence)
+
+
+def _gather_evidence(model: Any, src: Manifest, bundle: Any, data: Any, ref_logits: np.ndarray,
+                     data_root: str | os.PathLike[str] | None, options: ExportOptions) -> Any:
+    """The operating point (the checkpoint's own, else chosen on validation) and the internal and external sets."""
+    from distill.clinical import OperatingPoint
+    from export import evidence as ev
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return _torch_logits(model, x)
+
+    notes: list[str] = []
+    stored = (src.calibration or {}).get("operating_point")
+    if stored:
+        op = OperatingPoint.from_dict(stored)
+    else:
+        op, why = ev.operating_point(run, bundle, src, options.op_target, options.op_sensitivity)
+        if why:
+            notes.append(why)
+    sets = [ev.internal_set(data, src, ref_logits)]
+    ext_bundle, why = ev.load_external(options.external, None if data_root is None else str(data_root), src)
+    if ext_bundle is not None:
+        ext, why = ev.external_set(ext_bundle, src, run)
+        if ext is not None:
+            sets.append(ext)
+    if why:
+        notes.append(why)
+    return ev.Evidence(operating_point=op, sets=sets, notes=notes)
+
+
+def measure_evidence(evidence: Any, manifest: Manifest, outputs: dict[str, np.ndarray] | None, output_kind: str) -> dict[str, Any]:
+    """:func:`export.evidence.measure` (imported late: numpy-only, but only export needs it)."""
+    from export.evidence import measure
+
+    return measure(evidence, manifest, outputs, output_kind)
 
 
 def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _Source, stage: Path,
@@ -313,7 +351,7 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
         path=str(final) if status != "refused" else None,
         size_bytes=path_size(dest), convert_seconds=round(seconds, 3), parity=check.parity,
         metrics=check.metrics, validation=validation, input=info.input, output=info.output, notes=notes,
-        latency_ms_p50=check.latency_ms,
+        latency_ms_p50=check.latency_ms, clinical=check.clinical,
     )
 
 
@@ -332,6 +370,7 @@ class _Check:
     metrics: dict[str, Any]
     latency_ms: float | None
     accepted: bool
+    clinical: dict[str, Any]  # export.evidence.measure: internal / external figures with CIs and paired changes
 
 
 def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source: _Source,
@@ -342,7 +381,7 @@ def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source
     runner = fmt.load_runner(dest, info)
     if runner is None:
         reason = info.extra.get("unverified_reason", "cannot run on this host")
-        return _Check(parity={"verified": False, "reason": reason}, metrics={}, latency_ms=None, accepted=True)
+        return _Check(parity={"verified": False, "reason": reason}, metrics={}, latency_ms=None, accepted=True, clinical={})
     data, src, k = source.data, source.manifest, source.manifest.num_classes
     outputs = _run_batched(runner, data.eval_x)
     latency = _latency_ms_p50(runner, data.eval_x[:1])
@@ -362,7 +401,9 @@ def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source
                if m in ("accuracy", "balanced_accuracy", "macro_f1")},
             "how": reference[1],
         }
-    return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted)
+    ext_outputs = {s.role: (outputs if s.role == "internal" else _run_batched(runner, s.x)) for s in source.evidence.sets}
+    clinical = measure_evidence(source.evidence, src, ext_outputs, fmt.output_kind)
+    return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted, clinical=clinical)
 
 
 def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source: _Source, check: _Check,
@@ -385,6 +426,18 @@ def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source:
         },
         git_commit=git_commit(),
     )
+
+
+def _calibration_with_operating_point(src: Manifest, evidence: Any) -> dict[str, Any]:
+    """The checkpoint's calibration plus the operating point every artifact is checked at (serve returns it)."""
+    op = evidence.operating_point if evidence is not None else None
+    return {**dict(src.calibration), **({"operating_point": op.to_dict()} if op is not None else {})}
+
+
+def _clinical_scalars(clinical: dict[str, Any]) -> dict[str, Any]:
+    """``{internal_melanoma_auc: {value, ci_low, ci_high}, external_…}`` for the artifact's manifest."""
+    return {f"{role}_{name}": m for role, block in (clinical or {}).items()
+            for name, m in block.get("metrics", {}).items()}
 
 
 #: PyTorch's outputs on the export's evaluation images, beside the report (read by ``bench``'s agreement)
@@ -428,7 +481,7 @@ def _publish(report: ExportReport, staged: list[tuple[Path, Path]], source: _Sou
     from export.report import write_report
 
     write_report(report, out)
-    write_model_card(build_model_card(report, source.manifest, source.data, source.ref_logits), out)
+    write_model_card(build_model_card(report, source.manifest, source.data, source.ref_logits, source.evidence), out)
     write_pytorch_reference(source, out)
     if refused:
         raise ParityError(

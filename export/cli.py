@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: quantize the model as trained, without BatchNorm folding, int8 weight snapping and "
                         "empirical bias correction (default: on, see export/int8_prep.py)")
     p.add_argument("--seed", type=int, default=0, help="seed for choosing calibration/eval images")
+    p.add_argument("--external", default="auto", metavar="SPEC",
+                   help="external validation set evaluated for the PyTorch model and every artifact: 'auto' (the "
+                        "ISIC-archive set isic2017_msk_256 when found under the data root), a data spec such as "
+                        "isic-archive:PATH, or 'none' (default: auto). Evaluation only: nothing is fitted on it")
+    p.add_argument("--op-target", choices=("mel", "malignant"), default="mel",
+                   help="operating point's referral target: melanoma, or malignant = mel + bcc + akiec (default: mel)")
+    p.add_argument("--op-sensitivity", type=float, default=0.90,
+                   help="sensitivity the operating point reaches on the validation split (default: 0.90)")
     p.add_argument("--triton-repo", default=None, metavar="DIR",
                    help="also write a Triton model repository of the ONNX artifacts to DIR (see export/triton.py)")
     return p
@@ -71,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
         force=args.force, int8_io=args.int8_io, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
-        bias_correction=args.bias_correction,
+        bias_correction=args.bias_correction, external=args.external, op_target=args.op_target,
+        op_sensitivity=args.op_sensitivity,
     )
     if report.removed_leftovers:
         print(f"removed {len(report.removed_leftovers)} leftover(s) of an interrupted export: "
@@ -82,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bal = a.metrics.get("balanced_accuracy")
         print(f"{a.status:8s} {a.path}  {a.size_bytes / 1e6:.2f} MB  {agree}"
               + (f"  bal.acc {bal:.4f}" if bal is not None else ""))
+    _print_clinical(report)
     from export.report import ship_recommendations
     from lesionlite.ship import describe
 
@@ -97,3 +107,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in describe(build_triton_repository(onnx_dirs, args.triton_repo)):
             print(line)
     return 0
+
+
+def _print_clinical(report: "object") -> None:
+    """One line per model: melanoma AUC internal / external with CIs, and the operating point."""
+    from export.evaluation_report import fmt_ci
+
+    src = getattr(report, "source", {})
+    op = (src.get("evidence") or {}).get("operating_point")
+    if op:
+        print(f"operating point: refer when P({'+'.join(op['positive_classes'])}) >= {op['threshold']:.4f} "
+              f"(sensitivity {op['sensitivity_target']:.2f} on validation)")
+    rows = [("PyTorch", src.get("clinical") or {})] + [(a.name, a.clinical) for a in getattr(report, "artifacts", [])]
+    for name, c in rows:
+        parts = [f"{role} melanoma AUC {fmt_ci((c[role].get('metrics') or {}).get('melanoma_auc'), 'auc')}, "
+                 f"sensitivity {fmt_ci((c[role].get('metrics') or {}).get('sensitivity'))}" for role in ("internal", "external")
+                 if role in (c or {})]
+        if parts:
+            print(f"{name}: " + "; ".join(parts))

@@ -35,6 +35,12 @@ class ExportOptions:
     seed: int = 0
     #: an already-loaded DatasetBundle to use instead of loading ``data_spec`` (tests and fixtures)
     dataset: Any = None
+    #: external validation set: "auto" (the ISIC-archive set when found under the data root), a data spec,
+    #: an already-loaded evaluation-only DatasetBundle, or None / "none" (off)
+    external: Any = "auto"
+    #: operating point, chosen on the validation split: the referral target and its sensitivity
+    op_target: str = "mel"
+    op_sensitivity: float = 0.90
 
     @classmethod
     def from_kwargs(cls, opts: dict[str, Any]) -> "ExportOptions":
@@ -49,6 +55,10 @@ class ExportOptions:
             raise LesionliteError(f"--calib-samples must be at least 1, got {o.calib_samples}")
         if o.eval_samples is not None and o.eval_samples < 1:
             raise LesionliteError(f"--eval-samples must be at least 1, got {o.eval_samples}")
+        if o.op_target not in ("mel", "malignant"):
+            raise LesionliteError(f"unknown operating-point target {o.op_target!r}; choose 'mel' or 'malignant'")
+        if not 0.0 < o.op_sensitivity <= 1.0:
+            raise LesionliteError(f"--op-sensitivity must be in (0, 1], got {o.op_sensitivity}")
         for value in o.thresholds.values():
             if value < 0:  # above 1 is allowed: it refuses everything (useful to test the gate)
                 raise LesionliteError(f"--parity-threshold must not be negative, got {value}")

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from distill.data.base import refuse_evaluation_only
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig, preprocess_batch
 
@@ -38,6 +39,8 @@ class ExportData:
     #: the evaluation images as they came (PIL RGB, not resized), re-read on demand: the MediaPipe check
     #: (export/mediapipe_check.py) gives them to the phone runtime, which resizes them itself
     eval_images: Any = None
+    #: lesion id per evaluation image (None when the data has none): the bootstrap resamples lesions
+    eval_groups: list[str] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -107,6 +110,7 @@ def prepare_data(
     seed: int = 0,
 ) -> ExportData:
     """Preprocess a calibration subset of ``train`` and the held-out ``test`` split (``val`` if empty)."""
+    refuse_evaluation_only(bundle, "int8 calibration or export's parity data (pass it as --external)")
     data_classes = [str(c) for c in getattr(bundle, "class_names", class_names)]
     if len(data_classes) != len(class_names):
         raise LesionliteError(
@@ -128,6 +132,8 @@ def prepare_data(
     attrs = getattr(source, "attributes", None)
     idx = _take_indices(source, eval_samples, seed + 1)
     eval_attributes = [attrs[int(i)] for i in idx] if idx is not None and attrs is not None else None
+    groups = getattr(source, "groups", None)
+    eval_groups = [groups[int(i)] for i in idx] if idx is not None and groups is not None else None
     return ExportData(
         name=str(getattr(bundle, "name", "unknown")),
         fingerprint=str(getattr(bundle, "fingerprint", "")),
@@ -138,6 +144,7 @@ def prepare_data(
         eval_split=split,
         class_names=data_classes,
         eval_attributes=eval_attributes,
+        eval_groups=eval_groups,
         eval_indices=[int(i) for i in idx] if idx is not None else None,
         eval_images=lambda: [p[0] for p in _take(source, eval_samples, seed + 1)],
     )

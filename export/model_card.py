@@ -94,13 +94,15 @@ def subgroups(labels: np.ndarray, pred: np.ndarray, attributes: Sequence[dict[st
                 mm = m & (labels == mel)
                 row["melanoma_n"] = int(mm.sum())
                 row["melanoma_recall"] = float((pred[mm] == mel).mean()) if mm.any() else None
+                # "small" by the count a figure rests on: melanoma recall rests on the group's melanomas
+                row["melanoma_small"] = bool(mm.sum() < MIN_GROUP)
             row["small"] = bool(m.sum() < MIN_GROUP)
             rows.append(row)
         out[attr] = rows
     return out
 
 
-def build_model_card(report: Any, manifest: Any, data: Any, ref_logits: np.ndarray) -> dict[str, Any]:
+def build_model_card(report: Any, manifest: Any, data: Any, ref_logits: np.ndarray, evidence: Any = None) -> dict[str, Any]:
     """The card as a dict (``model_card.json``); :func:`render_markdown` turns it into ``MODEL_CARD.md``."""
     labels = np.asarray(data.eval_y, dtype=np.int64)
     pred = np.asarray(ref_logits).argmax(1)
@@ -138,7 +140,21 @@ def build_model_card(report: Any, manifest: Any, data: Any, ref_logits: np.ndarr
         "artifacts": artifacts,
         "latency_host": report.source.get("host"),
         "subgroups": subgroups(labels, pred, data.eval_attributes, manifest.class_names),
+        "clinical": _clinical(report, evidence, manifest),
     }
+
+
+def _clinical(report: Any, evidence: Any, manifest: Any) -> dict[str, Any] | None:
+    """Internal and external figures with CIs (PyTorch and each artifact), and the external site's subgroups."""
+    if evidence is None:
+        return None
+    ext = next((s for s in evidence.sets if s.role == "external"), None)
+    ext_subgroups = {}
+    if ext is not None:
+        ext_subgroups = subgroups(ext.labels, np.asarray(ext.ref_logits).argmax(1), ext.attributes, manifest.class_names)
+    return {"evidence": evidence.describe(), "pytorch": report.source.get("clinical") or {},
+            "artifacts": {a.name: a.clinical for a in report.artifacts if a.clinical},
+            "external_subgroups": ext_subgroups}
 
 
 def _pct(v: Any) -> str:
@@ -151,7 +167,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {m['architecture']} ({m['input_size']} px)", "", f"> **{card['warning']}**", "",
              "## Intended use", "", card["intended_use"], "", f"Out of scope: {card['out_of_scope']}", "",
              "## Training data", "",
-             f"{td['name']} (fingerprint `{str(td['fingerprint'])[:12]}`)" + (" — **SYNTHETIC DATA**" if td["synthetic"] else ""),
+             f"{td['name']} (fingerprint `{str(td['fingerprint'])[:12]}`)" + (" — **SYNTHETIC DATA**: generated images, "
+                                                                              "no figure here describes dermoscopy" if td["synthetic"] else ""),
              "", f"## Performance of the PyTorch model on the {ev['split']} split ({ev['n']} images)", "",
              f"Accuracy {_pct(ev['metrics'].get('accuracy'))}, balanced accuracy {_pct(ev['metrics'].get('balanced_accuracy'))}, "
              f"macro-F1 {_pct(ev['metrics'].get('macro_f1'))}.", "",
@@ -174,16 +191,34 @@ def render_markdown(card: dict[str, Any]) -> str:
     if card["subgroups"]:
         lines += ["", "## Subgroups", "",
                   f"Balanced accuracy and melanoma recall of the PyTorch model per subgroup of the {ev['split']} split. "
-                  f"Groups under {MIN_GROUP} images are marked *small* (read them as anecdotes)."]
+                  f"A group under {MIN_GROUP} images, and a melanoma recall resting on fewer than {MIN_GROUP} "
+                  "melanomas, is marked *small* (read it as an anecdote)."]
         for attr, rows in card["subgroups"].items():
             lines += ["", f"### {attr}", "", "| group | n | balanced accuracy | melanoma recall (n) |", "|---|---:|---:|---:|"]
-            for r in rows:
-                small = " *small*" if r["small"] else ""
-                lines.append(f"| {r['group']}{small} | {r['n']} | {_pct(r['balanced_accuracy'])} | "
-                             f"{_pct(r.get('melanoma_recall'))} ({r.get('melanoma_n', 0)}) |")
+            lines += _subgroup_rows(rows)
     else:
         lines += ["", "## Subgroups", "", "The data carries no subgroup metadata (sex, age, site): not reported."]
+    clinical = card.get("clinical")
+    if clinical:
+        from export.evidence_report import render
+
+        lines += ["", *render(clinical["pytorch"], list(clinical["artifacts"].items()), clinical["evidence"])]
+        for attr, rows in (clinical.get("external_subgroups") or {}).items():
+            lines += ["", f"### External site, PyTorch model, by {attr}", "",
+                      "| group | n | balanced accuracy | melanoma recall (n) |", "|---|---:|---:|---:|"]
+            lines += _subgroup_rows(rows)
     return "\n".join(lines) + "\n"
+
+
+def _subgroup_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Table rows; a figure resting on fewer than MIN_GROUP images (melanomas for melanoma recall) is *small*."""
+    out = []
+    for r in rows:
+        small = " *small*" if r["small"] else ""
+        mel_small = ", *small*" if r.get("melanoma_small") else ""
+        out.append(f"| {r['group']}{small} | {r['n']} | {_pct(r['balanced_accuracy'])} | "
+                   f"{_pct(r.get('melanoma_recall'))} ({r.get('melanoma_n', 0)}{mel_small}) |")
+    return out
 
 
 def write_model_card(card: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

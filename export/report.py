@@ -27,10 +27,10 @@ def _num(v: Any, fmt: str) -> str:
 
 def ship_recommendations(report: "ExportReport") -> list[dict[str, Any]]:
     """:func:`lesionlite.ship.recommend` over this export's artifacts (accepted and verified ones qualify)."""
-    return recommend({"name": a.name, "format": a.format, "precision": a.precision, "size_bytes": a.size_bytes,
+    return recommend(({"name": a.name, "format": a.format, "precision": a.precision, "size_bytes": a.size_bytes,
                       "balanced_accuracy": (a.metrics or {}).get("balanced_accuracy"), "latency_ms": a.latency_ms_p50,
                       "ok": a.status == "written" and bool((a.parity or {}).get("verified"))}
-                     for a in report.artifacts)
+                      for a in report.artifacts), reference=(report.source.get("metrics") or {}).get("balanced_accuracy"))
 
 
 def render_markdown(report: "ExportReport") -> str:
@@ -40,6 +40,8 @@ def render_markdown(report: "ExportReport") -> str:
     lines = [
         f"# Export report: {src['architecture']}",
         "",
+        *([f"> **SYNTHETIC TRAINING DATA** — trained and evaluated on generated images: no figure here says anything "
+           "about dermoscopy.", ""] if data.get("synthetic") else []),
         f"- checkpoint: `{src['checkpoint']}` (sha256 `{src['sha256'][:16]}…`, torch {src['torch']})",
         f"- parameters: {src['params']:,}; MACs: {src['macs']:,} ({src['macs_method']})",
         f"- data: {data['name']}{' (synthetic)' if data['synthetic'] else ''}; calibration: "
@@ -82,6 +84,11 @@ def render_markdown(report: "ExportReport") -> str:
                   "latency measured during export, `lesionlite bench` for a target): the fastest within 1 point of "
                   "fp32's balanced accuracy, ties to the smaller file.", ""]
         lines += [f"- {line}" for line in describe(recs)]
+    if report.source.get("evidence"):
+        from export.evidence_report import render
+
+        lines += ["", *render(report.source.get("clinical") or {}, [(a.name, a.clinical) for a in report.artifacts],
+                              report.source["evidence"])]
     from export.mediapipe_check import report_lines
 
     lines += report_lines(report.artifacts)

@@ -39,6 +39,8 @@ class ArtifactResult:
     notes: list[str] = field(default_factory=list)
     #: median batch-1 latency on the exporting host (ms, runtime defaults), for the model card
     latency_ms_p50: float | None = None
+    #: internal and external clinical figures with 95 % CIs and paired changes against PyTorch (export.evidence)
+    clinical: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

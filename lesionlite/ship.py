@@ -13,8 +13,12 @@ from typing import Any, Iterable
 TOLERANCE_POINTS = 1.0
 
 
-def recommend(rows: Iterable[dict[str, Any]], tolerance_points: float = TOLERANCE_POINTS) -> list[dict[str, Any]]:
+def recommend(rows: Iterable[dict[str, Any]], tolerance_points: float = TOLERANCE_POINTS,
+              reference: float | None = None) -> list[dict[str, Any]]:
     """``rows``: ``{name, format, precision, balanced_accuracy, latency_ms, size_bytes, ok}`` per artifact.
+
+    ``reference``: the PyTorch source's balanced accuracy, the yardstick of a format exported without an
+    fp32 artifact (an int8-only export must still stay within the tolerance, of PyTorch then).
 
     Returns one entry per format: ``{format, ship, reason, slower_int8: [names]}`` (ship None when no
     artifact qualifies, with the reason).
@@ -28,24 +32,35 @@ def recommend(rows: Iterable[dict[str, Any]], tolerance_points: float = TOLERANC
         slower = [r["name"] for r in items if r["precision"] == "int8" and fp32 is not None
                   and r.get("latency_ms") is not None and fp32.get("latency_ms") is not None
                   and r["latency_ms"] > fp32["latency_ms"]]
-        ref = None if fp32 is None else fp32.get("balanced_accuracy")
+        ref = reference if fp32 is None else fp32.get("balanced_accuracy")
+        yardstick = "PyTorch" if fp32 is None and reference is not None else "fp32"
         ok = [r for r in items if r.get("ok", True) and r.get("latency_ms") is not None
               and (ref is None or (r.get("balanced_accuracy") is not None
                                    and 100.0 * (ref - r["balanced_accuracy"]) <= tolerance_points))]
         if not ok:
             out.append({"format": fmt, "ship": None, "slower_int8": slower,
                         "reason": "no verified artifact with a measured latency"
-                                  + ("" if ref is None else f" within {tolerance_points:g} point of fp32")})
+                                  + ("" if ref is None else f" within {tolerance_points:g} point of {yardstick}")
+                                  + _outside(items, ref)})
             continue
         fastest = min(r["latency_ms"] for r in ok)
         near = [r for r in ok if r["latency_ms"] <= 1.05 * fastest]
         best = min(near, key=lambda r: (r.get("size_bytes") or 0, r["latency_ms"]))
         acc = best.get("balanced_accuracy")
-        cost = "" if ref is None or acc is None else f", {100.0 * (acc - ref):+.1f} pt balanced accuracy vs fp32"
+        cost = "" if ref is None or acc is None else f", {100.0 * (acc - ref):+.1f} pt balanced accuracy vs {yardstick}"
         out.append({"format": fmt, "ship": best["name"], "slower_int8": slower,
                     "reason": f"{best['precision']}: {best['latency_ms']:.2f} ms p50, "
                               f"{(best.get('size_bytes') or 0) / 1e6:.2f} MB{cost}"})
     return out
+
+
+def _outside(items: list[dict[str, Any]], ref: float | None) -> str:
+    """``" (mobilenet_v2_tflite_int8: -1.3 pt)"``: what the artifacts left out cost, so nobody ships one unawares."""
+    if ref is None:
+        return ""
+    costs = [f"{r['name']}: {100.0 * (r['balanced_accuracy'] - ref):+.1f} pt" for r in items
+             if r.get("balanced_accuracy") is not None]
+    return f" ({'; '.join(costs)})" if costs else ""
 
 
 def describe(recs: list[dict[str, Any]]) -> list[str]:

@@ -121,6 +121,9 @@ class DatasetBundle:
     source: str
     native_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: An external validation set (another clinic): every image is in ``test``; training, early stopping,
+    #: model selection, temperature and threshold fitting refuse it (:func:`refuse_evaluation_only`).
+    evaluation_only: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -143,7 +146,21 @@ class DatasetBundle:
             "sizes": {s: len(self.split(s)) for s in ("train", "val", "test")},
             "class_counts": {s: self.split(s).class_counts() for s in ("train", "val", "test")},
             **({"extra": self.extra} if self.extra else {}),
+            **({"evaluation_only": True} if self.evaluation_only else {}),
         }
+
+
+def refuse_evaluation_only(bundle: Any, use: str) -> None:
+    """Raise when ``bundle`` is an external validation set and ``use`` would fit anything on it.
+
+    Called where data is trained on, selected on or calibrated on: an external set's figures are only
+    honest if nothing was chosen by looking at them.
+    """
+    if getattr(bundle, "evaluation_only", False):
+        raise LesionliteError(
+            f"{getattr(bundle, 'name', 'this dataset')} is an external validation set (evaluation only): it must "
+            f"not be used for {use}; evaluate on it with `lesionlite evaluate` or export's external section"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _read_ground_truth(gt: Path, d: Path) -> tuple[list[str], list[int], list[st
     return ids, labels, paths, groups_by_id
 
 
-def _read_labels_csv(d: Path) -> tuple[list[str], list[int], list[str]]:
+def read_labels_csv(d: Path) -> tuple[list[str], list[int], list[str]]:
     """Ids, labels and image paths from a ``labels.csv`` (file + label8), the staged-folder layout."""
     rows = read_csv(d / "labels.csv", required=("file", "label8"))
     ids, labels, paths, missing = [], [], [], []
@@ -151,7 +151,7 @@ def load_isic2019(arg: str | None = None, root: str | Path | None = None, seed: 
         ids, labels, paths, groups_by_id = _read_ground_truth(gt, d)
         layout = "ISIC 2019 ground truth"
     elif (d / "labels.csv").is_file():
-        ids, labels, paths = _read_labels_csv(d)
+        ids, labels, paths = read_labels_csv(d)
         layout = "labels.csv (label8, ISIC 2019 order)"
     else:
         raise LesionliteError(f"{d}: no {GROUND_TRUTH} (nor a labels.csv with file,label8 columns)")

@@ -1,0 +1,192 @@
+"""What a clinical team reads off a skin-lesion classifier: a referral score, an operating point, and
+the figures around it with confidence intervals (numpy only: ``serve`` and ``bench`` need no torch).
+
+**Referral score.** Argmax answers "which class is most likely", but a clinic decides "refer or
+not" for a *target*: melanoma (``mel``: the melanoma probability) or any malignancy (``malignant``:
+the summed probability of mel, bcc and akiec/AK/SCC where the model has them).
+
+**Operating point.** The threshold on that score that reaches a declared sensitivity (default 0.90)
+on the **validation** split — the largest threshold at which at least that share of the validation
+positives score at or above it. It is never fitted on test or external images: those only *check*
+it, and the sensitivity they show at that threshold is the honest figure (it is usually below the
+target on another clinic's images).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from distill.bootstrap import N_BOOT, bootstrap
+from distill.metrics import binary_auc, ece
+from lesionlite.classes import MALIGNANT, canonical, class_index
+from lesionlite.errors import LesionliteError
+
+TARGETS = ("mel", "malignant")
+DEFAULT_TARGET = "mel"
+DEFAULT_SENSITIVITY = 0.90
+
+
+def positive_classes(class_names: Sequence[str], target: str) -> list[int]:
+    """Output indices whose probabilities make up the referral score of ``target``."""
+    if target not in TARGETS:
+        raise LesionliteError(f"unknown operating-point target {target!r}; choose from {', '.join(TARGETS)}")
+    if target == "mel":
+        j = class_index(list(class_names), "mel")
+        idx = [] if j is None else [j]
+    else:
+        idx = [j for j, c in enumerate(class_names) if canonical(c) in MALIGNANT or str(c).lower() in MALIGNANT]
+    if not idx:
+        raise LesionliteError(f"the model's classes ({', '.join(class_names)}) have none for target {target!r}")
+    return idx
+
+
+def referral_score(probs: np.ndarray, positives: Sequence[int]) -> np.ndarray:
+    """The summed probability of the ``positives`` classes per image."""
+    return np.asarray(probs, dtype=np.float64)[:, list(positives)].sum(axis=1)
+
+
+def threshold_for_sensitivity(scores: np.ndarray, is_pos: np.ndarray, sensitivity: float) -> float:
+    """The largest threshold ``t`` with ``mean(scores[pos] >= t) >= sensitivity``."""
+    if not 0.0 < sensitivity <= 1.0:
+        raise LesionliteError(f"target sensitivity must be in (0, 1], got {sensitivity}")
+    pos = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(is_pos, dtype=bool)])[::-1]
+    if pos.size == 0:
+        raise LesionliteError("no positive image to choose an operating point on")
+    k = max(1, math.ceil(sensitivity * pos.size - 1e-9))
+    return float(pos[k - 1])
+
+
+def sensitivity_specificity(scores: np.ndarray, is_pos: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
+    """(sensitivity, specificity) of "refer when score ≥ threshold" (None where a side is empty)."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(is_pos, dtype=bool)
+    refer = s >= threshold
+    sens = float(refer[pos].mean()) if pos.any() else None
+    spec = float((~refer[~pos]).mean()) if (~pos).any() else None
+    return sens, spec
+
+
+@dataclass
+class OperatingPoint:
+    """A referral threshold and how it was chosen (stored in the manifest's ``calibration``)."""
+
+    target: str
+    positive_classes: list[str]
+    sensitivity_target: float
+    threshold: float
+    chosen_on: str  # the split, always "val"
+    n: int
+    n_positive: int
+    sensitivity: float  # achieved on the split it was chosen on
+    specificity: float | None
+    data_fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OperatingPoint":
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        except TypeError as exc:
+            raise LesionliteError(f"malformed operating point in the manifest: {exc}") from None
+
+
+def choose_operating_point(probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                           target: str = DEFAULT_TARGET, sensitivity: float = DEFAULT_SENSITIVITY,
+                           split: str = "val", data_fingerprint: str | None = None) -> OperatingPoint:
+    """Choose the threshold on ``split`` (must be the validation split: test and external only check it)."""
+    if split != "val":
+        raise LesionliteError(f"an operating point is chosen on the validation split only, not on {split!r}")
+    positives = positive_classes(class_names, target)
+    is_pos = np.isin(np.asarray(labels), positives)
+    scores = referral_score(probs, positives)
+    t = threshold_for_sensitivity(scores, is_pos, sensitivity)
+    sens, spec = sensitivity_specificity(scores, is_pos, t)
+    return OperatingPoint(target=target, positive_classes=[class_names[j] for j in positives],
+                          sensitivity_target=float(sensitivity), threshold=t, chosen_on=split, n=int(len(labels)),
+                          n_positive=int(is_pos.sum()), sensitivity=float(sens or 0.0), specificity=spec,
+                          data_fingerprint=data_fingerprint)
+
+
+def _balanced_accuracy_present(labels: np.ndarray, pred: np.ndarray) -> float | None:
+    present = np.unique(labels)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in present])) if present.size else None
+
+
+def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                     op: OperatingPoint | None = None, ood: np.ndarray | None = None,
+                     groups: Sequence[str] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """Melanoma AUC, sensitivity/specificity at ``op``, Bal-ACC over the classes present, accuracy, ECE and
+    out-of-distribution rate, each with a 95 % class-stratified (lesion-clustered) bootstrap interval.
+
+    ``labels`` are in the model's output index space (map a foreign dataset first).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    pred = p.argmax(1)
+    mel = class_index(list(class_names), "mel")
+    stats: dict[str, Any] = {
+        "accuracy": lambda i: float((pred[i] == y[i]).mean()) if i.size else None,
+        "balanced_accuracy_present": lambda i: _balanced_accuracy_present(y[i], pred[i]),
+        "ece": lambda i: ece(y[i], p[i]) if i.size else None,
+    }
+    if mel is not None:
+        stats["melanoma_auc"] = lambda i: binary_auc(y[i] == mel, p[i, mel])
+        stats["melanoma_sensitivity_argmax"] = lambda i: float((pred[i][y[i] == mel] == mel).mean()) if (y[i] == mel).any() else None
+    if op is not None:
+        pos_idx = [class_names.index(c) for c in op.positive_classes if c in class_names]
+        score = referral_score(p, pos_idx)
+        is_pos = np.isin(y, pos_idx)
+        stats["target_auc"] = lambda i: binary_auc(is_pos[i], score[i])
+        stats["sensitivity"] = lambda i: sensitivity_specificity(score[i], is_pos[i], op.threshold)[0]
+        stats["specificity"] = lambda i: sensitivity_specificity(score[i], is_pos[i], op.threshold)[1]
+        stats["referral_rate"] = lambda i: float((score[i] >= op.threshold).mean()) if i.size else None
+    if ood is not None:
+        flags = np.asarray(ood, dtype=bool)
+        stats["ood_rate"] = lambda i: float(flags[i].mean()) if i.size else None
+    result = bootstrap(stats, y, groups, n_boot=n_boot, seed=seed)
+    present = [class_names[c] for c in np.unique(y)]
+    counts = {class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+    result.update({"n": int(y.size), "classes_present": present, "class_counts": counts,
+                   "operating_point": None if op is None else op.to_dict()})
+    if mel is not None:
+        result["n_melanoma"] = int((y == mel).sum())
+    return result
+
+
+def paired_deltas(labels: np.ndarray, probs: np.ndarray, ref_probs: np.ndarray, class_names: Sequence[str],
+                  op: OperatingPoint | None = None, groups: Sequence[str] | None = None,
+                  n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """Change of a compressed model against its reference on the same images, with paired 95 % CIs.
+
+    Every replicate draws one resample and computes both models on it, so the interval is of the
+    difference itself (much narrower than two separate intervals would suggest).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p, r = np.asarray(probs, np.float64), np.asarray(ref_probs, np.float64)
+    pred, ref_pred = p.argmax(1), r.argmax(1)
+    mel = class_index(list(class_names), "mel")
+    stats: dict[str, Any] = {
+        "balanced_accuracy_present": lambda i: _delta(_balanced_accuracy_present(y[i], pred[i]),
+                                                      _balanced_accuracy_present(y[i], ref_pred[i])),
+        "top1_agreement": lambda i: float((pred[i] == ref_pred[i]).mean()) if i.size else None,
+    }
+    if mel is not None:
+        stats["melanoma_auc"] = lambda i: _delta(binary_auc(y[i] == mel, p[i, mel]), binary_auc(y[i] == mel, r[i, mel]))
+    if op is not None:
+        pos_idx = [list(class_names).index(c) for c in op.positive_classes if c in class_names]
+        s, s_ref = referral_score(p, pos_idx), referral_score(r, pos_idx)
+        is_pos = np.isin(y, pos_idx)
+        stats["sensitivity"] = lambda i: _delta(sensitivity_specificity(s[i], is_pos[i], op.threshold)[0],
+                                                sensitivity_specificity(s_ref[i], is_pos[i], op.threshold)[0])
+        stats["specificity"] = lambda i: _delta(sensitivity_specificity(s[i], is_pos[i], op.threshold)[1],
+                                                sensitivity_specificity(s_ref[i], is_pos[i], op.threshold)[1])
+    return bootstrap(stats, y, groups, n_boot=n_boot, seed=seed)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)

@@ -1,0 +1,236 @@
+"""``lesionlite evaluate``: any model — a checkpoint or any exported artifact — on any data spec, with the
+clinical figures and their 95 % bootstrap intervals.
+
+Why it exists: the figures a student ships with came from its own test split. A team deploying it in
+another clinic must see what happens on *their* images (an external set such as ``isic-archive``) with
+the same metrics, the same preprocessing (:mod:`lesionlite.preprocessing`) and the same operating
+point, computed the same way for a PyTorch checkpoint and for the int8 TFLite the phone will run.
+
+Artifacts run through the torch-free runtimes of :mod:`serve.runtimes` (ONNX Runtime, LiteRT), so
+evaluating an exported model needs no torch; a checkpoint needs torch. Labels of a dataset with other
+class codes are mapped onto the model's (:func:`lesionlite.classes.class_mapping`); images of classes
+the model lacks are left out and counted, and balanced accuracy is named for the classes present.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from distill.clinical import OperatingPoint, clinical_metrics
+from distill.metrics import classification_report, reliability_bins
+from lesionlite.classes import class_index, class_mapping
+from lesionlite.errors import LesionliteError
+from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
+from lesionlite.ood import assess, image_statistics, unnormalize
+from lesionlite.preprocessing import preprocess_batch
+
+BATCH = 64
+
+
+@dataclass
+class Predictor:
+    """A loaded model: NCHW float32 batch → calibrated class probabilities."""
+
+    name: str
+    manifest: Manifest
+    run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 → raw outputs (logits or probabilities)
+    describe: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities, logits or None when the model outputs probabilities)."""
+        out = np.asarray(self.run(x), dtype=np.float64)
+        return outputs_to_probabilities(out, self.manifest)
+
+
+def outputs_to_probabilities(out: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
+    """softmax(logits / T) for a logits model; a probabilities model's outputs as they are (renormalised)."""
+    if (manifest.output or {}).get("kind") == "probabilities":
+        p = np.clip(out, 0.0, None)
+        return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12), None
+    z = out / float(manifest.temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True), out
+
+
+def load_predictor(path: str | Path, threads: int = 0) -> Predictor:
+    """A checkpoint folder (needs torch) or an exported artifact folder (torch-free runtimes)."""
+    d = Path(path)
+    d = d.parent if d.is_file() else d
+    if not (d / MANIFEST_NAME).is_file():
+        raise LesionliteError(f"{path}: no {MANIFEST_NAME}: pass a run folder written by distill or an artifact "
+                              "folder written by export")
+    manifest = read_manifest(d / MANIFEST_NAME)
+    if manifest.kind == "checkpoint":
+        return _checkpoint_predictor(d)
+    from serve.runtimes import load_runtime
+
+    model_file = d / manifest.files.get("model", "")
+    if not model_file.is_file():
+        raise LesionliteError(f"{d}: the model file {manifest.files.get('model')!r} named by its manifest is missing")
+    runtime = load_runtime(model_file, manifest, threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return runtime.predict(x if runtime.layout == "NCHW" else x.transpose(0, 2, 3, 1))
+
+    return Predictor(name=d.name, manifest=manifest, run=run,
+                     describe={"kind": manifest.kind, "precision": manifest.precision, "runtime": runtime.platform})
+
+
+def _checkpoint_predictor(d: Path) -> Predictor:
+    try:
+        import torch
+
+        from distill.artifacts import load_student
+    except ImportError as exc:
+        raise LesionliteError(f"{d} is a PyTorch checkpoint: evaluating it needs torch ({exc}); "
+                              "evaluate an exported artifact instead, or install lesionlite[distill]") from None
+    model, manifest = load_student(d)
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return Predictor(name=d.name, manifest=manifest, run=run,
+                     describe={"kind": "checkpoint", "precision": "fp32", "runtime": f"torch {torch.__version__}"})
+
+
+@dataclass
+class Predictions:
+    """One model's outputs on one split, in the model's class index space."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    ood: np.ndarray | None
+    groups: list[str] | None
+    ids: list[str] | None
+    attributes: list[dict[str, str]] | None
+    excluded: dict[str, int]  # data class → images left out (no counterpart among the model's classes)
+    seconds: float
+
+
+@dataclass
+class PreparedSplit:
+    """A split's images preprocessed once for a given preprocessing, shared by every model evaluated on it."""
+
+    x: np.ndarray  # NCHW float32
+    labels_data: np.ndarray
+    keep: np.ndarray  # indices of the split kept (mapped classes)
+    stats: np.ndarray | None  # image statistics for the out-of-distribution check
+
+
+def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str], progress: bool = True) -> tuple[PreparedSplit, dict[str, int]]:
+    """Decode and preprocess every image of ``dataset`` whose class the model knows (with a progress bar)."""
+    mapping = class_mapping(list(data_classes), list(manifest.class_names))
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    keep = np.flatnonzero(np.isin(labels, list(mapping)))
+    excluded = {data_classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True)) if int(c) not in mapping}
+    if keep.size == 0:
+        raise LesionliteError(f"no image of this data has a class the model knows ({', '.join(manifest.class_names)})")
+    from tqdm import tqdm
+
+    cfg = manifest.preprocessing
+    chunks = []
+    for i in tqdm(range(0, keep.size, BATCH), desc="preprocess", unit="batch", disable=not progress, leave=False):
+        chunks.append(preprocess_batch([dataset.load_image(int(j)) for j in keep[i:i + BATCH]], cfg, "NCHW"))
+    x = np.concatenate(chunks)
+    stats = None
+    if (manifest.calibration or {}).get("ood"):
+        stats = np.stack([image_statistics(unnormalize(im, cfg.mean, cfg.std)) for im in x])
+    mapped = np.asarray([mapping[int(c)] for c in labels[keep]], dtype=np.int64)
+    return PreparedSplit(x=x, labels_data=mapped, keep=keep, stats=stats), excluded
+
+
+def predict_prepared(predictor: Predictor, prepared: PreparedSplit, dataset: Any, excluded: dict[str, int]) -> Predictions:
+    """Run ``predictor`` on prepared images; the out-of-distribution check as serve applies it."""
+    t0 = time.perf_counter()
+    probs, logits = [], []
+    for i in range(0, len(prepared.x), BATCH):
+        p, z = predictor.probabilities(prepared.x[i:i + BATCH])
+        probs.append(p)
+        logits.append(z)
+    p_all = np.concatenate(probs)
+    z_all = None if logits[0] is None else np.concatenate(logits)
+    ood = None
+    cal = (predictor.manifest.calibration or {}).get("ood")
+    if cal and prepared.stats is not None:
+        ood = np.asarray([assess(cal, prepared.stats[k], None if z_all is None else z_all[k:k + 1])["out_of_distribution"]
+                          for k in range(len(p_all))], dtype=bool)
+
+    def pick(values: list[Any] | None) -> list[Any] | None:
+        return None if values is None else [values[int(j)] for j in prepared.keep]
+
+    return Predictions(labels=prepared.labels_data, probs=p_all, ood=ood, groups=pick(getattr(dataset, "groups", None)),
+                       ids=pick(getattr(dataset, "ids", None)), attributes=pick(getattr(dataset, "attributes", None)),
+                       excluded=excluded, seconds=time.perf_counter() - t0)
+
+
+def operating_point_of(manifest: Manifest) -> OperatingPoint | None:
+    op = (manifest.calibration or {}).get("operating_point")
+    return OperatingPoint.from_dict(op) if op else None
+
+
+def summarize(predictor: Predictor, preds: Predictions, data: dict[str, Any], n_boot: int, seed: int = 0,
+              keep_predictions: bool = True) -> dict[str, Any]:
+    """The evaluation document: clinical metrics with CIs, the training-style report, per-image predictions."""
+    m = predictor.manifest
+    names = list(m.class_names)
+    op = operating_point_of(m)
+    clinical = clinical_metrics(preds.labels, preds.probs, names, op, preds.ood, preds.groups, n_boot=n_boot, seed=seed)
+    report = classification_report(preds.labels, probs=preds.probs, class_names=names)
+    mel = class_index(names, "mel")
+    doc: dict[str, Any] = {
+        "model": {"name": predictor.name, "architecture": m.architecture, **predictor.describe,
+                  "input_size": m.preprocessing.input_size, "temperature": m.temperature,
+                  "synthetic_training_data": bool((m.data or {}).get("synthetic")),
+                  "trained_on": (m.data or {}).get("name")},
+        "data": {**data, "n": int(preds.labels.size), "excluded": preds.excluded},
+        "clinical": clinical,
+        "report": report,
+        "reliability": {k: v.tolist() for k, v in reliability_bins(preds.labels, preds.probs).items()},
+        "seconds": round(preds.seconds, 3),
+    }
+    if keep_predictions:
+        doc["predictions"] = {
+            "ids": preds.ids, "labels": preds.labels.tolist(),
+            "mel_prob": None if mel is None else [round(float(v), 6) for v in preds.probs[:, mel]],
+            "pred": preds.probs.argmax(1).tolist(),
+            "ood": None if preds.ood is None else preds.ood.astype(int).tolist(),
+        }
+    return doc
+
+
+def load_eval_bundle(spec: str, data_root: str | None, seed: int = 0, **options: Any) -> Any:
+    from export.data import load_bundle
+
+    return load_bundle(spec, data_root, seed, **options)
+
+
+def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | None = None, split: str = "test",
+             n_boot: int = 1000, seed: int = 0, threads: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Evaluate one model on ``split`` of ``data_spec`` (default: the data the model was trained on)."""
+    predictor = load_predictor(model, threads)
+    m = predictor.manifest
+    info = m.data or {}
+    spec = data_spec or info.get("spec") or info.get("name")
+    if not spec:
+        raise LesionliteError(f"{model}: its manifest names no data; pass --data SPEC")
+    same = data_spec is None or data_spec == info.get("spec")
+    bundle = load_eval_bundle(str(spec), data_root, int(info.get("split_seed", seed)) if same else seed,
+                              **(dict(info.get("options") or {}) if same else {}))
+    if getattr(bundle, "evaluation_only", False) and split != "test":
+        raise LesionliteError(f"{bundle.name} is an external set: it has a test split only")
+    dataset = bundle.split(split)
+    if len(dataset) == 0:
+        raise LesionliteError(f"{bundle.name}: the {split} split is empty")
+    prepared, excluded = prepare_split(dataset, m, bundle.class_names, progress)
+    preds = predict_prepared(predictor, prepared, dataset, excluded)
+    data = {"spec": str(spec), "name": bundle.name, "split": split, "fingerprint": bundle.fingerprint,
+            "external": bool(getattr(bundle, "evaluation_only", False)), "synthetic": bool(bundle.synthetic),
+            "source": bundle.source}
+    return summarize(predictor, preds, data, n_boot, seed)
