@@ -1,0 +1,109 @@
+"""Exported TFLite in the phone's task runtime: metadata present, MediaPipe's ImageClassifier loads every file.
+
+One module-scoped export of the tiny_cnn fixture (tests/tiny_checkpoint.py) to TFLite fp32/fp16/int8 and
+int8 with integer I/O (uint8 pixels in, uint8 probabilities out). MediaPipe gets the test images as
+they are (48x40 RGB, resized by MediaPipe itself to the 32 px input), as an app would give them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("mediapipe")
+
+from tiny_checkpoint import CLASS_NAMES, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MIN_AGREEMENT = 0.97
+
+
+class _Split(list):
+    """A list split that also answers ``load_image(i)`` like the project's datasets."""
+
+    def load_image(self, i: int):  # noqa: ANN201
+        return self[i][0]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    b = synthetic_bundle()
+    b.train, b.val, b.test = _Split(b.train), _Split(b.val), _Split(b.test)
+    return b
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, bundle) -> dict[str, Path]:
+    from export.api import export_model
+
+    run = make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
+    out = tmp_path_factory.mktemp("tflite")
+    export_model(run, out / "float_io", "tflite", "fp32,fp16,int8", dataset=bundle, calib_samples=100)
+    export_model(run, out / "int_io", "tflite", "int8", dataset=bundle, calib_samples=100, int8_io=True)
+    return {"fp32": out / "float_io/tiny_cnn_tflite_fp32", "fp16": out / "float_io/tiny_cnn_tflite_fp16",
+            "int8": out / "float_io/tiny_cnn_tflite_int8", "int8-io": out / "int_io/tiny_cnn_tflite_int8"}
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16", "int8", "int8-io"])
+def test_metadata_and_manifest(exported, which):
+    from export.tflite_metadata import DISCLAIMER, read_metadata
+    from lesionlite.manifest import read_manifest
+
+    md = read_metadata((exported[which] / "model.tflite").read_bytes())
+    assert md["associated_files"]["labels.txt"].split() == CLASS_NAMES
+    assert "melanoma (mel)" in md["associated_files"]["labels_en.txt"].splitlines()
+    assert DISCLAIMER in md["description"] and md["name"].startswith("lesionlite tiny_cnn")
+    assert md["normalization"] == {"mean": [0.0], "std": [255.0]}
+    m = read_manifest(exported[which] / "manifest.json")
+    assert m.output["kind"] == "probabilities" and m.output["temperature_applied"] is True
+    assert list(m.preprocessing.mean) == [0.0, 0.0, 0.0] and list(m.preprocessing.std) == [1.0, 1.0, 1.0]
+    assert m.extra["metadata"]["outputs_unchanged"] is True
+    assert m.input["dtype"] == ("uint8" if which == "int8-io" else "float32")
+    mp = m.parity["mediapipe"]
+    assert mp["status"] == "ok" and mp["ok"] and mp["top1_agreement_litert"] >= MIN_AGREEMENT
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16", "int8", "int8-io"])
+def test_mediapipe_runs_each_file_as_exported(exported, bundle, which):
+    from export.mediapipe_check import classify
+    from lesionlite.manifest import read_manifest
+    from serve.runtimes.tflite import TFLiteRuntime
+    from lesionlite.preprocessing import preprocess_batch
+
+    images = [p[0] for p in bundle.test]
+    scores, labels = classify(exported[which] / "model.tflite", images, CLASS_NAMES)
+    assert labels == CLASS_NAMES
+    assert ((scores >= 0) & (scores <= 1)).all()
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.02)
+    # serve's runtime on lesionlite's preprocessing (the artifact's own manifest) gives the same classes
+    manifest = read_manifest(exported[which] / "manifest.json")
+    rt = TFLiteRuntime(exported[which] / "model.tflite", manifest, threads=1)
+    x = preprocess_batch(images, manifest.preprocessing, "NHWC")
+    served = np.exp(rt._run(x))  # log-probabilities → probabilities
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=0.02)
+    assert np.mean(served.argmax(1) == scores.argmax(1)) >= MIN_AGREEMENT
+    labels_true = np.array([p[1] for p in bundle.test])
+    assert np.mean(scores.argmax(1) == labels_true) >= 0.9  # the fixture model really classifies on the phone path
+
+
+def test_metadata_leaves_litert_outputs_unchanged(exported, bundle):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.tflite_metadata import add_metadata, read_metadata
+
+    data = (exported["fp32"] / "model.tflite").read_bytes()
+    again, info = add_metadata(data, name="x", version="1", description="d", class_names=CLASS_NAMES)
+    assert read_metadata(again)["name"] == "x"  # replaced, not appended twice
+
+    def run(model: bytes) -> np.ndarray:
+        it = Interpreter(model_content=model, num_threads=1)
+        it.allocate_tensors()
+        x = np.asarray(bundle.test[0][0].resize((32, 32)), np.float32)[None] / 255.0
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        return it.get_tensor(it.get_output_details()[0]["index"])
+
+    assert np.array_equal(run(data), run(again))
