@@ -110,9 +110,11 @@ def build_run(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, run_di
 def load_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, run_dir: Path) -> Any:
     """The dataset bundle, checked (non-empty train/val; the same data a resumed run started on) and logged."""
     from distill.data import load_dataset
+    from distill.data.base import refuse_evaluation_only
 
     bundle = load_dataset(cfg.data.name, root=cfg.data.root, seed=cfg.data.split_seed,
                           synthetic_size=cfg.data.synthetic_size or cfg.data.image_size, **cfg.data.options)
+    refuse_evaluation_only(bundle, "training, early stopping, model selection or temperature fitting")
     class_names = list(bundle.class_names)
     for split in ("train", "val"):
         if len(bundle.split(split)) == 0:

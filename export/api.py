@@ -415,7 +415,8 @@ def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source:
         parameters=stats["params"], macs=stats["macs"], session_config=dict(info.session_config),
         parity={**check.parity, "accepted": check.accepted}, source_sha256=source.sha256,
         evaluation=source.data.describe(), weights=src.weights, data=DataSpec(**portable(dict(src.data))),
-        calibration=info.calibration(src.calibration), metrics=dict(check.metrics), files={"model": fmt.model_file},
+        calibration=info.calibration(_calibration_with_operating_point(src, source.evidence)),
+        metrics={**check.metrics, **_clinical_scalars(check.clinical)}, files={"model": fmt.model_file},
         version=src.version,
         extra={
             "format": fmt.name, "source_metrics": source.metrics, "macs_method": stats["macs_method"],
