@@ -168,7 +168,8 @@ def _run_tflite(path: Path, x_nhwc: np.ndarray, in_q, out_q) -> np.ndarray:
     for i in range(len(x_nhwc)):
         xi = x_nhwc[i : i + 1]
         if in_q:
-            xi = np.clip(np.round(xi / in_q["scale"]) + in_q["zero_point"], -128, 127).astype(np.int8)
+            info = np.iinfo(ind["dtype"])
+            xi = np.clip(np.round(xi / in_q["scale"]) + in_q["zero_point"], info.min, info.max).astype(ind["dtype"])
         it.set_tensor(ind["index"], xi)
         it.invoke()
         y = it.get_tensor(outd["index"])
@@ -176,16 +177,25 @@ def _run_tflite(path: Path, x_nhwc: np.ndarray, in_q, out_q) -> np.ndarray:
     return np.concatenate(ys)
 
 
-def test_tflite_round_trip_in_litert_interpreter(exported, reference):
+def _tflite_inputs(bundle, m) -> np.ndarray:
+    """The test images preprocessed with the TFLite artifact's own manifest: pixels in [0, 1] (the graph
+    normalises them and computes softmax(logits / T) itself)."""
+    return preprocess_batch([p[0] for p in bundle.test], m.preprocessing, "NHWC")
+
+
+def test_tflite_round_trip_in_litert_interpreter(exported, reference, bundle):
+    from export.parity import softmax
+
     out, report = exported
-    x, _, ref = reference
-    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    x, _, logits = reference
+    ref = softmax(logits, 1.25)  # make_tiny_checkpoint's calibration temperature
     for prec in PRECISIONS:
         d = out / f"tiny_cnn_tflite_{prec}"
         m = read_manifest(d)
         assert m.input["layout"] == "NHWC" and m.input["shape"] == [1, 32, 32, 3]
         assert m.input["dtype"] == "float32" and m.input["quantization"] is None  # float I/O by default
-        y = _run_tflite(d / m.files["model"], x_nhwc, None, None)
+        assert m.output["kind"] == "probabilities" and m.output["temperature_applied"]
+        y = _run_tflite(d / m.files["model"], _tflite_inputs(bundle, m), None, None)
         agree = _agreement(y, ref)
         if prec == "fp32":
             assert np.abs(y - ref).max() < 1e-4 and agree == 1.0
@@ -197,18 +207,21 @@ def test_tflite_round_trip_in_litert_interpreter(exported, reference):
     assert "TRANSPOSE" not in ops and ops.get("QUANTIZE") == 1 and ops.get("DEQUANTIZE") == 1
 
 
-def test_tflite_int8_io(exported_int8_io, reference):
+def test_tflite_int8_io(exported_int8_io, reference, bundle):
     out, report = exported_int8_io
     x, _, ref = reference
     d = out / "tiny_cnn_tflite_int8"
     m = read_manifest(d)
-    assert m.input["dtype"] == "int8" and m.input["layout"] == "NHWC"
+    # uint8 pixels in, uint8 probabilities out (MediaPipe refuses int8 I/O tensors): export.tflite_metadata.uint8_io
+    assert m.input["dtype"] == "uint8" and m.input["layout"] == "NHWC"
     q_in, q_out = m.input["quantization"], m.output_quantization
-    assert q_in["scale"] > 0 and m.output["dtype"] == "int8" and q_out["scale"] > 0
-    y = _run_tflite(d / m.files["model"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)), q_in, q_out)
+    assert q_in == {"scale": pytest.approx(1 / 255), "zero_point": 0} and m.output["dtype"] == "uint8"
+    assert q_out["scale"] == pytest.approx(1 / 256) and q_out["zero_point"] == 0
+    y = _run_tflite(d / m.files["model"], _tflite_inputs(bundle, m), q_in, q_out)
     assert _agreement(y, ref) >= INT8_MIN_AGREEMENT
     assert report.artifacts[0].parity["top1_agreement"] >= INT8_MIN_AGREEMENT
-    assert "QUANTIZE" not in report.artifacts[0].validation["op_types"]  # integer end to end
+    ops = report.artifacts[0].validation["op_types"]
+    assert ops.get("QUANTIZE") == 2 and "DEQUANTIZE" not in ops  # integer end to end, two exact uint8<->int8 shifts
 
 
 def test_coreml_spec_reload(exported):
