@@ -33,7 +33,7 @@ from fastapi.responses import Response
 
 from serve.errors import ApiError
 from serve.images import decode_image
-from serve.models import LoadedModel
+from serve.models import REFER, REFERRAL_SCORE, LoadedModel
 from serve.oip import (
     BYTES, HEADER_LENGTH, MAX_RANK, InferRequest, RequestedOutput, Tensor, decompress, encode_response, parse_request,
 )
@@ -223,6 +223,12 @@ def _outputs(req: InferRequest, entry: LoadedModel, logits: np.ndarray) -> list[
                                         "(values far outside the preprocessed range?)")
     probs = calibrated_probabilities(logits, entry.temperature).astype(np.float32)
     values = {entry.logits_output: logits, entry.probabilities_output: probs}
+    op = entry.operating_point
+    if op is not None:  # the operating-point decision: the score and whether it reaches the threshold
+        idx = [entry.class_names.index(c) for c in op.get("positive_classes", []) if c in entry.class_names]
+        score = probs[:, idx].sum(axis=1).astype(np.float32)
+        values[REFERRAL_SCORE] = score
+        values[REFER] = score >= np.float32(op["threshold"])
     wanted = req.outputs or [RequestedOutput(n) for n in values]  # none named (or []): all of them
     out: list[tuple[Tensor, bool]] = []
     for o in wanted:
@@ -233,7 +239,8 @@ def _outputs(req: InferRequest, entry: LoadedModel, logits: np.ndarray) -> list[
         if o.classification:
             out.append((_classification(o.name, values[o.name], o.classification, entry.class_names), binary))
         else:
-            out.append((Tensor(o.name, "FP32", tuple(values[o.name].shape), values[o.name]), binary))
+            v = values[o.name]
+            out.append((Tensor(o.name, "BOOL" if v.dtype == np.bool_ else "FP32", tuple(v.shape), v), binary))
     return out
 
 

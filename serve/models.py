@@ -32,6 +32,9 @@ log = logging.getLogger("serve")
 #: encoded images in (decoded and preprocessed like ``/predict``) and calibrated probabilities out.
 IMAGE_INPUT = "image"
 PROBABILITIES_OUTPUT = "probabilities"
+#: Open Inference Protocol outputs of the operating point (models whose manifest carries one)
+REFERRAL_SCORE = "referral_score"
+REFER = "refer"
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -52,6 +55,17 @@ class LoadedModel:
         """Out-of-distribution thresholds fitted on validation at training time (lesionlite.ood), if any."""
         cal = (self.manifest.calibration or {}).get("ood")
         return cal if isinstance(cal, dict) and "image_threshold" in cal else None
+
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The referral threshold export chose on validation (``calibration.operating_point``), if any."""
+        op = (self.manifest.calibration or {}).get("operating_point")
+        return op if isinstance(op, dict) and "threshold" in op else None
+
+    @property
+    def synthetic(self) -> bool:
+        """Trained on generated images (the demo): every answer must say so."""
+        return bool((self.manifest.data or {}).get("synthetic"))
 
     @property
     def temperature(self) -> float:
@@ -91,8 +105,12 @@ class LoadedModel:
 
     def oip_outputs(self) -> list[dict[str, Any]]:
         c = self.manifest.num_classes
-        return [{"name": self.logits_output, "datatype": "FP32", "shape": [-1, c]},
+        outs = [{"name": self.logits_output, "datatype": "FP32", "shape": [-1, c]},
                 {"name": self.probabilities_output, "datatype": "FP32", "shape": [-1, c]}]
+        if self.operating_point is not None:
+            outs += [{"name": REFERRAL_SCORE, "datatype": "FP32", "shape": [-1]},
+                     {"name": REFER, "datatype": "BOOL", "shape": [-1]}]
+        return outs
 
     def metadata(self) -> dict[str, Any]:
         """Open Inference Protocol model metadata, plus what a client needs to read the outputs."""
@@ -123,6 +141,8 @@ class LoadedModel:
             "metrics": m.metrics,
             "class_labels": {c: display_name(c) for c in m.class_names},
             "parity": self.parity(),
+            "synthetic_training_data": self.synthetic,
+            "operating_point": self.operating_point,
         }
 
     def parity(self) -> dict[str, Any]:

@@ -25,10 +25,28 @@ def normalized_entropy(p: np.ndarray) -> float:
     return float(min(1.0, max(0.0, h / math.log(p.size))))
 
 
+def referral(p: np.ndarray, class_names: list[str], op: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The operating-point decision for one image: refer when the target's probability reaches the threshold.
+
+    ``op`` is the manifest's ``calibration.operating_point`` (chosen on the validation split by export);
+    None when the artifact carries none.
+    """
+    if not op:
+        return None
+    idx = [class_names.index(c) for c in op.get("positive_classes", []) if c in class_names]
+    score = float(np.asarray(p, dtype=np.float64)[idx].sum()) if idx else 0.0
+    threshold = float(op["threshold"])
+    return {"target": op.get("target"), "positive_classes": [class_names[i] for i in idx], "score": score,
+            "threshold": threshold, "refer": bool(score >= threshold),
+            "sensitivity_target": op.get("sensitivity_target"), "chosen_on": op.get("chosen_on", "val")}
+
+
 def summarize(logits: np.ndarray, class_names: list[str], temperature: float, top_k: int,
-              abstain_threshold: float, ood: dict[str, Any] | None = None) -> dict[str, Any]:
+              abstain_threshold: float, ood: dict[str, Any] | None = None,
+              operating_point: dict[str, Any] | None = None) -> dict[str, Any]:
     """The answer for one image. ``ood``: :func:`lesionlite.ood.assess`'s verdict, None when the model's
-    manifest carries no out-of-distribution calibration (then ``out_of_distribution`` is null)."""
+    manifest carries no out-of-distribution calibration (then ``out_of_distribution`` is null);
+    ``operating_point``: the manifest's, for the ``referral`` decision (null without one)."""
     p = calibrated_probabilities(logits, temperature)
     order = np.argsort(-p, kind="stable")[: max(1, min(top_k, len(class_names)))]
     reasons = []
@@ -43,4 +61,5 @@ def summarize(logits: np.ndarray, class_names: list[str], temperature: float, to
         "abstain": bool(reasons),
         "abstain_reasons": reasons,
         "out_of_distribution": None if ood is None else bool(ood["out_of_distribution"]),
+        "referral": referral(p, class_names, operating_point),
     }

@@ -16,6 +16,16 @@ class TopK(BaseModel):
     probability: float
 
 
+class Referral(BaseModel):
+    target: str | None = Field(None, description="'mel' (melanoma) or 'malignant' (mel + bcc + akiec)")
+    positive_classes: list[str]
+    score: float = Field(description="the summed calibrated probability of positive_classes")
+    threshold: float = Field(description="operating point chosen on the validation split for sensitivity_target")
+    refer: bool = Field(description="score >= threshold: this model would refer the lesion for a closer look")
+    sensitivity_target: float | None = None
+    chosen_on: str = "val"
+
+
 class Prediction(BaseModel):
     model: str
     version: str
@@ -27,6 +37,10 @@ class Prediction(BaseModel):
     abstain_reasons: list[str] = Field(default_factory=list)
     out_of_distribution: bool | None = Field(None, description="the image is unlike the model's validation images "
                                                                "(null: the model carries no such calibration)")
+    referral: Referral | None = Field(None, description="the operating-point decision (null: the artifact carries "
+                                                         "no operating point)")
+    synthetic_training_data: bool = Field(False, description="true when the model was trained on SYNTHETIC images: "
+                                                             "its answers say nothing about real lesions")
     latency_ms: float
 
 
@@ -39,6 +53,7 @@ class BatchItem(BaseModel):
     abstain: bool | None = None
     abstain_reasons: list[str] | None = None
     out_of_distribution: bool | None = None
+    referral: Referral | None = None
     error: str | None = Field(None, description="set instead of the prediction when this image failed")
     detail: str | None = None
     status: int | None = Field(None, description="HTTP status /predict would give this image alone")
@@ -48,6 +63,7 @@ class BatchPrediction(BaseModel):
     model: str
     version: str
     results: list[BatchItem]
+    synthetic_training_data: bool = False
     latency_ms: float
 
 
@@ -78,6 +94,9 @@ class ModelMetadata(BaseModel):
     class_labels: dict[str, str] = Field(default_factory=dict, description="class code → readable name")
     parity: dict[str, Any] = Field(default_factory=dict, description="export's check against PyTorch: verified, "
                                    "accepted, top1_agreement, threshold, max_abs_probs")
+    synthetic_training_data: bool = Field(False, description="trained on SYNTHETIC images (the demo)")
+    operating_point: dict[str, Any] | None = Field(None, description="referral threshold chosen on validation, "
+                                                                     "with the sensitivity it was chosen for")
 
 
 class UnavailableModel(BaseModel):

@@ -1,6 +1,8 @@
 """serve: a real uvicorn on a loopback port, fed every image mode and every kind of bad input."""
 from __future__ import annotations
 
+import base64
+
 import asyncio
 import os
 import signal
@@ -99,8 +101,10 @@ def test_predict_every_image_mode_matches_onnxruntime(client: httpx.Client, mode
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"model", "version", "probabilities", "top_k", "uncertainty", "abstain", "abstain_reasons",
-                         "out_of_distribution", "latency_ms"}
+                         "out_of_distribution", "referral", "synthetic_training_data", "latency_ms"}
     assert body["model"] == "onnx"
+    # the hand-built fixture model's manifest names no training data and no operating point
+    assert body["synthetic_training_data"] is False and body["referral"] is None
     probs = np.array([body["probabilities"][c] for c in CLASS_NAMES])
     assert probs.sum() == pytest.approx(1.0, abs=1e-6)
     expected = reference_probabilities(models_dir / "onnx", data)
@@ -348,7 +352,20 @@ def test_tflite_models(tfl_dir: Path, models_dir: Path) -> None:
         tfl = [n for n, m in models.items() if m["kind"] == "tflite"]
         assert sorted(tfl) == ["tflite_nchw", "tiny_cnn_tflite_fp32", "tiny_cnn_tflite_int8"], models
         assert models["tflite_nchw"]["layout"] == "NCHW" and models["tiny_cnn_tflite_fp32"]["layout"] == "NHWC"
-        assert models["tiny_cnn_tflite_int8"]["runtime_tensors"]["input"]["datatype"] == "INT8"
+        # int8 I/O is uint8 pixels in and uint8 probabilities out: what MediaPipe's ImageClassifier accepts
+        assert models["tiny_cnn_tflite_int8"]["runtime_tensors"]["input"]["datatype"] == "UINT8"
+        for name in ("tiny_cnn_onnx_fp32", "tiny_cnn_tflite_fp32"):  # exported from a synthetic-data checkpoint
+            assert models[name]["synthetic_training_data"] is True and models[name]["operating_point"]["chosen_on"] == "val"
+        body = post_file(c, JPEG, "x.jpg", model="tiny_cnn_onnx_fp32").json()
+        ref = body["referral"]  # the operating point export chose on validation, applied to this image
+        assert body["synthetic_training_data"] is True and ref["positive_classes"] == ["mel"]
+        assert ref["score"] == pytest.approx(body["probabilities"]["mel"]) and ref["refer"] == (ref["score"] >= ref["threshold"])
+        assert ref["threshold"] == models["tiny_cnn_onnx_fp32"]["operating_point"]["threshold"]
+        infer = c.post("/v2/models/tiny_cnn_onnx_fp32/infer", json={"inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(JPEG).decode()]}]}).json()
+        outs = {o["name"]: o for o in infer["outputs"]}
+        assert outs["referral_score"]["data"][0] == pytest.approx(ref["score"], abs=1e-6)
+        assert outs["refer"]["datatype"] == "BOOL" and outs["refer"]["data"][0] == ref["refer"]
         images = [encode(Image.fromarray(pattern(60, 44, seed=i)), "PNG") for i in range(3)] + [JPEG]
         from tiny_checkpoint import synthetic_bundle  # int8 is calibrated on these: compare in distribution
 

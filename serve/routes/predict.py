@@ -114,8 +114,8 @@ async def predict(
         del parts, files
         (logits,) = await state.classify(entry, [x])
     out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry, settings),
-                    settings.abstain_threshold, assess_ood(entry, x, logits))
-    return {"model": entry.name, "version": entry.version, **out,
+                    settings.abstain_threshold, assess_ood(entry, x, logits), entry.operating_point)
+    return {"model": entry.name, "version": entry.version, **out, "synthetic_training_data": entry.synthetic,
             "latency_ms": (time.perf_counter() - t0) * 1000.0}
 
 
@@ -160,10 +160,11 @@ async def predict_batch(
         item: dict[str, Any] = {"index": i, "filename": f.filename}
         if i in by_index:
             item.update(summarize(by_index[i], entry.class_names, entry.temperature, k, settings.abstain_threshold,
-                                  assess_ood(entry, decoded[i], by_index[i])))
+                                  assess_ood(entry, decoded[i], by_index[i]), entry.operating_point))
         else:
             err: ApiError = decoded[i]  # type: ignore[assignment]
             item.update(error=err.error, detail=err.detail, status=err.status)
         results.append(item)
     return {"model": entry.name, "version": entry.version, "results": results,
+            "synthetic_training_data": entry.synthetic,
             "latency_ms": (time.perf_counter() - t0) * 1000.0}
