@@ -135,6 +135,8 @@ def describe(art: Artifact) -> dict[str, Any]:
         "size_bytes": _file_size(art.model_path),
         # onnxruntime settings export recorded (benchmarked as the artifact is meant to run)
         "ort_session_config": dict(m.session_config),
+        # trained on generated images (the demo): every report says so beside its accuracy
+        "synthetic_training_data": bool((m.data or {}).get("synthetic")),
     }
     if art.model_path is None:
         info["problem"] = f"{art.directory / MANIFEST_NAME} names no model file (files.model)"
@@ -157,6 +159,8 @@ def describe(art: Artifact) -> dict[str, Any]:
 
     for key in ("accuracy", "balanced_accuracy"):
         info[key], info[f"{key}_source"] = _metric(m.metrics, key)
+        if info["synthetic_training_data"] and info[f"{key}_source"]:
+            info[f"{key}_source"] += " (SYNTHETIC data)"
     return info
 
 

@@ -184,10 +184,20 @@ def ship_recommendations(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return recommend(rows)
 
 
+#: the banner of a bench whose artifacts were trained on generated images (the demo)
+SYNTHETIC_BANNER = ("SYNTHETIC TRAINING DATA: these models were trained on generated images; their accuracy says "
+                    "nothing about dermoscopy (times and sizes are real).")
+
+
+def synthetic(doc: dict[str, Any]) -> bool:
+    return any(a.get("synthetic_training_data") for a in doc.get("artifacts", []))
+
+
 def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     s = doc["settings"]
     emu = emulated(doc)
     out = [f"# Benchmark: {doc['model_dir']}" + (" — EMULATED times" if emu else ""), "",
+           *([f"> **{SYNTHETIC_BANNER}**", ""] if synthetic(doc) else []),
            f"Created {doc['created']} (git {doc.get('git_commit') or 'n/a'}) on target `{doc['target'].get('spec')}`.", "",
            *([f"> {EMULATED_BANNER.format(emu=emu)}", ""] if emu else []),
            "## Host", "", _md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
@@ -247,6 +257,7 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
         f"<p>Created {e(doc['created'])} (git {e(str(doc.get('git_commit') or 'n/a'))}) on target <code>{e(str(doc['target'].get('spec')))}</code>.</p>",
         *([f"<p style='border:2px solid #c00;padding:6px'>{e(EMULATED_BANNER.format(emu=emulated(doc))).replace('**', '')}</p>"]
           if emulated(doc) else []),
+        *([f"<p style='border:2px solid #c00;padding:6px'><strong>{e(SYNTHETIC_BANNER)}</strong></p>"] if synthetic(doc) else []),
         "<h2>Host</h2>", table(["field", "value"], [list(p) for p in _host_pairs(doc)]),
         *[f"<p><b>Warning:</b> {e(w)}</p>" for w in doc.get("warnings") or []],
         "<h2>Method</h2><ul>",

@@ -105,6 +105,10 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
             await b.start()
             state.batchers[name] = b
         log.info("serving %d model(s): %s (default %s)", len(models), ", ".join(sorted(models)), default)
+        synthetic = sorted(n for n, e in models.items() if e.synthetic)
+        if synthetic:
+            log.warning("SYNTHETIC TRAINING DATA: %s trained on generated images; answers say nothing about real "
+                        "lesions (every answer carries synthetic_training_data: true)", ", ".join(synthetic))
         if state.broken:
             log.warning("NOT serving %d broken artifact(s) (--strict refuses to start instead): %s", len(state.broken),
                         "; ".join(f"{b.name}: {b.reason}" for b in state.broken))

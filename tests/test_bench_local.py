@@ -42,6 +42,8 @@ def model_dir(tmp_path_factory) -> Path:
     for build, name, accuracy in ((build_onnx, "tiny_cnn_onnx_fp32", 0.42), (build_tflite, "tiny_cnn_tflite_fp32", 0.41)):
         m = read_manifest(build(root / name))
         m.metrics = {"accuracy": accuracy}
+        if name.startswith("tiny_cnn_onnx"):  # one artifact trained on generated images: the reports must say so
+            m.data = {**(m.data or {}), "synthetic": True}
         m.write(root / name)
     d = root / "tiny_cnn_coreml_fp16"
     (d / "model.mlpackage").mkdir(parents=True)
@@ -134,6 +136,8 @@ def test_report_files(bench_a):
     assert "onnxruntime" in md and "cpu_model" in md
     html = (bench_a / "bench.html").read_text()
     assert html.startswith("<!doctype html>") and "latency_distribution.png" in html
+    assert "SYNTHETIC TRAINING DATA" in md and "SYNTHETIC TRAINING DATA" in html
+    assert "manifest metrics.accuracy (SYNTHETIC data)" in md
 
 
 def test_report_rerender(bench_a, tmp_path, capsys):

@@ -108,3 +108,46 @@ def test_docs_render_with_no_network(server) -> None:
         finally:
             browser.close()
     assert not blocked, f"/docs asked for assets outside the server: {blocked}"
+
+
+def test_page_says_synthetic_and_states_referral_and_abstain_reasons(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """An exported synthetic-data model: the banner shows, the operating-point decision and every abstain reason
+    are written out in words, matching the JSON answer (random noise must not look like a confident class)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("litert_torch")
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    from test_serve_support import encode, tflite_root
+
+    noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    with serving(tflite_root(tmp_path_factory.getbasetemp())) as s:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            body = c.post("/predict", params={"model": "tiny_cnn_onnx_fp32", "top_k": 5},
+                          files={"file": ("noise.png", noise, "image/png")}).json()
+        assert body["synthetic_training_data"] is True and body["referral"] is not None
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                              "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+            try:
+                page = browser.new_page()
+                page.goto(s.url + "/", wait_until="domcontentloaded")
+                page.wait_for_selector("#model option[value='tiny_cnn_onnx_fp32']", state="attached", timeout=10_000)
+                page.select_option("#model", "tiny_cnn_onnx_fp32")
+                assert "SYNTHETIC TRAINING DATA" in page.locator("#synthetic").inner_text()
+                assert page.locator("#synthetic").is_visible()
+                page.set_input_files("#file", files=[{"name": "noise.png", "mimeType": "image/png", "buffer": noise}])
+                page.wait_for_selector("#bars li", timeout=15_000)
+                referral = page.locator("#referral").inner_text()
+                assert ("REFER" in referral) == body["referral"]["refer"] and "chosen on validation" in referral
+                assert page.locator("#abstain").is_visible() == body["abstain"]
+                if body["abstain"]:
+                    reasons = page.locator("#abstain-reasons li").all_inner_texts()
+                    assert reasons == body["abstain_reasons"]
+                    head = page.locator("#abstain-head").inner_text()
+                    assert ("does not look like" in head) == bool(body["out_of_distribution"])
+                assert "(SYNTHETIC data)" in page.locator("#meta").inner_text()
+            finally:
+                browser.close()

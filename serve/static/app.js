@@ -30,8 +30,9 @@
         o.value = m.name;
         const bal = m.metrics && typeof m.metrics.balanced_accuracy === "number"
           ? ", test balanced accuracy " + pct(m.metrics.balanced_accuracy) : "";
+        const synthetic = m.synthetic_training_data ? ", SYNTHETIC training data" : "";
         const unverified = m.parity && m.parity.accepted === false ? ", NOT VERIFIED" : "";
-        o.textContent = m.name + " (" + m.kind + (m.precision ? ", " + m.precision : "") + bal + unverified + ")";
+        o.textContent = m.name + " (" + m.kind + (m.precision ? ", " + m.precision : "") + bal + synthetic + unverified + ")";
         if (m.name === data.default) o.selected = true;
         modelSel.appendChild(o);
       }
@@ -43,10 +44,49 @@
         bad.appendChild(li);
       }
       $("unavailable-box").hidden = !(data.unavailable && data.unavailable.length);
+      showSynthetic(modelInfo[modelSel.value || data.default]);
     } catch (e) { /* the page still works with the default model */ }
   }
 
   function pct(p) { return (100 * p).toFixed(1) + "%"; }
+
+  function showSynthetic(info) {
+    $("synthetic").hidden = !(info && info.synthetic_training_data);
+  }
+
+  function metricValue(v) {  // a number, or export's {value, ci_low, ci_high}
+    return v && typeof v === "object" ? v.value : v;
+  }
+
+  function renderAbstain(res) {
+    // Say why in words: out of distribution is a different thing from "not confident".
+    const box = $("abstain");
+    const list = $("abstain-reasons");
+    list.innerHTML = "";
+    if (!res.abstain) { box.hidden = true; return; }
+    $("abstain-head").textContent = res.out_of_distribution
+      ? "This image does not look like the images the model was checked on: the classes below are not meaningful for it."
+      : "The model is not confident about this image: treat the result as inconclusive.";
+    for (const reason of res.abstain_reasons || []) {
+      const li = document.createElement("li");
+      li.textContent = reason;
+      list.appendChild(li);
+    }
+    box.hidden = false;
+  }
+
+  function renderReferral(res) {
+    const el = $("referral");
+    const r = res.referral;
+    if (!r) { el.hidden = true; return; }
+    const what = r.positive_classes.join(" + ");
+    el.textContent = (r.refer ? "Operating point: REFER — " : "Operating point: below the referral threshold — ") +
+      "P(" + what + ") " + pct(r.score) + " vs threshold " + pct(r.threshold) +
+      " (chosen on validation images for " + (r.sensitivity_target != null ? pct(r.sensitivity_target) : "a target") +
+      " sensitivity; another clinic's images reach less)." + (res.out_of_distribution ? " Not meaningful for an out-of-distribution image." : "");
+    el.className = "referral" + (r.refer ? " refer" : "");
+    el.hidden = false;
+  }
 
   function render(res) {
     const bars = $("bars");
@@ -68,14 +108,22 @@
       bars.appendChild(li);
     }
     $("uncertainty").textContent = "Uncertainty: " + pct(res.uncertainty) + " (normalised entropy; 0% = certain, 100% = no idea)";
-    $("abstain").hidden = !res.abstain;
+    renderAbstain(res);
+    renderReferral(res);
     const info = modelInfo[res.model] || {};
-    const bal = info.metrics && typeof info.metrics.balanced_accuracy === "number"
-      ? " · test balanced accuracy " + pct(info.metrics.balanced_accuracy) : "";
+    $("synthetic").hidden = !res.synthetic_training_data;
+    const bal = (info.metrics && typeof info.metrics.balanced_accuracy === "number"
+      ? " · test balanced accuracy " + pct(info.metrics.balanced_accuracy) : "") +
+      (res.synthetic_training_data ? " (SYNTHETIC data)" : "");
+    const extAuc = info.metrics && metricValue(info.metrics.external_melanoma_auc);
+    const intAuc = info.metrics && metricValue(info.metrics.internal_melanoma_auc);
+    const auc = typeof intAuc === "number"
+      ? " · melanoma AUC " + intAuc.toFixed(2) + " internal" +
+        (typeof extAuc === "number" ? ", " + extAuc.toFixed(2) + " on another clinic's images" : "") : "";
     const parity = info.parity && info.parity.verified && typeof info.parity.top1_agreement === "number"
       ? " · agrees with PyTorch on " + pct(info.parity.top1_agreement) + " of test images"
       : (info.parity && info.parity.accepted === false ? " · NOT VERIFIED against PyTorch" : "");
-    $("meta").textContent = "model " + res.model + " · version " + res.version + bal + parity + " · " +
+    $("meta").textContent = "model " + res.model + " · version " + res.version + bal + auc + parity + " · " +
       res.latency_ms.toFixed(1) + " ms";
     $("result").hidden = false;
   }
@@ -106,6 +154,7 @@
     }
   }
 
+  modelSel.addEventListener("change", () => showSynthetic(modelInfo[modelSel.value]));
   fileInput.addEventListener("change", () => classify(fileInput.files[0]));
   for (const ev of ["dragenter", "dragover"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
   for (const ev of ["dragleave", "drop"]) drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
