@@ -201,5 +201,35 @@ def measure(evidence: Evidence, manifest: Manifest, outputs: dict[str, np.ndarra
         if outputs is not None:
             block["vs_pytorch"] = paired_deltas(s.labels, p, ref_p, names, evidence.operating_point, s.groups,
                                                 n_boot=n_boot, seed=seed)
+            if not np.array_equal(p.argmax(1), ref_p.argmax(1)):  # identical answers cost no subgroup anything
+                block["vs_pytorch_by_subgroup"] = subgroup_deltas(s, p, ref_p, names, evidence.operating_point,
+                                                                  n_boot=SUBGROUP_N_BOOT, seed=seed)
         out[s.role] = block
+    return out
+
+
+#: bootstrap replicates of the per-subgroup changes (many small groups per artifact: fewer replicates)
+SUBGROUP_N_BOOT = 400
+
+
+def subgroup_deltas(s: EvidenceSet, p: np.ndarray, ref_p: np.ndarray, names: list[str], op: OperatingPoint | None,
+                    n_boot: int = SUBGROUP_N_BOOT, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Per attribute and group: the artifact's paired change against PyTorch (balanced accuracy over the
+    classes present, melanoma AUC, sensitivity), with the counts each figure rests on and *small* flags."""
+    from export.model_card import MIN_GROUP, group_labels
+    from lesionlite.classes import class_index
+
+    mel = class_index(names, "mel")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for attr, (values, groups) in group_labels(s.attributes).items():
+        rows = []
+        for g in groups:
+            idx = np.flatnonzero(values == g)
+            y = s.labels[idx]
+            n_mel = int((y == mel).sum()) if mel is not None else 0
+            d = paired_deltas(y, p[idx], ref_p[idx], names, op, None if s.groups is None else [s.groups[i] for i in idx],
+                              n_boot=n_boot, seed=seed)["metrics"]
+            rows.append({"group": str(g), "n": int(idx.size), "melanoma_n": n_mel, "small": bool(idx.size < MIN_GROUP),
+                         "melanoma_small": bool(n_mel < MIN_GROUP), **d})
+        out[attr] = rows
     return out

@@ -74,9 +74,40 @@ def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[
                      for role in (evidence.get("sets") or {}) for k, _, s in DELTAS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += ["", *[f"- {v}" for v in site_verdicts(artifacts)]]
+        lines += subgroup_section(artifacts)
     ci = next((c.get("internal", {}).get("bootstrap") for _, c in rows if c.get("internal")), None) or {}
     lines += ["", f"Intervals: {ci.get('n_boot')} bootstrap replicates, stratified by class, resampled by lesion where "
               "lesion ids exist (else by image); percentile method."]
+    return lines
+
+
+def subgroup_section(artifacts: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Per compressed artifact whose answers differ from PyTorch's: its change per subgroup, and a verdict line."""
+    lines: list[str] = []
+    for name, c in artifacts:
+        for role in ("internal", "external"):
+            by = ((c or {}).get(role) or {}).get("vs_pytorch_by_subgroup")
+            if not by:
+                continue
+            overall = ((c[role].get("vs_pytorch") or {}).get("metrics") or {})
+            lines += ["", f"**{name}, {role}: change against PyTorch by subgroup** (paired 95 % CI; *small*: fewer than "
+                      "20 images, or 20 melanomas for the melanoma figure)", "",
+                      "| subgroup | n | melanomas | Δ bal. acc | Δ melanoma AUC |", "|---|---:|---:|---:|---:|"]
+            hurt = []
+            for attr, rows in by.items():
+                for r in rows:
+                    small, mel_small = (" *small*" if r["small"] else ""), (" *small*" if r["melanoma_small"] else "")
+                    lines.append(f"| {attr}: {r['group']}{small} | {r['n']} | {r['melanoma_n']}{mel_small} | "
+                                 f"{fmt_delta(r.get('balanced_accuracy_present'), 'pct')} | "
+                                 f"{fmt_delta(r.get('melanoma_auc'), 'auc')} |")
+                    for key, small_flag, style in (("balanced_accuracy_present", r["small"], "pct"),
+                                                   ("melanoma_auc", r["melanoma_small"], "auc")):
+                        g, o = r.get(key) or {}, overall.get(key) or {}
+                        if not small_flag and g.get("ci_high") is not None and o.get("value") is not None \
+                                and g["ci_high"] < o["value"]:
+                            hurt.append(f"{attr} {r['group']} ({key.replace('_', ' ')} {fmt_delta(g, style)})")
+            lines += ["", f"- {name}, {role}: " + ("hurts " + "; ".join(hurt) + " beyond its overall cost" if hurt else
+                                                   "no subgroup (of those not *small*) is hurt beyond its overall cost")]
     return lines
 
 
@@ -88,7 +119,7 @@ def site_verdicts(artifacts: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """
     out = []
     for name, c in artifacts:
-        if not c or "external" not in c or "internal" not in c:
+        if not c or "external" not in c or "internal" not in c or name.endswith("_fp32"):
             continue
         worse = []
         for key, label, style in DELTAS[:2]:

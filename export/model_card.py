@@ -67,15 +67,17 @@ def _age_band(value: str) -> str:
     return next((name for lo, hi, name in AGE_BANDS if lo <= age < hi), "unknown")
 
 
-def subgroups(labels: np.ndarray, pred: np.ndarray, attributes: Sequence[dict[str, str]] | None,
-              class_names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per attribute (sex, age band, localization): n, balanced accuracy and melanoma recall per group."""
+def group_labels(attributes: Sequence[dict[str, str]] | None) -> dict[str, tuple[np.ndarray, list[str]]]:
+    """Per attribute (sex, age band, anatomical site): each image's group and the groups in display order.
+
+    Sites under ``MIN_GROUP`` images are merged into "other"; an attribute the data lacks is left out.
+    """
     if not attributes:
         return {}
-    mel = list(class_names).index("mel") if "mel" in class_names else None
     keys = {"sex": lambda a: a.get("sex") or "unknown", "age band": lambda a: _age_band(a.get("age", "")),
             "anatomical site": lambda a: a.get("localization") or "unknown"}
-    out: dict[str, list[dict[str, Any]]] = {}
+    order = {n: i for i, (lo, hi, n) in enumerate(AGE_BANDS)}
+    out: dict[str, tuple[np.ndarray, list[str]]] = {}
     for attr, key in keys.items():
         values = np.array([key(a) for a in attributes])
         if set(values.tolist()) == {"unknown"}:  # the data has no such column
@@ -84,9 +86,18 @@ def subgroups(labels: np.ndarray, pred: np.ndarray, attributes: Sequence[dict[st
         if attr == "anatomical site":  # many sites: the small ones together
             small = set(names[counts < MIN_GROUP])
             values = np.array(["other (each < %d)" % MIN_GROUP if v in small else v for v in values])
-        order = {n: i for i, (lo, hi, n) in enumerate(AGE_BANDS)}
+        out[attr] = (values, sorted(set(values.tolist()), key=lambda v: (order.get(v, 99), v)))
+    return out
+
+
+def subgroups(labels: np.ndarray, pred: np.ndarray, attributes: Sequence[dict[str, str]] | None,
+              class_names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per attribute (sex, age band, localization): n, balanced accuracy and melanoma recall per group."""
+    mel = list(class_names).index("mel") if "mel" in class_names else None
+    out: dict[str, list[dict[str, Any]]] = {}
+    for attr, (values, groups) in group_labels(attributes).items():
         rows = []
-        for g in sorted(set(values), key=lambda v: (order.get(v, 99), v)):
+        for g in groups:
             m = values == g
             row: dict[str, Any] = {"group": str(g), "n": int(m.sum()),
                                    "balanced_accuracy": balanced_accuracy(labels[m], pred[m])}
