@@ -696,6 +696,23 @@ def test_predictions(spec: RunSpec, bundle: Any) -> tuple[list[int], list[int]]:
     return preds, [int(v) for v in test.labels]
 
 
+def external_records(spec: RunSpec) -> dict[str, Any] | None:
+    """The run's best student and its int8 TFLite on the external set (isic-archive under the data root),
+    with per-image labels and melanoma probabilities; None when the set is not here. Evaluation only."""
+    from export.evaluate import external_block
+
+    try:
+        out: dict[str, Any] = {"pytorch": external_block(spec.run_dir)}
+        if out["pytorch"] is None:
+            return None
+        int8 = spec.run_dir / "export" / f"{spec.arch}_tflite_int8"
+        if (int8 / "manifest.json").is_file():
+            out["tflite_int8"] = external_block(int8)
+        return out
+    except Exception as exc:  # the table still has the run's internal figures
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run_record_path(settings: dict[str, Any], spec: RunSpec) -> Path:
     """Where a finished run's record is committed: ``<results>/<stem>_runs/seed<S>_<key>.json``."""
     return Path(settings["results_dir"]) / f"{results_stem(settings['protocol'])}_runs" / f"seed{spec.seed}_{spec.key}.json"
@@ -708,7 +725,7 @@ def write_run_record(settings: dict[str, Any], spec: RunSpec, rec: dict[str, Any
     hist = (_read_json(spec.run_dir / "metrics.json") or {}).get("history") or []
     keep = ("protocol", "key", "role", "label", "method", "arch", "seed", "epochs", "epochs_run", "best_epoch",
             "weights_note", "overrides", "status", "metrics", "wall_time_s", "images_per_s", "params", "macs",
-            "int8", "export_time_s", "test_pred", "test_labels", "teacher")
+            "int8", "export_time_s", "test_pred", "test_labels", "teacher", "external")
     doc = {k: rec.get(k) for k in keep}
     doc["curve"] = [{k: h.get(k) for k in ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_accuracy",
                                            "val_balanced_accuracy", "time_s", "images_per_s", "data_time_s")}
@@ -757,6 +774,10 @@ def collect(spec: RunSpec, settings: dict[str, Any], train_rec: dict[str, Any], 
             r["test_pred"], r["test_labels"] = test_predictions(spec, bundle)
         except Exception as exc:  # the table still has the run's own metrics
             r["test_pred_error"] = f"{type(exc).__name__}: {exc}"
+    if same_split and old.get("external") and old.get("metrics") == r["metrics"]:
+        r["external"] = old["external"]
+    elif bundle is not None:
+        r["external"] = external_records(spec)
     # A preview collect (no data bundle: an interim table's not-yet-visited runs) must not replace a committed
     # record's test predictions with nothing: it writes only when it has them or could have computed them.
     if settings.get("results_dir") and (bundle is not None or r.get("test_pred")):

@@ -124,11 +124,16 @@ class PreparedSplit:
     stats: np.ndarray | None  # image statistics for the out-of-distribution check
 
 
-def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str], progress: bool = True) -> tuple[PreparedSplit, dict[str, int]]:
-    """Decode and preprocess every image of ``dataset`` whose class the model knows (with a progress bar)."""
+def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str], progress: bool = True,
+                  exclude_ids: set[str] | None = None) -> tuple[PreparedSplit, dict[str, int]]:
+    """Decode and preprocess every image of ``dataset`` whose class the model knows (with a progress bar),
+    leaving out ``exclude_ids`` (the images a site-adapted model was fitted to)."""
     mapping = class_mapping(list(data_classes), list(manifest.class_names))
     labels = np.asarray(dataset.labels, dtype=np.int64)
-    keep = np.flatnonzero(np.isin(labels, list(mapping)))
+    ok = np.isin(labels, list(mapping))
+    if exclude_ids:
+        ok &= ~np.isin(np.asarray(dataset.ids or [], dtype=object), list(exclude_ids))
+    keep = np.flatnonzero(ok)
     excluded = {data_classes[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True)) if int(c) not in mapping}
     if keep.size == 0:
         raise LesionliteError(f"no image of this data has a class the model knows ({', '.join(manifest.class_names)})")
@@ -228,9 +233,35 @@ def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | N
     dataset = bundle.split(split)
     if len(dataset) == 0:
         raise LesionliteError(f"{bundle.name}: the {split} split is empty")
-    prepared, excluded = prepare_split(dataset, m, bundle.class_names, progress)
+    from distill.adapt import adapted_ids
+
+    fitted = adapted_ids(m, bundle)
+    prepared, excluded = prepare_split(dataset, m, bundle.class_names, progress, fitted)
+    if fitted:
+        excluded = {**excluded, "adapted on (site images this model was fitted to)": len(fitted)}
     preds = predict_prepared(predictor, prepared, dataset, excluded)
     data = {"spec": str(spec), "name": bundle.name, "split": split, "fingerprint": bundle.fingerprint,
             "external": bool(getattr(bundle, "evaluation_only", False)), "synthetic": bool(bundle.synthetic),
             "source": bundle.source}
     return summarize(predictor, preds, data, n_boot, seed)
+
+
+def external_block(model: str | Path, spec: str = "isic-archive", data_root: str | None = None,
+                   n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """What a run record keeps of one model on an external set: spec, n, per-image labels and melanoma
+    probabilities, and the figures with CIs computed from them (so verdicts are recomputed from predictions).
+
+    None when the external set is not under the data root; evaluation only, nothing is fitted.
+    """
+    try:
+        doc = evaluate(model, spec, data_root, "test", n_boot=n_boot, seed=seed, progress=False)
+    except LesionliteError as exc:
+        if "path not found" in str(exc) or "no labels.csv" in str(exc):
+            return None
+        raise
+    preds = doc["predictions"]
+    return {"spec": spec, "name": doc["data"]["name"], "fingerprint": doc["data"]["fingerprint"],
+            "n": doc["data"]["n"], "excluded": doc["data"]["excluded"], "model": doc["model"]["name"],
+            "kind": doc["model"].get("kind"), "precision": doc["model"].get("precision"),
+            "class_names": list(doc["report"]["per_class"]), "labels": preds["labels"], "mel_prob": preds["mel_prob"],
+            "pred": preds["pred"], "metrics": doc["clinical"]["metrics"], "bootstrap": doc["clinical"]["bootstrap"]}

@@ -152,12 +152,21 @@ def external_set(bundle: Any, manifest: Manifest, run: Callable[[np.ndarray], np
     """Preprocess the external images whose class the model knows and run PyTorch on them."""
     test = bundle.test
     mapping = class_mapping(list(bundle.class_names), list(manifest.class_names))
+    from distill.adapt import adapted_ids
+
     labels = _labels(test)
-    keep = np.flatnonzero(np.isin(labels, list(mapping)))
+    ok = np.isin(labels, list(mapping))
+    fitted = adapted_ids(manifest, bundle)
+    if fitted:  # a site-adapted model is measured on the site's held-out images only
+        ok &= ~np.isin(np.asarray(getattr(test, "ids", None) or [], dtype=object), list(fitted))
+    keep = np.flatnonzero(ok)
     if keep.size == 0:
         return None, f"external set {bundle.name}: none of its classes maps onto the model's ({', '.join(manifest.class_names)})"
     excluded = {bundle.class_names[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True)) if int(c) not in mapping}
-    x = _preprocess(test, keep, manifest, key=f"{bundle.fingerprint}:{manifest.architecture}:{','.join(manifest.class_names)}")
+    if fitted:
+        excluded["adapted on (site images this model was fitted to)"] = len(fitted)
+    key = f"{bundle.fingerprint}:{manifest.architecture}:{','.join(manifest.class_names)}:{len(fitted)}:{keep.size}"
+    x = _preprocess(test, keep, manifest, key=key)
 
     def pick(values: list[Any] | None) -> list[Any] | None:
         return None if values is None else [values[int(j)] for j in keep]

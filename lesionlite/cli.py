@@ -15,6 +15,7 @@ from lesionlite.errors import LesionliteError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("distill.cli", "train a student (scratch, kd, ssdkd, udcd, udcd-code)"),
     "export": ("export.cli", "quantize and convert a student to ONNX / TFLite / CoreML"),
+    "adapt": ("distill.adapt_cli", "fit a trained student to a new clinic's images (BatchNorm, K labelled) before export"),
     "evaluate": ("export.evaluate_cli", "evaluate a run or exported artifacts on any data (e.g. the external set), with CIs"),
     "serve": ("serve.cli", "serve exported models over HTTP (FastAPI + uvicorn)"),
     "bench": ("mobile_benchmarks.cli", "benchmark exported models on this host or a device"),

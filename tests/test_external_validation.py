@@ -259,3 +259,36 @@ def test_the_real_external_set_when_present():
     assert (counts["MEL"], counts["NV"], counts["BKL"], len(b.test)) == (263, 933, 106, 1302)
     assert "metadata joined from ISIC_2019_Training_Metadata.csv for 1302/1302" in b.source
     assert sum(1 for a in b.test.attributes if a["sex"]) > 1000
+
+
+# ------------------------------------------------------------------------------------------ lesionlite adapt
+def test_adapt_never_measures_on_the_images_it_adapted_on(external_root: Path, tmp_path: Path):
+    pytest.importorskip("torch")
+    from distill.adapt import AdaptConfig, adapt, site_split
+    from export.evaluate import evaluate
+    from lesionlite.manifest import read_manifest
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+    run = make_tiny_checkpoint(tmp_path / "run", synthetic_bundle(),
+                               data={"name": "synthetic", "spec": "synthetic", "synthetic": True})
+    spec = "isic-archive:isic_ext"
+    info = adapt(run, spec, tmp_path / "bn", AdaptConfig(method="bn"), data_root=str(external_root), progress=False)
+    assert info["batchnorm_layers"] > 0 and info["pool_images"] + len(info["held_out_ids"]) == 36
+    assert not set(info["adapted_on_ids"]) & set(info["held_out_ids"])
+    # lesions stay whole: both images of a lesion fall on one side
+    site = load_dataset(spec, root=external_root)
+    pool, held = site_split(list(site.test.ids), site.test.groups, 0.5)
+    sides = {}
+    for side, idx in (("pool", pool), ("held", held)):
+        for i in idx:
+            sides.setdefault(site.test.groups[i], set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    doc = evaluate(tmp_path / "bn", spec, str(external_root), n_boot=20, progress=False)
+    assert doc["data"]["n"] == len(info["held_out_ids"])  # evaluated on the held-out images only
+    assert set(doc["predictions"]["ids"]) == set(info["held_out_ids"])
+    assert read_manifest(tmp_path / "bn").extra["adaptation"]["method"] == "bn"
+    ft = adapt(run, spec, tmp_path / "ft", AdaptConfig(method="finetune", labelled=6, epochs=1),
+               data_root=str(external_root), progress=False)
+    assert ft["labelled_images"] >= 3 and set(ft["labelled_ids"]) <= set(ft["adapted_on_ids"])
+    with pytest.raises(LesionliteError, match="unknown adaptation method"):
+        adapt(run, spec, tmp_path / "x", AdaptConfig(method="magic"), data_root=str(external_root))
