@@ -346,6 +346,9 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
         notes.append(f"not numerically verified: {check.parity['reason']}")
     status = "written" if check.accepted else ("forced" if ctx.options.force else "refused")
     _artifact_manifest(fmt, prec, info, source, check, validation).write(stage)
+    golden = _write_golden(stage, source)
+    if not golden["written"]:
+        notes.append(f"no golden vectors: {golden['reason']}")
     return ArtifactResult(
         name=final.name, format=fmt.name, precision=prec, status=status,
         path=str(final) if status != "refused" else None,
@@ -353,6 +356,13 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
         metrics=check.metrics, validation=validation, input=info.input, output=info.output, notes=notes,
         latency_ms_p50=check.latency_ms, clinical=check.clinical,
     )
+
+
+def _write_golden(stage: Path, source: _Source) -> dict[str, Any]:
+    """The artifact's ``golden/`` set (:mod:`export.golden`): real images, exact inputs, expected outputs."""
+    from export.golden import write_for_artifact
+
+    return write_for_artifact(stage, source.data)
 
 
 def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, parity: dict[str, Any]) -> None:

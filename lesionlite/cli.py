@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("export.evaluate_cli", "evaluate a run or exported artifacts on any data (e.g. the external set), with CIs"),
     "serve": ("serve.cli", "serve exported models over HTTP (FastAPI + uvicorn)"),
     "bench": ("mobile_benchmarks.cli", "benchmark exported models on this host or a device"),
+    "verify": ("mobile_benchmarks.verify", "re-run exported artifacts' golden vectors (model file, preprocessing, runtime)"),
 }
 
 
