@@ -37,24 +37,25 @@ class Predictor:
 
     name: str
     manifest: Manifest
-    run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 → raw outputs (logits or probabilities)
+    run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 → logits (log-probabilities for a probabilities model)
     describe: dict[str, Any] = field(default_factory=dict)
 
     def probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(calibrated probabilities, logits or None when the model outputs probabilities)."""
-        out = np.asarray(self.run(x), dtype=np.float64)
-        return outputs_to_probabilities(out, self.manifest)
+        """(calibrated probabilities, logits; None for a model whose graph already outputs probabilities)."""
+        return outputs_to_probabilities(np.asarray(self.run(x), dtype=np.float64), self.manifest)
 
 
 def outputs_to_probabilities(out: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
-    """softmax(logits / T) for a logits model; a probabilities model's outputs as they are (renormalised)."""
-    if (manifest.output or {}).get("kind") == "probabilities":
-        p = np.clip(out, 0.0, None)
-        return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12), None
-    z = out / float(manifest.temperature)
+    """What serve answers: softmax(z / T), with T = 1 where the graph applied the temperature itself.
+
+    Every runner here returns logits: serve's runtimes turn a probabilities output into log-probabilities
+    (softmax of those gives the probabilities back), the checkpoint returns its logits.
+    """
+    applied = bool((manifest.output or {}).get("temperature_applied"))
+    z = out / (1.0 if applied else float(manifest.temperature))
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True), out
+    return e / e.sum(axis=1, keepdims=True), (None if (manifest.output or {}).get("kind") == "probabilities" else out)
 
 
 def load_predictor(path: str | Path, threads: int = 0) -> Predictor:

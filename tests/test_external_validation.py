@@ -292,3 +292,22 @@ def test_adapt_never_measures_on_the_images_it_adapted_on(external_root: Path, t
     assert ft["labelled_images"] >= 3 and set(ft["labelled_ids"]) <= set(ft["adapted_on_ids"])
     with pytest.raises(LesionliteError, match="unknown adaptation method"):
         adapt(run, spec, tmp_path / "x", AdaptConfig(method="magic"), data_root=str(external_root))
+
+
+def test_evaluate_a_probabilities_tflite_matches_export(exported_with_external, external_root: Path, tmp_path: Path):
+    """A TFLite artifact (softmax in the graph): evaluate's figures equal what export measured for it."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    from export.api import export_model
+    from export.evaluate import evaluate
+    from tiny_checkpoint import synthetic_bundle
+
+    run, _, _ = exported_with_external
+    ext = load_dataset("isic-archive:isic_ext", root=external_root)
+    report = export_model(run, tmp_path / "t", "tflite", "fp32,int8", dataset=synthetic_bundle(), calib_samples=40, external=ext)
+    for a in report.artifacts:
+        doc = evaluate(a.path, "isic-archive:isic_ext", str(external_root), n_boot=20, progress=False)
+        assert doc["clinical"]["metrics"]["melanoma_auc"]["value"] == pytest.approx(
+            a.clinical["external"]["metrics"]["melanoma_auc"]["value"], abs=0.02)
+        assert doc["clinical"]["metrics"]["accuracy"]["value"] == pytest.approx(
+            a.clinical["external"]["metrics"]["accuracy"]["value"], abs=0.03)
