@@ -46,15 +46,19 @@ _NP_DTYPE_NAME = {np.float32: "float32", np.int8: "int8", np.uint8: "uint8"}
 
 
 def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0),
-                  temperature: float | None = None) -> Any:
+                  temperature: float | None = None, downscale: tuple[int, int] | None = None) -> Any:
     """The module converted to TFLite: NHWC pixels in [0, 1] → ``softmax(student((x - mean) / std) / T)``.
 
     Normalisation and the calibrated softmax live in the graph (as in CoreML) so that a phone task
     runtime fed an image gets what training saw (:mod:`export.tflite_metadata` says why); with the
     defaults and ``temperature=None`` it is the bare student on NHWC input (benchmarks use that).
+    ``downscale=(n_in, n_out)`` takes ``n_in`` px pixels and squashes them to the student's ``n_out`` with
+    Pillow's antialiased bilinear inside the graph (:mod:`export.resize_in_graph`).
     """
     import torch
     from torch import nn
+
+    from export.resize_in_graph import downscale_module
 
     class NHWCClassifier(nn.Module):
         """Takes [N, H, W, 3] (what mobile image code produces) and feeds the NCHW student."""
@@ -65,9 +69,10 @@ def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tu
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
             self.temperature = temperature
+            self.resize = nn.Identity() if downscale is None else downscale_module(*downscale)
 
         def forward(self, x):  # noqa: ANN001
-            logits = self.inner((x.permute(0, 3, 1, 2) - self.mean) * self.inv_std)
+            logits = self.inner((self.resize(x.permute(0, 3, 1, 2)) - self.mean) * self.inv_std)
             return logits if self.temperature is None else torch.softmax(logits / self.temperature, dim=1)
 
     return NHWCClassifier(model).eval()
