@@ -40,9 +40,21 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray]  # NCHW float32 → logits (log-probabilities for a probabilities model)
     describe: dict[str, Any] = field(default_factory=dict)
 
+    tta: str = "none"  # test-time augmentation: "none" or "flips" (mean probabilities over 4 flips)
+
     def probabilities(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(calibrated probabilities, logits; None for a model whose graph already outputs probabilities)."""
-        return outputs_to_probabilities(np.asarray(self.run(x), dtype=np.float64), self.manifest)
+        """(calibrated probabilities, logits; None for a model whose graph already outputs probabilities).
+
+        With ``tta="flips"`` the probabilities are averaged over the image and its horizontal, vertical and
+        double flips (dermoscopy has no up or left): 4× the inference time on the phone; logits are the
+        plain view's (for the out-of-distribution energy).
+        """
+        p, z = outputs_to_probabilities(np.asarray(self.run(x), dtype=np.float64), self.manifest)
+        if self.tta == "flips":
+            views = (x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1])
+            p = (p + sum(outputs_to_probabilities(np.asarray(self.run(np.ascontiguousarray(v)), np.float64),
+                                                  self.manifest)[0] for v in views)) / 4.0
+        return p, z
 
 
 def outputs_to_probabilities(out: np.ndarray, manifest: Manifest) -> tuple[np.ndarray, np.ndarray | None]:
@@ -217,10 +229,16 @@ def load_eval_bundle(spec: str, data_root: str | None, seed: int = 0, **options:
     return load_bundle(spec, data_root, seed, **options)
 
 
+TTA_MODES = ("none", "flips")
+
+
 def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | None = None, split: str = "test",
-             n_boot: int = 1000, seed: int = 0, threads: int = 0, progress: bool = True) -> dict[str, Any]:
+             n_boot: int = 1000, seed: int = 0, threads: int = 0, progress: bool = True, tta: str = "none") -> dict[str, Any]:
     """Evaluate one model on ``split`` of ``data_spec`` (default: the data the model was trained on)."""
+    if tta not in TTA_MODES:
+        raise LesionliteError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     predictor = load_predictor(model, threads)
+    predictor.tta = tta
     m = predictor.manifest
     info = m.data or {}
     spec = data_spec or info.get("spec") or info.get("name")
@@ -241,7 +259,7 @@ def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | N
     if fitted:
         excluded = {**excluded, "adapted on (site images this model was fitted to)": len(fitted)}
     preds = predict_prepared(predictor, prepared, dataset, excluded)
-    data = {"spec": str(spec), "name": bundle.name, "split": split, "fingerprint": bundle.fingerprint,
+    data = {"spec": str(spec), "name": bundle.name, "split": split, "fingerprint": bundle.fingerprint, "tta": tta,
             "external": bool(getattr(bundle, "evaluation_only", False)), "synthetic": bool(bundle.synthetic),
             "source": bundle.source}
     return summarize(predictor, preds, data, n_boot, seed)

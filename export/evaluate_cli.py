@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of each CI (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--threads", type=int, default=0, help="runtime threads for artifacts (0: the runtime's default)")
+    p.add_argument("--tta", choices=("none", "flips"), default="none",
+                   help="test-time augmentation: flips averages the 4 flips (4x the inference time; default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     docs = []
     for model in expand_models(args.models):
         doc = evaluate(model, args.data, args.data_root, args.split, n_boot=args.n_boot, seed=args.seed,
-                       threads=args.threads, progress=not args.no_progress)
+                       threads=args.threads, progress=not args.no_progress, tta=args.tta)
         docs.append(doc)
         if args.out:
             paths = write(doc, Path(args.out) / doc["model"]["name"])

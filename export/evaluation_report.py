@@ -68,6 +68,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += [f"- model: {m['architecture']} {m.get('kind')} {m.get('precision')} ({m.get('runtime')}), "
               f"{m['input_size']} px, temperature {m['temperature']:.3f}, trained on {m.get('trained_on')}",
               f"- data: `{d['spec']}` — {d['source']}",
+              *([f"- test-time augmentation: {d['tta']} (probabilities averaged over the views)"] if d.get("tta", "none") != "none" else []),
               f"- images evaluated: {d['n']}" + (f" (left out, no counterpart among the model's classes: "
                                                  + ", ".join(f"{k} {v}" for k, v in d["excluded"].items()) + ")"
                                                  if d.get("excluded") else ""),

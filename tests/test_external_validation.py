@@ -311,3 +311,19 @@ def test_evaluate_a_probabilities_tflite_matches_export(exported_with_external, 
             a.clinical["external"]["metrics"]["melanoma_auc"]["value"], abs=0.02)
         assert doc["clinical"]["metrics"]["accuracy"]["value"] == pytest.approx(
             a.clinical["external"]["metrics"]["accuracy"]["value"], abs=0.03)
+
+
+def test_evaluate_with_flip_tta_averages_the_four_flips(exported_with_external, external_root: Path):
+    from export.evaluate import evaluate, load_predictor
+
+    _, out, _ = exported_with_external
+    art = out / "tiny_cnn_onnx_fp32"
+    doc = evaluate(art, "isic-archive:isic_ext", str(external_root), n_boot=10, progress=False, tta="flips")
+    assert doc["data"]["tta"] == "flips"
+    pred = load_predictor(art)
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    plain = [pred.probabilities(np.ascontiguousarray(v))[0] for v in (x, x[..., ::-1], x[..., ::-1, :], x[..., ::-1, ::-1])]
+    pred.tta = "flips"
+    np.testing.assert_allclose(pred.probabilities(x)[0], np.mean(plain, axis=0), atol=1e-9)
+    with pytest.raises(LesionliteError, match="test-time augmentation"):
+        evaluate(art, "isic-archive:isic_ext", str(external_root), tta="rotations")
