@@ -152,7 +152,7 @@ def _finetune(model: Any, source_model: Any, site_x: Any, site_y: Any, src_x: An
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         history.append({"epoch": epoch + 1, "loss": total / steps})
     model.eval()
     return history
