@@ -6,7 +6,7 @@ this file alone, each by a declared field (schema 2). It is plain JSON so tools 
 
 Fields (schema 2; every stage reads them by name):
     schema_version   int, bumped on incompatible change (v1 files are migrated on read: :func:`migrate_v1`)
-    kind             "checkpoint" | "onnx" | "tflite" | "coreml"
+    kind             "checkpoint" | "onnx" | "tflite" | "coreml" | "executorch"
     architecture     model registry name, e.g. "mobilenet_v2"
     class_names      list[str], index order of the outputs
     preprocessing    PreprocessConfig.to_dict()
@@ -43,7 +43,7 @@ from lesionlite.preprocessing import PreprocessConfig
 
 SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-KINDS = ("checkpoint", "onnx", "tflite", "coreml")
+KINDS = ("checkpoint", "onnx", "tflite", "coreml", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
