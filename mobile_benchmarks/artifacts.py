@@ -18,7 +18,9 @@ from lesionlite.discovery import artifact_dirs
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
 
-RUNNABLE_KINDS = ("onnx", "tflite", "coreml")
+RUNNABLE_KINDS = ("onnx", "tflite", "coreml", "executorch")
+#: the kinds remote_runner.py measures (it is given their exact input); CoreML is reported as skipped
+MEASURED_KINDS = ("onnx", "tflite", "executorch")
 
 
 @dataclass
@@ -91,7 +93,7 @@ def discover_all(model_dir: str | Path, exclude: list[Path] | None = None) -> tu
         else:
             hint = "; run 'lesionlite export' first"
         raise LesionliteError(
-            f"no exported artifacts in {root}: no {MANIFEST_NAME} of kind onnx/tflite/coreml in it or its "
+            f"no exported artifacts in {root}: no {MANIFEST_NAME} of kind {'/'.join(RUNNABLE_KINDS)} in it or its "
             f"subdirectories{hint}"
         )
     return arts, unreadable
@@ -181,6 +183,7 @@ def count_model(path: Path | None, kind: str) -> dict[str, Any]:
         return count_onnx(path)
     if kind == "tflite":
         return count_tflite(path)
+    # ExecuTorch .pte: export records parameters and MACs in the manifest (counted on the PyTorch model)
     return {"params_source": f"not counted for {kind} artifacts", "macs_source": f"not counted for {kind} artifacts"}
 
 

@@ -13,7 +13,7 @@ from lesionlite.errors import LesionliteError
 from lesionlite.manifest import git_commit
 from lesionlite.preprocessing import load_image_file, preprocess
 from mobile_benchmarks import BENCH_SCHEMA
-from mobile_benchmarks.artifacts import Artifact, discover_all
+from mobile_benchmarks.artifacts import MEASURED_KINDS, Artifact, discover_all
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.repeats import merge_repeats
 from mobile_benchmarks.targets import BenchOptions, get_target, parse_target
@@ -131,7 +131,7 @@ def run_bench(
                     log(f"[bench] {art.name}: {info['problem']}")
                     continue
                 npy = None
-                if art.kind in ("onnx", "tflite"):
+                if art.kind in MEASURED_KINDS:
                     try:
                         x = make_input(art, image=image)
                     except LesionliteError as exc:

@@ -111,6 +111,7 @@ def host_info() -> dict[str, Any]:
         "numpy": _pkg_version("numpy"),
         "onnxruntime": _pkg_version("onnxruntime"),
         "ai_edge_litert": _pkg_version("ai-edge-litert"),
+        "executorch": _pkg_version("executorch"),  # metadata only: importing it would import torch
         "psutil": _pkg_version("psutil"),
         "lesionlite": _pkg_version("lesionlite"),
     }

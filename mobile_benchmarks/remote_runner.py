@@ -4,8 +4,10 @@
 This file is copied as-is to a Linux board (``--target ssh://…``) and is also what the local
 target runs, in a fresh subprocess per artifact × thread count so that peak-memory figures of
 different artifacts never mix. It therefore imports only the standard library, numpy and the
-runtime it measures (``onnxruntime`` or ``ai_edge_litert`` / ``tflite_runtime``) — never
-lesionlite, never torch.
+runtime it measures (``onnxruntime``, ``ai_edge_litert`` / ``tflite_runtime``, or ``executorch.runtime``) —
+never lesionlite, and torch only for ExecuTorch ``.pte`` programs: ``executorch.runtime``'s compiled module
+links against torch and takes torch tensors, so measuring a ``.pte`` needs torch installed (imported only
+then; the other kinds run without it).
 
 Timing: ``time.perf_counter_ns`` is read immediately before and after each ``run``/``invoke``;
 inputs are prepared (and, for TFLite, copied into the input tensor) before the timed loop.
@@ -281,6 +283,48 @@ def _load_tflite(path: str, threads: int, delegate: str):
     return interp, t1 - t0, info
 
 
+#: executorch.runtime missing: what to install (its compiled module is built against one torch version)
+_EXECUTORCH_HINT = ("executorch is not installed on this host (pip install executorch==1.5.1 with torch==2.14.1; "
+                    "its runtime links against torch)")
+
+
+def _load_executorch(path: str, threads: int):
+    """The program's ``forward`` method in ``executorch.runtime`` with its XNNPACK threadpool set to ``threads``."""
+    try:
+        from executorch.runtime import Runtime  # imports torch: its compiled module links against it
+        import executorch.version as et_version
+    except ImportError as exc:
+        _fail(3, "skipped", f"{_EXECUTORCH_HINT}: {exc}")
+    threadpool = None
+    try:  # experimental API; without it XNNPACK uses its default pool size (recorded as unknown)
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(threads)
+        threadpool = portable_lib._threadpool_get_thread_count()
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    t0 = time.perf_counter_ns()
+    program = Runtime.get().load_program(path)
+    method = program.load_method("forward")
+    t1 = time.perf_counter_ns()
+    if method is None:
+        raise ValueError(f"the program has no 'forward' method ({sorted(program.method_names)})")
+    info = {
+        "runtime": "executorch",
+        "runtime_version": getattr(et_version, "__version__", None),
+        "delegate_requested": "xnnpack (lowered at export)",
+        "executorch": {"threadpool_threads": threadpool},
+    }
+    return method, t1 - t0, info
+
+
+def _torch_input(x):
+    """``x`` as the torch tensor executorch.runtime takes (shares memory: no copy while timing)."""
+    import torch
+
+    return torch.from_numpy(x)
+
+
 def _pin_affinity(taskset: str | None) -> list[int] | None:
     """Pin this process to --taskset first, so every later measurement runs on those CPUs."""
     if taskset:
@@ -307,7 +351,8 @@ def _prepare_input(np, args: argparse.Namespace):
 
 def _import_runtime(kind: str) -> None:
     """Import the runtime now so that the memory baseline taken next includes it."""
-    for mod in (["onnxruntime"] if kind == "onnx" else ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]):
+    mods = {"onnx": ["onnxruntime"], "executorch": ["executorch.runtime"]}
+    for mod in mods.get(kind, ["ai_edge_litert.interpreter", "tflite_runtime.interpreter"]):
         try:
             __import__(mod)
             break
@@ -333,6 +378,11 @@ def _bind_model(np, args: argparse.Namespace, x) -> tuple[Callable[[], object], 
             )
         model.set_tensor(d["index"], x)
         call = model.invoke
+    elif args.kind == "executorch":
+        from functools import partial
+
+        model, load_ns, info = _load_executorch(args.model, args.threads)
+        call = partial(model.execute, [_torch_input(x)])
     else:
         _fail(4, "failed", f"unknown kind {args.kind!r}")
     return call, load_ns, info
@@ -575,6 +625,12 @@ def predict(args: argparse.Namespace) -> dict:
                 model.set_tensor(d_in["index"], np.ascontiguousarray(x))
                 model.invoke()
                 outputs.append(_dequantize(np, model.get_tensor(d_out["index"]), d_out).reshape(-1))
+        elif args.kind == "executorch":
+            model, load_ns, info = _load_executorch(args.model, args.threads)
+            t0 = time.perf_counter_ns()
+            for x in batch:
+                y = model.execute([_torch_input(np.ascontiguousarray(x))])[0]
+                outputs.append(np.asarray(y.detach().numpy(), dtype=np.float64).reshape(-1))
         else:
             _fail(4, "failed", f"unknown kind {args.kind!r}")
         total_ns = time.perf_counter_ns() - t0
@@ -594,7 +650,7 @@ def predict(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--kind", required=True, choices=["onnx", "tflite"])
+    p.add_argument("--kind", required=True, choices=["onnx", "tflite", "executorch"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)

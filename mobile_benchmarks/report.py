@@ -12,6 +12,7 @@ from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
 from lesionlite.ship import describe, recommend
 from mobile_benchmarks import BENCH_SCHEMA
+from mobile_benchmarks.artifacts import RUNNABLE_KINDS
 from mobile_benchmarks.repeats import agreement
 
 LAT_PLOT = "latency_distribution.png"
@@ -155,7 +156,7 @@ def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
         for k, v in (t.get("device") or {}).items():
             pairs.append((f"device {k}", _f(v)))
     keys = ["cpu_model", "cpu_flags", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
-            "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "lesionlite"]
+            "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "executorch", "lesionlite"]
     label = "host " if t.get("name") != "local" else ""
     pairs += [(f"{label}{k}", " ".join(h[k]) if k == "cpu_flags" and isinstance(h.get(k), list) else _f(h.get(k)))
               for k in keys]
@@ -180,7 +181,7 @@ def ship_recommendations(doc: dict[str, Any]) -> list[dict[str, Any]]:
            if r.get("threads") == t and r.get("status") == "ok"}
     rows = [{"name": a["name"], "format": a["kind"], "precision": a.get("precision"), "size_bytes": a.get("size_bytes"),
              "balanced_accuracy": a.get("balanced_accuracy"), "latency_ms": p50.get(a["name"]),
-             "ok": a["name"] in p50} for a in doc["artifacts"] if a.get("kind") in ("onnx", "tflite", "coreml")]
+             "ok": a["name"] in p50} for a in doc["artifacts"] if a.get("kind") in RUNNABLE_KINDS]
     return recommend(rows)
 
 
@@ -351,7 +352,7 @@ def accuracy_figure(best: dict[str, dict[str, Any]], artifacts: dict[str, dict[s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    markers = {"onnx": "o", "tflite": "s", "coreml": "^"}
+    markers = {"onnx": "o", "tflite": "s", "coreml": "^", "executorch": "D"}
     kinds = set()
     for name, r in sorted(best.items()):
         a = artifacts[name]

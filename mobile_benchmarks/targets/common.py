@@ -23,6 +23,20 @@ def runner_measurement_args(options: Any, artifact: dict[str, Any], threads: int
     return args
 
 
+#: why the emulated aarch64 board (``--target board``/``qemu``) does not run a kind, where it does not
+BOARD_UNSUPPORTED = {
+    "executorch": ("ExecuTorch is not supported on the emulated aarch64 board: it is set up with aarch64 wheels of "
+                   "numpy, onnxruntime and ai-edge-litert only (mobile_benchmarks/board/build.py WHEELS), and "
+                   "executorch.runtime would also need aarch64 torch; measure .pte with --target local"),
+}
+
+
+def board_skip(artifact: dict[str, Any], threads: int | None) -> dict[str, Any] | None:
+    """A ``skipped`` result when the emulated board cannot run this artifact's kind, else None."""
+    reason = BOARD_UNSUPPORTED.get(artifact["kind"])
+    return None if reason is None else empty_result(artifact, threads, "skipped", reason)
+
+
 def empty_result(artifact: dict[str, Any], threads: int | None, status: str, reason: str) -> dict[str, Any]:
     return {
         "artifact": artifact["name"], "kind": artifact["kind"], "precision": artifact.get("precision"),

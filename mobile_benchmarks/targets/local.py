@@ -1,11 +1,14 @@
-"""``--target local``: measure on this host with ONNX Runtime and the LiteRT interpreter.
+"""``--target local``: measure on this host with ONNX Runtime, the LiteRT interpreter and ExecuTorch.
 
 Each artifact × thread count runs in a fresh Python subprocess (``remote_runner.py``) so that the
 peak resident memory of one artifact never leaks into another's figure and each measurement
 starts from a cold runtime. ONNX Runtime: ``InferenceSession`` with ``intra_op_num_threads=N``,
 ``inter_op_num_threads=1``, sequential execution, CPU provider. LiteRT:
 ``ai_edge_litert.interpreter.Interpreter(model_path, num_threads=N)`` (XNNPACK is its default
-delegate). CoreML cannot run on Linux and is reported as skipped.
+delegate). ExecuTorch: ``executorch.runtime.Runtime.get().load_program(pte).load_method("forward")``, the
+XNNPACK threadpool reset to N threads; it needs torch installed (its compiled module links against it), and
+an artifact is reported as skipped, naming the pip install, where executorch is missing. CoreML cannot
+run on Linux and is reported as skipped.
 """
 from __future__ import annotations
 
