@@ -14,19 +14,16 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors → one line, exit 2
-        raise LesionliteError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from distill.adapt import METHODS, AdaptConfig
 
     d = AdaptConfig()
-    p = _Parser(prog="lesionlite adapt", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="lesionlite adapt", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run folder written by 'lesionlite distill'")
     p.add_argument("--site", required=True, metavar="SPEC", help="the new site's images, e.g. isic-archive[:PATH]")
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the adapted run")

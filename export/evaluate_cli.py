@@ -15,17 +15,14 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
+from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors → one line, exit 2
-        raise LesionliteError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lesionlite evaluate", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="lesionlite evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", metavar="MODEL", help="run folder, artifact folder or export folder")
     p.add_argument("--data", default=None, metavar="SPEC",
                    help="data spec (default: the model's training data); e.g. isic-archive for the external set")

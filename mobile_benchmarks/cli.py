@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 
 SUBCOMMANDS = ("run", "compare", "report", "board")
@@ -25,13 +26,9 @@ DEFAULTS = {"threads": "1,2,4", "runs": 100, "warmup": 10, "min_secs": 1.0, "war
 EMULATED_DEFAULTS = {"threads": "1", "runs": 10, "warmup": 2, "min_secs": 0.0, "warmup_min_secs": 0.0, "repeats": 1}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line + status 2, like LesionliteError
-        raise LesionliteError(f"{message} (see --help)")
-
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lesionlite bench [run]", description="Benchmark every exported artifact of a model.")
+    p = OneLineParser(prog="lesionlite bench [run]", description="Benchmark every exported artifact of a model.")
     p.add_argument("model_dir", help="directory with one artifact (manifest.json) or several artifact subdirectories")
     p.add_argument("--target", default="local",
                    help="local (default) | adb | adb:SERIAL | ssh://[USER@]HOST[:PORT] | board (emulated aarch64 "
@@ -103,7 +100,7 @@ def cmd_run(argv: Sequence[str]) -> int:
 def cmd_compare(argv: Sequence[str]) -> int:
     from mobile_benchmarks.report import compare, format_compare, load_bench, method_differences
 
-    p = _Parser(prog="lesionlite bench compare", description="Ratios B/A per artifact and thread count.")
+    p = OneLineParser(prog="lesionlite bench compare", description="Ratios B/A per artifact and thread count.")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -133,7 +130,7 @@ def cmd_compare(argv: Sequence[str]) -> int:
 def cmd_report(argv: Sequence[str]) -> int:
     from mobile_benchmarks.report import load_bench, write_reports
 
-    p = _Parser(prog="lesionlite bench report", description="Re-render the Markdown/HTML report of a bench.json.")
+    p = OneLineParser(prog="lesionlite bench report", description="Re-render the Markdown/HTML report of a bench.json.")
     p.add_argument("bench_json")
     p.add_argument("--out", help="output directory (default: beside bench.json)")
     a = p.parse_args(list(argv))

@@ -23,16 +23,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line + status 2, like LesionliteError
-        raise LesionliteError(f"{message} (see --help)")
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lesionlite verify", description="Re-run the golden vectors of exported artifacts.")
+    p = OneLineParser(prog="lesionlite verify", description="Re-run the golden vectors of exported artifacts.")
     p.add_argument("export_dir", help="an export folder (artifact subfolders) or one artifact folder")
     p.add_argument("--target", default="local",
                    help="where the runtime check runs: local (default), qemu, board, ssh://… (bench's targets "

@@ -22,6 +22,13 @@ pytestmark = [
 ]
 
 
+def launch(p):
+    """Headless Chromium with no network of its own (the page must need nothing outside the server)."""
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                   "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("torch")
@@ -34,12 +41,7 @@ def test_page_classifies_an_uploaded_image(server) -> None:
     jpeg = image_variants()["rgb_jpeg"][0]
     requests: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"],
-        )
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.on("request", lambda req: requests.append(req.url))
@@ -87,9 +89,7 @@ def test_docs_render_with_no_network(server) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     blocked: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                          "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+        browser = launch(p)
         try:
             page = browser.new_page()
 
@@ -128,9 +128,7 @@ def test_page_says_synthetic_and_states_referral_and_abstain_reasons(tmp_path_fa
                           files={"file": ("noise.png", noise, "image/png")}).json()
         assert body["synthetic_training_data"] is True and body["referral"] is not None
         with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                              "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+            browser = launch(p)
             try:
                 page = browser.new_page()
                 page.goto(s.url + "/", wait_until="domcontentloaded")
