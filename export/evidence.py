@@ -11,6 +11,7 @@ external set (an evaluation-only bundle) is only ever predicted on — nothing i
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -165,7 +166,7 @@ def external_set(bundle: Any, manifest: Manifest, run: Callable[[np.ndarray], np
     excluded = {bundle.class_names[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True)) if int(c) not in mapping}
     if fitted:
         excluded["adapted on (site images this model was fitted to)"] = len(fitted)
-    key = f"{bundle.fingerprint}:{manifest.architecture}:{','.join(manifest.class_names)}:{len(fitted)}:{keep.size}"
+    key = f"{bundle.fingerprint}:{hashlib.sha256(keep.tobytes()).hexdigest()[:16]}"  # the very images kept
     x = _preprocess(test, keep, manifest, key=key)
 
     def pick(values: list[Any] | None) -> list[Any] | None:
