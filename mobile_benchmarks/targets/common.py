@@ -64,7 +64,7 @@ def from_runner(artifact: dict[str, Any], threads: int, data: dict[str, Any], lo
     res = empty_result(artifact, threads, "ok", None)
     res.update({
         "source": source,
-        "runtime": {k: data.get(k) for k in ("runtime", "runtime_version", "providers", "session", "interpreter", "delegate_requested") if data.get(k) is not None},
+        "runtime": {k: data.get(k) for k in ("runtime", "runtime_version", "providers", "session", "interpreter", "delegate_requested", "executorch") if data.get(k) is not None},
         "load_ms": data["load_ns"] / 1e6,
         "first_inference_ms": data["first_inference_ns"] / 1e6,
         "warmup_mean_ms": (sum(warm) / len(warm)) if warm else None,
@@ -92,6 +92,9 @@ def from_runner(artifact: dict[str, Any], threads: int, data: dict[str, Any], lo
 
 
 def delegate_info(kind: str, data: dict[str, Any], log_text: str) -> dict[str, Any]:
+    if kind == "executorch":  # the partition is fixed in the .pte; export's validation lists it
+        return {"name": "XNNPACK", "share": None,
+                "source": "lowered at export (XnnpackPartitioner); the manifest's validation lists delegates and portable ops"}
     if kind != "tflite":
         prov = data.get("providers") or []
         return {"name": None, "share": None, "source": f"not applicable (ONNX Runtime providers: {', '.join(prov) or 'CPU'})"}

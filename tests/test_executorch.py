@@ -1,0 +1,137 @@
+"""ExecuTorch: ``--format executorch`` writes ``model.pte`` (XNNPACK) and ``bench`` measures it on the host.
+
+One module-scoped export of the briefly trained tiny_cnn (tests/tiny_checkpoint.py) to fp32 and int8 ``.pte``
+(int8 calibrated on 40 training images, as the other int8 artifacts are). The programs are then run by
+``executorch.runtime`` directly — not through export's runner — and compared with PyTorch, and
+``lesionlite bench`` measures them in its own subprocess runner. Skipped, with the reason, where executorch is
+not installed (``pip install executorch==1.5.1``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install executorch==1.5.1)")
+
+from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle  # noqa: E402
+from lesionlite.manifest import read_manifest  # noqa: E402
+from lesionlite.preprocessing import preprocess_batch  # noqa: E402
+
+pytestmark = pytest.mark.slow
+PRECISIONS = ("fp32", "int8")
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return synthetic_bundle()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, bundle):
+    from export.api import export_model
+
+    run = make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
+    out = tmp_path_factory.mktemp("export")
+    report = export_model(run, out, "executorch", ",".join(PRECISIONS), dataset=bundle, calib_samples=40,
+                          external="none")
+    return run, out, report
+
+
+def _pytorch_logits(run: Path, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    from distill.artifacts import load_student
+
+    model, _ = load_student(run)
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_pte_written_with_manifest_and_parity(exported):
+    _, out, report = exported
+    assert [a.status for a in report.artifacts] == ["written"] * len(PRECISIONS)
+    for prec in PRECISIONS:
+        d = out / f"tiny_cnn_executorch_{prec}"
+        m = read_manifest(d)
+        assert m.kind == "executorch" and m.files["model"] == "model.pte" and (d / "model.pte").stat().st_size > 0
+        assert m.input["layout"] == "NCHW" and m.input["dtype"] == "float32" and m.input["shape"] == [1, 3, 32, 32]
+        assert m.output["kind"] == "logits" and m.output["temperature_applied"] is False
+        assert m.parity["verified"] is True and m.parity["accepted"] is True
+        assert m.parity["top1_agreement"] >= m.parity["threshold"]
+        assert set(m.metrics) >= {"accuracy", "balanced_accuracy"}
+    m8 = read_manifest(out / "tiny_cnn_executorch_int8")
+    q = m8.extra["quantization"]
+    assert "XNNPACKQuantizer" in q["method"] and q["calibration_samples"] == 40 and "preparation" in q
+    # int8 weights: smaller than fp32
+    assert (out / "tiny_cnn_executorch_int8" / "model.pte").stat().st_size < \
+        (out / "tiny_cnn_executorch_fp32" / "model.pte").stat().st_size
+
+
+def test_pte_outputs_match_pytorch_in_executorch_runtime(exported, bundle):
+    import torch
+    from executorch.runtime import Runtime
+
+    run, out, _ = exported
+    x = preprocess_batch([p[0] for p in bundle.test], PREPROCESSING, "NCHW")
+    ref = _pytorch_logits(run, x)
+    for prec, max_abs, min_agree in (("fp32", 1e-4, 1.0), ("int8", None, 0.97)):
+        method = Runtime.get().load_program(str(out / f"tiny_cnn_executorch_{prec}" / "model.pte")).load_method("forward")
+        got = np.concatenate([method.execute([torch.from_numpy(np.ascontiguousarray(r[None]))])[0].numpy() for r in x])
+        assert got.shape == ref.shape
+        assert float(np.mean(got.argmax(1) == ref.argmax(1))) >= min_agree, prec
+        if max_abs is not None:
+            assert float(np.abs(got - ref).max()) < max_abs
+
+
+def test_bench_measures_pte_on_the_host(exported, tmp_path):
+    from mobile_benchmarks.cli import main
+
+    _, out, _ = exported
+    rc = main([str(out), "--threads", "1", "--runs", "20", "--warmup", "2", "--repeats", "1", "--min-secs", "0",
+               "--warmup-min-secs", "0", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["artifact"]: r for r in doc["results"]}
+    assert set(rows) == {f"tiny_cnn_executorch_{p}" for p in PRECISIONS}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["kind"] == "executorch" and r["runtime"]["runtime"] == "executorch"
+        assert r["delegate"]["name"] == "XNNPACK"
+        assert 0 < r["latency_ms"]["p50"] < 1000
+    assert doc["host"]["executorch"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "| tiny_cnn_executorch_int8 |" in md
+
+
+def test_emulated_board_says_executorch_is_not_supported():
+    from mobile_benchmarks.targets.common import board_skip
+
+    art = {"name": "m_executorch_int8", "kind": "executorch", "precision": "int8"}
+    skipped = board_skip(art, 1)
+    assert skipped["status"] == "skipped" and "not supported on the emulated aarch64 board" in skipped["reason"]
+    assert board_skip({**art, "kind": "tflite"}, 1) is None
+
+
+def test_serve_refuses_executorch_clearly(exported):
+    from lesionlite.errors import LesionliteError
+    from serve.models import load_models
+
+    _, out, _ = exported
+    with pytest.raises(LesionliteError, match=r"\(executorch\); serve runs kinds"):
+        load_models(out / "tiny_cnn_executorch_fp32")
+
+
+def test_runner_without_executorch_skips_naming_the_install(monkeypatch, capsys):
+    import sys
+
+    from mobile_benchmarks import remote_runner
+
+    monkeypatch.setitem(sys.modules, "executorch.runtime", None)  # import fails as if not installed
+    with pytest.raises(SystemExit) as info:
+        remote_runner._load_executorch("model.pte", 1)
+    assert info.value.code == 3
+    out = capsys.readouterr().out
+    assert '"skipped"' in out and "pip install executorch==1.5.1" in out
