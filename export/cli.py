@@ -37,7 +37,7 @@ class _DefaultsOnce(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lesionlite export", description=__doc__.split("\n\n")[0], formatter_class=_DefaultsOnce)
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by 'lesionlite distill'")
-    p.add_argument("--format", default="all", help="onnx, tflite, coreml (comma-separated) or all")
+    p.add_argument("--format", default="all", help="onnx, tflite, coreml, executorch (comma-separated) or all")
     p.add_argument("--precision", default="fp32,fp16,int8", help="fp32, fp16, int8 (comma-separated) or all")
     p.add_argument("--out", default=None, metavar="DIR", help="output directory (default: RUN_DIR/export)")
     p.add_argument("--data", default=None, metavar="SPEC",
