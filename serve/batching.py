@@ -7,8 +7,11 @@ inference). Up to ``max_in_flight`` batches are handed over at once (default 2: 
 waiting in the worker's queue), so the worker starts the next batch the moment one ends instead of
 idling while the event loop — which competes with request handling and image decoding for the GIL —
 delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured that idle gap at
-over a third of the worker's time with one batch at a time. New images wait in the queue; when it is
-full, :meth:`submit` refuses at once (:class:`Overloaded` → HTTP 503 + Retry-After) rather than
+over a third of the worker's time with one batch at a time. An item may also be a
+zero-argument callable that returns the image (decoding + preprocessing): the worker thread calls it
+just before running the batch, so that an image is decoded on the thread that infers it (one thread
+hand-off per request instead of two); a callable that raises fails its own caller only. New images
+wait in the queue; when it is full, :meth:`submit` refuses at once (:class:`Overloaded` → HTTP 503 + Retry-After) rather than
 letting work pile up.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Union
 
 import numpy as np
 
@@ -30,6 +33,10 @@ SHUTTING_DOWN = "server is shutting down"
 
 class Overloaded(Exception):
     """The model's queue cannot take the request's images now."""
+
+
+#: a preprocessed image, or a callable that makes one on the worker thread (and may raise for a bad image)
+Item = Union[np.ndarray, Callable[[], np.ndarray]]
 
 
 class MicroBatcher:
@@ -60,6 +67,8 @@ class MicroBatcher:
         #: batches handed to the worker and not yet delivered → their (image, future) items
         self._in_flight: dict[asyncio.Future, list[tuple[np.ndarray, asyncio.Future]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        #: set while the batcher waits for companions: a new image or a finished batch wakes it
+        self._wake: asyncio.Future | None = None
 
     @property
     def running(self) -> bool:
@@ -92,8 +101,10 @@ class MicroBatcher:
             _fail(waiting, Overloaded(SHUTTING_DOWN))
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit_many(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Queue all images (all or none) and wait for their logits, in order."""
+    async def submit_many(self, images: Sequence[Item]) -> list[np.ndarray]:
+        """Queue all images (all or none) and wait for their logits, in order.
+
+        An image may be a callable that returns it (run on the worker thread); its exception is raised here."""
         q = self._queue
         if q is None or not self.running:
             raise Overloaded("the model's batcher is not running")
@@ -106,6 +117,7 @@ class MicroBatcher:
             q.put_nowait((x, fut))
             futs.append(fut)
         self._on_depth(q.qsize())
+        _wake(self._wake)
         try:
             return list(await asyncio.gather(*futs))
         except asyncio.CancelledError:
@@ -113,7 +125,7 @@ class MicroBatcher:
                 f.cancel()
             raise
 
-    async def submit(self, image: np.ndarray) -> np.ndarray:
+    async def submit(self, image: Item) -> np.ndarray:
         return (await self.submit_many([image]))[0]
 
     async def _loop(self) -> None:
@@ -132,8 +144,11 @@ class MicroBatcher:
             if not live:
                 slots.release()
                 continue
-            batch = np.stack([x for x, _ in live])
-            run = loop.run_in_executor(self._executor, _timed, self.predict_fn, batch)
+            if any(callable(x) for x, _ in live):
+                run = loop.run_in_executor(self._executor, _prepare_and_run, self.predict_fn, [x for x, _ in live])
+            else:
+                batch = np.stack([x for x, _ in live])
+                run = loop.run_in_executor(self._executor, _timed, self.predict_fn, batch)
             self._in_flight[run] = live
             run.add_done_callback(functools.partial(self._deliver, live))
 
@@ -143,6 +158,8 @@ class MicroBatcher:
 
         Waiting for companions while the worker is idle would only delay the first image (a lone
         request paid the whole ``max_wait``); while it is busy the batch could not start earlier anyway.
+        The wait also ends when the worker becomes free (the batch it ran has been delivered): from then
+        on, waiting would only leave the worker idle.
         """
         items = [await q.get()]
         deadline = loop.time() + (self.max_wait_s if self._in_flight else 0.0)
@@ -154,12 +171,15 @@ class MicroBatcher:
                 except asyncio.QueueEmpty:
                     pass
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or not self._in_flight:
                     break
+                wake = self._wake = loop.create_future()
+                timer = loop.call_later(remaining, _wake, wake)
                 try:
-                    items.append(await asyncio.wait_for(q.get(), remaining))
-                except (asyncio.TimeoutError, TimeoutError):
-                    break
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
         except asyncio.CancelledError:  # stopping: the images taken from the queue fail, never hang
             _fail(items, Overloaded(SHUTTING_DOWN))
             raise
@@ -170,6 +190,7 @@ class MicroBatcher:
         self._in_flight.pop(run, None)
         if self._slots is not None:
             self._slots.release()
+        _wake(self._wake)  # the worker is free: a batch still collecting companions goes now
         if run.cancelled():
             _fail(live, Overloaded(SHUTTING_DOWN))
             return
@@ -178,7 +199,22 @@ class MicroBatcher:
             log.error("model %s failed on a batch of %d: %s: %s", self.name, len(live), type(exc).__name__, exc)
             _fail(live, exc)
             return
-        logits, seconds = run.result()
+        result = run.result()
+        if isinstance(result, _Prepared):  # items decoded on the worker: some may have failed on their own
+            for i, err in result.errors.items():
+                if not live[i][1].done():
+                    live[i][1].set_exception(err)
+            ran = [live[i] for i in result.ok]
+            if result.error is not None:
+                log.error("model %s failed on a batch of %d: %s: %s", self.name, len(ran),
+                          type(result.error).__name__, result.error)
+                _fail(ran, result.error)
+                return
+            if not ran:
+                return
+            live, (logits, seconds) = ran, (result.logits, result.seconds)
+        else:
+            logits, seconds = result
         self._on_batch(len(live), seconds)
         for i, (_, f) in enumerate(live):
             if not f.done():
@@ -190,6 +226,41 @@ def _timed(predict: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> tu
     t0 = time.perf_counter()
     out = predict(batch)
     return out, time.perf_counter() - t0
+
+
+class _Prepared:
+    """What the worker did with a batch whose items it decoded itself."""
+
+    __slots__ = ("ok", "errors", "logits", "seconds", "error")
+
+    def __init__(self) -> None:
+        self.ok: list[int] = []  # indices of the items that became images (their rows, in order)
+        self.errors: dict[int, BaseException] = {}  # index → why the item did not become an image
+        self.logits: np.ndarray | None = None
+        self.seconds = 0.0
+        self.error: BaseException | None = None  # the runtime's failure on the decoded images
+
+
+def _prepare_and_run(predict: Callable[[np.ndarray], np.ndarray], items: list[Item]) -> _Prepared:
+    """Runs in the worker thread: make each item's image (per-item errors kept), then one runtime call."""
+    res, images = _Prepared(), []
+    for i, item in enumerate(items):
+        try:
+            images.append(item() if callable(item) else item)
+            res.ok.append(i)
+        except Exception as exc:
+            res.errors[i] = exc
+    if images:
+        try:
+            res.logits, res.seconds = _timed(predict, np.stack(images))
+        except Exception as exc:
+            res.error = exc
+    return res
+
+
+def _wake(fut: asyncio.Future | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
 def _fail(items: list[tuple[np.ndarray, asyncio.Future]], exc: BaseException) -> None:

@@ -22,14 +22,33 @@ def min_image_side(entry: LoadedModel, setting: int = 0) -> int:
     return setting or max(16, int(entry.manifest.preprocessing.input_size) // 2)
 
 
-def assess_ood(entry: LoadedModel, x: np.ndarray, logits: np.ndarray) -> dict | None:
-    """Out-of-distribution verdict of one preprocessed image (None when the manifest carries no calibration)."""
+def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
+    """The image statistics the out-of-distribution check scores (None when the manifest carries no calibration).
+
+    They need only the image, so routes compute them on the thread that decodes it, off the event loop."""
+    if entry.ood_calibration is None:
+        return None
+    pre = entry.manifest.preprocessing
+    return image_statistics(unnormalize(x, pre.mean, pre.std, entry.runtime.layout))
+
+
+def assess_ood(entry: LoadedModel, x: np.ndarray | None, logits: np.ndarray,
+               stats: np.ndarray | None = None) -> dict | None:
+    """Out-of-distribution verdict of one preprocessed image (None when the manifest carries no calibration);
+    ``stats``: its :func:`ood_statistics` when already computed (then ``x`` is not needed)."""
     cal = entry.ood_calibration
     if cal is None:
         return None
-    pre = entry.manifest.preprocessing
-    stats = image_statistics(unnormalize(x, pre.mean, pre.std, entry.runtime.layout))
+    if stats is None:
+        stats = ood_statistics(entry, x)  # type: ignore[arg-type]
     return assess(cal, stats, logits)
+
+
+def decode_for_prediction(data: bytes, entry: LoadedModel, max_pixels: int,
+                          min_side: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`decode_image` and the image's :func:`ood_statistics`, in one call (one thread hand-off)."""
+    x = decode_image(data, entry, max_pixels, min_side)
+    return x, ood_statistics(entry, x)
 
 
 def decode_image(data: bytes, entry: LoadedModel, max_pixels: int, min_side: int = 0) -> np.ndarray:
