@@ -3,7 +3,7 @@
 A few held-out images (the first of each class in evaluation order, then the next ones, up to
 :data:`N_IMAGES`) as they came, their exact input tensors made by the artifact manifest's preprocessing, and
 the artifact's own outputs on those tensors, computed here in-process with the runtime the artifact targets
-(onnxruntime with the manifest's session config, the LiteRT interpreter) on one thread. ``lesionlite verify``
+(onnxruntime with the manifest's session config, the LiteRT interpreter, executorch.runtime) on one thread. ``lesionlite verify``
 then re-runs them through bench's runner on any target, a second path to the same numbers.
 
 CoreML gets none: it cannot run on Linux, so there is no measured output to ship (the app's own tests
@@ -41,6 +41,14 @@ def raw_outputs(kind: str, model_path: Path, inputs: np.ndarray, session_config:
         sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         return np.stack([np.asarray(sess.run(None, {name: x})[0], np.float64).reshape(-1) for x in inputs])
+    if kind == "executorch":
+        import torch
+
+        from export.formats.executorch import load_method
+
+        method = load_method(model_path)
+        return np.stack([method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy().astype(np.float64)
+                         .reshape(-1) for x in inputs])
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(model_path), num_threads=1)
@@ -59,7 +67,7 @@ def raw_outputs(kind: str, model_path: Path, inputs: np.ndarray, session_config:
 def write_for_artifact(stage: Path, data: Any) -> dict[str, Any]:
     """Golden vectors for the artifact staged in ``stage`` (its manifest already written); a note for the report."""
     manifest = read_manifest(stage / "manifest.json")
-    if manifest.kind not in ("onnx", "tflite"):
+    if manifest.kind not in ("onnx", "tflite", "executorch"):
         return {"written": False, "reason": f"{manifest.kind} cannot run on this host: no measured outputs to ship"}
     loader = getattr(data, "eval_images", None)
     if loader is None:

@@ -135,3 +135,12 @@ def test_runner_without_executorch_skips_naming_the_install(monkeypatch, capsys)
     assert info.value.code == 3
     out = capsys.readouterr().out
     assert '"skipped"' in out and "pip install executorch==1.5.1" in out
+
+
+def test_golden_vectors_written_and_verified_through_executorch_runtime(exported, capsys):
+    from lesionlite.cli import main
+
+    _, out, _ = exported
+    for prec in PRECISIONS:
+        assert (out / f"tiny_cnn_executorch_{prec}" / "golden").is_dir(), prec
+    assert main(["verify", str(out)]) == 0

@@ -1,6 +1,6 @@
 """Export round trips: every format × precision, run (ONNX, TFLite) or spec-checked (CoreML) on CPU.
 
-One module-scoped export of a briefly trained tiny_cnn (tests/tiny_checkpoint.py) to onnx/tflite/coreml ×
+One module-scoped export of a briefly trained tiny_cnn (tests/tiny_checkpoint.py) to every format ×
 fp32/fp16/int8, plus one TFLite int8 export with int8 I/O. The artifacts are then run *independently*
 of export's own runners (onnxruntime / the LiteRT interpreter, fed by lesionlite.preprocessing) and
 compared with PyTorch.
@@ -23,10 +23,12 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from tiny_checkpoint import PREPROCESSING, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
+from export.formats import list_formats  # noqa: E402
 from lesionlite.manifest import absolute_paths_in, read_manifest  # noqa: E402
 from lesionlite.preprocessing import preprocess_batch  # noqa: E402
 
-FORMATS = ("onnx", "tflite", "coreml")
+#: every registered format, in ``--format all`` order (a new format is held to the same round trip)
+FORMATS = tuple(list_formats())
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MIN_AGREEMENT = 0.97
 
@@ -82,7 +84,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 def test_every_artifact_has_its_own_manifest(exported, run_dir):
     out, report = exported
     source = read_manifest(run_dir)
-    assert len(report.artifacts) == 9 and all(a.status == "written" for a in report.artifacts)
+    assert len(report.artifacts) == len(FORMATS) * len(PRECISIONS) and all(a.status == "written" for a in report.artifacts)
     for fmt in FORMATS:
         for prec in PRECISIONS:
             d = out / f"tiny_cnn_{fmt}_{prec}"
