@@ -100,11 +100,11 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, cwd: Path = REPO) -> None:
         self.name, self.cmd, self.port = name, cmd, port
         self.url = f"http://127.0.0.1:{port}"
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, probe: bytes, timeout: float = 120) -> None:
         t_end = time.time() + timeout
@@ -124,19 +124,6 @@ class Proc:
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def thread_cpu_s(self) -> dict[str, float]:
-        """CPU seconds by thread name (``comm``, digits dropped: a pool is one entry)."""
-        out: dict[str, float] = {}
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                stat = (task / "stat").read_text()
-            except OSError:
-                continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")].rstrip("0123456789_-")
-            f = stat.rsplit(")", 1)[1].split()
-            out[name] = out.get(name, 0.0) + (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -235,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="runtime threads for both (0: runtime default)")
     p.add_argument("--serve-args", default="", help="extra arguments for lesionlite serve (quoted)")
-    p.add_argument("--verbose", action="store_true", help="print each round's CPU ms per request by thread")
+    p.add_argument("--serve-repo", type=Path, default=REPO,
+                   help="run lesionlite serve from this checkout (e.g. a git worktree of an older commit)")
     p.add_argument("--out", type=Path, help="write the JSON here (e.g. benchmarks/results/serve_overhead_64.json)")
     a = p.parse_args(argv)
 
@@ -246,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         "minimal": Proc("minimal", [py, "-m", "benchmarks.serve_vs_minimal", "minimal-server", "--artifact",
                                     str(a.artifact), "--port", str(mp), "--threads", str(a.threads)],
                         mp, tmp / "minimal.log"),
-        "serve": Proc("serve", [py, "-m", "serve", str(a.artifact), "--port", str(sp), "--threads", str(a.threads),
-                                *shlex.split(a.serve_args)], sp, tmp / "serve.log"),
+        "serve": Proc("serve", [py, "-m", "serve", str(a.artifact.resolve()), "--port", str(sp), "--threads",
+                                str(a.threads), *shlex.split(a.serve_args)], sp, tmp / "serve.log", cwd=a.serve_repo),
     }
     result: dict[str, Any] = {
         "artifact": str(a.artifact), "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                                               "processor": _cpu_model(), "python": platform.python_version()},
         "command": "python -m benchmarks.serve_vs_minimal " + " ".join(shlex.quote(x) for x in argv),
-        "serve_cmd": " ".join(servers["serve"].cmd[1:]), "client": "benchmarks/loadgen.py keep-alive, one JPEG per request",
+        "serve_cmd": " ".join(servers["serve"].cmd[1:]), "serve_repo": str(a.serve_repo), "client": "benchmarks/loadgen.py keep-alive, one JPEG per request",
         "images": str(a.images), "n_images": a.n_images, "rounds": []}
     try:
         payloads = {n: load_payloads(a.images, a.n_images, s.url)[0] for n, s in servers.items()}
@@ -271,13 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in order:
                 s = servers[n]
                 asyncio.run(drive(s.url, payloads[n], a.concurrency, a.warmup, start=r * 7))
-                c0, t0 = s.cpu_s(), s.thread_cpu_s()
+                c0 = s.cpu_s()
                 thr = asyncio.run(drive(s.url, payloads[n], a.concurrency, a.requests, start=r * 7))
                 thr["server_cpu_ms_per_request"] = (s.cpu_s() - c0) * 1000 / max(1, thr["ok"])
-                t1 = s.thread_cpu_s()
-                thr["server_thread_cpu_ms_per_request"] = {
-                    k: round((v - t0.get(k, 0.0)) * 1000 / max(1, thr["ok"]), 3) for k, v in t1.items()
-                    if v - t0.get(k, 0.0) > 0}
                 one = asyncio.run(drive(s.url, payloads[n], 1, a.latency_requests, start=r * 11))
                 rec[n] = {"throughput": thr, "latency_c1": one}
                 rows.append([str(r), n, f"{thr['throughput_rps']:.1f}", f"{thr['p50_ms']:.2f}", f"{thr['p99_ms']:.2f}",
@@ -288,9 +272,6 @@ def main(argv: list[str] | None = None) -> int:
             rec["p50_c1_diff_ms"] = rec["serve"]["latency_c1"]["p50_ms"] - rec["minimal"]["latency_c1"]["p50_ms"]
             rec["load1_after"] = load1()
             result["rounds"].append(rec)
-            if a.verbose:
-                for n in order:
-                    print(r, n, rec[n]["throughput"]["server_thread_cpu_ms_per_request"], flush=True)
             if r == a.rounds - 1:
                 print(fmt_table(rows), flush=True)
         ratios = [x["ratio"] for x in result["rounds"]]

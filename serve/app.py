@@ -95,12 +95,14 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.preprocess_pool = ThreadPoolExecutor(settings.effective_preprocess_threads, thread_name_prefix="preprocess")
         for name, entry in models.items():
+            # the model's labelled metrics, bound once (not looked up per batch)
+            sizes, seconds, images = (metrics.batch_size.labels(name), metrics.inference.labels(name),
+                                      metrics.images.labels(name))
             b = MicroBatcher(
                 name, entry.runtime.predict, settings.max_batch, settings.max_wait_ms, settings.queue_size,
-                on_batch=lambda n, s, name=name: (metrics.batch_size.labels(name).observe(n),
-                                                  metrics.inference.labels(name).observe(s),
-                                                  metrics.images.labels(name).inc(n)),
-                on_queue_depth=lambda d, name=name: metrics.queue_depth.labels(name).set(d),
+                on_batch=lambda n, s, sizes=sizes, seconds=seconds, images=images: (
+                    sizes.observe(n), seconds.observe(s), images.inc(n)),
+                on_queue_depth=metrics.queue_depth.labels(name).set,
             )
             await b.start()
             state.batchers[name] = b

@@ -75,6 +75,11 @@ class MicroBatcher:
         return self._task is not None and not self._task.done()
 
     @property
+    def idle(self) -> bool:
+        """No batch is running or waiting and no image is queued: an image submitted now runs at once."""
+        return not self._in_flight and (self._queue is None or self._queue.empty())
+
+    @property
     def depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 

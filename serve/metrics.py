@@ -5,6 +5,7 @@ With ``--workers N > 1`` each worker process keeps its own counters; a scrape se
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -62,6 +63,10 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # labelled children, looked up once per label set (``labels()`` validates and locks on every call);
+        # bounded: endpoints are route templates, methods and statuses a small set
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,5 +89,12 @@ class MetricsMiddleware:
         finally:
             m.in_flight.dec()
             ep = _endpoint(scope, request)
-            m.requests.labels(ep, scope.get("method", ""), str(status["code"])).inc()
-            m.latency.labels(ep).observe(time.perf_counter() - t0)
+            key = (ep, scope.get("method", ""), str(status["code"]))
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = m.requests.labels(*key)
+            counter.inc()
+            latency = self._latencies.get(ep)
+            if latency is None:
+                latency = self._latencies[ep] = m.latency.labels(ep)
+            latency.observe(time.perf_counter() - t0)

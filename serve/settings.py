@@ -89,15 +89,6 @@ class Settings:
     def effective_preprocess_threads(self) -> int:
         return self.preprocess_threads or min(4, usable_cpu_count())
 
-    @property
-    def decode_on_infer_thread(self) -> bool:
-        """``/predict`` decodes an upload on its model's inference thread rather than in the preprocessing pool.
-
-        The default (``preprocess_threads`` 0) on hosts with at most 2 usable CPUs, where the event loop and the
-        inference thread already fill the cores and a pool hand-off costs more than it overlaps (issue 31);
-        ``/predict/batch`` and ``/infer`` keep the pool."""
-        return self.preprocess_threads == 0 and usable_cpu_count() <= 2
-
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

@@ -117,7 +117,10 @@ async def predict(
             raise ApiError(400, "too_many_files", "send one 'file' to /predict; use /predict/batch for several")
         data = bytes(files[0].data)
         del parts, files
-        if settings.decode_on_infer_thread:  # decoded on the thread that infers it: one hand-off, not two
+        batcher = state.batchers.get(entry.name)
+        if batcher is not None and batcher.idle:
+            # nothing else to run: decode on the inference thread itself, one thread hand-off instead of two
+            # (while the model is busy, the preprocessing pool decodes alongside it: PIL releases the GIL)
             decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
 
             def prepare() -> np.ndarray:
