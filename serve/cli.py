@@ -28,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: $LESIONLITE_API_KEY, else no key")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="micro-batch size (default %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
-                   help="while the model is busy, how long the next micro-batch waits to fill; an idle model "
-                        "starts at once (default %(default)s ms)")
+                   help="while the model is busy, how long the next micro-batch waits to fill (at most until the "
+                        "running batch ends); an idle model starts at once (default %(default)s ms)")
     p.add_argument("--queue-size", type=int, default=d.queue_size,
                    help="images waiting per model before 503 (default %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
