@@ -91,9 +91,18 @@ def test_every_artifact_has_its_own_manifest(exported, run_dir):
             m = read_manifest(d)
             assert m.kind == fmt
             assert (d / m.files["model"]).exists()
-            assert m.preprocessing == source.preprocessing  # copied, one source of truth
+            in_graph = m.preprocessing.extra.get("normalization_in_graph")
+            if in_graph:  # TFLite takes pixels in [0, 1] and normalises with the source's mean/std in its graph
+                src_cfg = source.preprocessing
+                assert (m.preprocessing.mean, m.preprocessing.std) == ((0.0,) * 3, (1.0,) * 3)
+                assert in_graph == {"mean": list(src_cfg.mean), "std": list(src_cfg.std)}
+                assert m.preprocessing.input_size == src_cfg.input_size
+            else:
+                assert m.preprocessing == source.preprocessing  # copied, one source of truth
             assert m.class_names == source.class_names
-            assert m.calibration == source.calibration
+            # the checkpoint's calibration, plus the operating point export chose on validation
+            assert {k: v for k, v in m.calibration.items() if k != "operating_point"} == source.calibration
+            assert m.calibration["operating_point"] == report.source["evidence"]["operating_point"]
             assert m.precision == prec
             assert absolute_paths_in(m.to_dict()) == [], "a shipped manifest names a path of this machine"
             assert m.source_sha256 == report.source["sha256"]
@@ -251,11 +260,11 @@ def test_parity_refusal_leaves_existing_artifact_intact(exported, run_dir, bundl
     src, _ = exported
     out = tmp_path / "out"
     shutil.copytree(src / "tiny_cnn_onnx_fp32", out / "tiny_cnn_onnx_fp32")
-    before = {p.name: p.read_bytes() for p in (out / "tiny_cnn_onnx_fp32").iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in (out / "tiny_cnn_onnx_fp32").rglob("*") if p.is_file()}
     with pytest.raises(ParityError, match="nothing was written"):
         export_model(run_dir, out, "onnx", "fp32,fp16", dataset=bundle, calib_samples=20, parity_threshold=1.01)
     assert sorted(p.name for p in out.iterdir()) == ["tiny_cnn_onnx_fp32"]  # no fp16, no staging, no report
-    assert {p.name: p.read_bytes() for p in (out / "tiny_cnn_onnx_fp32").iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in (out / "tiny_cnn_onnx_fp32").rglob("*") if p.is_file()} == before
 
 
 def test_parity_refusal_is_per_artifact(run_dir, bundle, tmp_path):

@@ -151,7 +151,7 @@ def test_refusal_and_force(tmp_path, run_dir, capsys, data):
     _assert_one_line(rc, err, "refused to write: parity broken (tiny_cnn_onnx_fp32 top-1 agreement 1.0000 < 1.01)")
     assert "pass --force" in err
     assert _entries(out) == []
-    assert data == [("syn", None)]
+    assert data == [("syn", None), ("isic-archive", None)]  # the training data, then the external set ("auto")
 
     rc = run_stage(export_main, [*base, "--force", "--simplify"], prog="lesionlite export")
     captured = capsys.readouterr()

@@ -89,6 +89,16 @@ def _torch(model: nn.Module, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
+def _expected(model: nn.Module, x: np.ndarray, info) -> np.ndarray:
+    """What the artifact should output for ``x``: PyTorch's logits, or softmax of them where the graph ends in
+    softmax(logits / T) (export's TFLite contract: probabilities out; T = 1 here)."""
+    z = _torch(model, x)
+    if (info.output or {}).get("kind") != "probabilities":
+        return z
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def test_calibration_keeps_the_global_range(converted):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -98,12 +108,16 @@ def test_calibration_keeps_the_global_range(converted):
     quantize = next(op for op in it._get_ops_details() if op["op_name"] == "QUANTIZE")
     scale, zero = it.get_tensor_details()[quantize["outputs"][0]]["quantization"]
     lo, hi = (-128 - zero) * scale, (127 - zero) * scale
-    print(f"input quantization range [{lo:.3f}, {hi:.3f}] (calibration data: [{calib.min():.3f}, {calib.max():.3f}])")
-    # the moving average forgot the one wide image: about [-0.31, 0.31]; global min/max keeps [-1, 1]
-    assert lo <= calib.min() + scale and hi >= calib.max() - scale
+    info = converted[3]
+    # the artifact takes pixels in [0, 1] where its input says so (normalisation inside the graph)
+    pixels = bool((info.input or {}).get("pixel_scale"))
+    data = calib * 0.5 + 0.5 if pixels else calib  # mean = std = 0.5: normalised [-1, 1] is pixels [0, 1]
+    print(f"input quantization range [{lo:.3f}, {hi:.3f}] (calibration data: [{data.min():.3f}, {data.max():.3f}])")
+    # the moving average forgot the one wide image (about a third of the range); global min/max keeps all of it
+    assert lo <= data.min() + scale and hi >= data.max() - scale
     wide = calib[:1]
-    err = np.abs(run(wide) - _torch(model, wide)).max()
-    assert err < 0.1, f"int8 logits of the wide calibration image off by {err:.3f}"
+    err = np.abs(run(wide) - _expected(model, wide, info)).max()
+    assert err < 0.1, f"int8 outputs of the wide calibration image off by {err:.3f}"
 
 
 def test_all_zero_filter_keeps_its_bias(converted):
@@ -124,10 +138,10 @@ def test_all_zero_filter_keeps_its_bias(converted):
     assert np.all(it.get_tensor(conv["inputs"][1])[ZERO_FILTER] == 0)  # the filter stays zero
     assert weight_scales[ZERO_FILTER] == pytest.approx(weight_scales[np.arange(8) != ZERO_FILTER].max())
     x = _images(16, 0.2, 3)
-    ref, out = _torch(model, x), run(x)
+    ref, out = _expected(model, x, info), run(x)
     err = np.abs(out - ref).max()
-    print(f"max |Δlogit| on 16 images: {err:.4f}")
-    # a wrapped bias makes the channel 0 instead of 2: the logits move by up to 1.5 × 2 = 3
+    print(f"max |Δoutput| on 16 images: {err:.4f}")
+    # a wrapped bias makes the channel 0 instead of 2: the logits move by up to 1.5 × 2 = 3 (probabilities by ~0.5)
     assert err < 0.1
     assert np.array_equal(out.argmax(1), ref.argmax(1))
     repair = info.extra["quantization"]["bias_repair"]  # and the manifest says what was done
