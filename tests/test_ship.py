@@ -35,6 +35,16 @@ def test_near_ties_go_to_the_smaller_file_and_unverified_never_ships() -> None:
     assert none["ship"] is None
 
 
+def test_an_int8_only_export_is_held_to_pytorch() -> None:
+    """Without an fp32 sibling the yardstick is the PyTorch source: an int8 artifact 1.34 points below it is not
+    recommended, and the reason says what it costs."""
+    (rec,) = recommend([_row("m_tflite_int8", "tflite", "int8", 0.6866, 0.3, 2_400_000)], reference=0.7000)
+    assert rec["ship"] is None
+    assert "within 1 point of PyTorch" in rec["reason"] and "m_tflite_int8: -1.3 pt" in rec["reason"]
+    (ok,) = recommend([_row("m_tflite_int8", "tflite", "int8", 0.6950, 0.3, 2_400_000)], reference=0.7000)
+    assert ok["ship"] == "m_tflite_int8" and "vs PyTorch" in ok["reason"]
+
+
 @pytest.mark.slow
 def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
     import json
