@@ -58,6 +58,7 @@ from serve.openapi_names import publish_model_names
 from serve.routes import health, infer, models, pages, predict
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
 from serve.state import ServerState
+from serve.threads import LeanPool
 
 log = logging.getLogger("serve")
 
@@ -94,6 +95,7 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.preprocess_pool = ThreadPoolExecutor(settings.effective_preprocess_threads, thread_name_prefix="preprocess")
+        state.decode_pool = LeanPool(settings.effective_preprocess_threads, "decode")
         for name, entry in models.items():
             # the model's labelled metrics, bound once (not looked up per batch)
             sizes, seconds, images = (metrics.batch_size.labels(name), metrics.inference.labels(name),
@@ -121,6 +123,8 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 await b.stop()
             state.batchers.clear()
             state.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+            state.decode_pool.shutdown(wait=False)
+            state.decode_pool = None
 
     return lifespan
 

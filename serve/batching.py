@@ -20,10 +20,11 @@ import asyncio
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, Union
 
 import numpy as np
+
+from serve.threads import LeanPool
 
 log = logging.getLogger("serve")
 
@@ -66,7 +67,7 @@ class MicroBatcher:
         self._slots: asyncio.Semaphore | None = None
         #: batches handed to the worker and not yet delivered → their (image, future) items
         self._in_flight: dict[asyncio.Future, list[tuple[np.ndarray, asyncio.Future]]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._executor = LeanPool(1, f"infer-{name}")
         #: set while the batcher waits for companions: a new image or a finished batch wakes it
         self._wake: asyncio.Future | None = None
 
@@ -104,7 +105,7 @@ class MicroBatcher:
             while not self._queue.empty():
                 waiting.append(self._queue.get_nowait())
             _fail(waiting, Overloaded(SHUTTING_DOWN))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True)  # the batches handed over were cancelled above: it skips them
 
     async def submit_many(self, images: Sequence[Item]) -> list[np.ndarray]:
         """Queue all images (all or none) and wait for their logits, in order.
@@ -150,10 +151,10 @@ class MicroBatcher:
                 slots.release()
                 continue
             if any(callable(x) for x, _ in live):
-                run = loop.run_in_executor(self._executor, _prepare_and_run, self.predict_fn, [x for x, _ in live])
+                run = self._executor.run(_prepare_and_run, self.predict_fn, [x for x, _ in live])
             else:
                 batch = np.stack([x for x, _ in live])
-                run = loop.run_in_executor(self._executor, _timed, self.predict_fn, batch)
+                run = self._executor.run(_timed, self.predict_fn, batch)
             self._in_flight[run] = live
             run.add_done_callback(functools.partial(self._deliver, live))
 

@@ -19,6 +19,7 @@ from serve.errors import ApiError
 from serve.metrics import Metrics
 from serve.models import BrokenArtifact, LoadedModel
 from serve.settings import Settings
+from serve.threads import LeanPool
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ServerState:
     metrics: Metrics
     batchers: dict[str, MicroBatcher] = field(default_factory=dict)
     preprocess_pool: ThreadPoolExecutor | None = None
+    #: the same number of decoding threads for /predict's per-image hand-off, without concurrent.futures' cost
+    decode_pool: LeanPool | None = None
     pending: int = 0  # prediction requests admitted and not yet answered
     max_pending: int = 0
     #: artifacts found under MODEL_DIR that could not be served, with their reasons

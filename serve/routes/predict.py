@@ -129,9 +129,11 @@ async def predict(
 
             (logits,) = await state.classify(entry, [prepare])
         else:
-            loop = asyncio.get_running_loop()
-            decoded = [await loop.run_in_executor(state.preprocess_pool, decode_for_prediction, data, entry,
-                                                  settings.max_pixels, settings.min_image_side)]
+            args = (data, entry, settings.max_pixels, settings.min_image_side)
+            pool = state.decode_pool
+            decoded = [await (pool.run(decode_for_prediction, *args) if pool is not None else
+                              asyncio.get_running_loop().run_in_executor(state.preprocess_pool, decode_for_prediction,
+                                                                         *args))]
             (logits,) = await state.classify(entry, [decoded[0][0]])
         del data
     out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry, settings),
