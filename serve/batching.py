@@ -7,12 +7,12 @@ inference). Up to ``max_in_flight`` batches are handed over at once (default 2: 
 waiting in the worker's queue), so the worker starts the next batch the moment one ends instead of
 idling while the event loop — which competes with request handling and image decoding for the GIL —
 delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured that idle gap at
-over a third of the worker's time with one batch at a time. An item may also be a
-zero-argument callable that returns the image (decoding + preprocessing): the worker thread calls it
-just before running the batch, so that an image is decoded on the thread that infers it (one thread
-hand-off per request instead of two); a callable that raises fails its own caller only. New images
-wait in the queue; when it is full, :meth:`submit` refuses at once (:class:`Overloaded` → HTTP 503 + Retry-After) rather than
-letting work pile up.
+over a third of the worker's time with one batch at a time. An item may also be a zero-argument
+callable that returns the image (decoding + preprocessing): the worker thread calls it just before
+running the batch, so that the image is decoded on the thread that infers it (one thread hand-off per
+request instead of two; ``/predict`` does this when the model is idle); a callable that raises fails
+its own caller only. New images wait in the queue; when it is full, :meth:`submit` refuses at once
+(:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up.
 """
 from __future__ import annotations
 
