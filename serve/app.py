@@ -48,7 +48,6 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from lesionlite import __version__
-from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
 from serve.batching import MicroBatcher
 from serve.dependencies import protected
@@ -75,10 +74,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
                               f"{', '.join(sorted(found.models))}")
     state = ServerState(settings=settings, models=found.models, default_model=default, metrics=Metrics(),
                         max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads,
-                        broken=list(found.broken),
-                        # on <= 2 CPUs the event loop and the model's thread already fill the cores: a hand-off to a
-                        # decoding pool costs more than the overlap it buys (issue 31: +17 % img/s at c=8, 64 px)
-                        decode_on_model_thread=settings.preprocess_threads == 0 and usable_cpu_count() <= 2)
+                        broken=list(found.broken))
     app = _new_app(state)
     keyed = protected(settings)
     app.include_router(predict.router, dependencies=keyed)

@@ -49,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let onnxruntime's idle threads busy-wait (its own default); off by default because "
                         "they would take CPU from image decoding in the same process")
     p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads,
-                   help="image decoding threads, 0 = min(4, CPUs), and on <= 2 CPUs /predict decodes on the "
-                        "model's own thread (default %(default)s)")
+                   help="image decoding threads, 0 = min(4, CPUs) (default %(default)s)")
     p.add_argument("--default-model", default=None, help="model used when a request names none")
     p.add_argument("--allow-unverified", action="store_true", default=d.allow_unverified,
                    help="also serve artifacts export refused (parity check failed, written with --force); "

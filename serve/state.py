@@ -32,9 +32,6 @@ class ServerState:
     preprocess_pool: ThreadPoolExecutor | None = None
     #: the same number of decoding threads for /predict's per-image hand-off, without concurrent.futures' cost
     decode_pool: LeanPool | None = None
-    #: /predict decodes every image on its model's inference thread, busy or not (else only when the model is
-    #: idle, and in ``decode_pool`` while it is busy); see :func:`serve.app.create_app`
-    decode_on_model_thread: bool = False
     pending: int = 0  # prediction requests admitted and not yet answered
     max_pending: int = 0
     #: artifacts found under MODEL_DIR that could not be served, with their reasons

@@ -128,14 +128,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, data_root: Path | None) 
 @pytest.mark.parametrize("decode_path", ["inference_thread", "preprocessing_pool"])
 def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: Path | None, decode_path: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    if decode_path == "preprocessing_pool":  # as when the model is busy on a larger host: decoded in the pool
+    if decode_path == "preprocessing_pool":  # as when the model is busy: decoded in the pool
         monkeypatch.setattr(MicroBatcher, "idle", property(lambda self: False))
     images = _images(data_root)
     settings = Settings()
     for art in artifacts:
         app = create_app(art, settings)
         state = app.state.server
-        state.decode_on_model_thread = decode_path == "inference_thread"
         (entry,) = state.models.values()
         verdicts = set()
         with TestClient(app) as client:

@@ -118,10 +118,9 @@ async def predict(
         data = bytes(files[0].data)
         del parts, files
         batcher = state.batchers.get(entry.name)
-        if batcher is not None and (state.decode_on_model_thread or batcher.idle):
-            # decode on the inference thread itself, one thread hand-off instead of two: always on a small host
-            # (<= 2 CPUs, default --preprocess-threads), else when the model is idle (while it is busy, the
-            # decoding pool works alongside it: PIL releases the GIL)
+        if batcher is not None and batcher.idle:
+            # nothing else to run: decode on the inference thread itself, one thread hand-off instead of two
+            # (while the model is busy, the preprocessing pool decodes alongside it: PIL releases the GIL)
             decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
 
             def prepare() -> np.ndarray:
