@@ -13,6 +13,7 @@ the model lacks are left out and counted, and balanced accuracy is named for the
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,10 +138,16 @@ class PreparedSplit:
     stats: np.ndarray | None  # image statistics for the out-of-distribution check
 
 
+#: the last split prepared, by (data fingerprint, preprocessing, images kept): export measures many artifacts
+#: on one external set, and a test session exports many models at the same size
+_CACHE: dict[tuple[str, str, str], PreparedSplit] = {}
+
+
 def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str], progress: bool = True,
-                  exclude_ids: set[str] | None = None) -> tuple[PreparedSplit, dict[str, int]]:
+                  exclude_ids: set[str] | None = None, cache_key: str | None = None) -> tuple[PreparedSplit, dict[str, int]]:
     """Decode and preprocess every image of ``dataset`` whose class the model knows (with a progress bar),
-    leaving out ``exclude_ids`` (the images a site-adapted model was fitted to)."""
+    leaving out ``exclude_ids`` (the images a site-adapted model was fitted to). ``cache_key`` (the data's
+    fingerprint) keeps the result for the next call on the same images with the same preprocessing."""
     mapping = class_mapping(list(data_classes), list(manifest.class_names))
     labels = np.asarray(dataset.labels, dtype=np.int64)
     ok = np.isin(labels, list(mapping))
@@ -153,6 +160,10 @@ def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str],
     from tqdm import tqdm
 
     cfg = manifest.preprocessing
+    key = None if cache_key is None else (cache_key, repr(cfg.to_dict()) + repr(bool((manifest.calibration or {}).get("ood"))),
+                                          hashlib.sha256(keep.tobytes()).hexdigest())
+    if key in _CACHE:
+        return _CACHE[key], excluded
     chunks = []
     for i in tqdm(range(0, keep.size, BATCH), desc="preprocess", unit="batch", disable=not progress, leave=False):
         chunks.append(preprocess_batch([dataset.load_image(int(j)) for j in keep[i:i + BATCH]], cfg, "NCHW"))
@@ -161,7 +172,11 @@ def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str],
     if (manifest.calibration or {}).get("ood"):
         stats = np.stack([image_statistics(unnormalize(im, cfg.mean, cfg.std)) for im in x])
     mapped = np.asarray([mapping[int(c)] for c in labels[keep]], dtype=np.int64)
-    return PreparedSplit(x=x, labels_data=mapped, keep=keep, stats=stats), excluded
+    prepared = PreparedSplit(x=x, labels_data=mapped, keep=keep, stats=stats)
+    if key is not None:
+        _CACHE.clear()  # one entry: bounded memory
+        _CACHE[key] = prepared
+    return prepared, excluded
 
 
 def predict_prepared(predictor: Predictor, prepared: PreparedSplit, dataset: Any, excluded: dict[str, int]) -> Predictions:

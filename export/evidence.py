@@ -11,14 +11,12 @@ external set (an evaluation-only bundle) is only ever predicted on — nothing i
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 from distill.clinical import OperatingPoint, choose_operating_point, clinical_metrics, paired_deltas
-from lesionlite.classes import class_mapping
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import Manifest
 from lesionlite.ood import assess, image_statistics, unnormalize
@@ -68,23 +66,12 @@ def _labels(dataset: Any) -> np.ndarray:
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
-#: preprocessed external images, by (data fingerprint, preprocessing): one export measures many artifacts,
-#: and a test session exports many models at the same size
-_CACHE: dict[tuple[str, str], np.ndarray] = {}
-
-
-def _preprocess(dataset: Any, indices: np.ndarray, manifest: Manifest, key: str | None = None) -> np.ndarray:
+def _preprocess(dataset: Any, indices: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """The deployed preprocessing of ``dataset[i]`` for ``indices`` (a LesionDataset or a list of (image, label))."""
     cfg = manifest.preprocessing
-    cache_key = None if key is None else (key, repr(cfg.to_dict()))
-    if cache_key in _CACHE:
-        return _CACHE[cache_key]
     chunks = [preprocess_batch([dataset[int(j)][0] for j in indices[i:i + BATCH]], cfg, "NCHW")
               for i in range(0, len(indices), BATCH)]
-    x = np.concatenate(chunks) if chunks else np.zeros((0, 3, cfg.input_size, cfg.input_size), np.float32)
-    if cache_key is not None:
-        _CACHE.clear()  # one entry: bounded memory
-        _CACHE[cache_key] = x
-    return x
+    return np.concatenate(chunks) if chunks else np.zeros((0, 3, cfg.input_size, cfg.input_size), np.float32)
 
 
 def probabilities(outputs: np.ndarray, output_kind: str, temperature: float) -> np.ndarray:
@@ -150,35 +137,29 @@ def load_external(external: Any, data_root: str | None, manifest: Manifest) -> t
 
 
 def external_set(bundle: Any, manifest: Manifest, run: Callable[[np.ndarray], np.ndarray]) -> tuple[EvidenceSet | None, str | None]:
-    """Preprocess the external images whose class the model knows and run PyTorch on them."""
-    test = bundle.test
-    mapping = class_mapping(list(bundle.class_names), list(manifest.class_names))
+    """The external images whose class the model knows, prepared as ``lesionlite evaluate`` prepares them (a
+    site-adapted model: its site's held-out images only), with PyTorch's outputs on them."""
     from distill.adapt import adapted_ids
+    from export.evaluate import prepare_split
 
-    labels = _labels(test)
-    ok = np.isin(labels, list(mapping))
+    test = bundle.test
     fitted = adapted_ids(manifest, bundle)
-    if fitted:  # a site-adapted model is measured on the site's held-out images only
-        ok &= ~np.isin(np.asarray(getattr(test, "ids", None) or [], dtype=object), list(fitted))
-    keep = np.flatnonzero(ok)
-    if keep.size == 0:
-        return None, f"external set {bundle.name}: none of its classes maps onto the model's ({', '.join(manifest.class_names)})"
-    excluded = {bundle.class_names[c]: int(n) for c, n in zip(*np.unique(labels, return_counts=True)) if int(c) not in mapping}
+    try:
+        prepared, excluded = prepare_split(test, manifest, bundle.class_names, progress=False, exclude_ids=fitted,
+                                           cache_key=bundle.fingerprint)
+    except LesionliteError as exc:
+        return None, f"external set {bundle.name}: {exc}"
     if fitted:
         excluded["adapted on (site images this model was fitted to)"] = len(fitted)
-    key = f"{bundle.fingerprint}:{hashlib.sha256(keep.tobytes()).hexdigest()[:16]}"  # the very images kept
-    x = _preprocess(test, keep, manifest, key=key)
 
     def pick(values: list[Any] | None) -> list[Any] | None:
-        return None if values is None else [values[int(j)] for j in keep]
+        return None if values is None else [values[int(j)] for j in prepared.keep]
 
-    desc = {"name": bundle.name, "split": "test", "n": int(keep.size), "source": bundle.source,
+    desc = {"name": bundle.name, "split": "test", "n": int(prepared.keep.size), "source": bundle.source,
             "fingerprint": bundle.fingerprint, "excluded": excluded}
-    return EvidenceSet(role="external", describe=desc, x=x,
-                       labels=np.asarray([mapping[int(c)] for c in labels[keep]], np.int64),
+    return EvidenceSet(role="external", describe=desc, x=prepared.x, labels=prepared.labels_data,
                        groups=pick(getattr(test, "groups", None)), attributes=pick(getattr(test, "attributes", None)),
-                       stats=_stats(x, manifest),
-                       ref_logits=_batched(run, x)), None
+                       stats=prepared.stats, ref_logits=_batched(run, prepared.x)), None
 
 
 def ood_flags(s: EvidenceSet, logits: np.ndarray | None, manifest: Manifest) -> np.ndarray | None:
