@@ -327,3 +327,29 @@ def test_evaluate_with_flip_tta_averages_the_four_flips(exported_with_external, 
     np.testing.assert_allclose(pred.probabilities(x)[0], np.mean(plain, axis=0), atol=1e-9)
     with pytest.raises(LesionliteError, match="test-time augmentation"):
         evaluate(art, "isic-archive:isic_ext", str(external_root), tta="rotations")
+
+
+def test_evaluate_an_artifact_runs_without_torch(exported_with_external, external_root: Path):
+    """``lesionlite evaluate`` on an exported artifact needs no torch (serve's runtimes run it)."""
+    import subprocess
+    import sys
+
+    _, out, report = exported_with_external
+    art = out / "tiny_cnn_onnx_fp32"
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from lesionlite.cli import main\n"
+        f"rc = main(['evaluate', {str(art)!r}, '--data', 'isic-archive:isic_ext', '--data-root', {str(external_root)!r},"
+        " '--n-boot', '20', '--no-progress'])\n"
+        "assert 'torch' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    auc = next(a for a in report.artifacts if a.name == art.name).clinical["external"]["metrics"]["melanoma_auc"]["value"]
+    assert f"{auc:.3f}" in proc.stdout
