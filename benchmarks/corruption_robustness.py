@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from distill.clinical import clinical_metrics, paired_deltas
 from export.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from export.evaluate import Predictor, load_eval_bundle, load_predictor
+from export.api import ExportOptions, load_export_data
+from export.evaluate import Predictor, load_predictor
 from export.evaluate_cli import expand_models
 from export.evaluation_report import fmt_ci
 from export.evidence_report import fmt_delta
@@ -41,8 +42,7 @@ def measure(checkpoint: Path, artifacts: list[Path], n: int, n_boot: int, seed: 
     ref = load_predictor(checkpoint)
     others = [load_predictor(a) for a in artifacts]
     info = ref.manifest.data or {}
-    bundle = load_eval_bundle(str(info.get("spec") or info.get("name")), None, int(info.get("split_seed", 0)),
-                              **dict(info.get("options") or {}))
+    bundle = load_export_data(ref.manifest, None, None, ExportOptions())
     test = bundle.test
     idx = np.sort(np.random.default_rng(seed).choice(len(test), size=min(n, len(test)), replace=False))
     mapping = class_mapping(list(bundle.class_names), list(ref.manifest.class_names))

@@ -21,7 +21,8 @@ import numpy as np
 from distill.adapt import AdaptConfig, adapt, site_split
 from distill.clinical import clinical_metrics, paired_deltas
 from distill.data import load_dataset
-from export.evaluate import load_eval_bundle, load_predictor, predict_prepared, prepare_split
+from export.api import ExportOptions, load_export_data
+from export.evaluate import load_predictor, predict_prepared, prepare_split
 from export.evaluation_report import fmt_ci
 from export.evidence_report import fmt_delta
 from lesionlite.atomic import write_json_atomic, write_text_atomic
@@ -52,9 +53,7 @@ def main() -> int:
     _, held = site_split(list(test.ids), test.groups, 0.5, args.seed)
     held_ids = {test.ids[i] for i in held}
     src_man = load_predictor(args.checkpoint).manifest
-    info = src_man.data or {}
-    internal = load_eval_bundle(str(info.get("spec") or info.get("name")), None, int(info.get("split_seed", 0)),
-                                **dict(info.get("options") or {})).test
+    internal = load_export_data(src_man, None, None, ExportOptions()).test
     names = list(src_man.class_names)
     y_ext, p_ext0 = _probs_on(args.checkpoint, test, site.class_names, held_ids)
     y_int, p_int0 = _probs_on(args.checkpoint, internal, names, None)

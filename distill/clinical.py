@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from distill.bootstrap import N_BOOT, bootstrap
-from distill.metrics import binary_auc, ece
+from distill.metrics import balanced_accuracy, binary_auc, ece
 from lesionlite.classes import MALIGNANT, canonical, class_index
 from lesionlite.errors import LesionliteError
 
@@ -112,11 +112,6 @@ def choose_operating_point(probs: np.ndarray, labels: np.ndarray, class_names: S
                           data_fingerprint=data_fingerprint)
 
 
-def _balanced_accuracy_present(labels: np.ndarray, pred: np.ndarray) -> float | None:
-    present = np.unique(labels)
-    return float(np.mean([(pred[labels == c] == c).mean() for c in present])) if present.size else None
-
-
 def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
                      op: OperatingPoint | None = None, ood: np.ndarray | None = None,
                      groups: Sequence[str] | None = None, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
@@ -131,7 +126,7 @@ def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequenc
     mel = class_index(list(class_names), "mel")
     stats: dict[str, Any] = {
         "accuracy": lambda i: float((pred[i] == y[i]).mean()) if i.size else None,
-        "balanced_accuracy_present": lambda i: _balanced_accuracy_present(y[i], pred[i]),
+        "balanced_accuracy_present": lambda i: balanced_accuracy(y[i], pred[i]),
         "ece": lambda i: ece(y[i], p[i]) if i.size else None,
     }
     if mel is not None:
@@ -171,8 +166,8 @@ def paired_deltas(labels: np.ndarray, probs: np.ndarray, ref_probs: np.ndarray, 
     pred, ref_pred = p.argmax(1), r.argmax(1)
     mel = class_index(list(class_names), "mel")
     stats: dict[str, Any] = {
-        "balanced_accuracy_present": lambda i: _delta(_balanced_accuracy_present(y[i], pred[i]),
-                                                      _balanced_accuracy_present(y[i], ref_pred[i])),
+        "balanced_accuracy_present": lambda i: _delta(balanced_accuracy(y[i], pred[i]),
+                                                      balanced_accuracy(y[i], ref_pred[i])),
         "top1_agreement": lambda i: float((pred[i] == ref_pred[i]).mean()) if i.size else None,
     }
     if mel is not None:

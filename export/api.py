@@ -35,8 +35,10 @@ import numpy as np
 from lesionlite.atomic import remove_stale_leftovers, replace_dir
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import DataSpec, Manifest, git_commit, portable
+from export import evidence as ev
 from export.context import DEFAULT_PARITY_THRESHOLDS, ExportContext, ExportOptions  # noqa: F401  (public API)
 from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
+from export.evidence import measure
 from export.parity import host_int8_note
 from export.results import REPORT_JSON, REPORT_MD, ArtifactResult, ExportReport, ParityError  # noqa: F401
 
@@ -278,7 +280,7 @@ def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
         "checkpoint": str(ckpt_dir), "architecture": src.architecture, "sha256": sha, "params": stats["params"],
         "macs": stats["macs"], "macs_method": stats["macs_method"], "size_bytes": path_size(model_file),
         "metrics": metrics, "temperature": src.temperature, "torch": torch.__version__, "host": _cpu_model(),
-        "evidence": evidence.describe(), "clinical": measure_evidence(evidence, src, None, "logits"),
+        "evidence": evidence.describe(), "clinical": measure(evidence, src, None, "logits"),
     }
     return _Source(model=model, manifest=src, sha256=sha, data=data, ref_logits=ref_logits, metrics=metrics,
                    stats=stats, summary=summary, evidence=evidence)
@@ -288,7 +290,6 @@ def _gather_evidence(model: Any, src: Manifest, bundle: Any, data: Any, ref_logi
                      data_root: str | os.PathLike[str] | None, options: ExportOptions) -> Any:
     """The operating point (the checkpoint's own, else chosen on validation) and the internal and external sets."""
     from distill.clinical import OperatingPoint
-    from export import evidence as ev
 
     def run(x: np.ndarray) -> np.ndarray:
         return _torch_logits(model, x)
@@ -310,13 +311,6 @@ def _gather_evidence(model: Any, src: Manifest, bundle: Any, data: Any, ref_logi
     if why:
         notes.append(why)
     return ev.Evidence(operating_point=op, sets=sets, notes=notes)
-
-
-def measure_evidence(evidence: Any, manifest: Manifest, outputs: dict[str, np.ndarray] | None, output_kind: str) -> dict[str, Any]:
-    """:func:`export.evidence.measure` (imported late: numpy-only, but only export needs it)."""
-    from export.evidence import measure
-
-    return measure(evidence, manifest, outputs, output_kind)
 
 
 def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _Source, stage: Path,
@@ -412,7 +406,7 @@ def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source
             "how": reference[1],
         }
     ext_outputs = {s.role: (outputs if s.role == "internal" else _run_batched(runner, s.x)) for s in source.evidence.sets}
-    clinical = measure_evidence(source.evidence, src, ext_outputs, fmt.output_kind)
+    clinical = measure(source.evidence, src, ext_outputs, fmt.output_kind)
     return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted, clinical=clinical)
 
 

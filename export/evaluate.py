@@ -26,7 +26,7 @@ from distill.metrics import classification_report, reliability_bins
 from lesionlite.classes import class_index, class_mapping
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
-from lesionlite.ood import assess, image_statistics, unnormalize
+from lesionlite.ood import image_statistics, out_of_distribution, unnormalize
 from lesionlite.preprocessing import preprocess_batch
 
 BATCH = 64
@@ -189,11 +189,8 @@ def predict_prepared(predictor: Predictor, prepared: PreparedSplit, dataset: Any
         logits.append(z)
     p_all = np.concatenate(probs)
     z_all = None if logits[0] is None else np.concatenate(logits)
-    ood = None
     cal = (predictor.manifest.calibration or {}).get("ood")
-    if cal and prepared.stats is not None:
-        ood = np.asarray([assess(cal, prepared.stats[k], None if z_all is None else z_all[k:k + 1])["out_of_distribution"]
-                          for k in range(len(p_all))], dtype=bool)
+    ood = out_of_distribution(cal, prepared.stats, z_all) if cal and prepared.stats is not None else None
 
     def pick(values: list[Any] | None) -> list[Any] | None:
         return None if values is None else [values[int(j)] for j in prepared.keep]
@@ -238,12 +235,6 @@ def summarize(predictor: Predictor, preds: Predictions, data: dict[str, Any], n_
     return doc
 
 
-def load_eval_bundle(spec: str, data_root: str | None, seed: int = 0, **options: Any) -> Any:
-    from export.data import load_bundle
-
-    return load_bundle(spec, data_root, seed, **options)
-
-
 TTA_MODES = ("none", "flips")
 
 
@@ -259,9 +250,10 @@ def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | N
     spec = data_spec or info.get("spec") or info.get("name")
     if not spec:
         raise LesionliteError(f"{model}: its manifest names no data; pass --data SPEC")
-    same = data_spec is None or data_spec == info.get("spec")
-    bundle = load_eval_bundle(str(spec), data_root, int(info.get("split_seed", seed)) if same else seed,
-                              **(dict(info.get("options") or {}) if same else {}))
+    from export.api import ExportOptions, load_export_data
+
+    same = data_spec is None or data_spec == info.get("spec")  # the model's own data: its split seed, fingerprint checked
+    bundle = load_export_data(m, None if same else data_spec, data_root, ExportOptions(seed=seed))
     if getattr(bundle, "evaluation_only", False) and split != "test":
         raise LesionliteError(f"{bundle.name} is an external set: it has a test split only")
     dataset = bundle.split(split)

@@ -19,7 +19,7 @@ import numpy as np
 from distill.clinical import OperatingPoint, choose_operating_point, clinical_metrics, paired_deltas
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import Manifest
-from lesionlite.ood import assess, image_statistics, unnormalize
+from lesionlite.ood import image_statistics, out_of_distribution, unnormalize
 from lesionlite.preprocessing import preprocess_batch
 
 BATCH = 64
@@ -166,8 +166,7 @@ def ood_flags(s: EvidenceSet, logits: np.ndarray | None, manifest: Manifest) -> 
     cal = (manifest.calibration or {}).get("ood")
     if not cal or s.stats is None:
         return None
-    return np.asarray([assess(cal, s.stats[i], None if logits is None else logits[i:i + 1])["out_of_distribution"]
-                       for i in range(len(s.labels))], dtype=bool)
+    return out_of_distribution(cal, s.stats, logits)
 
 
 def measure(evidence: Evidence, manifest: Manifest, outputs: dict[str, np.ndarray] | None, output_kind: str,

@@ -100,3 +100,16 @@ def assess(cal: dict[str, Any], stats: np.ndarray, logits: np.ndarray | None) ->
         if e < float(cal["energy_threshold"]):
             reasons.append("no class fits (low logit energy)")
     return {"out_of_distribution": bool(reasons), "image_distance": d2, "energy": e, "reasons": reasons}
+
+
+def out_of_distribution(cal: dict[str, Any], stats: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+    """:func:`assess`'s verdict for many images at once (``stats`` [N, 7], ``logits`` [N, C] or None): bool [N].
+
+    For evaluating a whole split (``lesionlite evaluate``, export's evidence); ``serve`` assesses one image
+    and keeps the reasons.
+    """
+    d2 = _mahalanobis2(np.asarray(stats, np.float64), np.asarray(cal["mean"]), np.asarray(cal["precision"]))
+    flags = d2 > float(cal["image_threshold"])
+    if logits is not None and cal.get("energy_threshold") is not None:
+        flags |= energy(logits, float(cal.get("temperature", 1.0))) < float(cal["energy_threshold"])
+    return flags

@@ -121,3 +121,17 @@ def test_a_model_without_calibration_says_null(tmp_path: Path) -> None:
         r = httpx.post(srv.url + "/predict", files={"file": ("b.png", flat, "image/png")}, timeout=30).json()
         assert r["out_of_distribution"] is None
     shutil.rmtree(d)
+
+
+def test_the_vectorised_verdict_equals_assess_image_by_image():
+    """lesionlite.ood.out_of_distribution (evaluate, export) says what assess (serve) says, image by image."""
+    import numpy as np
+
+    from lesionlite.ood import assess, fit, out_of_distribution
+
+    rng = np.random.default_rng(0)
+    cal = fit(rng.normal(size=(300, 7)), rng.normal(size=(300, 5)) * 3)
+    stats, logits = rng.normal(size=(200, 7)) * 1.6, rng.normal(size=(200, 5)) * 3 - 1.5
+    one_by_one = [assess(cal, stats[i], logits[i:i + 1])["out_of_distribution"] for i in range(200)]
+    assert out_of_distribution(cal, stats, logits).tolist() == one_by_one and 0 < sum(one_by_one) < 200
+    assert out_of_distribution(cal, stats).tolist() == [assess(cal, s, None)["out_of_distribution"] for s in stats]
