@@ -8,11 +8,12 @@ DEMO_RUN ?= runs/demo
 DEMO_EXPORT ?= artifacts/demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast install install-test browser clean help arm-board arm-board-down
+.PHONY: demo test test-fast lint install install-test browser clean help arm-board arm-board-down
 
 help:
 	@echo "make demo   - install, train a small student on the embedded default data (CPU), export it, bench it"
 	@echo "make test   - install and run the test suite (everything CI runs)"
+	@echo "make lint   - ruff check . (make test runs it first)"
 	@echo "make test-fast - the suite without tests marked slow (real conversions, training runs, the board, fuzzers)"
 	@echo "make arm-board      - build (cached) and start the emulated aarch64 board: qemu-aarch64 + arm64 Python + loopback sshd"
 	@echo "make arm-board-down - stop the board's sshd"
@@ -47,11 +48,15 @@ demo: install
 	@echo "  benchmark report                  : $(DEMO_EXPORT)/bench/"
 	@echo "  serve it with                     : $(VENV)/bin/lesionlite serve $(DEMO_EXPORT)"
 
-test: install-test browser
+# The linter first (rules and why in pyproject.toml [tool.ruff]): seconds, and it fails before a long suite does.
+lint: install-test
+	$(PY) -m ruff check .
+
+test: install-test browser lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q
 
 # The quick loop while editing: deselects `@pytest.mark.slow` (CI and `make test` run them).
-test-fast: install-test
+test-fast: install-test lint
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q -m "not slow"
 
 # Emulated aarch64 board for `lesionlite bench MODEL_DIR --target board` (ARM-kernel outputs; times are an emulator's).
