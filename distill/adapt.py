@@ -191,8 +191,9 @@ def adapt(checkpoint: str | Path, site_spec: str, out: str | Path, cfg: AdaptCon
     history: list[dict[str, float]] = []
     if cfg.method == "finetune":
         used = _labelled_subset(pool, labels, cfg.labelled, cfg.seed)
-        src = load_dataset(str((manifest.data or {}).get("spec") or (manifest.data or {}).get("name")), root=data_root,
-                           seed=int((manifest.data or {}).get("split_seed", 0)), **dict((manifest.data or {}).get("options") or {}))
+        mdata = manifest.data or {}
+        src = load_dataset(str(mdata.get("spec") or mdata.get("name")), root=data_root,
+                           seed=int(mdata.get("split_seed", 0)), **dict(mdata.get("options") or {}))
         src_idx = np.random.default_rng(cfg.seed).choice(len(src.train), size=min(len(src.train), 2000), replace=False)
         src_x = _tensors(src.train, np.sort(src_idx), cfg_pre)
         src_y = torch.as_tensor(np.asarray(src.train.labels)[np.sort(src_idx)], dtype=torch.long)

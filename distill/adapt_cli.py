@@ -12,11 +12,9 @@ leaves out the images it was adapted on.
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from lesionlite.cliparse import OneLineParser
-from lesionlite.errors import LesionliteError
-
 
 
 def build_parser() -> argparse.ArgumentParser:

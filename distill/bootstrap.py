@@ -13,8 +13,9 @@ inside one replicate (artifact minus PyTorch on the same images) is a *paired* i
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -22,8 +22,9 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lesionlite.errors import LesionliteError
 
@@ -104,7 +105,8 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
                    help="preset: MobileNetV2 from scratch on SYNTHETIC 64px data, 20 epochs on CPU (~2 min on 2 cores); "
                         "implies --overwrite")
     g.add_argument("--method", help="training method (--list-methods); default scratch")
-    g.add_argument("--data", metavar="SPEC", help="dataset: synthetic, dermamnist, ham10000, isic2019, a path, … (--list-datasets)")
+    g.add_argument("--data", metavar="SPEC",
+                   help="dataset: synthetic, dermamnist, ham10000, isic2019, a path, … (--list-datasets)")
     g.add_argument("--data-root", metavar="DIR", help="data root (default $LESIONLITE_DATA or ../shared/data)")
     g.add_argument("--model", metavar="ARCH", help="student architecture (--list-models)")
     g.add_argument("--teacher", metavar="RUN_DIR", help="trained teacher run directory (kd, ssdkd)")
@@ -178,7 +180,7 @@ def _list_datasets() -> str:
 
 def resolve_from_args(args: argparse.Namespace) -> tuple[Any, bool, bool]:
     """(TrainConfig, resume, overwrite) from parsed arguments."""
-    from distill.config import defaults_tree, deep_merge, resolve_config, set_dotted
+    from distill.config import deep_merge, defaults_tree, resolve_config, set_dotted
     from distill.train import checkpoint_config
 
     flags = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}

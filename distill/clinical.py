@@ -2,8 +2,9 @@
 the figures around it with confidence intervals (numpy only: ``serve`` and ``bench`` need no torch).
 
 **Referral score.** Argmax answers "which class is most likely", but a clinic decides "refer or
-not" for a *target*: melanoma (``mel``: the melanoma probability) or any malignancy (``malignant``:
-the summed probability of mel, bcc and akiec/AK/SCC where the model has them).
+not" for a *target* (``lesionlite.referral``): melanoma (``mel``: the melanoma probability), any
+malignancy (``malignant``: the summed probability of mel, bcc and akiec/AK/SCC where the model has them)
+or melanoma among melanocytic lesions (``melanocytic``: P(mel) / (P(mel) + P(nv))).
 
 **Operating point.** The threshold on that score that reaches a declared sensitivity (default 0.90)
 on the **validation** split — the largest threshold at which at least that share of the validation
@@ -14,38 +15,25 @@ target on another clinic's images).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from distill.bootstrap import N_BOOT, bootstrap
 from distill.metrics import balanced_accuracy, binary_auc, ece
-from lesionlite.classes import MALIGNANT, canonical, class_index
+from lesionlite.classes import class_index
 from lesionlite.errors import LesionliteError
+from lesionlite.referral import TARGETS, referral_scores, scores_for_operating_point, target_classes
 
-TARGETS = ("mel", "malignant")
 DEFAULT_TARGET = "mel"
 DEFAULT_SENSITIVITY = 0.90
 
 
 def positive_classes(class_names: Sequence[str], target: str) -> list[int]:
-    """Output indices whose probabilities make up the referral score of ``target``."""
-    if target not in TARGETS:
-        raise LesionliteError(f"unknown operating-point target {target!r}; choose from {', '.join(TARGETS)}")
-    if target == "mel":
-        j = class_index(list(class_names), "mel")
-        idx = [] if j is None else [j]
-    else:
-        idx = [j for j, c in enumerate(class_names) if canonical(c) in MALIGNANT or str(c).lower() in MALIGNANT]
-    if not idx:
-        raise LesionliteError(f"the model's classes ({', '.join(class_names)}) have none for target {target!r}")
-    return idx
-
-
-def referral_score(probs: np.ndarray, positives: Sequence[int]) -> np.ndarray:
-    """The summed probability of the ``positives`` classes per image."""
-    return np.asarray(probs, dtype=np.float64)[:, list(positives)].sum(axis=1)
+    """Output indices whose probabilities make up the referral score of ``target`` (its numerator)."""
+    return target_classes(class_names, target)[0]
 
 
 def threshold_for_sensitivity(scores: np.ndarray, is_pos: np.ndarray, sensitivity: float) -> float:
@@ -83,12 +71,18 @@ class OperatingPoint:
     sensitivity: float  # achieved on the split it was chosen on
     specificity: float | None
     data_fingerprint: str | None = None
+    #: the classes the score is conditioned on (``melanocytic``: mel, nv); None: every class
+    given_classes: list[str] | None = None
+
+    def scores(self, probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+        """This operating point's referral score of each image."""
+        return scores_for_operating_point(probs, class_names, self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OperatingPoint":
+    def from_dict(cls, d: dict[str, Any]) -> OperatingPoint:
         try:
             return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
         except TypeError as exc:
@@ -101,15 +95,16 @@ def choose_operating_point(probs: np.ndarray, labels: np.ndarray, class_names: S
     """Choose the threshold on ``split`` (must be the validation split: test and external only check it)."""
     if split != "val":
         raise LesionliteError(f"an operating point is chosen on the validation split only, not on {split!r}")
-    positives = positive_classes(class_names, target)
+    positives, given = target_classes(class_names, target)
     is_pos = np.isin(np.asarray(labels), positives)
-    scores = referral_score(probs, positives)
+    scores = referral_scores(probs, positives, given)
     t = threshold_for_sensitivity(scores, is_pos, sensitivity)
     sens, spec = sensitivity_specificity(scores, is_pos, t)
     return OperatingPoint(target=target, positive_classes=[class_names[j] for j in positives],
                           sensitivity_target=float(sensitivity), threshold=t, chosen_on=split, n=int(len(labels)),
                           n_positive=int(is_pos.sum()), sensitivity=float(sens or 0.0), specificity=spec,
-                          data_fingerprint=data_fingerprint)
+                          data_fingerprint=data_fingerprint,
+                          given_classes=None if given is None else [class_names[j] for j in given])
 
 
 def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
@@ -131,10 +126,11 @@ def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequenc
     }
     if mel is not None:
         stats["melanoma_auc"] = lambda i: binary_auc(y[i] == mel, p[i, mel])
-        stats["melanoma_sensitivity_argmax"] = lambda i: float((pred[i][y[i] == mel] == mel).mean()) if (y[i] == mel).any() else None
+        stats["melanoma_sensitivity_argmax"] = (
+            lambda i: float((pred[i][y[i] == mel] == mel).mean()) if (y[i] == mel).any() else None)
     if op is not None:
         pos_idx = [class_names.index(c) for c in op.positive_classes if c in class_names]
-        score = referral_score(p, pos_idx)
+        score = op.scores(p, class_names)
         is_pos = np.isin(y, pos_idx)
         stats["target_auc"] = lambda i: binary_auc(is_pos[i], score[i])
         stats["sensitivity"] = lambda i: sensitivity_specificity(score[i], is_pos[i], op.threshold)[0]
@@ -174,7 +170,7 @@ def paired_deltas(labels: np.ndarray, probs: np.ndarray, ref_probs: np.ndarray, 
         stats["melanoma_auc"] = lambda i: _delta(binary_auc(y[i] == mel, p[i, mel]), binary_auc(y[i] == mel, r[i, mel]))
     if op is not None:
         pos_idx = [list(class_names).index(c) for c in op.positive_classes if c in class_names]
-        s, s_ref = referral_score(p, pos_idx), referral_score(r, pos_idx)
+        s, s_ref = op.scores(p, class_names), op.scores(r, class_names)
         is_pos = np.isin(y, pos_idx)
         stats["sensitivity"] = lambda i: _delta(sensitivity_specificity(s[i], is_pos[i], op.threshold)[0],
                                                 sensitivity_specificity(s_ref[i], is_pos[i], op.threshold)[0])

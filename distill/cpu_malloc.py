@@ -6,8 +6,8 @@ training step allocates and frees the same large activations every iteration, so
 them in again: measured on a MobileNetV2 forward/backward at batch 128 × 128 px (SSD-KD's four views
 through the 128 px teacher), ~450 k minor faults and 27 % of the process's CPU time in the kernel per step;
 with the three settings below, 0 faults, 0 % kernel time and 30 % less CPU per step
-(``benchmarks/malloc_probe.py``, ``benchmarks/results/malloc_probe.json``). Arithmetic is unchanged (only where buffers live), so results are
-bit-identical. The cost is that the process keeps its peak heap instead of returning it to the OS.
+(``benchmarks/malloc_probe.py``, ``benchmarks/results/malloc_probe.json``). Arithmetic is unchanged (only where
+buffers live), so results are bit-identical. The cost is that the process keeps its peak heap instead of returning it to the OS.
 
 ``LESIONLITE_MALLOC_TUNING=0`` turns it off. A no-op where the C library has no ``mallopt`` (macOS, musl).
 """

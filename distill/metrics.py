@@ -21,7 +21,8 @@ NLL is the mean ``−log p(y_true)``, with probabilities clipped at 1e-12.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,8 +14,9 @@ Callers put "SYNTHETIC DATA" in the title of runs on generated data; it is then 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,9 @@ from torch import nn
 
 from distill import ddp
 from distill.config import TrainConfig
+from distill.methods.base import missing_teacher_error
 from distill.optim import build_optimizer, build_scheduler
 from distill.runtime import configure_backends, resolve_workers, seed_everything, worker_init
-from distill.methods.base import missing_teacher_error
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 

@@ -45,9 +45,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,16 +56,29 @@ from torch import nn
 
 from distill import ddp
 from distill.config import TrainConfig
+from distill.methods.base import missing_teacher_error
 from distill.optim import build_optimizer, build_scheduler, cosine_factor  # noqa: F401  (re-exported)
 from distill.run_setup import Run, build_run, load_teacher  # noqa: F401  (load_teacher re-exported)
 from distill.runtime import (  # noqa: F401  (resolve_workers re-exported)
-    autocast, derive_seed, resolve_device, resolve_workers, seed_everything,
+    autocast,
+    derive_seed,
+    resolve_device,
+    resolve_workers,
+    seed_everything,
 )
 from distill.train_state import (  # noqa: F401  (checkpoint names re-exported)
-    CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, TrainState, checkpoint_config, checkpoint_payload,
-    cpu_state, load_checkpoint, restore, resumable_checkpoint, save_checkpoint,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_NAME,
+    CHECKPOINT_VERSION,
+    TrainState,
+    checkpoint_config,
+    checkpoint_payload,
+    cpu_state,
+    load_checkpoint,
+    restore,
+    resumable_checkpoint,
+    save_checkpoint,
 )
-from distill.methods.base import missing_teacher_error
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig
 

@@ -7,7 +7,8 @@ on a uint8 HWC array.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -248,7 +249,7 @@ class TrainTransform:
         img = to_rgb(img)
         return torch.from_numpy(normalize(self.jitter(self.aug(img)), self.cfg, "NCHW"))
 
-    def rotation_safe(self) -> "TrainTransform":
+    def rotation_safe(self) -> TrainTransform:
         """This transform without the vertical flip (for the "rotations" view mode)."""
         if not self.vertical_flip:
             return self

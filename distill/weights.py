@@ -15,8 +15,9 @@ mean/std. The caller may override both.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lesionlite.errors import LesionliteError
 from lesionlite.hashing import file_sha256

@@ -27,6 +27,9 @@ class ExportOptions:
     parity_threshold: float | dict[str, float] | None = None
     force: bool = False
     int8_io: bool = False  # TFLite int8: int8 input/output tensors instead of float
+    #: TFLite: the input side of every TFLite artifact, the downscale to the model's side done in the graph with
+    #: lesionlite's own filter (export.resize_in_graph): "auto", a multiple of the model's side, or 0 / None (off)
+    phone_input_size: int | str | None = "auto"
     onnx_quant: str = "static"  # ONNX int8: "static" (QDQ, calibrated) or "dynamic"
     simplify: bool = False  # ONNX: run onnxslim on the fp32 graph
     #: int8: quantize a BN-folded, grid-snapped, bias-corrected copy (export.int8_prep) rather than the raw model
@@ -43,7 +46,7 @@ class ExportOptions:
     op_sensitivity: float = 0.90
 
     @classmethod
-    def from_kwargs(cls, opts: dict[str, Any]) -> "ExportOptions":
+    def from_kwargs(cls, opts: dict[str, Any]) -> ExportOptions:
         names = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(opts) - names)
         if unknown:
@@ -59,6 +62,10 @@ class ExportOptions:
             raise LesionliteError(f"unknown operating-point target {o.op_target!r}; choose 'mel' or 'malignant'")
         if not 0.0 < o.op_sensitivity <= 1.0:
             raise LesionliteError(f"--op-sensitivity must be in (0, 1], got {o.op_sensitivity}")
+        pis = o.phone_input_size
+        if not (pis is None or isinstance(pis, int) or (isinstance(pis, str) and (
+                pis.strip().lower() in ("auto", "none", "off", "") or pis.strip().isdigit()))) or (isinstance(pis, int) and pis < 0):
+            raise LesionliteError(f"--phone-input-size must be auto, none/0 or a number of pixels, got {pis!r}")
         for value in o.thresholds.values():
             if value < 0:  # above 1 is allowed: it refuses everything (useful to test the gate)
                 raise LesionliteError(f"--parity-threshold must not be negative, got {value}")
@@ -85,6 +92,8 @@ class ExportContext:
     options: ExportOptions
     workdir: Path  # scratch space shared by the precisions of one format (e.g. the fp32 graph)
     cache: dict[str, Any] = field(default_factory=dict)
+    #: export.data.ExportData the calibration came from (its images, for inputs at another size); None in tests
+    data: Any = None
 
     @property
     def architecture(self) -> str:
@@ -122,3 +131,20 @@ class ExportContext:
     @property
     def input_size(self) -> int:
         return self.preprocessing.input_size
+
+    @property
+    def phone_input_size(self) -> int | None:
+        """The TFLite artifacts' input side when it is larger than the model's (in-graph downscale), else None."""
+        from export.resize_in_graph import resolve_size
+
+        pre = self.preprocessing
+        return resolve_size(self.options.phone_input_size, pre.input_size, pre.resize_size)
+
+    def inputs_at(self, cfg: PreprocessConfig, which: str = "calib") -> np.ndarray:
+        """``which`` ("calib" or "eval") images preprocessed with ``cfg`` (e.g. at an artifact's larger input side);
+        ``calib`` itself where ``cfg`` is the source's."""
+        if which == "calib" and cfg == self.preprocessing:
+            return self.calib
+        if self.data is None:
+            raise LesionliteError("this export context has no data to preprocess at another input size")
+        return np.asarray(self.data.inputs(which, cfg)[:])

@@ -11,7 +11,7 @@ faults, which are one Pillow call each; the parameters follow ImageNet-C's low s
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter

@@ -9,14 +9,45 @@ checkpoint was trained on (its manifest's ``data.name``). Every image goes throu
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from distill.data.base import refuse_evaluation_only
 from lesionlite.errors import LesionliteError
-from lesionlite.preprocessing import PreprocessConfig, preprocess_batch
+from lesionlite.preprocessing import PreprocessConfig, normalize, preprocess_batch, resize_and_crop
+
+
+class PreparedInputs:
+    """Images resized once with a :class:`PreprocessConfig` and kept as uint8 (a 256 px float32 copy of a whole
+    test split would be ~0.8 MB an image); slicing gives the float32 NCHW batch :func:`preprocess_batch` gives.
+
+    Used where an artifact takes another input than the source's (TFLite's larger phone input, the downscale in
+    its graph): ``len(x)``, ``x[i:j]`` and ``x[:]`` work as on the array they stand for.
+    """
+
+    def __init__(self, images: Sequence[Any], cfg: PreprocessConfig) -> None:
+        self.cfg = cfg
+        s = cfg.input_size
+        self._u8 = (np.stack([np.asarray(resize_and_crop(im, cfg), dtype=np.uint8) for im in images])
+                    if len(images) else np.zeros((0, s, s, 3), np.uint8))
+
+    def __len__(self) -> int:
+        return len(self._u8)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n, h, w, c = self._u8.shape
+        return (n, c, h, w)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        rows = self._u8[index]
+        if not len(rows):
+            s = self.cfg.input_size
+            return np.zeros((0, 3, s, s), np.float32)
+        return np.stack([normalize(r, self.cfg, "NCHW") for r in rows]).astype(np.float32, copy=False)
 
 
 @dataclass
@@ -41,6 +72,20 @@ class ExportData:
     eval_images: Any = None
     #: lesion id per evaluation image (None when the data has none): the bootstrap resamples lesions
     eval_groups: list[str] | None = None
+    #: the calibration images as they came, re-read on demand (int8 calibration at another input size)
+    calib_images: Any = None
+
+    def inputs(self, which: str, cfg: PreprocessConfig) -> Any:
+        """The ``which`` ("calib" or "eval") images preprocessed with ``cfg`` — an artifact whose input differs
+        from the source's (TFLite's phone input) — as :class:`PreparedInputs`, made once per config."""
+        cache = self.__dict__.setdefault("_inputs", {})
+        key = (which, repr(cfg.to_dict()))
+        if key not in cache:
+            loader = self.calib_images if which == "calib" else self.eval_images
+            if loader is None:
+                raise LesionliteError(f"data {self.name!r} cannot give its original {which} images again")
+            cache[key] = PreparedInputs(loader(), cfg)
+        return cache[key]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -147,4 +192,5 @@ def prepare_data(
         eval_groups=eval_groups,
         eval_indices=[int(i) for i in idx] if idx is not None else None,
         eval_images=lambda: [p[0] for p in _take(source, eval_samples, seed + 1)],
+        calib_images=lambda: [p[0] for p in _take(bundle.train, calib_samples, seed)],
     )

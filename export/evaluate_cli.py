@@ -12,13 +12,12 @@ MODEL is a run folder written by ``distill`` (needs torch), an artifact folder w
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,8 +68,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += [f"- model: {m['architecture']} {m.get('kind')} {m.get('precision')} ({m.get('runtime')}), "
               f"{m['input_size']} px, temperature {m['temperature']:.3f}, trained on {m.get('trained_on')}",
               f"- data: `{d['spec']}` — {d['source']}",
-              *([f"- test-time augmentation: {d['tta']} (probabilities averaged over the views)"] if d.get("tta", "none") != "none" else []),
-              f"- images evaluated: {d['n']}" + (f" (left out, no counterpart among the model's classes: "
+              *([f"- test-time augmentation: {d['tta']} (probabilities averaged over the views)"]
+                if d.get("tta", "none") != "none" else []),
+              f"- images evaluated: {d['n']}" + (" (left out, no counterpart among the model's classes: "
                                                  + ", ".join(f"{k} {v}" for k, v in d["excluded"].items()) + ")"
                                                  if d.get("excluded") else ""),
               "- " + ("**external set** (another institution; evaluation only)" if d.get("external") else
@@ -83,7 +84,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines += ["No operating point in the manifest (export chooses one on the validation split): "
                   "sensitivity and specificity are not reported.", ""]
     b = c.get("bootstrap", {})
-    lines += [f"| figure | value [95 % CI] |", "|---|---:|"]
+    lines += ["| figure | value [95 % CI] |", "|---|---:|"]
     lines += [f"| {label} | {value} |" for label, value in figure_rows(c)]
     lines += ["", f"Intervals: {b.get('n_boot')} bootstrap replicates, stratified by class, resampled by "
               f"{b.get('resampled_by')}; percentile method.", "",

@@ -11,8 +11,9 @@ external set (an evaluation-only bundle) is only ever predicted on — nothing i
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,9 @@ class EvidenceSet:
     attributes: list[dict[str, str]] | None
     stats: np.ndarray | None  # image statistics for the out-of-distribution check
     ref_logits: np.ndarray | None = None
+    #: the images as they came (PIL, in ``x``'s order), re-read on demand: for an artifact that takes another
+    #: input than ``x`` (TFLite's larger phone input, the downscale in its graph)
+    images: Callable[[], list[Any]] | None = None
 
 
 @dataclass
@@ -108,7 +112,8 @@ def internal_set(data: Any, manifest: Manifest, ref_logits: np.ndarray) -> Evide
     """The export's own evaluation images (the held-out test split)."""
     return EvidenceSet(role="internal", describe={"name": data.name, "split": data.eval_split, "n": int(len(data.eval_y))},
                        x=data.eval_x, labels=np.asarray(data.eval_y, np.int64), groups=data.eval_groups,
-                       attributes=data.eval_attributes, stats=_stats(data.eval_x, manifest), ref_logits=ref_logits)
+                       attributes=data.eval_attributes, stats=_stats(data.eval_x, manifest), ref_logits=ref_logits,
+                       images=getattr(data, "eval_images", None))
 
 
 def load_external(external: Any, data_root: str | None, manifest: Manifest) -> tuple[Any, str | None]:
@@ -136,7 +141,8 @@ def load_external(external: Any, data_root: str | None, manifest: Manifest) -> t
     return bundle, None
 
 
-def external_set(bundle: Any, manifest: Manifest, run: Callable[[np.ndarray], np.ndarray]) -> tuple[EvidenceSet | None, str | None]:
+def external_set(bundle: Any, manifest: Manifest,
+                 run: Callable[[np.ndarray], np.ndarray]) -> tuple[EvidenceSet | None, str | None]:
     """The external images whose class the model knows, prepared as ``lesionlite evaluate`` prepares them (a
     site-adapted model: its site's held-out images only), with PyTorch's outputs on them."""
     from distill.adapt import adapted_ids
@@ -159,7 +165,8 @@ def external_set(bundle: Any, manifest: Manifest, run: Callable[[np.ndarray], np
             "fingerprint": bundle.fingerprint, "excluded": excluded}
     return EvidenceSet(role="external", describe=desc, x=prepared.x, labels=prepared.labels_data,
                        groups=pick(getattr(test, "groups", None)), attributes=pick(getattr(test, "attributes", None)),
-                       stats=prepared.stats, ref_logits=_batched(run, prepared.x)), None
+                       stats=prepared.stats, ref_logits=_batched(run, prepared.x),
+                       images=lambda: [test.load_image(int(j)) for j in prepared.keep]), None
 
 
 def ood_flags(s: EvidenceSet, logits: np.ndarray | None, manifest: Manifest) -> np.ndarray | None:

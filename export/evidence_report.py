@@ -6,7 +6,8 @@ external site more than it costs the internal test split.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from export.evaluation_report import fmt_ci
 
@@ -50,9 +51,11 @@ def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[
              operating_point_line(evidence.get("operating_point")), ""]
     rows = [("PyTorch (source)", source_clinical)] + [(n, c) for n, c in artifacts if c]
     for role, sdesc in (evidence.get("sets") or {}).items():
-        title = ("Internal" if role == "internal" else "External") + f": {sdesc.get('name')} ({sdesc.get('split')}, n={sdesc.get('n')})"
+        title = (("Internal" if role == "internal" else "External")
+                 + f": {sdesc.get('name')} ({sdesc.get('split')}, n={sdesc.get('n')})")
         if role == "external" and sdesc.get("excluded"):
-            title += "; left out (no counterpart among the model's classes): " + ", ".join(f"{k} {v}" for k, v in sdesc["excluded"].items())
+            title += ("; left out (no counterpart among the model's classes): "
+                      + ", ".join(f"{k} {v}" for k, v in sdesc["excluded"].items()))
         present = next((c[role].get("classes_present") for _, c in rows if role in c), [])
         nmel = next((c[role].get("n_melanoma") for _, c in rows if role in c), None)
         lines += [f"**{title}** — classes present: {', '.join(present)}; melanomas: {nmel}", "",
@@ -65,7 +68,8 @@ def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[
         lines.append(f"- {note}")
     if artifacts:
         lines += ["", "Change of each artifact against PyTorch on the same images (paired bootstrap, 95 % CI):", "",
-                  "| artifact | " + " | ".join(f"{role}: {t}" for role in (evidence.get("sets") or {}) for _, t, _ in DELTAS) + " |",
+                  "| artifact | "
+                  + " | ".join(f"{role}: {t}" for role in (evidence.get("sets") or {}) for _, t, _ in DELTAS) + " |",
                   "|---|" + "---:|" * (len(DELTAS) * len(evidence.get("sets") or {}))]
         for name, c in artifacts:
             if not c:

@@ -9,8 +9,9 @@ counts). Everything is computed from what ``export_model`` already measured; not
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def group_labels(attributes: Sequence[dict[str, str]] | None) -> dict[str, tuple
         names, counts = np.unique(values, return_counts=True)
         if attr == "anatomical site":  # many sites: the small ones together
             small = set(names[counts < MIN_GROUP])
-            values = np.array(["other (each < %d)" % MIN_GROUP if v in small else v for v in values])
+            values = np.array([f"other (each < {MIN_GROUP})" if v in small else v for v in values])
         out[attr] = (values, sorted(set(values.tolist()), key=lambda v: (order.get(v, 99), v)))
     return out
 
@@ -178,8 +179,8 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {m['architecture']} ({m['input_size']} px)", "", f"> **{card['warning']}**", "",
              "## Intended use", "", card["intended_use"], "", f"Out of scope: {card['out_of_scope']}", "",
              "## Training data", "",
-             f"{td['name']} (fingerprint `{str(td['fingerprint'])[:12]}`)" + (" — **SYNTHETIC DATA**: generated images, "
-                                                                              "no figure here describes dermoscopy" if td["synthetic"] else ""),
+             f"{td['name']} (fingerprint `{str(td['fingerprint'])[:12]}`)"
+             + (" — **SYNTHETIC DATA**: generated images, no figure here describes dermoscopy" if td["synthetic"] else ""),
              "", f"## Performance of the PyTorch model on the {ev['split']} split ({ev['n']} images)", "",
              f"Accuracy {_pct(ev['metrics'].get('accuracy'))}, balanced accuracy {_pct(ev['metrics'].get('balanced_accuracy'))}, "
              f"macro-F1 {_pct(ev['metrics'].get('macro_f1'))}.", "",
@@ -189,7 +190,8 @@ def render_markdown(card: dict[str, Any]) -> str:
               f"Temperature {cal['temperature']:.3f} (fitted on validation at training time): ECE {cal['ece']:.3f} → "
               f"{cal['ece_calibrated']:.3f} on the {ev['split']} split. Out-of-distribution check in the manifest: "
               f"{'yes' if cal['out_of_distribution'] else 'no'}.", "",
-              "## Artifacts", "", "| artifact | status | size | balanced accuracy | cost vs PyTorch | top-1 agreement | latency p50 (this host) |",
+              "## Artifacts", "",
+              "| artifact | status | size | balanced accuracy | cost vs PyTorch | top-1 agreement | latency p50 (this host) |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for a in card["artifacts"]:
         cost = "—" if a["balanced_accuracy_cost_points"] is None else f"{a['balanced_accuracy_cost_points']:+.1f} pt"

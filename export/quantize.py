@@ -6,7 +6,8 @@ checkpoint's training split, preprocessed by :func:`lesionlite.preprocessing.pre
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

@@ -17,7 +17,7 @@ REPORT_MD = "export_report.md"
 class ParityError(LesionliteError):
     """Some artifact's top-1 agreement with PyTorch is below the threshold; nothing was written."""
 
-    def __init__(self, message: str, report: "ExportReport") -> None:
+    def __init__(self, message: str, report: ExportReport) -> None:
         super().__init__(message)
         self.report = report
 

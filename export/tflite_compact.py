@@ -29,7 +29,7 @@ def _dedup_builder(initial_size: int) -> Any:
             self._vectors: dict[tuple[str, int, bytes], int] = {}
             self.reused_bytes = 0
 
-        def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 - flatbuffers' name
+        def CreateNumpyVector(self, x: np.ndarray) -> int:
             key = (x.dtype.str, x.size, x.tobytes())
             if key in self._vectors:
                 self.reused_bytes += x.nbytes

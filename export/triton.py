@@ -39,9 +39,10 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lesionlite.atomic import remove_stale_leftovers, replace_dir
 from lesionlite.discovery import artifact_dirs
@@ -152,8 +153,8 @@ def graph_temperature(manifest: Manifest) -> float:
 
 def add_probabilities(model: Any, temperature: float, name: str = PROBABILITIES) -> Any:
     """Append ``name = Softmax(float(logits) / temperature)`` over the class axis as a second output."""
-    from onnx import TensorProto, helper, numpy_helper
     import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
     if len(g.output) != 1:
@@ -232,7 +233,8 @@ def render_config(name: str, manifest: Manifest, inputs: list[TensorSpec], outpu
     ]
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {INSTANCE_KINDS[options.instance_kind]}\n  }}\n]")
+    lines.append(f"instance_group [\n  {{\n    count: {options.instances}\n"
+                 f"    kind: {INSTANCE_KINDS[options.instance_kind]}\n  }}\n]")
     lines.append("version_policy: { latest: { num_versions: 1 } }")
     if session:
         lines.append("# Triton's onnxruntime backend applies only its own parameters, not arbitrary session config\n"

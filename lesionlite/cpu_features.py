@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import platform
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 #: onnxruntime session entries that only matter on x86 without VNNI
 X86_NO_VNNI_ONLY = ("session.x64quantprecision",)

@@ -150,7 +150,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], source: str = "manifest") -> Manifest:
         missing = [k for k in ("kind", "architecture", "class_names", "preprocessing") if k not in d]
         if missing:
             raise LesionliteError(f"{source}: not a lesionlite manifest (missing {', '.join(missing)})")

@@ -17,7 +17,8 @@ stored beside the thresholds. numpy only: ``serve`` runs without torch.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

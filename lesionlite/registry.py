@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from lesionlite.errors import LesionliteError
 

@@ -8,7 +8,8 @@ Inputs are plain dicts, so the rule runs without torch.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 TOLERANCE_POINTS = 1.0
 

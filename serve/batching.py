@@ -1,17 +1,17 @@
 """Micro-batching: concurrent requests for one model are grouped into one runtime call.
 
-Each model has a bounded :class:`asyncio.Queue` of preprocessed images and one batcher task. The
-batcher takes the first waiting image and up to ``max_batch - 1`` more — those already waiting, and,
-while the worker is busy with another batch, those arriving within ``max_wait_ms`` — and hands the batch to the model's own worker thread (the event loop never blocks on
-inference). Up to ``max_in_flight`` batches are handed over at once (default 2: one running, the next
-waiting in the worker's queue), so the worker starts the next batch the moment one ends instead of
-idling while the event loop — which competes with request handling and image decoding for the GIL —
-delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured that idle gap at
-over a third of the worker's time with one batch at a time. An item may also be a zero-argument
-callable that returns the image (decoding + preprocessing): the worker thread calls it just before
-running the batch, so that the image is decoded on the thread that infers it (one thread hand-off per
-request instead of two; ``/predict`` does this when the model is idle); a callable that raises fails
-its own caller only. New images wait in the queue; when it is full, :meth:`submit` refuses at once
+Each model has a bounded :class:`asyncio.Queue` of preprocessed images and one batcher task. The batcher takes
+the first waiting image and up to ``max_batch - 1`` more — those already waiting, and, while the worker is
+busy with another batch, those arriving within ``max_wait_ms`` — and hands the batch to the model's own worker
+thread (the event loop never blocks on inference). Up to ``max_in_flight`` batches are handed over at once
+(default 2: one running, the next waiting in the worker's queue), so the worker starts the next batch the
+moment one ends instead of idling while the event loop — which competes with request handling and image
+decoding for the GIL — delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured
+that idle gap at over a third of the worker's time with one batch at a time. An item may also be a
+zero-argument callable that returns the image (decoding + preprocessing): the worker thread calls it just
+before running the batch, so that the image is decoded on the thread that infers it (one thread hand-off per
+request instead of two; ``/predict`` does this when the model is idle); a callable that raises fails its own
+caller only. New images wait in the queue; when it is full, :meth:`submit` refuses at once
 (:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Overloaded(Exception):
 
 
 #: a preprocessed image, or a callable that makes one on the worker thread (and may raise for a bad image)
-Item = Union[np.ndarray, Callable[[], np.ndarray]]
+Item = np.ndarray | Callable[[], np.ndarray]
 
 
 class MicroBatcher:

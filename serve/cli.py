@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from lesionlite.errors import require
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -35,7 +36,15 @@ from serve.errors import ApiError
 from serve.images import decode_image
 from serve.models import REFER, REFERRAL_SCORE, LoadedModel
 from serve.oip import (
-    BYTES, HEADER_LENGTH, MAX_RANK, InferRequest, RequestedOutput, Tensor, decompress, encode_response, parse_request,
+    BYTES,
+    HEADER_LENGTH,
+    MAX_RANK,
+    InferRequest,
+    RequestedOutput,
+    Tensor,
+    decompress,
+    encode_response,
+    parse_request,
 )
 from serve.postprocess import calibrated_probabilities
 from serve.state import ServerState
@@ -248,5 +257,5 @@ def _classification(name: str, values: np.ndarray, k: int, labels: list[str]) ->
     """Triton's classification extension: the top ``k`` per row as ``"value:index:label"``, best first."""
     k = min(k, values.shape[1])
     order = np.argsort(-values, axis=1, kind="stable")[:, :k]
-    data = [f"{values[n, i]:f}:{i}:{labels[i]}".encode("utf-8") for n in range(values.shape[0]) for i in order[n]]
+    data = [f"{values[n, i]:f}:{i}:{labels[i]}".encode() for n in range(values.shape[0]) for i in order[n]]
     return Tensor(name, BYTES, (values.shape[0], k), data)

@@ -8,7 +8,8 @@ reach the inference logic instead of the "unknown model" branch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 

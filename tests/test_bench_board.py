@@ -54,8 +54,9 @@ def int8_export(tmp_path_factory) -> Path:
     """A real int8 TFLite and int8 ONNX export of a tiny trained CNN (synthetic data, ~seconds)."""
     pytest.importorskip("torch")
     pytest.importorskip("ai_edge_litert")
-    from export.api import export_model
     from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+    from export.api import export_model
 
     root = tmp_path_factory.mktemp("board_export")
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=28)

@@ -74,7 +74,8 @@ def test_local_schema_and_numbers(bench_a):
     for k in ("created", "model_dir", "target", "host", "settings", "artifacts", "results"):
         assert k in doc
     host = doc["host"]
-    for k in ("cpu_model", "cpu_flags", "logical_cores", "affinity", "affinity_mask", "os", "python", "onnxruntime", "ai_edge_litert"):
+    for k in ("cpu_model", "cpu_flags", "logical_cores", "affinity", "affinity_mask", "os", "python", "onnxruntime",
+              "ai_edge_litert"):
         assert k in host
     assert host["onnxruntime"] and host["ai_edge_litert"]
     assert doc["settings"]["threads"] == [1, 2] and doc["settings"]["runs"] == 30 and doc["settings"]["repeats"] == 2
@@ -157,10 +158,10 @@ def test_compare(bench_a, model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "p50 B/A" in out and "p99 B/A" in out and "throughput B/A" in out and "size B/A" in out
-    lines = [l for l in out.splitlines() if l.startswith("tiny_cnn_")]
-    assert {l.split()[0] for l in lines} == {"tiny_cnn_onnx_fp32", "tiny_cnn_tflite_fp32"}
-    assert all(l.split()[1] == "1" for l in lines)
-    assert all("within noise" in l or "OUTSIDE noise" in l for l in lines)  # p50 judged against both runs' noise
+    lines = [line for line in out.splitlines() if line.startswith("tiny_cnn_")]
+    assert {line.split()[0] for line in lines} == {"tiny_cnn_onnx_fp32", "tiny_cnn_tflite_fp32"}
+    assert all(line.split()[1] == "1" for line in lines)
+    assert all("within noise" in line or "OUTSIDE noise" in line for line in lines)  # p50 judged against both runs' noise
     assert "p50 difference within the two runs' between-process noise" in out
     assert "only in A: " in out  # threads=2 was measured in A only
     assert "note: A and B were measured differently (runs: 30 → 20; warmup: 3 → 2)" in out
@@ -218,9 +219,11 @@ def test_ssh_target_with_loopback_stand_ins(model_dir, tmp_path, monkeypatch):
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    _write_exec(bindir / "ssh", '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac; done\n'
+    _write_exec(bindir / "ssh", '#!/bin/sh\n'
+                                'while [ $# -gt 0 ]; do case "$1" in -o|-p) shift 2;; -*) shift;; *) break;; esac; done\n'
                                 'shift\nexec sh -c "$*"\n')
-    _write_exec(bindir / "scp", '#!/bin/sh\nwhile [ $# -gt 0 ]; do case "$1" in -o|-P) shift 2;; -*) shift;; *) break;; esac; done\n'
+    _write_exec(bindir / "scp", '#!/bin/sh\n'
+                                'while [ $# -gt 0 ]; do case "$1" in -o|-P) shift 2;; -*) shift;; *) break;; esac; done\n'
                                 'exec cp "$1" "${2#*:}"\n')
     monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ["PATH"])
     src = tmp_path / "m"
@@ -236,9 +239,10 @@ def test_ssh_target_with_loopback_stand_ins(model_dir, tmp_path, monkeypatch):
 
 
 def test_int8_input_quantized_per_manifest(tmp_path):
+    import numpy as np
+
     from mobile_benchmarks.artifacts import Artifact
     from mobile_benchmarks.bench import make_input
-    import numpy as np
 
     cfg = PreprocessConfig(input_size=16)
     q = {"scale": 0.0117, "zero_point": -22}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _fixtures_data import make_ham, make_imagefolder, make_isic2019, make_npz, real_data_root, write_csv
 from PIL import Image
 
-from _fixtures_data import make_ham, make_imagefolder, make_isic2019, make_npz, real_data_root, write_csv
 from distill.data import DERMAMNIST_CLASSES, ISIC2019_CLASSES, load_dataset, parse_spec
 from distill.data.splits import grouped_stratified_split
 from lesionlite.errors import LesionliteError
@@ -298,8 +298,8 @@ def test_grouped_split_keeps_groups_and_proportions() -> None:
 def test_multiview_dataset_and_collate() -> None:
     import torch
 
-    from distill.transforms import MultiViewDataset, collate_views, eval_transform, train_transform
     from distill.methods.base import Batch
+    from distill.transforms import MultiViewDataset, collate_views, eval_transform, train_transform
     from lesionlite.preprocessing import PreprocessConfig
 
     b = load_dataset("synthetic", synthetic_size=32, synthetic_counts=(14, 7, 7))

@@ -17,9 +17,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install executorch==1.5.1)")
 
-from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle  # noqa: E402
-from lesionlite.manifest import read_manifest  # noqa: E402
-from lesionlite.preprocessing import preprocess_batch  # noqa: E402
+from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle
+
+from lesionlite.manifest import read_manifest
+from lesionlite.preprocessing import preprocess_batch
 
 pytestmark = pytest.mark.slow
 PRECISIONS = ("fp32", "int8")

@@ -22,10 +22,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from tiny_checkpoint import PREPROCESSING, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
-from export.formats import list_formats  # noqa: E402
-from lesionlite.manifest import absolute_paths_in, read_manifest  # noqa: E402
-from lesionlite.preprocessing import preprocess_batch  # noqa: E402
+from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle
+
+from export.formats import list_formats
+from lesionlite.manifest import absolute_paths_in, read_manifest
+from lesionlite.preprocessing import preprocess_batch
 
 #: every registered format, in ``--format all`` order (a new format is held to the same round trip)
 FORMATS = tuple(list_formats())

@@ -9,12 +9,13 @@ import pytest
 
 pytest.importorskip("torch")
 
-import export.data  # noqa: E402
-from export.cli import main as export_main  # noqa: E402
-from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle  # noqa: E402
-from lesionlite.cli import main as lesionlite_main  # noqa: E402
-from lesionlite.cli import run_stage  # noqa: E402
-from lesionlite.manifest import read_manifest  # noqa: E402
+from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+import export.data
+from export.cli import main as export_main
+from lesionlite.cli import main as lesionlite_main
+from lesionlite.cli import run_stage
+from lesionlite.manifest import read_manifest
 
 pytestmark = pytest.mark.slow  # real conversions through the CLI
 

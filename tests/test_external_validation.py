@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _fixtures_data import real_data_root, write_csv
 from PIL import Image
 
-from _fixtures_data import real_data_root, write_csv
 from distill.bootstrap import bootstrap, replicate_indices
 from distill.clinical import (
     OperatingPoint,
@@ -159,8 +159,9 @@ def test_clinical_metrics_and_paired_deltas_on_known_predictions():
 def exported_with_external(tmp_path_factory: pytest.TempPathFactory, external_root: Path):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from export.api import export_model
     from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+    from export.api import export_model
 
     tmp = tmp_path_factory.mktemp("extexport")
     bundle = synthetic_bundle()
@@ -195,8 +196,9 @@ def test_export_writes_internal_and_external_figures_with_cis(exported_with_exte
 
 
 def test_external_none_turns_it_off_and_a_non_external_spec_is_refused(exported_with_external, tmp_path: Path):
-    from export.api import export_model
     from tiny_checkpoint import synthetic_bundle
+
+    from export.api import export_model
 
     run, _, _ = exported_with_external
     r = export_model(run, tmp_path / "o", "onnx", "fp32", dataset=synthetic_bundle(), calib_samples=20, external="none")
@@ -264,10 +266,11 @@ def test_the_real_external_set_when_present():
 # ------------------------------------------------------------------------------------------ lesionlite adapt
 def test_adapt_never_measures_on_the_images_it_adapted_on(external_root: Path, tmp_path: Path):
     pytest.importorskip("torch")
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
     from distill.adapt import AdaptConfig, adapt, site_split
     from export.evaluate import evaluate
     from lesionlite.manifest import read_manifest
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     run = make_tiny_checkpoint(tmp_path / "run", synthetic_bundle(),
                                data={"name": "synthetic", "spec": "synthetic", "synthetic": True})
@@ -298,9 +301,10 @@ def test_evaluate_a_probabilities_tflite_matches_export(exported_with_external, 
     """A TFLite artifact (softmax in the graph): evaluate's figures equal what export measured for it."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("litert_torch")
+    from tiny_checkpoint import synthetic_bundle
+
     from export.api import export_model
     from export.evaluate import evaluate
-    from tiny_checkpoint import synthetic_bundle
 
     run, _, _ = exported_with_external
     ext = load_dataset("isic-archive:isic_ext", root=external_root)

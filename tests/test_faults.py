@@ -26,11 +26,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
+from test_serve_support import ServerThread, build_onnx, encode, free_port, pattern, wait_until_ready
 from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
-from test_serve_support import ServerThread, build_onnx, encode, free_port, pattern, wait_until_ready
 
 pytestmark = pytest.mark.slow  # killed exports and trainings in subprocesses, a server under SIGTERM
 

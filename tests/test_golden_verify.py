@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
-from tiny_checkpoint import CLASS_NAMES, make_tiny_checkpoint, synthetic_bundle  # noqa: E402
+from tiny_checkpoint import CLASS_NAMES, make_tiny_checkpoint, synthetic_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ def test_balanced_accuracy_and_macro_f1_by_hand() -> None:
 
 
 def test_against_sklearn_on_random_data() -> None:
-    from sklearn.metrics import (average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score)
+    from sklearn.metrics import average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
 
     rng = np.random.default_rng(0)
     k, n = 5, 400

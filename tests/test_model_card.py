@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
 from export.model_card import CARD_JSON, CARD_MD, balanced_accuracy, subgroups
-from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
 pytestmark = pytest.mark.slow  # real exports
 

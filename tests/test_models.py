@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from _fixtures_data import REPO_ROOT
+
 from distill.models import build_model, get_model_spec, list_models
 from distill.weights import KNOWN_WEIGHTS, load_imagenet_weights
 from lesionlite.errors import LesionliteError

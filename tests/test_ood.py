@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_serve_support import ServerThread, build_onnx, encode
 
 from lesionlite.manifest import MANIFEST_NAME
 from lesionlite.ood import fit, image_statistics, unnormalize
 from lesionlite.preprocessing import PreprocessConfig, preprocess
-from test_serve_support import ServerThread, build_onnx, encode
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from _fixtures_cpu import PRECISE_INT8_APPLIED
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from lesionlite.manifest import Manifest  # noqa: E402
-from lesionlite.preprocessing import PreprocessConfig  # noqa: E402
+from lesionlite.manifest import Manifest
+from lesionlite.preprocessing import PreprocessConfig
 
 CONFIG = {"session.x64quantprecision": "1"}
 PRECISE = "session.x64quantprecision"

@@ -13,9 +13,9 @@ import pytest
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg", force=True)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import to_rgba  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import to_rgba
+from matplotlib.patches import Rectangle
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +158,8 @@ def test_accuracy_plot_uses_balanced_accuracy():
 def test_accuracy_plot_balanced_accuracy_from_the_accuracy_source():
     from mobile_benchmarks.report import accuracy_metric
 
-    assert accuracy_metric({"accuracy": 0.7, "accuracy_source": "manifest metrics.test_balanced_accuracy"}) == (0.7, "balanced accuracy")
+    metric = {"accuracy": 0.7, "accuracy_source": "manifest metrics.test_balanced_accuracy"}
+    assert accuracy_metric(metric) == (0.7, "balanced accuracy")
     assert accuracy_metric({"accuracy": 0.7, "accuracy_source": "manifest metrics.accuracy"}) == (0.7, "accuracy")
     assert accuracy_metric({"accuracy": None}) == (None, "accuracy")
 

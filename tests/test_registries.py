@@ -17,14 +17,14 @@ from lesionlite.registry import Registry
 
 torch = pytest.importorskip("torch")
 
-from distill.config import resolve_config  # noqa: E402
-from distill.data.registry import DATASETS, parse_spec  # noqa: E402
-from distill.methods.base import DistillMethod  # noqa: E402
-from distill.methods.registry import METHODS  # noqa: E402
-from distill.models.registry import MODELS, build_model  # noqa: E402
-from export.formats import FORMATS, ExportFormat, list_formats  # noqa: E402
-from mobile_benchmarks.targets import TARGETS, BenchTarget, parse_target  # noqa: E402
-from serve.runtimes import RUNTIMES, Runtime  # noqa: E402
+from distill.config import resolve_config
+from distill.data.registry import DATASETS, parse_spec
+from distill.methods.base import DistillMethod
+from distill.methods.registry import METHODS
+from distill.models.registry import MODELS, build_model
+from export.formats import FORMATS, ExportFormat, list_formats
+from mobile_benchmarks.targets import TARGETS, BenchTarget, parse_target
+from serve.runtimes import RUNTIMES, Runtime
 
 #: a tiny run: synthetic 16 px images, tiny_cnn, two optimizer steps of one epoch
 TINY = {

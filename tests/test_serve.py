@@ -1,9 +1,8 @@
 """serve: a real uvicorn on a loopback port, fed every image mode and every kind of bad input."""
 from __future__ import annotations
 
-import base64
-
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -15,12 +14,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_serve_support import (
     CLASS_NAMES,
     INPUT_SIZE,
-    ServerThread,
     TEMPERATURE,
+    ServerThread,
     encode,
     exif_rotated_jpeg,
     free_port,
@@ -35,8 +33,8 @@ from test_serve_support import (
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
-from serve.app import create_app  # noqa: E402
-from serve.settings import Settings  # noqa: E402
+from serve.app import create_app
+from serve.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = image_variants()
@@ -139,6 +137,7 @@ def test_top_k_and_temperature(client: httpx.Client, models_dir: Path) -> None:
     assert_error(post_file(client, JPEG, top_k="abc"), 422, "invalid_request")
     # the calibration temperature really is applied: T=1 would give sharper probabilities
     import onnxruntime as ort
+
     from lesionlite.preprocessing import PreprocessConfig, load_image_bytes, preprocess
 
     sess = ort.InferenceSession(str(models_dir / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_serve_support import CLASS_NAMES, image_variants, model_root, serving
 
 from lesionlite.classes import display_name
-
-from test_serve_support import CLASS_NAMES, image_variants, model_root, serving
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -118,7 +117,6 @@ def test_page_says_synthetic_and_states_referral_and_abstain_reasons(tmp_path_fa
     import httpx
     import numpy as np
     from PIL import Image
-
     from test_serve_support import encode, tflite_root
 
     noise = encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")

@@ -25,16 +25,16 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from lesionlite.ood import assess, fit, image_statistics, unnormalize  # noqa: E402
-from serve.app import create_app  # noqa: E402
-from serve.batching import MicroBatcher  # noqa: E402
-from serve.errors import ApiError  # noqa: E402
-from serve.images import decode_image  # noqa: E402
-from serve.postprocess import summarize  # noqa: E402
-from serve.schemas import Prediction  # noqa: E402
-from serve.settings import Settings  # noqa: E402
+from lesionlite.ood import assess, fit, image_statistics, unnormalize
+from serve.app import create_app
+from serve.batching import MicroBatcher
+from serve.errors import ApiError
+from serve.images import decode_image
+from serve.postprocess import summarize
+from serve.schemas import Prediction
+from serve.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 #: a real 64 px int8 TFLite student (NHWC), when this checkout has it (artifacts/ is not in git)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_serve_support import ServerThread, build_onnx
 
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
-from test_serve_support import ServerThread, build_onnx
 
 
 def _edit(d: Path, **fields) -> None:

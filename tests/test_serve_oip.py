@@ -21,15 +21,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
 from test_serve import JPEG, VARIANTS
 from test_serve_support import CLASS_NAMES, TEMPERATURE, ServerThread
 
 httpclient = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
+from tritonclient.utils import InferenceServerException
 
-from lesionlite.manifest import read_manifest  # noqa: E402
-from lesionlite.preprocessing import load_image_bytes, preprocess  # noqa: E402
+from lesionlite.manifest import read_manifest
+from lesionlite.preprocessing import load_image_bytes, preprocess
 
 INFER = "/v2/models/onnx/infer"
 HL = "Inference-Header-Content-Length"
@@ -475,8 +474,8 @@ def test_codec_refuses_anything_malformed_with_a_4xx() -> None:
                       "parameters": st.dictionaries(st.sampled_from(["binary_data", "classification"]), values)}),
                       max_size=3) | values})
 
-    @given(doc=request | values, blob=st.binary(max_size=96), header=st.none() | st.integers(-2, 400).map(str) | st.text(max_size=4),
-           frame=st.booleans())
+    @given(doc=request | values, blob=st.binary(max_size=96),
+           header=st.none() | st.integers(-2, 400).map(str) | st.text(max_size=4), frame=st.booleans())
     @settings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     def run(doc: Any, blob: bytes, header: str | None, frame: bool) -> None:
         body = json.dumps(doc).encode()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from test_serve_support import image_variants, model_root, serving
 
 pytestmark = pytest.mark.slow  # the schemathesis CLI against two live servers (~80 s)

@@ -103,8 +103,9 @@ def build_with_export_api(root: Path) -> Path:
     Uses ``tiny_checkpoint.make_tiny_checkpoint`` (tiny_cnn trained briefly on synthetic images) and
     ``export.api.export_model``; raises if the export stage is missing or fails.
     """
-    from export.api import export_model
     from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+    from export.api import export_model
 
     bundle = synthetic_bundle()
     ckpt = make_tiny_checkpoint(root.parent / (root.name + "_ckpt"), bundle)
@@ -182,7 +183,7 @@ class ServerThread:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

@@ -49,8 +49,9 @@ def test_an_int8_only_export_is_held_to_pytorch() -> None:
 def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
     import json
 
-    from export.api import export_model
     from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
+    from export.api import export_model
 
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
     ckpt = make_tiny_checkpoint(tmp_path / "run", bundle)

@@ -8,13 +8,13 @@ import warnings
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from distill.methods import ssdkd_losses as L  # noqa: E402
-from distill.methods.base import Batch, MethodContext  # noqa: E402
-from distill.methods.registry import get_method  # noqa: E402
-from distill.methods.ssdkd import SSDKD, SSDKDConfig, rotation_views  # noqa: E402
-from distill.models import LesionClassifier, build_model  # noqa: E402
+from distill.methods import ssdkd_losses as L
+from distill.methods.base import Batch, MethodContext
+from distill.methods.registry import get_method
+from distill.methods.ssdkd import SSDKD, SSDKDConfig, rotation_views
+from distill.models import LesionClassifier, build_model
 
 NUM_CLASSES = 3
 COUNTS = [6, 3, 1]

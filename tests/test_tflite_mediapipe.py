@@ -1,8 +1,10 @@
 """Exported TFLite in the phone's task runtime: metadata present, MediaPipe's ImageClassifier loads every file.
 
 One module-scoped export of the tiny_cnn fixture (tests/tiny_checkpoint.py) to TFLite fp32/fp16/int8 and
-int8 with integer I/O (uint8 pixels in, uint8 probabilities out). MediaPipe gets the test images as
-they are (48x40 RGB, resized by MediaPipe itself to the 32 px input), as an app would give them.
+int8 with integer I/O (uint8 pixels in, uint8 probabilities out), with the default phone input (``auto``: a
+256 px input downscaled to the model's 32 px inside the graph), and one fp32 export with it off (the model's own
+32 px input). MediaPipe gets the test images as they are (48x40 RGB, resized by MediaPipe itself to the input),
+as an app would give them.
 """
 from __future__ import annotations
 
@@ -15,16 +17,17 @@ pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("mediapipe")
 
-from tiny_checkpoint import CLASS_NAMES, synthetic_bundle, make_tiny_checkpoint  # noqa: E402
+from tiny_checkpoint import CLASS_NAMES, make_tiny_checkpoint, synthetic_bundle
 
 pytestmark = pytest.mark.slow
 MIN_AGREEMENT = 0.97
+PHONE = 256  # --phone-input-size auto for the 32 px fixture model: the smallest multiple of 32 >= 256
 
 
 class _Split(list):
     """A list split that also answers ``load_image(i)`` like the project's datasets."""
 
-    def load_image(self, i: int):  # noqa: ANN201
+    def load_image(self, i: int):
         return self[i][0]
 
 
@@ -70,8 +73,8 @@ def test_metadata_and_manifest(exported, which):
 def test_mediapipe_runs_each_file_as_exported(exported, bundle, which):
     from export.mediapipe_check import classify
     from lesionlite.manifest import read_manifest
-    from serve.runtimes.tflite import TFLiteRuntime
     from lesionlite.preprocessing import preprocess_batch
+    from serve.runtimes.tflite import TFLiteRuntime
 
     images = [p[0] for p in bundle.test]
     scores, labels = classify(exported[which] / "model.tflite", images, CLASS_NAMES)
@@ -82,6 +85,7 @@ def test_mediapipe_runs_each_file_as_exported(exported, bundle, which):
     manifest = read_manifest(exported[which] / "manifest.json")
     rt = TFLiteRuntime(exported[which] / "model.tflite", manifest, threads=1)
     x = preprocess_batch(images, manifest.preprocessing, "NHWC")
+    assert list(x.shape[1:]) == [PHONE, PHONE, 3] == list(rt.input_shape[1:])  # serve feeds what the manifest says
     served = np.exp(rt._run(x))  # log-probabilities → probabilities
     np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=0.02)
     assert np.mean(served.argmax(1) == scores.argmax(1)) >= MIN_AGREEMENT
@@ -101,9 +105,65 @@ def test_metadata_leaves_litert_outputs_unchanged(exported, bundle):
     def run(model: bytes) -> np.ndarray:
         it = Interpreter(model_content=model, num_threads=1)
         it.allocate_tensors()
-        x = np.asarray(bundle.test[0][0].resize((32, 32)), np.float32)[None] / 255.0
+        s = int(it.get_input_details()[0]["shape"][1])
+        x = np.asarray(bundle.test[0][0].resize((s, s)), np.float32)[None] / 255.0
         it.set_tensor(it.get_input_details()[0]["index"], x)
         it.invoke()
         return it.get_tensor(it.get_output_details()[0]["index"])
 
     assert np.array_equal(run(data), run(again))
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16", "int8", "int8-io"])
+def test_phone_input_with_the_downscale_in_the_graph(exported, which):
+    """Every precision takes the 256 px image and says so (manifest, metadata); the report has its cost."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.tflite_metadata import read_metadata
+    from lesionlite.manifest import read_manifest
+    from lesionlite.preprocessing import model_size
+
+    data = (exported[which] / "model.tflite").read_bytes()
+    it = Interpreter(model_content=data)
+    assert [int(d) for d in it.get_input_details()[0]["shape"]] == [1, PHONE, PHONE, 3]
+    md = read_metadata(data)
+    assert md["image_size"] == [PHONE, PHONE] and f"{PHONE}x{PHONE}" in md["description"]
+    assert "downscales" in md["input_description"]
+    m = read_manifest(exported[which] / "manifest.json")
+    assert m.preprocessing.input_size == PHONE and m.preprocessing.resize_size is None
+    resize = m.preprocessing.extra["in_graph_resize"]
+    assert (resize["from"], resize["to"]) == (PHONE, 32) and model_size(m.preprocessing) == 32
+    assert m.input["shape"] == [1, PHONE, PHONE, 3] and "resize_in_graph" in m.input
+    cost = m.extra["in_graph_resize"]["cost"]
+    assert cost["size_bytes_with"] > cost["size_bytes_without"] > 0
+    assert cost["litert_invoke_ms_p50_1thread_with"] > 0 and cost["litert_invoke_ms_p50_1thread_without"] > 0
+    assert cost["mediapipe_top1_agreement_pytorch_with"] >= MIN_AGREEMENT
+    assert cost["top1_agreement_with_vs_without"] >= MIN_AGREEMENT  # the int8 resize costs no answers here
+    golden = np.load(exported[which] / "golden" / "inputs.npy")
+    assert list(golden.shape[1:]) == [1, PHONE, PHONE, 3]
+    report = (exported[which].parent / "export_report.md").read_text()
+    assert "MediaPipe vs PyTorch, with / without" in report and exported[which].name in report
+
+
+def test_verify_passes_on_the_phone_input_artifacts(exported, capsys):
+    from lesionlite.cli import main
+
+    assert main(["verify", str(exported["fp32"].parent)]) == 0  # golden 256 px inputs re-made and re-run
+    assert "3 of 3 artifact(s) passed" in capsys.readouterr().out
+
+
+def test_phone_input_off_gives_the_models_own_input(tmp_path, bundle):
+    from export.api import export_model
+    from export.mediapipe_check import classify
+    from lesionlite.manifest import read_manifest
+
+    run = make_tiny_checkpoint(tmp_path / "tiny", bundle)
+    export_model(run, tmp_path / "out", "tflite", "fp32", dataset=bundle, calib_samples=50, phone_input_size=0,
+                 external=None)
+    art = tmp_path / "out" / "tiny_cnn_tflite_fp32"
+    m = read_manifest(art / "manifest.json")
+    assert m.input["shape"] == [1, 32, 32, 3] and m.preprocessing.input_size == 32
+    assert "in_graph_resize" not in m.preprocessing.extra and "in_graph_resize" not in m.extra
+    assert m.parity["mediapipe"]["status"] == "ok" and "in_graph_resize" not in m.parity
+    scores, labels = classify(art / "model.tflite", [p[0] for p in bundle.test[:4]], CLASS_NAMES)
+    assert labels == CLASS_NAMES and scores.shape == (4, len(CLASS_NAMES))

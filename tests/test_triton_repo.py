@@ -19,18 +19,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from test_serve_support import CLASS_NAMES, TEMPERATURE, image_variants, reference_probabilities
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 text_format = pytest.importorskip("google.protobuf.text_format")
 
-from export.triton import RepoOptions, build_triton_repository  # noqa: E402
-from lesionlite.manifest import read_manifest  # noqa: E402
+from export.triton import RepoOptions, build_triton_repository
+from lesionlite.manifest import read_manifest
 
 pytestmark = pytest.mark.slow  # real exports and Triton clients
-from lesionlite.preprocessing import PreprocessConfig, load_image_bytes, preprocess  # noqa: E402
+from lesionlite.preprocessing import PreprocessConfig, load_image_bytes, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = [v[0] for v in image_variants().values()][:5]
@@ -172,9 +171,10 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 def test_export_cli_writes_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``lesionlite export --triton-repo DIR``: the fp32, fp16 and int8 ONNX exports become three Triton models."""
     pytest.importorskip("torch")
+    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+
     import export.data
     from export.cli import main as export_main
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
 
     bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
     monkeypatch.setattr(export.data, "load_bundle", lambda spec, root, seed=0: bundle)

@@ -7,17 +7,16 @@ import itertools
 import math
 
 import numpy as np
-
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import Subset, TensorDataset  # noqa: E402
+import torch.nn.functional as F
+from torch.utils.data import Subset, TensorDataset
 
-from distill.methods import udcd_losses as L  # noqa: E402
-from distill.methods.base import Batch, MethodContext  # noqa: E402
-from distill.methods.registry import get_method, list_methods  # noqa: E402
-from distill.models import build_model  # noqa: E402
+from distill.methods import udcd_losses as L
+from distill.methods.base import Batch, MethodContext
+from distill.methods.registry import get_method, list_methods
+from distill.models import build_model
 
 D64 = torch.float64
 
@@ -54,7 +53,8 @@ def test_both_variants_registered_with_contract_attributes() -> None:
         rec = cls.default_overrides
         assert rec["optim.name"] == "adam" and rec["run.epochs"] == 80 and rec["optim.batch_size"] == 64
     c = get_method("udcd-code").config_cls()
-    assert (c.warmup_epochs, c.ccd_weight, c.rel_weight, c.nce_k, c.bank_momentum, c.ema_decay) == (20, 0.1, 25.0, 4096, 0.5, 0.99)
+    assert ((c.warmup_epochs, c.ccd_weight, c.rel_weight, c.nce_k, c.bank_momentum, c.ema_decay)
+            == (20, 0.1, 25.0, 4096, 0.5, 0.99))
     p = get_method("udcd").config_cls()
     assert (p.lambda_kl, p.lambda_scl, p.lambda_cra, p.max_triplets) == (1.0, 1.0, 1.0, 4096)
 
@@ -277,7 +277,7 @@ def test_ema_update_exact(step: int, alpha: float) -> None:
         for mod in (m.student, m.student_head, m.ema.model, m.ema.head):
             for p in mod.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
-            for name, b in mod.named_buffers():
+            for _name, b in mod.named_buffers():
                 if b.is_floating_point():
                     b.copy_(torch.rand(b.shape, generator=g) + 0.1)
                 else:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -192,7 +193,7 @@ def files_fingerprint(paths: Sequence[str], labels: np.ndarray, splits: np.ndarr
             size = os.stat(p).st_size
         except OSError:
             size = -1
-        h.update(f"{os.path.relpath(p, base)}\t{size}\t{y}\t{s}\n".encode("utf-8"))
+        h.update(f"{os.path.relpath(p, base)}\t{size}\t{y}\t{s}\n".encode())
     return h.hexdigest()
 
 

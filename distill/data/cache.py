@@ -19,7 +19,8 @@ holds ~460 MB of training images (7,010 × 171×128×3) and 62 MB of eval tensor
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -13,9 +13,9 @@ import numpy as np
 
 from distill.data.base import IMAGE_EXTENSIONS, DatasetBundle, FileDataset, files_fingerprint
 from distill.data.paths import data_root, resolve_path
+from distill.data.registry import register_dataset
 from distill.data.splits import DEFAULT_FRACTIONS, grouped_stratified_split
 from lesionlite.errors import LesionliteError
-from distill.data.registry import register_dataset
 
 SPLITS = ("train", "val", "test")
 

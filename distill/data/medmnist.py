@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle
-from lesionlite.hashing import file_sha256
 from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
-from lesionlite.errors import LesionliteError
 from distill.data.registry import register_dataset
+from lesionlite.errors import LesionliteError
+from lesionlite.hashing import file_sha256
 
 SIZES = (28, 64, 128, 224)
 SPLITS = ("train", "val", "test")

@@ -7,9 +7,9 @@ function is decorated ``@register_dataset(name, description)``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from distill.data.base import DatasetBundle
 from lesionlite.errors import LesionliteError

@@ -8,7 +8,7 @@ and assigned so that each split gets close to its fraction of the *images* of ev
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from distill.data.base import DERMAMNIST_CLASSES, ArrayDataset, DatasetBundle, fingerprint_parts
-from lesionlite.errors import LesionliteError
 from distill.data.registry import register_dataset
+from lesionlite.errors import LesionliteError
 
 GENERATOR_VERSION = "synthetic-v1"
 #: Larger images are rendered at this size and upsampled (bilinear) before the noise is added.

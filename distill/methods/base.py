@@ -10,8 +10,9 @@ Adding a method touches one file: subclass :class:`DistillMethod`, decorate it w
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -118,7 +119,7 @@ class DistillMethod(nn.Module):
     def after_optimizer_step(self, step: int) -> None:
         """Optional hook after each optimizer step (e.g. UDCD's EMA teacher update)."""
 
-    def train(self, mode: bool = True) -> "DistillMethod":
+    def train(self, mode: bool = True) -> DistillMethod:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # a frozen teacher always runs in eval mode (BN statistics fixed)

@@ -170,7 +170,7 @@ class QAT(KD):
         log.info("qat: student initialised from the teacher run (the 'random init' above is replaced), %d BatchNorm "
                  "layers folded, %d layers with int8 weights and inputs simulated", self.folded, len(self._layers))
 
-    def _quantized_forward(self, act: ActivationRange):  # noqa: ANN202 - a bound forward for one layer
+    def _quantized_forward(self, act: ActivationRange):
         method = self
 
         def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

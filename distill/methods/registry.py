@@ -5,7 +5,8 @@ subclass decorated ``@register_method("<name>")``; :class:`lesionlite.registry.R
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from lesionlite.registry import Registry
 

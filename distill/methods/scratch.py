@@ -12,8 +12,8 @@ of each batch. With balanced classes every weight is 1 and the loss is plain cro
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return (per * weights.to(per.device)[labels]).mean()
 
 
-def class_weight_buffer(counts: Sequence[int], cfg: "ScratchConfig") -> torch.Tensor | None:
+def class_weight_buffer(counts: Sequence[int], cfg: ScratchConfig) -> torch.Tensor | None:
     """The cross-entropy weights a method registers as a buffer: :func:`class_weights` or None (plain CE)."""
     return class_weights(counts) if cfg.class_weighted else None
 

@@ -52,8 +52,9 @@ import copy
 import logging
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -113,9 +113,10 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -285,7 +286,7 @@ class _UDCDBase(DistillMethod):
             raise LesionliteError("udcd: bank_momentum must be in [0, 1) and ema_decay in [0, 1]")
         if cfg.teacher_bn not in ("batch", "running"):
             raise LesionliteError(f"udcd: teacher_bn must be 'batch' or 'running', got {cfg.teacher_bn!r}")
-        feature_dim = int(getattr(student, "feature_dim"))
+        feature_dim = int(student.feature_dim)
         self.num_classes = int(ctx.num_classes)
         self.student_head, teacher_head = self._build_heads(feature_dim, cfg)
         self.ema = _EMATeacher(copy.deepcopy(student), teacher_head)

@@ -40,7 +40,7 @@ class LesionClassifier(nn.Module):
         #: keep every BatchNorm in eval mode (running statistics) even while training; see ``train``
         self.frozen_bn = False
 
-    def train(self, mode: bool = True) -> "LesionClassifier":
+    def train(self, mode: bool = True) -> LesionClassifier:
         """``nn.Module.train``, except that BatchNorm layers stay in eval mode when ``frozen_bn`` is set.
 
         Needed to fine-tune weights whose BatchNorm was folded into the convolutions (see

@@ -10,8 +10,8 @@ Each builder returns ``features`` = the backbone up to the last feature map (sta
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 

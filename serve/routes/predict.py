@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Annotated, Any, Callable
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Query, Request, Response
@@ -123,11 +124,12 @@ async def predict(
             # (while the model is busy, the preprocessing pool decodes alongside it: PIL releases the GIL)
             decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
 
-            def prepare() -> np.ndarray:
-                decoded.append(decode_for_prediction(data, entry, settings.max_pixels, settings.min_image_side))
+            def prepare(payload: bytes = data) -> np.ndarray:
+                decoded.append(decode_for_prediction(payload, entry, settings.max_pixels, settings.min_image_side))
                 return decoded[0][0]
 
             (logits,) = await state.classify(entry, [prepare])
+            del prepare  # its default holds the upload: freed with `data` below
         else:
             args = (data, entry, settings.max_pixels, settings.min_image_side)
             pool = state.decode_pool
