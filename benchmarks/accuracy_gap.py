@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from protocol_verdicts import MEDMNIST_BEST_ACC  # benchmarks/ is on sys.path when run as a script
+
+from benchmarks.protocol.verdicts import MEDMNIST_BEST_ACC
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol_verdicts import INT8_MAX_DROP, declared_qat_recipe  # benchmarks/ is on sys.path as a script
-from reproduce import _export_summary, _read_json, load_recipe
-
+from benchmarks.common import read_json
+from benchmarks.protocol.collect import export_summary
+from benchmarks.protocol.settings import read_recipe
+from benchmarks.protocol.verdicts import INT8_MAX_DROP, declared_qat_recipe
 from lesionlite.atomic import write_json_atomic
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.hostinfo import cpu_model, simd_flags
@@ -37,8 +38,8 @@ RECIPE_KEYS = {("run", "epochs"): "epochs", ("optim", "lr"): "lr", ("optim", "ba
 
 
 def int8_scores(export_dir: Path) -> dict[str, dict[str, float]]:
-    """Test ACC / Bal-ACC of each int8 artifact of an export directory (:func:`reproduce._export_summary`)."""
-    summary = _export_summary(export_dir) or {}
+    """Test ACC / Bal-ACC of each int8 artifact of an export directory (:func:`benchmarks.protocol.collect.export_summary`)."""
+    summary = export_summary(export_dir) or {}
     return {fmt: {k: a.get(k) for k in ("accuracy", "balanced_accuracy", "n")} for fmt, a in summary.items()
             if isinstance(a, dict) and fmt in ("tflite", "onnx") and a.get("balanced_accuracy") is not None}
 
@@ -84,8 +85,8 @@ def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
 
     if (out / "student.pt").exists() and (out / "manifest.json").exists():
         check_reused_recipe(out, args)
-        return float((_read_json(out / "metrics.json") or {}).get("wall_time_s") or 0.0)
-    src = _read_json(run / "manifest.json") or {}
+        return float((read_json(out / "metrics.json") or {}).get("wall_time_s") or 0.0)
+    src = read_json(run / "manifest.json") or {}
     data = {f"data.{k}": v for k, v in run_data_section(run).items() if k not in ("workers", "cache")}
     res = train(resolve_config(flags={
         **data, "method.name": "qat", "model.teacher": str(run), "model.arch": src.get("architecture"),
@@ -106,7 +107,7 @@ def export_like_the_protocol(run: Path, edir: Path, recipe: dict[str, Any], bund
 
 
 def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[str, Any]:
-    man = _read_json(run / "manifest.json")
+    man = read_json(run / "manifest.json")
     if man is None:
         raise SystemExit(f"{run}: no manifest.json (not a finished distill run)")
     float_bal = (man.get("metrics") or {}).get("test_balanced_accuracy")
@@ -117,14 +118,14 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
     qdir = Path(args.base_out) / f"{run.parent.name}_{run.name}_qat_e{args.epochs}_lr{args.lr:g}{alpha}"
     qat_s = qat_run(run, qdir, args)
     qat = int8_scores(qdir / "export")
-    export_s = float((_read_json(qdir / "export" / "qat_probe_export_time.json") or {}).get("wall_s") or 0.0)
+    export_s = float((read_json(qdir / "export" / "qat_probe_export_time.json") or {}).get("wall_s") or 0.0)
     if not qat:
         t0 = time.time()
         export_like_the_protocol(qdir, qdir / "export", recipe, run_bundle(run_data_section(run)))
         export_s = round(time.time() - t0, 1)
         write_json_atomic(qdir / "export" / "qat_probe_export_time.json", {"wall_s": export_s})
         qat = int8_scores(qdir / "export")
-    qman = _read_json(qdir / "manifest.json") or {}
+    qman = read_json(qdir / "manifest.json") or {}
     row = {"run": str(run), "qat_run": str(qdir.relative_to(ROOT) if qdir.is_relative_to(ROOT) else qdir),
            "float_balanced_accuracy": float_bal,
            "qat_simulated_balanced_accuracy": (qman.get("metrics") or {}).get("test_balanced_accuracy"),
@@ -139,7 +140,7 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
 
 def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
     """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``, parsed by
-    :func:`protocol_verdicts.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
+    :func:`benchmarks.protocol.verdicts.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
     the recipe the verdict counts; without a declared recipe: 2 epochs at lr 1e-4, the method's own KD weight."""
     try:
         declared = declared_qat_recipe(recipe) or {"epochs": 2, "lr": 1e-4, "alpha": None}
@@ -165,7 +166,7 @@ def record_row(out: Path, row: dict[str, Any]) -> None:
     fd = os.open(out.parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        rows = {row_key(r): r for r in (_read_json(out) or {}).get("rows", [])}
+        rows = {row_key(r): r for r in (read_json(out) or {}).get("rows", [])}
         rows[row_key(row)] = row
         write_json_atomic(out, {"benchmark": "qat_probe", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "target": f"int8 TFLite within {INT8_MAX_DROP * 100:.0f} Bal-ACC point of the float model",
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        recipe = load_recipe("cpu", args.recipe)
+        recipe = read_recipe("cpu", args.recipe)
     except LesionliteError as exc:
         raise SystemExit(f"--recipe: {exc}") from None
     apply_recipe_defaults(args, recipe)

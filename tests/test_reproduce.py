@@ -1,60 +1,61 @@
-"""benchmarks/reproduce.py: aggregation on hand-made numbers, target verdicts, and the smoke protocol
-end to end (synthetic data, tiny_cnn, 1 epoch, int8 exports), its skip/resume and time-budget logic."""
+"""benchmarks/reproduce.py (:mod:`benchmarks.protocol`): aggregation on hand-made numbers, target verdicts, typed
+recipes, and the smoke protocol end to end (synthetic data, tiny_cnn, 1 epoch, int8 exports), its skip/resume and
+time-budget logic."""
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _fixtures_data import real_data_root
+
+from benchmarks.protocol import verdicts as V
+from benchmarks.protocol.aggregate import aggregate, build_doc
+from benchmarks.protocol.cli import build_parser, main
+from benchmarks.protocol.collect import collect, committed_record, run_record_path
+from benchmarks.protocol.plan import build_plan
+from benchmarks.protocol.render import fmt_pm, render_markdown
+from benchmarks.protocol.run import EXIT_INCOMPLETE
+from benchmarks.protocol.settings import METHOD_LABELS, METHODS, load_recipe
+from lesionlite.errors import LesionliteError
 
 pytestmark = pytest.mark.slow  # runs the reproduction protocol on tiny data end to end
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load()
-V = sys.modules["protocol_verdicts"]  # the table's verdicts (imported by reproduce from beside it)
-
-
 # ------------------------------------------------------------------------------------------------
 # Pure functions
 # ------------------------------------------------------------------------------------------------
 def test_aggregate_mean_and_sample_std():
-    a = R.aggregate([0.7, 0.8, 0.9])
+    a = aggregate([0.7, 0.8, 0.9])
     assert a["n"] == 3
     assert a["mean"] == pytest.approx(0.8)
     assert a["std"] == pytest.approx(0.1)  # sample std (ddof = 1): sqrt((0.01 + 0 + 0.01) / 2)
-    assert R.fmt_pm(a) == "80.0 ± 10.0"
-    b = R.aggregate([2.0, 4.0])
+    assert fmt_pm(a) == "80.0 ± 10.0"
+    b = aggregate([2.0, 4.0])
     assert b["mean"] == 3.0 and b["std"] == pytest.approx(math.sqrt(2.0))
 
 
 def test_aggregate_edge_cases():
-    one = R.aggregate([0.5])
+    one = aggregate([0.5])
     assert one == {"mean": 0.5, "std": None, "n": 1, "values": [0.5]}
-    assert R.fmt_pm(one) == "50.0"
-    skip = R.aggregate([None, float("nan"), 1.0, float("inf")])
+    assert fmt_pm(one) == "50.0"
+    skip = aggregate([None, float("nan"), 1.0, float("inf")])
     assert skip["n"] == 1 and skip["mean"] == 1.0
-    empty = R.aggregate([])
+    empty = aggregate([])
     assert empty["mean"] is None and empty["n"] == 0
-    assert R.fmt_pm(empty) == "n/a"
-    assert R.fmt_pm(R.aggregate([120.0, 140.0]), scale=1.0, nd=0) == "130 ± 14"
+    assert fmt_pm(empty) == "n/a"
+    assert fmt_pm(aggregate([120.0, 140.0]), scale=1.0, nd=0) == "130 ± 14"
 
 
 def _run(key, seed, acc, bal, ips, arch="mobilenet_v2", role="student", status="done"):
-    return {"protocol": "cpu-reduced", "reduced": True, "key": key, "role": role, "label": R.METHOD_LABELS[key],
+    return {"protocol": "cpu-reduced", "reduced": True, "key": key, "role": role, "label": METHOD_LABELS[key],
             "method": "udcd" if key == "udcd-densenet121" else ("scratch" if key == "teacher" else key),
             "arch": arch, "seed": seed, "epochs": 2, "weights_note": "w", "run_dir": f"/x/{key}{seed}", "status": status,
             "metrics": {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": 0.5, "macro_auc": 0.8, "ece": 0.05},
@@ -70,10 +71,12 @@ def test_rows_targets_and_relative_throughput():
         _run("udcd", 0, 0.69, 0.45, 50.0), _run("udcd", 1, 0.71, 0.47, 55.0),
         _run("kd", 0, 0.7, 0.5, 90.0), _run("kd", 1, 0.7, 0.5, 90.0, status="partial (budget)"),
     ]
-    settings, _ = R.build_plan(R.build_parser().parse_args(["--protocol", "smoke"]), R.load_recipe("smoke"))
-    settings.update(protocol="cpu-reduced", seeds=[0, 1], methods=["scratch", "kd", "ssdkd", "udcd"], image_size=64,
-                    student_arch="mobilenet_v2", teacher_arch="efficientnet_lite0", title="T")
-    doc = R.build_doc(settings, runs, {"cpu": "c", "cpu_count": 2, "torch": "t", "python": "p"}, {"description": "d"},
+    settings, _ = build_plan(build_parser().parse_args(["--protocol", "smoke"]), load_recipe("smoke"))
+    settings = dataclasses.replace(
+        settings, protocol="cpu-reduced", seeds=[0, 1], methods=["scratch", "kd", "ssdkd", "udcd"], image_size=64,
+        student=dataclasses.replace(settings.student, arch="mobilenet_v2"),
+        teacher=dataclasses.replace(settings.teacher, arch="efficientnet_lite0"), title="T")
+    doc = build_doc(settings, runs, {"cpu": "c", "cpu_count": 2, "torch": "t", "python": "p"}, {"description": "d"},
                       1.0, complete=False)
     rows = {r["key"]: r for r in doc["rows"]}
     assert [r["key"] for r in doc["rows"]] == ["teacher", "scratch", "kd", "ssdkd", "udcd"]
@@ -95,7 +98,7 @@ def test_rows_targets_and_relative_throughput():
     assert v2["Hinton KD beats scratch on balanced accuracy"]["provisional_verdict"] == "fail"  # 50 vs 51
     assert v2["best mobilenet_v2 student >= 65% balanced accuracy"]["provisional_verdict"] == "fail"  # 56
     assert "n/a" == next(t for t in doc["targets"] if t["target"].startswith("SSD-KD >="))["verdict"]  # no preds
-    md = R.render_markdown(doc)
+    md = render_markdown(doc)
     assert "CPU-REDUCED protocol" in md and "INCOMPLETE" in md and "76.0 ± 1.4" in md
     assert next(t for t in V.evaluate_targets(doc["rows"], 28, "mobilenet_v2")
                 if "MedMNIST" in t["target"])["verdict"] == "n/a"
@@ -120,8 +123,8 @@ def test_accuracy_operating_point_verdict_reads_accuracy_gap_per_method():
 
 
 def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
-    args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r")])
-    settings, plan = R.build_plan(args, R.load_recipe("cpu"))
+    args = build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r")])
+    settings, plan = build_plan(args, load_recipe("cpu"))
     teachers = [p for p in plan if p.key == "teacher"]
     assert len(teachers) == 1 and teachers[0].run_dir == tmp_path / "r" / "teacher_mobilenet_v2"
     assert teachers[0].overrides == {"data.image_size": 128}
@@ -134,21 +137,21 @@ def test_cpu_protocol_plan_shares_one_teacher_and_runs_method_major(tmp_path):
     assert all(p.teacher_id == {"arch": "mobilenet_v2", "weights": teachers[0].weights_note, "epochs": 15,
                                 "overrides": {"data.image_size": 128}, "shared": True} for p in distilled)
     assert all(p.teacher_id is None for p in plan if p.method not in ("kd", "ssdkd"))
-    assert len(plan) == 1 + 5 * 3 and settings["seeds"] == [0, 1, 2] and settings["image_size"] == 64
+    assert len(plan) == 1 + 5 * 3 and settings.seeds == [0, 1, 2] and settings.image_size == 64
     # a run of one seed (a second core) plans the same shared teacher: the recipe's first seed, one record
-    _, one = R.build_plan(R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
-                                                       "--seeds", "1", "--methods", "kd"]), R.load_recipe("cpu"))
+    _, one = build_plan(build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
+                                                       "--seeds", "1", "--methods", "kd"]), load_recipe("cpu"))
     assert [(p.key, p.seed) for p in one] == [("teacher", 0), ("kd", 1)]
 
 
 def test_unknown_ablation_is_a_one_line_error(tmp_path, capsys):
-    rc = R.main(["--protocol", "smoke", "--ablations", "nope", "--out", str(tmp_path / "r"), "--results", str(tmp_path)])
+    rc = main(["--protocol", "smoke", "--ablations", "nope", "--out", str(tmp_path / "r"), "--results", str(tmp_path)])
     assert rc == 2
     assert "unknown ablation 'nope'; the recipe defines: ssdkd-no-relations" in capsys.readouterr().err
 
 
 def test_bad_method_is_a_one_line_error(tmp_path, capsys):
-    rc = R.main(["--protocol", "smoke", "--methods", "scratch,nope", "--out", str(tmp_path / "r"),
+    rc = main(["--protocol", "smoke", "--methods", "scratch,nope", "--out", str(tmp_path / "r"),
                  "--results", str(tmp_path)])
     assert rc == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
@@ -161,7 +164,7 @@ def test_bad_method_is_a_one_line_error(tmp_path, capsys):
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
     args = ["--protocol", "smoke", "--out", str(root / "runs"), "--results", str(root / "results")]
-    rc = R.main(args)
+    rc = main(args)
     return root, args, rc
 
 
@@ -173,7 +176,7 @@ def test_smoke_writes_every_row_with_numbers_in_range(smoke):
     assert doc["complete"] is True and doc["protocol"] == "smoke" and doc["reduced"] is True
     assert doc["data"]["synthetic"] is True
     keys = [r["key"] for r in doc["rows"]]
-    assert keys == ["teacher", *R.METHODS, "ssdkd-no-relations"]  # ablation rows after the students
+    assert keys == ["teacher", *METHODS, "ssdkd-no-relations"]  # ablation rows after the students
     ab = doc["rows"][-1]
     assert ab["role"] == "ablation" and ab["method"] == "ssdkd" and ab["int8_tflite_size_bytes"]["mean"] is None
     ab_cfg = (root / "runs" / "seed0" / "ssdkd-no-relations_tiny_cnn" / "config.yaml").read_text()
@@ -220,7 +223,7 @@ def test_smoke_rerun_skips_finished_runs(smoke, capsys):
     root, args, _ = smoke
     before = json.loads((root / "results" / "paper_table_smoke.json").read_text())
     capsys.readouterr()
-    assert R.main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "[reproduce] train" not in out and "[reproduce] export" not in out
     after = json.loads((root / "results" / "paper_table_smoke.json").read_text())
@@ -238,7 +241,7 @@ def test_fresh_checkout_builds_the_table_from_committed_records(smoke, capsys, t
     fresh = tmp_path / "fresh_runs"  # an empty run root: the fresh checkout
     argv = [a if a != str(root / "runs") else str(fresh) for a in args] + ["--methods", "scratch,kd", "--ablations", "none"]
     capsys.readouterr()
-    assert R.main(argv) == 0
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "[reproduce] train" not in out and "[reproduce] export" not in out
     after = {r["key"]: r for r in json.loads((root / "results" / "paper_table_smoke.json").read_text())["rows"]}
@@ -250,7 +253,7 @@ def test_fresh_checkout_builds_the_table_from_committed_records(smoke, capsys, t
     saved = rec.read_text()
     rec.unlink()
     try:
-        assert R.main(argv) == 0
+        assert main(argv) == 0
         out = capsys.readouterr().out
         assert "train teacher seed 0" in out and "train kd seed 0" in out and "train scratch" not in out
     finally:
@@ -262,18 +265,18 @@ def test_an_interim_table_keeps_the_committed_test_predictions(smoke):
     """An interim table collects the runs not yet visited without the data bundle: for a finished run it must
     keep its committed record's test predictions (the paired CI needs them), not write the record without them."""
     root, args, _ = smoke
-    settings, plan = R.build_plan(R.build_parser().parse_args(args), R.load_recipe("smoke"))
+    settings, plan = build_plan(build_parser().parse_args(args), load_recipe("smoke"))
     spec = next(p for p in plan if p.key == "scratch")
-    path = R.run_record_path(settings, spec)
+    path = run_record_path(settings, spec)
     before = json.loads(path.read_text())
     assert before["test_pred"] and before["test_labels"]
-    r = R.collect(spec, settings, {}, {"status": "pending"})  # write_table's preview of a not-yet-visited run
+    r = collect(spec, settings, {}, {"status": "pending"})  # write_table's preview of a not-yet-visited run
     assert r["test_pred"] == before["test_pred"]
     assert json.loads(path.read_text())["test_pred"] == before["test_pred"]
     stripped = json.dumps({**before, "test_pred": None, "test_labels": None, "marker": "untouched"})
     path.write_text(stripped)
     try:  # without committed predictions, a preview writes nothing (it cannot compute them without the data)
-        R.collect(spec, settings, {}, {"status": "pending"})
+        collect(spec, settings, {}, {"status": "pending"})
         assert path.read_text() == stripped
     finally:
         path.write_text(json.dumps(before))
@@ -284,7 +287,7 @@ def test_more_epochs_resumes_the_run(smoke, capsys):
     args = ["--protocol", "smoke", "--methods", "scratch", "--epochs", "2", "--no-export",
             "--out", str(root / "runs"), "--results", str(root / "results2")]
     capsys.readouterr()
-    assert R.main(args) == 0
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "[reproduce] resume scratch seed 0" in out
     doc = json.loads((root / "results2" / "paper_table_smoke.json").read_text())
@@ -293,9 +296,9 @@ def test_more_epochs_resumes_the_run(smoke, capsys):
 
 
 def test_time_budget_stops_before_starting(tmp_path, capsys):
-    rc = R.main(["--protocol", "smoke", "--methods", "scratch,udcd", "--no-export", "--time-budget", "0",
+    rc = main(["--protocol", "smoke", "--methods", "scratch,udcd", "--no-export", "--time-budget", "0",
                  "--out", str(tmp_path / "r"), "--results", str(tmp_path)])
-    assert rc == R.EXIT_INCOMPLETE
+    assert rc == EXIT_INCOMPLETE
     doc = json.loads((tmp_path / "paper_table_smoke.json").read_text())
     assert doc["complete"] is False
     assert all(r["status"].startswith("pending") for r in doc["runs"])
@@ -307,29 +310,29 @@ def test_a_record_distilled_from_another_teacher_does_not_stand(tmp_path):
     recipe's teacher (arch, input size, epochs) must retrain the distilled rows, not reuse them."""
     from lesionlite.atomic import write_json_atomic
 
-    args = R.build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
+    args = build_parser().parse_args(["--protocol", "cpu", "--out", str(tmp_path / "r"),
                                         "--results", str(tmp_path / "results")])
-    settings, plan = R.build_plan(args, R.load_recipe("cpu"))
-    assert settings["qat_recipe"] == {"epochs": 1, "lr": 1e-5, "alpha": 0.9, "chosen_on_seeds": [0]}  # the verdict's
+    settings, plan = build_plan(args, load_recipe("cpu"))
+    assert settings.qat_recipe == {"epochs": 1, "lr": 1e-5, "alpha": 0.9, "chosen_on_seeds": [0]}  # the verdict's
     kd = next(p for p in plan if p.key == "kd" and p.seed == 0)
     rec = {"protocol": "cpu", "key": "kd", "method": "kd", "arch": kd.arch, "seed": 0, "epochs": kd.epochs,
            "overrides": kd.overrides, "teacher": kd.teacher_id, "status": "done", "metrics": {"accuracy": 0.7}}
-    path = R.run_record_path(settings, kd)
+    path = run_record_path(settings, kd)
     path.parent.mkdir(parents=True)
     write_json_atomic(path, rec)
-    assert R.committed_record(settings, kd) == rec
+    assert committed_record(settings, kd) == rec
     write_json_atomic(path, {**rec, "teacher": {**kd.teacher_id, "arch": "efficientnet_lite2"}})
-    assert R.committed_record(settings, kd) is None
+    assert committed_record(settings, kd) is None
     write_json_atomic(path, {k: v for k, v in rec.items() if k != "teacher"})  # a record from before teachers were named
-    assert R.committed_record(settings, kd) is None
+    assert committed_record(settings, kd) is None
 
 
 def test_gpu_protocol_plan_is_ready(tmp_path):
     """``--protocol gpu`` (run on the day a device is lent) resolves: 224 px, three seeds, every method of the
     table, one ResNet-50 teacher per seed shared by that seed's KD and SSD-KD, on the accelerator's settings."""
-    args = R.build_parser().parse_args(["--protocol", "gpu", "--out", str(tmp_path / "g")])
-    settings, plan = R.build_plan(args, R.load_recipe("gpu"))
-    assert settings["image_size"] == 224 and settings["student_arch"] == "mobilenet_v2"
+    args = build_parser().parse_args(["--protocol", "gpu", "--out", str(tmp_path / "g")])
+    settings, plan = build_plan(args, load_recipe("gpu"))
+    assert settings.image_size == 224 and settings.student.arch == "mobilenet_v2"
     students = [p for p in plan if p.key not in ("teacher",) and p.arch == "mobilenet_v2"]
     assert {p.seed for p in students} == {0, 1, 2}
     assert {p.method for p in students} >= {"scratch", "kd", "ssdkd", "udcd", "udcd-code"}
@@ -347,7 +350,7 @@ def test_failed_targets_carry_their_measured_reason(monkeypatch):
     files = {"teacher_ensemble_probe.json": {"ensemble": {"balanced_accuracy": 0.69}},
              "ablation_kd_kl_class_weighted.json": {"rows": {"KD seed 2": {"test_balanced_accuracy": 0.625},
                                                              "KD + class-weighted KL seed 2": {"test_balanced_accuracy": 0.649}}}}
-    monkeypatch.setattr(V, "_read_result", lambda name: files.get(name))
+    monkeypatch.setattr(V, "read_result", lambda name: files.get(name))
     rows = [{"role": "teacher", "key": "teacher", "balanced_accuracy": {"mean": 0.67}},
             {"role": "student", "key": "scratch", "balanced_accuracy": {"mean": 0.643}}]
     targets = [{"target": "teacher >= scratch + 3 Bal-ACC points", "verdict": "fail"},
@@ -450,7 +453,7 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
     assert V.declared_qat_recipe({"export": {}}) is None
     for bad, msg in (({"epochs": 1}, "needs 'lr'"), ("1 epoch", "must be a mapping"), ({"epochs": 1, "lr": "fast"}, "qat.lr: 'fast' is not a valid"),
                      ({"epochs": 1, "lr": 1e-5, "alhpa": 0.9}, "unknown key")):
-        with pytest.raises(V.LesionliteError, match=msg):
+        with pytest.raises(LesionliteError, match=msg):
             V.declared_qat_recipe({"export": {"qat": bad}})
     assert V.run_seed_and_key("runs/cpu/seed12/kd_mobilenet_v2", "mobilenet_v2") == (12, "kd")
     assert V.run_seed_and_key("runs/qat/seed0_ssdkd", "mobilenet_v2") is None
@@ -461,8 +464,83 @@ def test_a_broken_recipe_file_is_a_clear_error(tmp_path):
     reproduce.py and qat_probe.py both read recipes through load_recipe."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("a: [1\n")
-    with pytest.raises(V.LesionliteError, match="bad.yaml: cannot read it as YAML"):
-        R.load_recipe("cpu", str(bad))
+    with pytest.raises(LesionliteError, match="bad.yaml: cannot read it as YAML"):
+        load_recipe("cpu", str(bad))
     bad.write_text("- 1\n- 2\n")
-    with pytest.raises(V.LesionliteError, match="must be a YAML mapping"):
-        R.load_recipe("cpu", str(bad))
+    with pytest.raises(LesionliteError, match="must be a YAML mapping"):
+        load_recipe("cpu", str(bad))
+
+
+# ------------------------------------------------------------------------------------------------
+# Typed recipes, the entry points, and the committed CPU table
+# ------------------------------------------------------------------------------------------------
+def test_a_recipe_key_of_the_wrong_name_or_type_is_a_clear_error(tmp_path):
+    """The recipe is typed: a misspelt key or a value of the wrong type names the file and the key."""
+    import yaml
+
+    good = yaml.safe_load((REPO / "benchmarks" / "recipes" / "smoke.yaml").read_text())
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**good, "teacher": {**good["teacher"], "epoch": 3}}))
+    with pytest.raises(LesionliteError, match=r"r\.yaml: unknown config key 'teacher\.epoch'; did you mean 'teacher\.epochs'"):
+        load_recipe("smoke", str(path))
+    path.write_text(yaml.safe_dump({**good, "image_size": "large"}))
+    with pytest.raises(LesionliteError, match="config key 'image_size': expected int"):
+        load_recipe("smoke", str(path))
+    path.write_text(yaml.safe_dump({**good, "export": {**good["export"], "calib": 3}}))
+    with pytest.raises(LesionliteError, match="unknown config key 'export.calib'"):
+        load_recipe("smoke", str(path))
+    path.write_text(yaml.safe_dump({**good, "ablations": {"x": {"method": "nope"}}}))
+    with pytest.raises(LesionliteError, match="ablation 'x': needs"):
+        load_recipe("smoke", str(path))
+
+
+def test_the_cpu_settings_are_those_of_the_committed_table():
+    """The typed settings resolve the CPU recipe to exactly the settings block the committed table was made with."""
+    committed = json.loads((REPO / "benchmarks" / "results" / "paper_table_cpu.json").read_text())["settings"]
+    args = build_parser().parse_args(["--protocol", "cpu", "--out", "runs/cpu", "--results", committed["results_dir"]])
+    settings, _ = build_plan(args, load_recipe("cpu"))
+    assert settings.as_dict() == committed
+    assert list(settings.as_dict()) == list(committed)  # same keys in the same order
+
+
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_reproduce_runs_as_a_script_and_as_a_module(tmp_path, how):
+    """``python benchmarks/reproduce.py`` (from any folder) and ``python -m benchmarks.reproduce``, no path edits."""
+    cmd = ([sys.executable, str(REPO / "benchmarks" / "reproduce.py")] if how == "script"
+           else [sys.executable, "-m", "benchmarks.reproduce"])
+    out = subprocess.run([*cmd, "--help"], cwd=tmp_path if how == "script" else REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--protocol {gpu,cpu,cpu-reduced,smoke}" in out.stdout
+
+
+def _ham10000_reason() -> str | None:
+    root = real_data_root()
+    return None if root and (root / "ham10000_200x150").is_dir() else "HAM10000 not found (set LESIONLITE_DATA)"
+
+
+@pytest.mark.skipif(_ham10000_reason() is not None, reason=str(_ham10000_reason()))
+def test_the_cpu_table_regenerates_from_its_committed_records_without_training(tmp_path, monkeypatch, capsys):
+    """A fresh checkout has no run directories: ``--protocol cpu`` builds the committed table from the committed
+    records alone (training and export blocked here), to the same markdown but for the machine and wall-time lines."""
+    import shutil
+
+    import distill.train
+    import export.api
+
+    def refuse(*a, **k):
+        raise AssertionError("the CPU protocol is complete: nothing may train or export")
+
+    monkeypatch.setattr(distill.train, "train", refuse)
+    monkeypatch.setattr(export.api, "export_model", refuse)
+    results = REPO / "benchmarks" / "results"
+    shutil.copytree(results / "paper_table_cpu_runs", tmp_path / "paper_table_cpu_runs")
+    assert main(["--protocol", "cpu", "--out", str(tmp_path / "no_runs"), "--results", str(tmp_path)]) == 0
+    assert "[reproduce] train" not in capsys.readouterr().out
+
+    def table(md: str) -> list[str]:
+        return [line.replace(str(tmp_path / "no_runs"), "runs/cpu") for line in md.splitlines()
+                if not line.startswith(("- machine:", "- wall time:"))]
+
+    assert table((tmp_path / "paper_table_cpu.md").read_text()) == table((results / "paper_table_cpu.md").read_text())
+    assert not (tmp_path / "no_runs").exists()

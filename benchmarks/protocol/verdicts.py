@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import REPO, RESULTS
 from lesionlite.errors import LesionliteError
-
-REPO = Path(__file__).resolve().parents[1]
 
 #: MedMNIST v2 DermaMNIST, best ACC (ResNet-18 at 224 px); the papers' baseline to beat
 MEDMNIST_BEST_ACC = 0.754
@@ -199,12 +198,16 @@ def run_seed_and_key(run: str, student_arch: str) -> tuple[int, str] | None:
 
 
 def declared_qat_recipe(recipe: dict[str, Any]) -> dict[str, Any] | None:
-    """The protocol's one QAT recipe (``export.qat``), validated and typed: ``{"epochs": int, "lr": float,
-    "alpha": float | None, "chosen_on_seeds": [int]}``, or None when the recipe declares none.
+    """The protocol's one QAT recipe (``export.qat`` of a recipe mapping): :func:`parse_qat_recipe`.
 
     One parser for ``reproduce.py`` (which counts QAT rows made with it) and ``qat_probe.py`` (which makes them),
     so the two can never disagree on a default or a type (YAML reads ``1e-5`` without a dot as a string)."""
-    qat = (recipe.get("export") or {}).get("qat")
+    return parse_qat_recipe((recipe.get("export") or {}).get("qat"))
+
+
+def parse_qat_recipe(qat: Any) -> dict[str, Any] | None:
+    """``export.qat`` validated and typed: ``{"epochs": int, "lr": float, "alpha": float | None,
+    "chosen_on_seeds": [int]}``, or None when the recipe declares none."""
     if qat is None:
         return None
     if not isinstance(qat, dict):
@@ -250,8 +253,12 @@ def _same_run(path: str, run_dir: str | None) -> bool:
     """Whether a QAT row's ``run`` is this table's run directory (relative paths are the repository's)."""
     if not run_dir:
         return False
-    resolve = lambda p: (Path(p) if Path(p).is_absolute() else REPO / p).resolve()  # noqa: E731
-    return resolve(path) == resolve(run_dir)
+    return _repo_path(path) == _repo_path(run_dir)
+
+
+def _repo_path(p: str) -> Path:
+    """An absolute path, relative ones taken from the repository root."""
+    return (Path(p) if Path(p).is_absolute() else REPO / p).resolve()
 
 
 def qat_drops_for(row: dict[str, Any], qat_rows: list[dict[str, Any]], recipe: dict[str, Any]) -> dict[int, float]:
@@ -329,8 +336,9 @@ def int8_with_qat_target(by_key: dict[str, dict[str, Any]], ptq_drops: dict[str,
     return t
 
 
-def _read_result(name: str) -> dict[str, Any] | None:
-    path = REPO / "benchmarks" / "results" / name
+def read_result(name: str) -> dict[str, Any] | None:
+    """A committed result file of ``benchmarks/results`` (None when absent; a warning when unreadable)."""
+    path = RESULTS / name
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError) as e:
@@ -356,13 +364,13 @@ def explain_misses(targets: list[dict[str, Any]], rows: list[dict[str, Any]], pr
             continue
         name = t["target"]
         if name.startswith("teacher >="):
-            ens = (_read_result("teacher_ensemble_probe.json") or {}).get("ensemble")
+            ens = (read_result("teacher_ensemble_probe.json") or {}).get("ensemble")
             if ens and base is not None:
                 t["why"] = (f"one 128 px model is not enough ahead; the mean of its softmax and the scratch students' "
                             f"reaches {ens['balanced_accuracy'] * 100:.1f} ({(ens['balanced_accuracy'] - base) * 100:+.1f}), "
                             f"but the loop takes one teacher: teacher_ensemble_probe.json")
         elif name.startswith("Hinton KD beats"):
-            abl = (_read_result("ablation_kd_kl_class_weighted.json") or {}).get("rows", {})
+            abl = (read_result("ablation_kd_kl_class_weighted.json") or {}).get("rows", {})
             kd, wkl = abl.get("KD seed 2"), abl.get("KD + class-weighted KL seed 2")
             if kd and wkl:
                 t["why"] = (f"the KL term is unweighted and the teacher's melanoma recall is below the students' (per-class "
@@ -372,7 +380,7 @@ def explain_misses(targets: list[dict[str, Any]], rows: list[dict[str, Any]], pr
             t["why"] = ("the recipe trains for balanced accuracy (class-weighted CE); the same weights at the accuracy "
                         "operating point: next row (accuracy_gap.json)")
         elif name.startswith("int8 TFLite") and "where post-training quantization missed" not in name:
-            qat = [r for r in (_read_result("int8_qat.json") or {}).get("rows", [])
+            qat = [r for r in (read_result("int8_qat.json") or {}).get("rows", [])
                    if r.get("qat_tflite_drop") is not None and r.get("ptq_tflite_drop") is not None]
             if qat:
                 t["why"] = "QAT measured on " + "; ".join(_qat_row_summary(r) for r in qat) + " points: int8_qat.json"
@@ -396,9 +404,9 @@ def _qat_row_summary(r: dict[str, Any]) -> str:
 
 def read_qat_rows(protocol: str) -> list[dict[str, Any]]:
     """The rows of ``results/int8_qat.json`` for the CPU protocol (the runs it quantized are this protocol's)."""
-    return list((_read_result("int8_qat.json") or {}).get("rows") or []) if protocol == "cpu" else []
+    return list((read_result("int8_qat.json") or {}).get("rows") or []) if protocol == "cpu" else []
 
 
 def read_accuracy_gap(protocol: str) -> dict[str, Any] | None:
     """``results/accuracy_gap.json`` for the CPU protocol (the runs it evaluated are this protocol's), else None."""
-    return _read_result("accuracy_gap.json") if protocol == "cpu" else None
+    return read_result("accuracy_gap.json") if protocol == "cpu" else None
