@@ -20,13 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mobile_benchmarks.bench import parse_threads, run_bench
+from mobile_benchmarks.hostinfo import host_info
+from mobile_benchmarks.repeats import agreement
+from mobile_benchmarks.targets import BenchOptions
 
-from mobile_benchmarks.bench import parse_threads, run_bench  # noqa: E402
-from mobile_benchmarks.hostinfo import host_info  # noqa: E402
-from mobile_benchmarks.repeats import agreement  # noqa: E402
-from mobile_benchmarks.targets import BenchOptions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,14 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from mobile_benchmarks.artifacts import discover
+from mobile_benchmarks.bench import make_input
+from mobile_benchmarks.hostinfo import host_info
+from mobile_benchmarks.remote_runner import __file__ as RUNNER
+from mobile_benchmarks.targets.common import find_runner_json
 
-from mobile_benchmarks.artifacts import discover  # noqa: E402
-from mobile_benchmarks.bench import make_input  # noqa: E402
-from mobile_benchmarks.hostinfo import host_info  # noqa: E402
-from mobile_benchmarks.remote_runner import __file__ as RUNNER  # noqa: E402
-from mobile_benchmarks.targets.common import find_runner_json  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_fixtures(root: Path, sizes: tuple[int, ...] = (32, 96, 224)) -> None:

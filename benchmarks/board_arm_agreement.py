@@ -20,16 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lesionlite.atomic import write_json_atomic, write_text_atomic
+from mobile_benchmarks.bench import run_bench
+from mobile_benchmarks.board import board_dir, sshd
+from mobile_benchmarks.board.build import Builder
+from mobile_benchmarks.report import _md_table, agreement_rows
+from mobile_benchmarks.targets import BenchOptions
 
-from lesionlite.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from mobile_benchmarks.board import board_dir  # noqa: E402
-from mobile_benchmarks.board import sshd  # noqa: E402
-from mobile_benchmarks.board.build import Builder  # noqa: E402
-from mobile_benchmarks.bench import run_bench  # noqa: E402
-from mobile_benchmarks.report import _md_table, agreement_rows  # noqa: E402
-from mobile_benchmarks.targets import BenchOptions  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def lscpu_model() -> str | None:

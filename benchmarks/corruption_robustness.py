@@ -13,7 +13,6 @@ Writes ``benchmarks/results/corruption_robustness.{json,md}`` (``--out``). Accur
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.clinical import clinical_metrics, paired_deltas
-from export.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from export.api import ExportOptions, load_export_data
+from export.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from export.evaluate import Predictor, load_predictor
 from export.evaluate_cli import expand_models
 from export.evaluation_report import fmt_ci

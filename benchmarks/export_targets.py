@@ -27,14 +27,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DEFAULT_WEIGHTS = REPO.parent / "shared/weights/mobilenet_v2/mobilenet_v2_imagenet_torchvision_from_tf2ptq.pth"
 
 
@@ -230,8 +228,8 @@ def compare_pt2e(model, cfg, report, bundle, args) -> dict:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from export.data import prepare_data
-    from export.formats.tflite import TFLiteFormat, _nhwc_wrapper
     from export.formats import ArtifactInfo
+    from export.formats.tflite import TFLiteFormat, _nhwc_wrapper
     from export.parity import classification_metrics, compare
 
     data = prepare_data(bundle, cfg, list(bundle.class_names), 300, args.eval_samples, args.seed)

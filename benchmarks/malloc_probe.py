@@ -24,7 +24,6 @@ HERE = Path(__file__).resolve().parent
 CHILD = r"""
 import json, resource, sys, time
 import torch, torch.nn.functional as F
-sys.path.insert(0, {root!r})
 if {tuned}:
     from distill.cpu_malloc import tune_glibc_malloc
     tune_glibc_malloc()
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rows = {}
     for label, tuned in (("glibc default", False), ("tuned (distill.cpu_malloc)", True)):
-        code = CHILD.format(root=str(HERE.parent), tuned=tuned, arch=args.arch, batch=args.batch, size=args.size,
+        code = CHILD.format(tuned=tuned, arch=args.arch, batch=args.batch, size=args.size,
                             steps=args.steps, warmup=args.warmup)
         env = dict(os.environ, OMP_NUM_THREADS="1", LESIONLITE_MALLOC_TUNING="1")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

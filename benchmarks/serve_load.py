@@ -47,12 +47,10 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks.loadgen import drive_fast, latency_percentiles, multipart_request
+from lesionlite.preprocessing import load_image_bytes, preprocess
 
-from benchmarks.loadgen import drive_fast, latency_percentiles, multipart_request  # noqa: E402
-from lesionlite.preprocessing import load_image_bytes, preprocess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CLASS_NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -187,7 +185,7 @@ class Server:
             self.proc.wait()
 
 
-def served_level(server: "Server", payload: bytes, concurrency: int, n_requests: int, duration: float) -> dict[str, Any]:
+def served_level(server: Server, payload: bytes, concurrency: int, n_requests: int, duration: float) -> dict[str, Any]:
     """One load level with the lean client, plus the CPU time server and client spent per request."""
     import psutil
 

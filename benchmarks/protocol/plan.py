@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.protocol.settings import (
-    METHOD_LABELS, TEACHER_METHODS, Recipe, Role, Settings, resolve_settings,
+    METHOD_LABELS,
+    TEACHER_METHODS,
+    Recipe,
+    Role,
+    Settings,
+    resolve_settings,
 )
 
 #: UDCD public code: distillation from epoch 20 of 80, consistency ramp-up over 30 epochs
