@@ -206,7 +206,7 @@ def export_model(
     try:
         for fmt in fmts:
             ctx = ExportContext(model=source.model, source=source.manifest, preprocessing=source.manifest.preprocessing,
-                                calib=source.data.calib, options=options, workdir=workroot / fmt.name)
+                                calib=source.data.calib, options=options, workdir=workroot / fmt.name, data=source.data)
             ctx.workdir.mkdir(parents=True, exist_ok=True)
             for prec in precs:
                 name = f"{source.manifest.architecture}_{fmt.name}_{prec}"
@@ -335,7 +335,8 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
     validation = fmt.validate(dest, info, ctx)
     notes: list[str] = list(info.extra.pop("notes", []))
     check = _verify(fmt, prec, dest, info, source, ctx.options)
-    _mediapipe_check(fmt, dest, info, source, check.parity)
+    _mediapipe_check(fmt, dest, info, source, check)
+    _in_graph_resize_cost(fmt, prec, ctx, info, source, check)
     if not check.parity["verified"]:
         notes.append(f"not numerically verified: {check.parity['reason']}")
     status = "written" if check.accepted else ("forced" if ctx.options.force else "refused")
@@ -359,13 +360,76 @@ def _write_golden(stage: Path, source: _Source) -> dict[str, Any]:
     return write_for_artifact(stage, source.data)
 
 
-def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, parity: dict[str, Any]) -> None:
+def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, check: "_Check") -> None:
     """TFLite: run the artifact in MediaPipe's ImageClassifier on the original evaluation images
     (:mod:`export.mediapipe_check`; skipped with a note when mediapipe is not installed)."""
     from export.mediapipe_check import attach
 
     with quiet():
-        attach(fmt, dest, info, source.data, source.ref_logits, parity)
+        attach(fmt, dest, info, source.data, source.ref_logits, check.parity, check.outputs)
+
+
+def _in_graph_resize_cost(fmt: ExportFormat, prec: str, ctx: ExportContext, info: ArtifactInfo, source: _Source,
+                          check: "_Check") -> None:
+    """An artifact with the downscale in its graph (TFLite ``--phone-input-size``) beside its twin without it
+    (the model's own input side, converted by the format for this comparison and not shipped): size and latency
+    (measured by the format), top-1 agreement with PyTorch and balanced accuracy of each on the evaluation
+    images, their agreement with each other, and MediaPipe's agreement with PyTorch for both (the gap closed)."""
+    from export.mediapipe_check import attach
+    from export.parity import classification_metrics, compare
+
+    resize = info.extra.get("in_graph_resize")
+    twin = ctx.cache.get(f"{fmt.name}_twin_{prec}")
+    if not resize or twin is None or not check.parity.get("verified"):
+        return
+    twin_path, twin_info = twin
+    data = source.data
+    runner = fmt.load_runner(twin_path, twin_info)
+    outputs = _run_batched(runner, data.eval_x)
+    twin_parity = compare(source.ref_logits, outputs, fmt.output_kind, source.manifest.temperature)
+    twin_metrics = classification_metrics(data.eval_y, outputs, source.manifest.num_classes)
+    cost = resize.setdefault("cost", {})
+    cost.update({
+        "top1_agreement_pytorch_with": check.parity["top1_agreement"],
+        "top1_agreement_pytorch_without": twin_parity["top1_agreement"],
+        "top1_agreement_with_vs_without": float(np.mean(np.asarray(outputs).argmax(1) == np.asarray(check.outputs).argmax(1))),
+        "balanced_accuracy_with": check.metrics.get("balanced_accuracy"),
+        "balanced_accuracy_without": twin_metrics.get("balanced_accuracy"),
+        "n": int(len(outputs)),
+    })
+    mp_with = check.parity.get("mediapipe") or {}
+    if mp_with.get("status") == "ok":
+        twin_check = {"verified": True}
+        with quiet():
+            attach(fmt, twin_path, twin_info, data, source.ref_logits, twin_check, outputs)
+        mp = twin_check.get("mediapipe") or {}
+        cost["mediapipe_top1_agreement_pytorch_with"] = mp_with.get("top1_agreement_pytorch")
+        cost["mediapipe_top1_agreement_pytorch_without"] = mp.get("top1_agreement_pytorch")
+        cost["mediapipe_top1_agreement_litert_without"] = mp.get("top1_agreement_litert")
+    check.parity["in_graph_resize"] = resize
+
+
+def _artifact_feed(info: ArtifactInfo, source: _Source) -> tuple[Any, dict[str, Any]]:
+    """What the artifact's runner takes (NCHW, the source's normalisation): the source's evaluation arrays, or —
+    for an artifact whose input is larger (TFLite's phone input, the downscale in its graph) — the same images
+    preprocessed at that side; (internal set's inputs, {evidence role: inputs})."""
+    from dataclasses import replace
+
+    from export.data import PreparedInputs
+
+    src_cfg = source.manifest.preprocessing
+    art = info.preprocessing
+    if art is None or (art.input_size, art.resize_size) == (src_cfg.input_size, src_cfg.resize_size):
+        return source.data.eval_x, {s.role: s.x for s in source.evidence.sets}
+    cfg = replace(src_cfg, input_size=art.input_size, resize_size=art.resize_size)
+    internal = source.data.inputs("eval", cfg)
+    sets: dict[str, Any] = {}
+    for s in source.evidence.sets:
+        if s.role == "internal":
+            sets[s.role] = internal
+        elif s.images is not None:
+            sets[s.role] = PreparedInputs(s.images(), cfg)
+    return internal, sets
 
 
 @dataclass
@@ -375,6 +439,7 @@ class _Check:
     latency_ms: float | None
     accepted: bool
     clinical: dict[str, Any]  # export.evidence.measure: internal / external figures with CIs and paired changes
+    outputs: np.ndarray | None = None  # the artifact's outputs on the evaluation images
 
 
 def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source: _Source,
@@ -387,8 +452,9 @@ def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source
         reason = info.extra.get("unverified_reason", "cannot run on this host")
         return _Check(parity={"verified": False, "reason": reason}, metrics={}, latency_ms=None, accepted=True, clinical={})
     data, src, k = source.data, source.manifest, source.manifest.num_classes
-    outputs = _run_batched(runner, data.eval_x)
-    latency = _latency_ms_p50(runner, data.eval_x[:1])
+    eval_x, set_x = _artifact_feed(info, source)
+    outputs = _run_batched(runner, eval_x)
+    latency = _latency_ms_p50(runner, eval_x[:1])
     parity = compare(source.ref_logits, outputs, fmt.output_kind, src.temperature)
     metrics = classification_metrics(data.eval_y, outputs, k)
     threshold = options.thresholds.get(prec, 0.0)
@@ -398,16 +464,18 @@ def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source
     parity["host_int8_kernels"] = dict(host_int8_note()) if prec == "int8" else None
     reference = fmt.reference_runner(dest, info)
     if reference is not None:  # the artifact as defined, beside what this host's kernels did
-        ref_out = _run_batched(reference[0], data.eval_x)
+        ref_out = _run_batched(reference[0], eval_x)
         parity["as_defined"] = {
             **compare(source.ref_logits, ref_out, fmt.output_kind, src.temperature),
             **{m: v for m, v in classification_metrics(data.eval_y, ref_out, k).items()
                if m in ("accuracy", "balanced_accuracy", "macro_f1")},
             "how": reference[1],
         }
-    ext_outputs = {s.role: (outputs if s.role == "internal" else _run_batched(runner, s.x)) for s in source.evidence.sets}
+    ext_outputs = {s.role: (outputs if s.role == "internal" else _run_batched(runner, set_x[s.role]))
+                   for s in source.evidence.sets if s.role in set_x}
     clinical = measure(source.evidence, src, ext_outputs, fmt.output_kind)
-    return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted, clinical=clinical)
+    return _Check(parity=parity, metrics=metrics, latency_ms=latency, accepted=accepted, clinical=clinical,
+                  outputs=outputs)
 
 
 def _artifact_manifest(fmt: ExportFormat, prec: str, info: ArtifactInfo, source: _Source, check: _Check,

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default per precision: fp32 0.99, fp16 0.98, int8 0.90)")
     p.add_argument("--force", action="store_true", help="write artifacts even when parity is below the threshold")
     p.add_argument("--int8-io", action="store_true", help="TFLite int8: int8 input/output tensors (default float32)")
+    p.add_argument("--phone-input-size", default="auto", metavar="PX",
+                   help="TFLite: every .tflite takes PX x PX pixels and downscales them to the model's input inside the "
+                        "graph with the training resize's filter, so that a phone runtime given the whole image "
+                        "(MediaPipe Tasks resizes it to the input without antialiasing) sees what training saw; a "
+                        "multiple of the model's side, 'auto' (the smallest such multiple >= 256: 256 for a 64 px "
+                        "model) or 0/none for the model's own side (default: auto)")
     p.add_argument("--onnx-quant", choices=("static", "dynamic"), default="static", help="ONNX int8 method")
     p.add_argument("--simplify", action="store_true", help="simplify the ONNX graph with onnxslim")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
@@ -78,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = export_model(
         args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
-        force=args.force, int8_io=args.int8_io, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
+        force=args.force, int8_io=args.int8_io, phone_input_size=args.phone_input_size, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
         bias_correction=args.bias_correction, external=args.external, op_target=args.op_target,
         op_sensitivity=args.op_sensitivity,
     )

@@ -14,6 +14,12 @@ Pillow's antialiased bilinear downscale by ``scale = n_in / n_out`` is a triangl
 factor it is a strided convolution with one fixed kernel plus an edge correction, which
 :class:`downscale_module` builds from depthwise convolutions (≈0.5 M multiply-adds at 256 → 64, against
 ≈25 M for MobileNetV2 at 64 px; a dense resampling matrix would cost 16 M).
+
+Wired into export as ``--phone-input-size`` (:class:`export.context.ExportOptions`, :func:`resolve_size`): every
+TFLite artifact (fp32, fp16, int8, int8 with uint8 I/O) then takes the larger image; its manifest's
+``preprocessing`` squashes to that side (what serve, bench, golden vectors and ``lesionlite verify`` feed it) and
+``preprocessing.extra["in_graph_resize"]`` says what the graph does (:func:`lesionlite.preprocessing.model_view`
+reproduces it torch-free for the out-of-distribution statistics).
 """
 from __future__ import annotations
 
@@ -22,23 +28,13 @@ from typing import Any
 import numpy as np
 
 from lesionlite.errors import LesionliteError
+from lesionlite.preprocessing import pillow_weights  # noqa: F401  (the one port of Pillow's filter; re-exported)
 
-
-def pillow_weights(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` resampling matrix of Pillow's ``Image.resize(..., BILINEAR)`` along one axis (float64)."""
-    if n_in < 1 or n_out < 1:
-        raise LesionliteError(f"resize sizes must be positive, got {n_in} -> {n_out}")
-    scale = n_in / n_out
-    filterscale = max(scale, 1.0)
-    support = 1.0 * filterscale  # the bilinear (triangle) filter has support 1
-    out = np.zeros((n_out, n_in), np.float64)
-    for o in range(n_out):
-        center = (o + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)  # C's (int) truncates toward zero, as int() does
-        hi = min(int(center + support + 0.5), n_in)
-        w = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / filterscale))
-        out[o, lo:hi] = w / w.sum()
-    return out
+#: what ``--phone-input-size auto`` chooses: the smallest multiple of the model's input side at least this large.
+#: Measured (benchmarks/RESULTS.md, "MediaPipe and the resize gap"): HAM10000's 200 x 150 JPEGs given to MediaPipe
+#: as they came agree with PyTorch on 97-99 % of test images at 256 px in, against 85.7 % at 64 px in (MediaPipe's
+#: own resize has no antialiasing; a larger input leaves it an upsample, or a milder downsample, to do).
+AUTO_MIN_SIDE = 256
 
 
 def conv_plan(n_in: int, n_out: int) -> tuple[np.ndarray, int, int, np.ndarray]:
@@ -81,12 +77,42 @@ def downscale_module(n_in: int, n_out: int) -> Any:
             self.register_buffer("kw", t.view(1, 1, 1, -1).repeat(3, 1, 1, 1))
             self.register_buffer("kh", t.view(1, 1, -1, 1).repeat(3, 1, 1, 1))
             g = torch.tensor(gain, dtype=torch.float32)
-            self.register_buffer("gain", (g.view(-1, 1) * g.view(1, -1)).view(1, 1, n_out, n_out))
+            # the edge renormalisation, separable: one factor per row and one per column (2 x n_out constants)
+            self.register_buffer("gain_h", g.view(1, 1, n_out, 1))
+            self.register_buffer("gain_w", g.view(1, 1, 1, n_out))
 
         def forward(self, x):  # noqa: ANN001
             x = F.pad(x, (pad_l, pad_r, pad_l, pad_r))
             x = F.conv2d(x, self.kw, stride=(1, k), groups=3)
             x = F.conv2d(x, self.kh, stride=(k, 1), groups=3)
-            return x * self.gain
+            return x * self.gain_h * self.gain_w
 
     return PillowDownscale().eval()
+
+
+def resolve_size(option: Any, input_size: int, resize_size: int | None = None) -> int | None:
+    """The TFLite artifacts' input side for ``--phone-input-size`` (None: no in-graph resize, the model's own side).
+
+    ``option``: ``"auto"`` (the smallest multiple of ``input_size`` that is at least :data:`AUTO_MIN_SIDE`; off
+    when the model is that large already, or when its preprocessing crops: MediaPipe squashes the whole image),
+    an integer multiple of ``input_size`` larger than it, or ``0`` / ``None`` / ``"none"`` / ``"off"`` (off).
+    """
+    if option is None or (isinstance(option, str) and option.strip().lower() in ("", "0", "none", "off")):
+        return None
+    if isinstance(option, str) and option.strip().lower() == "auto":
+        if resize_size not in (None, input_size) or input_size >= AUTO_MIN_SIDE:
+            return None
+        return -(-AUTO_MIN_SIDE // input_size) * input_size
+    try:
+        size = int(option)
+    except (TypeError, ValueError):
+        raise LesionliteError(f"--phone-input-size must be auto, none/0 or a number of pixels, got {option!r}") from None
+    if size == 0 or size == input_size:
+        return None
+    if resize_size not in (None, input_size):
+        raise LesionliteError(f"--phone-input-size {size}: the model's preprocessing resizes to {resize_size} and crops "
+                              f"{input_size}, but a phone runtime squashes the whole image; use --phone-input-size none")
+    if size < input_size or size % input_size:
+        raise LesionliteError(f"--phone-input-size {size} must be a multiple of the model's input side {input_size} "
+                              f"(e.g. {4 * input_size}): the in-graph downscale needs an integer factor")
+    return size

@@ -80,16 +80,27 @@ def _labels(mfb: Any, name: str, locale: str | None, description: str) -> Any:
     return f
 
 
-def metadata_buffer(name: str, version: str, description: str) -> bytes:
-    """The ``TFLITE_METADATA`` flatbuffer of an image classifier (pixel input, probabilities out, label files)."""
+def metadata_buffer(name: str, version: str, description: str, input_size: int | None = None,
+                    model_input_size: int | None = None) -> bytes:
+    """The ``TFLITE_METADATA`` flatbuffer of an image classifier (pixel input, probabilities out, label files).
+
+    ``input_size``: the input tensor's side (image properties' default size); when it is larger than
+    ``model_input_size`` the input's description says that the graph downscales it to that side itself."""
     import flatbuffers
 
     mfb = _schema()
+    resize = (f"; the graph downscales the {input_size}x{input_size} input to the model's "
+              f"{model_input_size}x{model_input_size} with the training preprocessing's antialiased bilinear filter"
+              if input_size and model_input_size and input_size != model_input_size else "")
     image = _tensor_md(mfb, INPUT_NAME, "RGB image; pixels enter the graph as p/255 (float32) or p (uint8) and "
-                       "are normalised inside it with lesionlite's mean/std", 0.0, 1.0)
+                       "are normalised inside it with lesionlite's mean/std" + resize, 0.0, 1.0)
     image.content.contentPropertiesType = mfb.ContentProperties.ImageProperties
     image.content.contentProperties = mfb.ImagePropertiesT()
     image.content.contentProperties.colorSpace = mfb.ColorSpaceType.RGB
+    if input_size:
+        size = mfb.ImageSizeT()
+        size.width = size.height = int(input_size)
+        image.content.contentProperties.defaultSize = size
     norm = mfb.ProcessUnitT()
     norm.optionsType = mfb.ProcessUnitOptions.NormalizationOptions
     norm.options = mfb.NormalizationOptionsT()
@@ -139,7 +150,8 @@ def _attach(model_bytes: bytes, metadata: bytes, files: dict[str, bytes]) -> byt
 
 
 def add_metadata(model_bytes: bytes, *, name: str, version: str, description: str, class_names: list[str],
-                 outputs_of: Callable[[bytes], list[np.ndarray]] | None = None) -> tuple[bytes, dict[str, Any]]:
+                 outputs_of: Callable[[bytes], list[np.ndarray]] | None = None, input_size: int | None = None,
+                 model_input_size: int | None = None) -> tuple[bytes, dict[str, Any]]:
     """``model_bytes`` with image-classifier metadata, and what was written (for the manifest).
 
     ``outputs_of(model_bytes)`` runs a model on a few images; when given, the outputs with and without
@@ -147,12 +159,16 @@ def add_metadata(model_bytes: bytes, *, name: str, version: str, description: st
     """
     files = {LABELS_FILE: ("\n".join(class_names) + "\n").encode(),
              DISPLAY_LABELS_FILE: ("\n".join(display_name(c) for c in class_names) + "\n").encode()}
-    out = _attach(model_bytes, metadata_buffer(name, version, description), files)
+    out = _attach(model_bytes, metadata_buffer(name, version, description, input_size, model_input_size), files)
     info: dict[str, Any] = {"schema": "TFLite metadata (MediaPipe's metadata_schema, min parser "
                                       f"{MIN_PARSER_VERSION})", "name": name, "version": version,
                             "labels": f"{LABELS_FILE} (codes), {DISPLAY_LABELS_FILE} (display names, en)",
                             "input_normalization": {"mean": [PIXEL_NORM_MEAN], "std": [PIXEL_NORM_STD]},
                             "disclaimer": DISCLAIMER}
+    if input_size:
+        info["image_size"] = [int(input_size), int(input_size)]
+        if model_input_size and model_input_size != input_size:
+            info["resize_in_graph"] = f"{input_size} -> {model_input_size}"
     if outputs_of is not None:
         if not all(np.array_equal(a, b) for a, b in zip(outputs_of(model_bytes), outputs_of(out))):
             raise LesionliteError(f"{name}: LiteRT outputs changed when TFLite metadata was added")
@@ -245,6 +261,8 @@ def read_metadata(model_bytes: bytes) -> dict[str, Any]:
     md = mfb.ModelMetadataT.InitFromObj(mfb.ModelMetadata.GetRootAs(bytes(model.buffers[entry.buffer].data), 0))
     image = md.subgraphMetadata[0].inputTensorMetadata[0]
     norm = image.processUnits[0].options if image.processUnits else None
+    props = image.content.contentProperties if image.content is not None else None
+    size = getattr(props, "defaultSize", None)
     try:
         with zipfile.ZipFile(io.BytesIO(model_bytes)) as zf:
             files = {n: zf.read(n).decode() for n in zf.namelist()}
@@ -254,4 +272,6 @@ def read_metadata(model_bytes: bytes) -> dict[str, Any]:
     return {"name": dec(md.name), "version": dec(md.version), "description": dec(md.description),
             "min_parser_version": dec(md.minParserVersion),
             "normalization": None if norm is None else {"mean": list(norm.mean), "std": list(norm.std)},
+            "input_description": dec(image.description),
+            "image_size": None if size is None else [int(size.width), int(size.height)],
             "associated_files": files}

@@ -251,6 +251,50 @@ def normalize(arr_hwc_uint8: np.ndarray, cfg: PreprocessConfig,
     return out
 
 
+#: ``PreprocessConfig.extra`` key of an artifact whose graph takes a larger image and downscales it to the
+#: model's training size itself (TFLite ``--phone-input-size``, :mod:`export.resize_in_graph`)
+IN_GRAPH_RESIZE = "in_graph_resize"
+
+
+def pillow_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` resampling matrix of Pillow's ``Image.resize(..., BILINEAR)`` along one axis (float64).
+
+    Pillow's antialiased bilinear resize by ``scale = n_in / n_out`` is a triangle filter of half-width
+    ``max(scale, 1)`` input pixels centred on each output pixel, renormalised where the window leaves the image
+    (``precompute_coeffs`` in Pillow's ``Resample.c``); this ports it exactly (Pillow then rounds to uint8).
+    """
+    if n_in < 1 or n_out < 1:
+        raise LesionliteError(f"resize sizes must be positive, got {n_in} -> {n_out}")
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the bilinear (triangle) filter has support 1
+    out = np.zeros((n_out, n_in), np.float64)
+    for o in range(n_out):
+        center = (o + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)  # C's (int) truncates toward zero, as int() does
+        hi = min(int(center + support + 0.5), n_in)
+        w = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - center + 0.5) / filterscale))
+        out[o, lo:hi] = w / w.sum()
+    return out
+
+
+def model_size(cfg: PreprocessConfig) -> int:
+    """The side the model itself sees: ``input_size``, or the in-graph downscale's target when the artifact's
+    graph takes a larger image (``cfg.extra["in_graph_resize"]``)."""
+    return int((cfg.extra.get(IN_GRAPH_RESIZE) or {}).get("to", cfg.input_size))
+
+
+def model_view(x_chw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """A preprocessed C,H,W image as the model sees it after the graph's own downscale (float, the same
+    filter as the graph), so that image statistics fitted at the training size (the out-of-distribution
+    check) are computed at that size; the image itself where the graph does no resize."""
+    n = model_size(cfg)
+    if n == x_chw.shape[-1] and n == x_chw.shape[-2]:
+        return x_chw
+    rh, rw = pillow_weights(x_chw.shape[-2], n), pillow_weights(x_chw.shape[-1], n)
+    return np.stack([rh @ np.asarray(c, np.float64) @ rw.T for c in x_chw]).astype(np.float32)
+
+
 def preprocess(
     img: Image.Image, cfg: PreprocessConfig, layout: Literal["NCHW", "NHWC"] = "NCHW"
 ) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from lesionlite.ood import assess, image_statistics, unnormalize
-from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, preprocess
+from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, model_size, model_view, preprocess
 from serve.errors import ApiError
 from serve.models import LoadedModel
 from serve.uploads import ACCEPTED_FORMATS, describe_non_image, sniff_image_format
@@ -21,7 +21,7 @@ def min_image_side(entry: LoadedModel, setting: int = 0) -> int:
     """The shortest image side ``/predict`` accepts: ``setting``, or (0) half the model's input, at least 16 px.
 
     Below it an image holds too little of a lesion to classify (a 1×1 PNG was answered ``vasc 0.742``)."""
-    return setting or max(16, int(entry.manifest.preprocessing.input_size) // 2)
+    return setting or max(16, model_size(entry.manifest.preprocessing) // 2)
 
 
 def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
@@ -35,7 +35,9 @@ def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
     # the per-channel reductions over a channel-last view cost ~3x as much (0.46 vs 0.16 ms at 64 px) and
     # differ from these only in the last bits (~1e-15), which no verdict depends on (tests/test_serve_fastpath.py)
     chw = np.ascontiguousarray(x.transpose(2, 0, 1)) if entry.runtime.layout == "NHWC" else x
-    return image_statistics(unnormalize(chw, pre.mean, pre.std, "NCHW"))
+    # an artifact whose graph downscales a larger input (TFLite phone input): the statistics were fitted at the
+    # model's own side, so they are computed on the image as the graph's downscale gives it to the model
+    return image_statistics(model_view(unnormalize(chw, pre.mean, pre.std, "NCHW"), pre))
 
 
 #: each model's OOD calibration with its mean and precision already as arrays:

@@ -51,7 +51,10 @@ def exported(tmp_path_factory, run_dir, bundle):
     from export.api import export_model
 
     out = tmp_path_factory.mktemp("export")
-    report = export_model(run_dir, out, "all", "fp32,fp16,int8", dataset=bundle, calib_samples=100)
+    # --phone-input-size none: every format takes the model's own 32 px input, so TFLite is held to PyTorch on the
+    # same tensor (the default phone input, 256 px downscaled in the graph, is tested with int8 I/O below and in
+    # tests/test_tflite_mediapipe.py)
+    report = export_model(run_dir, out, "all", "fp32,fp16,int8", dataset=bundle, calib_samples=100, phone_input_size=0)
     return out, report
 
 
@@ -226,6 +229,9 @@ def test_tflite_int8_io(exported_int8_io, reference, bundle):
     m = read_manifest(d)
     # uint8 pixels in, uint8 probabilities out (MediaPipe refuses int8 I/O tensors): export.tflite_metadata.uint8_io
     assert m.input["dtype"] == "uint8" and m.input["layout"] == "NHWC"
+    # the default phone input: 256 px pixels in, the downscale to the model's 32 px inside the graph
+    assert m.input["shape"] == [1, 256, 256, 3] and m.preprocessing.input_size == 256
+    assert m.preprocessing.extra["in_graph_resize"]["to"] == 32
     q_in, q_out = m.input["quantization"], m.output_quantization
     assert q_in == {"scale": pytest.approx(1 / 255), "zero_point": 0} and m.output["dtype"] == "uint8"
     assert q_out["scale"] == pytest.approx(1 / 256) and q_out["zero_point"] == 0

@@ -70,3 +70,54 @@ def test_mediapipe_agrees_on_real_images_with_the_downscale_in_the_graph(tmp_pat
     assert r["n"] == 300
     assert v["mediapipe_vs_litert_own_preprocessing"] >= MIN_AGREEMENT
     assert v["mediapipe_vs_pytorch_training_preprocessing"] >= MIN_AGREEMENT
+
+
+@pytest.mark.parametrize("option,size,want", [
+    ("auto", 64, 256), ("auto", 32, 256), ("auto", 96, 288), ("auto", 224, 448), ("auto", 256, None),
+    (0, 64, None), (None, 64, None), ("none", 64, None), ("off", 64, None), ("0", 64, None),
+    (128, 64, 128), ("256", 64, 256), (64, 64, None),
+])
+def test_phone_input_size_is_resolved(option, size, want):
+    from export.resize_in_graph import resolve_size
+
+    assert resolve_size(option, size) == want
+
+
+@pytest.mark.parametrize("option,match", [(200, "multiple"), (32, "multiple"), ("big", "auto, none")])
+def test_bad_phone_input_size_is_one_clear_error(option, match):
+    from export.resize_in_graph import resolve_size
+
+    with pytest.raises(LesionliteError, match=match):
+        resolve_size(option, 64)
+
+
+def test_a_cropping_model_gets_no_phone_input():
+    from export.resize_in_graph import resolve_size
+
+    assert resolve_size("auto", 64, 72) is None  # auto says nothing: MediaPipe squashes, the model crops
+    with pytest.raises(LesionliteError, match="crops"):
+        resolve_size(256, 64, 72)
+
+
+def test_export_option_is_checked():
+    from export.context import ExportOptions
+
+    assert ExportOptions.from_kwargs({}).phone_input_size == "auto"
+    with pytest.raises(LesionliteError, match="phone-input-size"):
+        ExportOptions.from_kwargs({"phone_input_size": "huge"})
+
+
+def test_model_view_is_the_graphs_downscale():
+    """serve's out-of-distribution statistics of a 256 px input are computed at the model's side, torch-free."""
+    from dataclasses import replace
+
+    from lesionlite.preprocessing import PreprocessConfig, model_size, model_view
+
+    cfg = PreprocessConfig(input_size=256, mean=(0, 0, 0), std=(1, 1, 1))
+    assert model_view(np.ones((3, 256, 256), np.float32), cfg).shape == (3, 256, 256)  # no in-graph resize
+    cfg = replace(cfg, extra={"in_graph_resize": {"from": 256, "to": 64}})
+    assert model_size(cfg) == 64
+    a = np.random.default_rng(2).integers(0, 256, (256, 256, 3)).astype(np.uint8)
+    pil = np.asarray(Image.fromarray(a).resize((64, 64), Image.BILINEAR)).astype(np.float32).transpose(2, 0, 1)
+    got = model_view(a.transpose(2, 0, 1).astype(np.float32), cfg)
+    assert got.shape == (3, 64, 64) and np.abs(got - pil).max() < 1.0

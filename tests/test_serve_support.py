@@ -111,7 +111,9 @@ def build_with_export_api(root: Path) -> Path:
     ckpt = make_tiny_checkpoint(root.parent / (root.name + "_ckpt"), bundle)
     small = dict(dataset=bundle, eval_samples=28, calib_samples=28)
     export_model(ckpt, root, formats="onnx", precisions="fp32", **small)
-    export_model(ckpt, root, formats="tflite", precisions="fp32,int8", int8_io=True, **small)
+    # at the model's own input (--phone-input-size none): test_serve compares these with the ONNX model on the same
+    # tensor; the default 256 px phone input is served in tests/test_tflite_mediapipe.py
+    export_model(ckpt, root, formats="tflite", precisions="fp32,int8", int8_io=True, phone_input_size=0, **small)
     if not any((d / "manifest.json").exists() and read_manifest(d).kind == "tflite" for d in root.iterdir()):
         raise RuntimeError("export wrote no TFLite artifact")
     return root

@@ -38,6 +38,7 @@ import numpy as np
 from export.formats import ArtifactInfo, ExportFormat, register_format
 from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
+from lesionlite.preprocessing import IN_GRAPH_RESIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from export.context import ExportContext
@@ -85,12 +86,33 @@ def to_pixels(x_nchw: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     return (x_nchw.astype(np.float32, copy=False) * s + m).astype(np.float32)
 
 
-def pixel_preprocessing(cfg: Any) -> Any:
-    """The artifact's preprocessing: the source's resize, with mean 0 and std 1 (normalised in the graph)."""
+def pixel_preprocessing(cfg: Any, phone_input_size: int | None = None) -> Any:
+    """The artifact's preprocessing: the source's resize, with mean 0 and std 1 (normalised in the graph); with
+    ``phone_input_size`` the squash goes to that side and ``extra["in_graph_resize"]`` says what the graph does."""
     from dataclasses import replace
 
-    return replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                   extra={**cfg.extra, "normalization_in_graph": {"mean": list(cfg.mean), "std": list(cfg.std)}})
+    extra = {**cfg.extra, "normalization_in_graph": {"mean": list(cfg.mean), "std": list(cfg.std)}}
+    if phone_input_size:
+        extra[IN_GRAPH_RESIZE] = in_graph_resize_info(phone_input_size, cfg.input_size)
+    return replace(cfg, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), extra=extra,
+                   **({"input_size": phone_input_size, "resize_size": None} if phone_input_size else {}))
+
+
+def in_graph_resize_info(n_in: int, n_out: int) -> dict[str, Any]:
+    """The manifest's statement of the graph's own downscale (``preprocessing.extra["in_graph_resize"]``)."""
+    return {"from": n_in, "to": n_out, "filter": "Pillow BILINEAR with antialiasing (the training resize's filter, "
+            "lesionlite.preprocessing.pillow_weights), as pad + two strided depthwise convolutions + edge gain",
+            "why": f"a phone runtime (MediaPipe Tasks) resizes the whole image to the {n_in} px input itself, bilinear "
+                   f"without antialiasing; the graph then squashes {n_in} -> {n_out} as training's preprocessing does"}
+
+
+def feed_preprocessing(ctx: "ExportContext") -> Any:
+    """What this format's runner takes (:meth:`ExportFormat.load_runner`): the source's normalisation, at the
+    TFLite artifacts' input side (the phone input when the downscale is in the graph)."""
+    from dataclasses import replace
+
+    size = ctx.phone_input_size
+    return ctx.preprocessing if not size else replace(ctx.preprocessing, input_size=size, resize_size=None)
 
 
 def _import_litert_torch() -> Any:
@@ -177,17 +199,61 @@ def _interpreter(path: Path, threads: int | None = None) -> Any:
     return it
 
 
-def _with_metadata(ctx: "ExportContext", precision: str, payload: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+def _with_metadata(ctx: "ExportContext", precision: str, payload: bytes, calib: np.ndarray,
+                   phone_input_size: int | None = None) -> tuple[bytes, dict[str, Any]]:
     """``payload`` with image-classifier metadata (:mod:`export.tflite_metadata`); LiteRT outputs checked unchanged."""
-    from export.tflite_metadata import add_metadata, describe
-
     import importlib.metadata
 
+    from export.tflite_metadata import add_metadata, describe
+
     version = ctx.source.version or f"lesionlite {importlib.metadata.version('lesionlite')}"
+    size = phone_input_size or ctx.input_size
+    graph = (f"The graph downscales its {size}x{size} input to the model's {ctx.input_size}x{ctx.input_size} with "
+             "the training preprocessing's antialiased bilinear filter: give it the whole image, not one resized by hand. "
+             if phone_input_size else "")
     return add_metadata(payload, name=f"lesionlite {ctx.architecture} ({precision})", version=str(version),
-                        description=describe(ctx.architecture, precision, ctx.temperature, ctx.class_names,
-                                             ctx.input_size),
-                        class_names=ctx.class_names, outputs_of=lambda b: _outputs(b, calib))
+                        description=describe(ctx.architecture, precision, ctx.temperature, ctx.class_names, size, graph),
+                        class_names=ctx.class_names, outputs_of=lambda b: _outputs(b, calib), input_size=size,
+                        model_input_size=ctx.input_size)
+
+
+def _latency_pair_ms(a: bytes, b: bytes, x_a: np.ndarray, x_b: np.ndarray, rounds: int = 7, runs: int = 30) -> tuple[float, float]:
+    """LiteRT invoke p50 (ms, 1 thread) of two models, measured in alternating rounds so that a busy host
+    weighs on both alike; indicative only."""
+    import time
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    its = []
+    for payload, x in ((a, x_a), (b, x_b)):
+        it = Interpreter(model_content=payload, num_threads=1)
+        it.allocate_tensors()
+        ind = it.get_input_details()[0]
+        it.set_tensor(ind["index"], x)
+        for _ in range(3):
+            it.invoke()
+        its.append(it)
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for k, it in enumerate(its):
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                it.invoke()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times[0])), float(np.median(times[1]))
+
+
+def _first_input(payload: bytes, x_nchw_pixels: np.ndarray) -> np.ndarray:
+    """One image in the model's input tensor (NHWC; quantized when the input is integer)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.quantize import nchw_to_nhwc
+    from lesionlite.int8_grid import quantize_affine
+
+    it = Interpreter(model_content=payload, num_threads=1)
+    ind = it.get_input_details()[0]
+    x = nchw_to_nhwc(x_nchw_pixels[:1].astype(np.float32))
+    return x if ind["dtype"] == np.float32 else quantize_affine(x, *ind["quantization"], ind["dtype"])
 
 
 @register_format
@@ -201,9 +267,11 @@ class TFLiteFormat(ExportFormat):
                 ("mediapipe", "TFLite metadata (its metadata schema) and the MediaPipe check"))
     tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "mediapipe")
 
-    def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
-        """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy."""
+    def float_graph(self, ctx: "ExportContext", precision: str = "fp32", phone_input_size: int | None = None) -> Path:
+        """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy; with
+        ``phone_input_size`` the graph takes that side and downscales to the model's (:mod:`export.resize_in_graph`)."""
         model, stem = ctx.float_source(precision)
+        stem += f"_in{phone_input_size}" if phone_input_size else ""
         key = f"tflite_{stem}"
         if key not in ctx.cache:
             import torch
@@ -211,19 +279,45 @@ class TFLiteFormat(ExportFormat):
             litert_torch = _import_litert_torch()
             litert_torch.config.show_progress = False
             s, pre = ctx.input_size, ctx.preprocessing
-            edge = litert_torch.convert(_nhwc_wrapper(model, pre.mean, pre.std, ctx.temperature),
-                                        (torch.zeros(1, s, s, 3),))
+            n = phone_input_size or s
+            edge = litert_torch.convert(_nhwc_wrapper(model, pre.mean, pre.std, ctx.temperature,
+                                                      (n, s) if phone_input_size else None),
+                                        (torch.zeros(1, n, n, 3),))
             path = ctx.workdir / f"{stem}.tflite"
             edge.export(str(path))
             ctx.cache[key] = path
         return ctx.cache[key]
 
     def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
-        fp32 = self.float_graph(ctx, precision)
+        phone = ctx.phone_input_size
+        info = self._convert(ctx, precision, dest, phone)
+        if phone:  # the same precision without the in-graph resize: what the larger input costs (export.api reports it)
+            twin = ctx.workdir / f"without_in_graph_resize_{precision}.tflite"
+            ctx.cache[f"tflite_twin_{precision}"] = (twin, self._convert(ctx, precision, twin, None))
+            pix = to_pixels(ctx.inputs_at(feed_preprocessing(ctx), "calib")[:1], ctx.preprocessing.mean,
+                            ctx.preprocessing.std)
+            a, b = dest.read_bytes(), twin.read_bytes()
+            with_ms, without_ms = _latency_pair_ms(a, b, _first_input(a, pix),
+                                                   _first_input(b, to_pixels(ctx.calib[:1], ctx.preprocessing.mean,
+                                                                             ctx.preprocessing.std)))
+            info.extra[IN_GRAPH_RESIZE]["cost"] = {
+                "size_bytes_with": len(a), "size_bytes_without": len(b),
+                "litert_invoke_ms_p50_1thread_with": round(with_ms, 4),
+                "litert_invoke_ms_p50_1thread_without": round(without_ms, 4),
+                "latency_note": "LiteRT invoke on 1 thread at export, the two models in alternating rounds; "
+                                "indicative only (a shared host)",
+            }
+        return info
+
+    def _convert(self, ctx: "ExportContext", precision: str, dest: Path, phone: int | None) -> ArtifactInfo:
+        fp32 = self.float_graph(ctx, precision, phone)
         pre = ctx.preprocessing
-        calib = to_pixels(ctx.calib, pre.mean, pre.std)  # the graph takes pixels in [0, 1]
+        feed = pre if not phone else feed_preprocessing(ctx)
+        calib = to_pixels(ctx.inputs_at(feed, "calib"), pre.mean, pre.std)  # the graph takes pixels in [0, 1]
         extra: dict[str, Any] = {"converter": "litert_torch.convert (NHWC pixels in, normalisation and "
                                               "softmax(logits / T) in the graph)"}
+        if phone:
+            extra[IN_GRAPH_RESIZE] = in_graph_resize_info(phone, ctx.input_size)
         if precision == "fp32":
             payload = fp32.read_bytes()
         elif precision == "fp16":
@@ -247,17 +341,20 @@ class TFLiteFormat(ExportFormat):
                 payload, extra["quantization"]["uint8_io"] = uint8_io(payload)
             payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
             payload, extra["flatbuffer_dedup"] = _compact(payload, calib)
-        payload, extra["metadata"] = _with_metadata(ctx, precision, payload, calib)
+        payload, extra["metadata"] = _with_metadata(ctx, precision, payload, calib, phone)
         dest.write_bytes(payload)
         it = _interpreter(dest, 1)
         inp = _tensor_spec(it.get_input_details()[0])
         outp = _tensor_spec(it.get_output_details()[0])
+        resize = ({"resize_in_graph": f"{phone}x{phone} -> {ctx.input_size}x{ctx.input_size}, the training resize's "
+                                      "antialiased bilinear (give the runtime the whole image; it resizes it to the input)"}
+                  if phone else {})
         return ArtifactInfo(
             input={**inp, "layout": "NHWC", "type": "image", "color_layout": "RGB", "pixel_scale": 1.0 / 255.0,
-                   "normalization": "in graph: (pixel/255 - mean) / std with the source's preprocessing"},
+                   "normalization": "in graph: (pixel/255 - mean) / std with the source's preprocessing", **resize},
             output={**outp, "kind": "probabilities", "temperature_applied": True},
             extra={**extra, "source_normalization": {"mean": list(pre.mean), "std": list(pre.std)}},
-            preprocessing=pixel_preprocessing(pre),
+            preprocessing=pixel_preprocessing(pre, phone),
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
@@ -267,7 +364,7 @@ class TFLiteFormat(ExportFormat):
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
         norm = info.extra.get("source_normalization", {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
 
-        def run(x: np.ndarray) -> np.ndarray:  # x: normalised with the source's preprocessing
+        def run(x: np.ndarray) -> np.ndarray:  # x: normalised with the source's mean/std, at the artifact's input side
             ys = _invoke_each(it, to_pixels(x, norm["mean"], norm["std"]), (iq["scale"], iq["zero_point"]) if iq else None)
             return np.concatenate([dequantize_affine(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
                                    for y in ys], axis=0)
@@ -276,7 +373,7 @@ class TFLiteFormat(ExportFormat):
 
     def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
         it = _interpreter(path, 1)
-        s = ctx.input_size
+        s = info.preprocessing.input_size if info.preprocessing is not None else ctx.input_size
         ishape = [int(d) for d in it.get_input_details()[0]["shape"]]
         oshape = [int(d) for d in it.get_output_details()[0]["shape"]]
         if ishape != [1, s, s, 3] or oshape != [1, len(ctx.class_names)]:
