@@ -10,7 +10,6 @@ counts the flagged images among every test-split lesion and among the inputs of
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import sys
@@ -19,14 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.ood_inputs import non_dermoscopy
+
 HERE = Path(__file__).resolve().parent
-
-
-def _inputs_module():
-    spec = importlib.util.spec_from_file_location("ood_inputs", HERE / "ood_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     xv, sv = prepare(val)
     cal = fit(sv, logits_in_batches(model, xv), man.temperature)
     test = [bundle.test[i][0] for i in range(len(bundle.test))]
-    groups: dict[str, list[Any]] = {"lesion (test split)": test, **_inputs_module().non_dermoscopy()}
+    groups: dict[str, list[Any]] = {"lesion (test split)": test, **non_dermoscopy()}
     rows = []
     for kind, images in groups.items():
         xs, stats = prepare(images)

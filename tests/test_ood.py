@@ -7,7 +7,6 @@ four kinds of non-dermoscopy input made here.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,23 +17,10 @@ import pytest
 from PIL import Image
 from test_serve_support import ServerThread, build_onnx, encode
 
+from benchmarks.ood_inputs import lesion_images, non_dermoscopy
 from lesionlite.manifest import MANIFEST_NAME
 from lesionlite.ood import fit, image_statistics, unnormalize
 from lesionlite.preprocessing import PreprocessConfig, preprocess
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_inputs():
-    """benchmarks/ood_inputs.py (not a package): the inputs the test and benchmarks/ood_probe.py share."""
-    spec = importlib.util.spec_from_file_location("ood_inputs", REPO / "benchmarks" / "ood_inputs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_INPUTS = _load_inputs()
-lesion_images, non_dermoscopy = _INPUTS.lesion_images, _INPUTS.non_dermoscopy
 
 CFG = PreprocessConfig(input_size=64)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import qat_probe
 from distill.config import resolve_config
 from distill.methods.base import MethodContext
 from distill.methods.qat import QAT, ActivationRange, QATConfig, fold_batchnorm_into_identity
@@ -124,10 +125,9 @@ def test_qat_run_on_a_trained_tiny_model(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Path, monkeypatch):
+def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Path):
     """benchmarks/qat_probe.py: QAT copy trained on the run's own data (its config's data section), exported
     as the protocol exports, and the int8 drop measured against the *original* float model's test Bal-ACC."""
-    import importlib.util
     import json
 
     import yaml
@@ -144,13 +144,8 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
                  dataset=bundle, seed=0)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"export": {"formats": ["onnx"], "calib_samples": 16}}))
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))  # as when run as a script: it imports reproduce's helpers
-    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "int8_qat.json"
-    assert mod.main([str(base.run_dir), "--epochs", "1", "--lr", "0.002", "--batch-size", "16", "--recipe", str(recipe),
+    assert qat_probe.main([str(base.run_dir), "--epochs", "1", "--lr", "0.002", "--batch-size", "16", "--recipe", str(recipe),
                      "--base-out", str(tmp_path / "qat"), "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][0]
     float_bal = json.loads((base.run_dir / "manifest.json").read_text())["metrics"]["test_balanced_accuracy"]
@@ -163,29 +158,23 @@ def test_qat_probe_compares_qat_int8_with_the_original_float_model(tmp_path: Pat
     assert row["qat_wall_s"] > 0
     args = [str(base.run_dir), "--epochs", "1", "--lr", "0.002", "--batch-size", "16", "--recipe", str(recipe),
             "--base-out", str(tmp_path / "qat"), "--out", str(out)]
-    assert mod.main(args) == 0
+    assert qat_probe.main(args) == 0
     again = json.loads(out.read_text())["rows"]
     assert len(again) == 1 and again[0]["qat_wall_s"] == row["qat_wall_s"]  # reused run: same row, its own wall time
     assert again[0]["export_wall_s"] == row["export_wall_s"] > 0
     with pytest.raises(SystemExit, match="batch_size=16, not 8"):  # a reused run must hold the recipe the row names
-        mod.main(args[:5] + ["--batch-size", "8"] + args[7:])
+        qat_probe.main(args[:5] + ["--batch-size", "8"] + args[7:])
 
 
-def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise(monkeypatch):
+def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise():
     """The plain ``qat_probe.py RUN`` command runs the protocol's declared QAT recipe (``export.qat``, the one the
     table's verdict counts); explicit flags win; without a declared recipe the old defaults hold."""
     import argparse
-    import importlib.util
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
 
     def resolved(recipe: dict, **flags) -> tuple:
         args = argparse.Namespace(**{"epochs": None, "lr": None, "alpha": None, "recipe": "r.yaml", **flags})
-        mod.apply_recipe_defaults(args, recipe)
+        qat_probe.apply_recipe_defaults(args, recipe)
         return args.epochs, args.lr, args.alpha
 
     declared = {"export": {"qat": {"epochs": 1, "lr": 1.0e-5, "alpha": 0.9}}}
@@ -197,26 +186,20 @@ def test_qat_probe_runs_the_recipe_the_protocol_declares_unless_told_otherwise(m
         resolved({"export": {"qat": "1 epoch"}})
 
 
-def test_qat_probe_rows_from_two_probes_at_once_are_both_kept(tmp_path: Path, monkeypatch):
+def test_qat_probe_rows_from_two_probes_at_once_are_both_kept(tmp_path: Path):
     """Two probes (one per seed, one per core) write the same results file: each re-reads it under a lock before
     writing, so the second keeps the first's row; a row of the same run and recipe is replaced, not duplicated."""
-    import importlib.util
     import json
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("qat_probe", bench / "qat_probe.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "results" / "int8_qat.json"
 
     def row(seed: int, drop: float) -> dict:
         return {"run": f"runs/cpu/seed{seed}/ssdkd_mobilenet_v2", "qat_epochs": 1, "qat_lr": 1e-5, "qat_alpha": 0.9,
                 "qat_tflite_drop": drop}
 
-    mod.record_row(out, row(1, 0.004))
-    mod.record_row(out, row(2, 0.006))  # each write merges with what the file holds now, not a copy read at start
-    mod.record_row(out, row(1, 0.003))  # the same run and recipe again: replaced
+    qat_probe.record_row(out, row(1, 0.004))
+    qat_probe.record_row(out, row(2, 0.006))  # each write merges with what the file holds now, not a copy read at start
+    qat_probe.record_row(out, row(1, 0.003))  # the same run and recipe again: replaced
     doc = json.loads(out.read_text())
     assert sorted((r["run"], r["qat_tflite_drop"]) for r in doc["rows"]) == [
         ("runs/cpu/seed1/ssdkd_mobilenet_v2", 0.003), ("runs/cpu/seed2/ssdkd_mobilenet_v2", 0.006)]

@@ -451,7 +451,8 @@ def test_int8_target_counts_qat_only_from_the_declared_recipe_on_every_seed():
     assert target([row(s, 0.005, qat_epochs=2, qat_lr=1e-4, qat_alpha=None) for s in (0, 1, 2)],
                   recipe=plain)["verdict"] == "pass"
     assert V.declared_qat_recipe({"export": {}}) is None
-    for bad, msg in (({"epochs": 1}, "needs 'lr'"), ("1 epoch", "must be a mapping"), ({"epochs": 1, "lr": "fast"}, "qat.lr: 'fast' is not a valid"),
+    for bad, msg in (({"epochs": 1}, "needs 'lr'"), ("1 epoch", "must be a mapping"),
+                     ({"epochs": 1, "lr": "fast"}, "qat.lr: 'fast' is not a valid"),
                      ({"epochs": 1, "lr": 1e-5, "alhpa": 0.9}, "unknown key")):
         with pytest.raises(LesionliteError, match=msg):
             V.declared_qat_recipe({"export": {"qat": bad}})
