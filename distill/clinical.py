@@ -25,7 +25,7 @@ from distill.bootstrap import N_BOOT, bootstrap
 from distill.metrics import balanced_accuracy, binary_auc, ece
 from lesionlite.classes import class_index
 from lesionlite.errors import LesionliteError
-from lesionlite.referral import TARGETS, referral_scores, scores_for_operating_point, target_classes
+from lesionlite.referral import referral_scores, scores_for_operating_point, target_classes
 
 DEFAULT_TARGET = "mel"
 DEFAULT_SENSITIVITY = 0.90
@@ -55,6 +55,15 @@ def sensitivity_specificity(scores: np.ndarray, is_pos: np.ndarray, threshold: f
     sens = float(refer[pos].mean()) if pos.any() else None
     spec = float((~refer[~pos]).mean()) if (~pos).any() else None
     return sens, spec
+
+
+def melanocytic_scores(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray | None:
+    """P(mel | mel or nv) per image (``lesionlite.referral``'s ``melanocytic`` score), reported beside the
+    plain melanoma AUC for every model; None when the model lacks either class."""
+    try:
+        return referral_scores(probs, *target_classes(class_names, "melanocytic"))
+    except LesionliteError:
+        return None
 
 
 @dataclass
@@ -124,8 +133,12 @@ def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequenc
         "balanced_accuracy_present": lambda i: balanced_accuracy(y[i], pred[i]),
         "ece": lambda i: ece(y[i], p[i]) if i.size else None,
     }
+    mc = melanocytic_scores(p, class_names)
     if mel is not None:
         stats["melanoma_auc"] = lambda i: binary_auc(y[i] == mel, p[i, mel])
+    if mc is not None:
+        stats["melanocytic_auc"] = lambda i: binary_auc(y[i] == mel, mc[i])
+    if mel is not None:
         stats["melanoma_sensitivity_argmax"] = (
             lambda i: float((pred[i][y[i] == mel] == mel).mean()) if (y[i] == mel).any() else None)
     if op is not None:
@@ -168,6 +181,9 @@ def paired_deltas(labels: np.ndarray, probs: np.ndarray, ref_probs: np.ndarray, 
     }
     if mel is not None:
         stats["melanoma_auc"] = lambda i: _delta(binary_auc(y[i] == mel, p[i, mel]), binary_auc(y[i] == mel, r[i, mel]))
+    mc, mc_ref = melanocytic_scores(p, class_names), melanocytic_scores(r, class_names)
+    if mc is not None and mc_ref is not None:
+        stats["melanocytic_auc"] = lambda i: _delta(binary_auc(y[i] == mel, mc[i]), binary_auc(y[i] == mel, mc_ref[i]))
     if op is not None:
         pos_idx = [list(class_names).index(c) for c in op.positive_classes if c in class_names]
         s, s_ref = op.scores(p, class_names), op.scores(r, class_names)

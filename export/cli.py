@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from lesionlite.errors import LesionliteError
+from lesionlite.referral import TARGETS as REFERRAL_TARGETS
+from lesionlite.referral import describe_score
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="external validation set evaluated for the PyTorch model and every artifact: 'auto' (the "
                         "ISIC-archive set isic2017_msk_256 when found under the data root), a data spec such as "
                         "isic-archive:PATH, or 'none' (default: auto). Evaluation only: nothing is fitted on it")
-    p.add_argument("--op-target", choices=("mel", "malignant"), default="mel",
-                   help="operating point's referral target: melanoma, or malignant = mel + bcc + akiec (default: mel)")
+    p.add_argument("--op-target", choices=tuple(REFERRAL_TARGETS), default="mel",
+                   help="operating point's referral target: mel = P(melanoma), malignant = mel + bcc + akiec, melanocytic = "
+                        "P(mel) / (P(mel) + P(nv)) (default: mel)")
     p.add_argument("--op-sensitivity", type=float, default=0.90,
                    help="sensitivity the operating point reaches on the validation split (default: 0.90)")
     p.add_argument("--triton-repo", default=None, metavar="DIR",
@@ -122,7 +125,7 @@ def _print_clinical(report: "object") -> None:
     src = getattr(report, "source", {})
     op = (src.get("evidence") or {}).get("operating_point")
     if op:
-        print(f"operating point: refer when P({'+'.join(op['positive_classes'])}) >= {op['threshold']:.4f} "
+        print(f"operating point: refer when {describe_score(op)} >= {op['threshold']:.4f} "
               f"(sensitivity {op['sensitivity_target']:.2f} on validation)")
     rows = [("PyTorch", src.get("clinical") or {})] + [(a.name, a.clinical) for a in getattr(report, "artifacts", [])]
     for name, c in rows:

@@ -14,6 +14,7 @@ import numpy as np
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import Manifest
 from lesionlite.preprocessing import PreprocessConfig
+from lesionlite.referral import get_target
 
 #: Top-1 agreement with PyTorch below which an artifact counts as broken (see the module docstring).
 DEFAULT_PARITY_THRESHOLDS: dict[str, float] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.90}
@@ -58,8 +59,7 @@ class ExportOptions:
             raise LesionliteError(f"--calib-samples must be at least 1, got {o.calib_samples}")
         if o.eval_samples is not None and o.eval_samples < 1:
             raise LesionliteError(f"--eval-samples must be at least 1, got {o.eval_samples}")
-        if o.op_target not in ("mel", "malignant"):
-            raise LesionliteError(f"unknown operating-point target {o.op_target!r}; choose 'mel' or 'malignant'")
+        get_target(o.op_target)  # a clear error naming the targets
         if not 0.0 < o.op_sensitivity <= 1.0:
             raise LesionliteError(f"--op-sensitivity must be in (0, 1], got {o.op_sensitivity}")
         pis = o.phone_input_size

@@ -214,7 +214,7 @@ def summarize(predictor: Predictor, preds: Predictions, data: dict[str, Any], n_
     op = operating_point_of(m)
     clinical = clinical_metrics(preds.labels, preds.probs, names, op, preds.ood, preds.groups, n_boot=n_boot, seed=seed)
     report = classification_report(preds.labels, probs=preds.probs, class_names=names)
-    mel = class_index(names, "mel")
+    mel, nv = class_index(names, "mel"), class_index(names, "nv")
     doc: dict[str, Any] = {
         "model": {"name": predictor.name, "architecture": m.architecture, **predictor.describe,
                   "input_size": m.preprocessing.input_size, "temperature": m.temperature,
@@ -230,6 +230,7 @@ def summarize(predictor: Predictor, preds: Predictions, data: dict[str, Any], n_
         doc["predictions"] = {
             "ids": preds.ids, "labels": preds.labels.tolist(),
             "mel_prob": None if mel is None else [round(float(v), 6) for v in preds.probs[:, mel]],
+            "nv_prob": None if nv is None else [round(float(v), 6) for v in preds.probs[:, nv]],
             "pred": preds.probs.argmax(1).tolist(),
             "ood": None if preds.ood is None else preds.ood.astype(int).tolist(),
         }

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lesionlite.atomic import write_text_atomic
+from lesionlite.referral import describe_score
 
 JSON_NAME = "evaluation.json"
 MD_NAME = "evaluation.md"
@@ -21,6 +22,7 @@ PLOT_NAME = "evaluation.png"
 #: display order and labels of the clinical figures
 FIGURES = (
     ("melanoma_auc", "melanoma AUC (melanoma vs rest)", "auc"),
+    ("melanocytic_auc", "melanoma AUC of P(mel | mel or nv)", "auc"),
     ("target_auc", "referral-score AUC", "auc"),
     ("sensitivity", "sensitivity at the operating point", "pct"),
     ("specificity", "specificity at the operating point", "pct"),
@@ -76,7 +78,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
               "- " + ("**external set** (another institution; evaluation only)" if d.get("external") else
                       f"internal split `{d['split']}` of the training data"), ""]
     if op:
-        lines += [f"Operating point: refer when P({' + '.join(op['positive_classes'])}) ≥ {op['threshold']:.4f}, "
+        lines += [f"Operating point: refer when {describe_score(op)} ≥ {op['threshold']:.4f}, "
                   f"chosen on the validation split ({op['n_positive']} positives) for sensitivity "
                   f"{op['sensitivity_target']:.2f} (reached {op['sensitivity']:.3f} there). Test and external "
                   "images only check it.", ""]
@@ -122,7 +124,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     fpr, tpr = roc_curve(labels == mel, np.asarray(preds["mel_prob"], dtype=np.float64))
     ax1.plot(fpr, tpr, lw=1.5, label=f"melanoma vs rest, AUC {fmt_ci(metrics.get('melanoma_auc'), 'auc')}")
     op = doc["clinical"].get("operating_point")
-    if op and op["positive_classes"] == [names[mel]] and metrics["sensitivity"]["value"] is not None:
+    if (op and op["positive_classes"] == [names[mel]] and not op.get("given_classes")
+            and metrics["sensitivity"]["value"] is not None):  # the point lies on this curve only for P(mel)
         sens, spec = metrics["sensitivity"]["value"], metrics["specificity"]["value"]
         ax1.plot([1 - spec], [sens], "o", color="tab:red",
                  label=f"operating point (P ≥ {op['threshold']:.3f}, chosen on validation)")

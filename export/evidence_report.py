@@ -10,16 +10,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from export.evaluation_report import fmt_ci
+from lesionlite.referral import describe_score
 
 #: (metric key, column title, style) of the side-by-side tables
 COLUMNS = (
     ("melanoma_auc", "melanoma AUC", "auc"),
+    ("melanocytic_auc", "melanoma AUC, P(mel | mel or nv)", "auc"),
     ("sensitivity", "sensitivity @ op", "pct"),
     ("specificity", "specificity @ op", "pct"),
     ("balanced_accuracy_present", "bal. acc (classes present)", "pct"),
     ("ece", "ECE", "auc"),
     ("ood_rate", "out of distribution", "pct"),
 )
+#: shown after the melanoma AUCs when the referral score ranks another positive set (malignant)
+SCORE_AUC = ("target_auc", "referral-score AUC", "auc")
 DELTAS = (("melanoma_auc", "Δ melanoma AUC", "auc"), ("balanced_accuracy_present", "Δ bal. acc", "pct"),
           ("sensitivity", "Δ sensitivity @ op", "pct"))
 
@@ -37,7 +41,7 @@ def fmt_delta(m: dict[str, Any] | None, style: str) -> str:
 def operating_point_line(op: dict[str, Any] | None) -> str:
     if not op:
         return "No operating point (no validation split with positives): sensitivity and specificity are not reported."
-    return (f"Operating point: refer when P({' + '.join(op['positive_classes'])}) ≥ {op['threshold']:.4f}, chosen on "
+    return (f"Operating point: refer when {describe_score(op)} ≥ {op['threshold']:.4f}, chosen on "
             f"the validation split ({op['n_positive']} positives of {op['n']}) for sensitivity {op['sensitivity_target']:.2f} "
             f"(reached {op['sensitivity']:.3f} there). It is a screening threshold for research evaluation — it says "
             "when this model would refer a lesion for a closer look, not whether a lesion is a melanoma; test and "
@@ -50,6 +54,8 @@ def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[
     lines = [f"{heading} Clinical figures: internal test split and external site", "",
              operating_point_line(evidence.get("operating_point")), ""]
     rows = [("PyTorch (source)", source_clinical)] + [(n, c) for n, c in artifacts if c]
+    op = evidence.get("operating_point") or {}
+    columns = COLUMNS[:2] + (SCORE_AUC,) + COLUMNS[2:] if op.get("target") == "malignant" else COLUMNS
     for role, sdesc in (evidence.get("sets") or {}).items():
         title = (("Internal" if role == "internal" else "External")
                  + f": {sdesc.get('name')} ({sdesc.get('split')}, n={sdesc.get('n')})")
@@ -59,10 +65,10 @@ def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[
         present = next((c[role].get("classes_present") for _, c in rows if role in c), [])
         nmel = next((c[role].get("n_melanoma") for _, c in rows if role in c), None)
         lines += [f"**{title}** — classes present: {', '.join(present)}; melanomas: {nmel}", "",
-                  "| model | " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+                  "| model | " + " | ".join(t for _, t, _ in columns) + " |", "|---|" + "---:|" * len(columns)]
         for name, c in rows:
             m = (c.get(role) or {}).get("metrics", {})
-            lines.append(f"| {name} | " + " | ".join(fmt_ci(m.get(k), s) for k, _, s in COLUMNS) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt_ci(m.get(k), s) for k, _, s in columns) + " |")
         lines.append("")
     for note in evidence.get("notes") or []:
         lines.append(f"- {note}")

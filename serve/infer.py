@@ -32,6 +32,8 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 
+from lesionlite.referral import scores_for_operating_point
+
 from serve.errors import ApiError
 from serve.images import decode_image
 from serve.models import REFER, REFERRAL_SCORE, LoadedModel
@@ -234,8 +236,7 @@ def _outputs(req: InferRequest, entry: LoadedModel, logits: np.ndarray) -> list[
     values = {entry.logits_output: logits, entry.probabilities_output: probs}
     op = entry.operating_point
     if op is not None:  # the operating-point decision: the score and whether it reaches the threshold
-        idx = [entry.class_names.index(c) for c in op.get("positive_classes", []) if c in entry.class_names]
-        score = probs[:, idx].sum(axis=1).astype(np.float32)
+        score = scores_for_operating_point(probs, entry.class_names, op).astype(np.float32)
         values[REFERRAL_SCORE] = score
         values[REFER] = score >= np.float32(op["threshold"])
     wanted = req.outputs or [RequestedOutput(n) for n in values]  # none named (or []): all of them

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from lesionlite.referral import scores_for_operating_point
+
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logits / T) in float64 (numerically stable)."""
@@ -26,7 +28,8 @@ def normalized_entropy(p: np.ndarray) -> float:
 
 
 def referral(p: np.ndarray, class_names: list[str], op: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The operating-point decision for one image: refer when the target's probability reaches the threshold.
+    """The operating-point decision for one image: refer when the target's score (``lesionlite.referral``)
+    reaches the threshold.
 
     ``op`` is the manifest's ``calibration.operating_point`` (chosen on the validation split by export);
     None when the artifact carries none.
@@ -34,10 +37,10 @@ def referral(p: np.ndarray, class_names: list[str], op: dict[str, Any] | None) -
     if not op:
         return None
     idx = [class_names.index(c) for c in op.get("positive_classes", []) if c in class_names]
-    score = float(np.asarray(p, dtype=np.float64)[idx].sum()) if idx else 0.0
+    score = float(scores_for_operating_point(p, class_names, op)[0]) if idx else 0.0
     threshold = float(op["threshold"])
     return {"target": op.get("target"), "positive_classes": [class_names[i] for i in idx], "score": score,
-            "threshold": threshold, "refer": bool(score >= threshold),
+            "given_classes": op.get("given_classes"), "threshold": threshold, "refer": bool(score >= threshold),
             "sensitivity_target": op.get("sensitivity_target"), "chosen_on": op.get("chosen_on", "val")}
 
 

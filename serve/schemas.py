@@ -17,9 +17,13 @@ class TopK(BaseModel):
 
 
 class Referral(BaseModel):
-    target: str | None = Field(None, description="'mel' (melanoma) or 'malignant' (mel + bcc + akiec)")
+    target: str | None = Field(None, description="'mel' (melanoma), 'malignant' (mel + bcc + akiec) or "
+                                                 "'melanocytic' (P(mel) / (P(mel) + P(nv)))")
     positive_classes: list[str]
-    score: float = Field(description="the summed calibrated probability of positive_classes")
+    given_classes: list[str] | None = Field(None, description="the classes the score is conditioned on "
+                                                              "(null: every class)")
+    score: float = Field(description="the summed calibrated probability of positive_classes, divided by that of "
+                                     "given_classes when set")
     threshold: float = Field(description="operating point chosen on the validation split for sensitivity_target")
     refer: bool = Field(description="score >= threshold: this model would refer the lesion for a closer look")
     sensitivity_target: float | None = None

@@ -1,0 +1,95 @@
+"""Referral targets: which probabilities make up the score a clinic thresholds (numpy only, one definition
+for export, evaluate and serve).
+
+A target names its *positive* classes and, optionally, the classes the score is *conditioned on*:
+
+- ``mel``: P(melanoma) — the melanoma probability among all classes.
+- ``malignant``: P(mel) + P(bcc) + P(akiec/AK/SCC) among all classes.
+- ``melanocytic``: P(melanoma | melanocytic) = P(mel) / (P(mel) + P(nv)) — the second step of the two-step
+  dermoscopy algorithm (first: is the lesion melanocytic; second: is the melanocytic lesion a melanoma). It
+  ignores the probability a shifted image leaks into classes the lesion is not (another clinic's
+  illumination pushes mass into ``vasc``/``bcc``; benchmarks/RESULTS.md section 8f measures what that does).
+  It says nothing about non-melanocytic lesions: a lesion the model calls vascular can still score high,
+  so it is a melanoma triage score, not a "refer anything malignant" one.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lesionlite.classes import MALIGNANT, canonical
+from lesionlite.errors import LesionliteError
+
+
+@dataclass(frozen=True)
+class ReferralTarget:
+    """Positive classes and the classes the score is conditioned on (None: every class)."""
+
+    name: str
+    description: str
+    positives: tuple[str, ...]
+    given: tuple[str, ...] | None = None
+
+
+TARGETS: dict[str, ReferralTarget] = {t.name: t for t in (
+    ReferralTarget("mel", "P(melanoma)", ("mel",)),
+    ReferralTarget("malignant", "P(mel) + P(bcc) + P(akiec)", MALIGNANT),
+    ReferralTarget("melanocytic", "P(melanoma | melanocytic) = P(mel) / (P(mel) + P(nv))", ("mel",), ("mel", "nv")),
+)}
+
+
+def _indices(class_names: Sequence[str], codes: Sequence[str]) -> list[int]:
+    return [j for j, c in enumerate(class_names) if canonical(c) in codes or str(c).lower() in codes]
+
+
+def get_target(target: str) -> ReferralTarget:
+    """The target called ``target``, or a clear error naming the choices."""
+    if target not in TARGETS:
+        raise LesionliteError(f"unknown operating-point target {target!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[target]
+
+
+def target_classes(class_names: Sequence[str], target: str) -> tuple[list[int], list[int] | None]:
+    """(positive output indices, conditioning output indices or None) of ``target`` for these classes."""
+    t = get_target(target)
+    pos = _indices(class_names, t.positives)
+    if not pos:
+        raise LesionliteError(f"the model's classes ({', '.join(class_names)}) have none for target {target!r}")
+    if t.given is None:
+        return pos, None
+    given = _indices(class_names, t.given)
+    if len(given) != len(t.given):
+        raise LesionliteError(f"target {target!r} needs the classes {', '.join(t.given)}; the model has "
+                              f"{', '.join(class_names)}")
+    return pos, given
+
+
+def referral_scores(probs: np.ndarray, positives: Sequence[int], given: Sequence[int] | None = None) -> np.ndarray:
+    """Per image: the summed probability of ``positives``, divided by that of ``given`` when it is set
+    (0 where the conditioning classes have no probability at all)."""
+    p = np.asarray(probs, dtype=np.float64)
+    num = p[:, list(positives)].sum(axis=1)
+    if given is None:
+        return num
+    den = p[:, list(given)].sum(axis=1)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def scores_for_operating_point(probs: np.ndarray, class_names: Sequence[str], op: dict) -> np.ndarray:
+    """The scores of a stored operating point (a manifest's ``calibration.operating_point``) for ``probs``
+    (N, C) — what serve thresholds. Older manifests carry no ``given_classes``: the plain sum."""
+    names = list(class_names)
+    pos = [names.index(c) for c in op.get("positive_classes", []) if c in names]
+    given_names = op.get("given_classes")
+    given = None if not given_names else [names.index(c) for c in given_names if c in names]
+    return referral_scores(np.atleast_2d(probs), pos, given)
+
+
+def describe_score(op: dict) -> str:
+    """The score of a stored operating point in words for reports: ``P(mel)``, ``P(akiec + bcc + mel)``,
+    ``P(mel | mel or nv)``."""
+    score = f"P({' + '.join(op.get('positive_classes', []))}"
+    given = op.get("given_classes")
+    return f"{score} | {' or '.join(given)})" if given else f"{score})"

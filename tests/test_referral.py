@@ -1,0 +1,54 @@
+"""Referral targets (lesionlite.referral): one score definition for export, evaluate and serve."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distill.clinical import choose_operating_point, clinical_metrics, melanocytic_scores
+from lesionlite.errors import LesionliteError
+from lesionlite.referral import describe_score, referral_scores, scores_for_operating_point, target_classes
+from serve.postprocess import referral
+
+NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+def test_melanocytic_score_is_melanoma_among_melanocytic() -> None:
+    p = np.array([[0.0, 0.0, 0.0, 0.0, 0.2, 0.2, 0.6],   # mass leaked into vasc: 0.5 among mel/nv
+                  [0.1, 0.1, 0.1, 0.1, 0.1, 0.4, 0.1]])
+    pos, given = target_classes(NAMES, "melanocytic")
+    assert (pos, given) == ([4], [4, 5])
+    np.testing.assert_allclose(referral_scores(p, pos, given), [0.5, 0.2])
+    np.testing.assert_allclose(melanocytic_scores(p, NAMES), [0.5, 0.2])
+    np.testing.assert_allclose(referral_scores(p, *target_classes(NAMES, "mel")), [0.2, 0.1])
+    assert describe_score({"positive_classes": ["mel"], "given_classes": ["mel", "nv"]}) == "P(mel | mel or nv)"
+    assert describe_score({"positive_classes": ["akiec", "bcc", "mel"]}) == "P(akiec + bcc + mel)"
+
+
+def test_zero_conditioning_mass_scores_zero_and_bad_targets_are_named() -> None:
+    p = np.array([[0.5, 0.5, 0, 0, 0, 0, 0]], dtype=float)
+    assert referral_scores(p, [4], [4, 5]).tolist() == [0.0]
+    with pytest.raises(LesionliteError, match="unknown operating-point target 'mole'"):
+        target_classes(NAMES, "mole")
+    with pytest.raises(LesionliteError, match="needs the classes mel, nv"):
+        target_classes(["mel", "bcc"], "melanocytic")
+    assert melanocytic_scores(p[:, :2], ["mel", "bcc"]) is None
+
+
+def test_operating_point_on_melanocytic_score_is_what_serve_thresholds() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 7, 400)
+    logits = rng.normal(size=(400, 7)) + 2.0 * np.eye(7)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    op = choose_operating_point(p, y, NAMES, target="melanocytic", sensitivity=0.8)
+    assert op.given_classes == ["mel", "nv"] and op.positive_classes == ["mel"]
+    score = referral_scores(p, [4], [4, 5])
+    assert (score[y == 4] >= op.threshold).mean() >= 0.8
+    np.testing.assert_allclose(scores_for_operating_point(p, NAMES, op.to_dict()), score)
+    answer = referral(p[0], NAMES, op.to_dict())
+    assert answer["score"] == pytest.approx(score[0]) and answer["refer"] == bool(score[0] >= op.threshold)
+    assert answer["given_classes"] == ["mel", "nv"]
+    m = clinical_metrics(y, p, NAMES, op, n_boot=50)
+    assert m["metrics"]["melanocytic_auc"]["value"] == pytest.approx(m["metrics"]["target_auc"]["value"])
+    # an older manifest's operating point (no given_classes) still scores the plain sum
+    legacy = {k: v for k, v in op.to_dict().items() if k != "given_classes"}
+    np.testing.assert_allclose(scores_for_operating_point(p, NAMES, legacy), p[:, 4])
