@@ -60,10 +60,7 @@ def _real_data_reason() -> str | None:
 @pytest.mark.slow
 @pytest.mark.skipif(_real_data_reason() is not None, reason=str(_real_data_reason()))
 def test_mediapipe_agrees_on_real_images_with_the_downscale_in_the_graph(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from mediapipe_resize_probe import measure
+    from benchmarks.mediapipe_resize_probe import measure
 
     r = measure(str(STUDENT), 300, (256,), tmp_path)
     v = r["variants"]["input256"]

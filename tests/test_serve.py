@@ -469,7 +469,6 @@ def test_cli_starts_uvicorn(models_dir: Path) -> None:
 def test_benchmark_load_generator_reads_real_answers(server) -> None:
     """benchmarks/loadgen.py (serve_load's lean client) against the real server: 200s with
     probabilities are counted as such, a non-image is a 415 (not a success), keep-alive holds."""
-    sys.path.insert(0, str(REPO))
     from benchmarks.loadgen import drive_fast, multipart_request
 
     ok = multipart_request(server.url, "/predict", "file", "a.jpg", JPEG)

@@ -171,20 +171,16 @@ def test_throughput_benchmark_measures_a_native_size_teacher_under_the_loops_all
     """benchmarks/train_throughput.py: ``--teacher-image-size`` larger than the student's makes the KD run
     distil at the teacher's native input (as the cpu protocol), and the bare loop runs under the same
     allocator settings the project's loop applies."""
-    import importlib.util
     import json
     import os
-    from pathlib import Path
 
+    from benchmarks import train_throughput
     from distill import cpu_malloc
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rc = mod.main(["--data", "synthetic", "--model", "tiny_cnn", "--teacher-arch", "tiny_cnn", "--image-size", "32",
-                   "--teacher-image-size", "48", "--batch-size", "8", "--threads", "1", "--steps", "1",
-                   "--epochs", "1", "--methods", "scratch,kd", "--out", str(tmp_path), "--name", "t.json"])
+    rc = train_throughput.main([
+        "--data", "synthetic", "--model", "tiny_cnn", "--teacher-arch", "tiny_cnn", "--image-size", "32",
+        "--teacher-image-size", "48", "--batch-size", "8", "--threads", "1", "--steps", "1",
+        "--epochs", "1", "--methods", "scratch,kd", "--out", str(tmp_path), "--name", "t.json"])
     assert rc == 0
     res = json.loads((tmp_path / "t.json").read_text())
     assert res["teacher_image_size"] == 48
