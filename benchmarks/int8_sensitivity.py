@@ -18,128 +18,115 @@ Prints a table; writes ``benchmarks/results/int8_sensitivity.json``.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.int8_common import VariantRows, load_probe, probe_parser, probe_result, torch_logits, write_result
+from export.context import ExportContext
+from export.formats.onnx import INPUT_NAME, OnnxFormat
+from export.int8_prep import prepare_for_int8
+from export.quantize import onnx_calibration_reader
+from lesionlite.int8_grid import snap_to_int8_grid
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint", type=Path, help="a distill run directory")
-    ap.add_argument("--data", default=None, help="dataset spec (default: the checkpoint's own, via export)")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--calib-samples", type=int, default=300)
-    ap.add_argument("--eval-samples", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/int8_sensitivity.json")
-    args = ap.parse_args(argv)
+def weight_only_rows(rows: VariantRows, model: Any, x: np.ndarray, calib: np.ndarray) -> None:
+    """PyTorch with every conv / linear weight on the per-channel int8 grid (activations float), as trained and
+    after export's int8 preparation."""
+    import torch  # the export extra
 
-    import onnx
-    import onnxruntime as ort
-    import torch
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from export.api import ExportContext, load_checkpoint_and_export_data
-    from export.formats.onnx import INPUT_NAME, OnnxFormat
-    from export.int8_prep import prepare_for_int8
-    from export.parity import classification_metrics, compare
-    from export.quantize import onnx_calibration_reader
-    from lesionlite.int8_grid import snap_to_int8_grid
-
-    model, manifest, data, options = load_checkpoint_and_export_data(args.checkpoint, args.data, args.data_root,
-                                                                     args.calib_samples, args.eval_samples, args.seed)
-    x, y = data.eval_x, data.eval_y
-
-    num_classes = len(manifest.class_names)
-
-    def torch_logits(m: torch.nn.Module) -> np.ndarray:
-        with torch.no_grad():
-            return torch.cat([m(torch.from_numpy(x[i:i + 64])) for i in range(0, len(x), 64)]).numpy()
-
-    ref = torch_logits(model)
-    rows: list[dict] = []
-
-    def record(name: str, out: np.ndarray, seconds: float = 0.0) -> None:
-        par = compare(ref, out)
-        rows.append({"variant": name, "balanced_accuracy": classification_metrics(y, out, num_classes)["balanced_accuracy"],
-                     "top1_agreement": par["top1_agreement"], "max_abs_logits": par["max_abs_logits"],
-                     "seconds": round(seconds, 1)})
-
-    record("PyTorch fp32 (reference)", ref)
-
-    # weight-only int8: every conv / linear weight on the per-channel int8 grid the quantizers use
     t0 = time.time()
     wq = copy.deepcopy(model)
     with torch.no_grad():
         for mod in wq.modules():
             if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
                 mod.weight.copy_(snap_to_int8_grid(mod.weight))
-    record("PyTorch, int8 weights only (per-channel), float activations", torch_logits(wq), time.time() - t0)
+    rows.record("PyTorch, int8 weights only (per-channel), float activations", torch_logits(wq, x), time.time() - t0)
+    prepared, _ = prepare_for_int8(model, calib)
+    rows.record("PyTorch, int8 weights after int8 preparation (fold, snap, bias-correct)", torch_logits(prepared, x))
 
-    prepared, _ = prepare_for_int8(model, data.calib)
-    record("PyTorch, int8 weights after int8 preparation (fold, snap, bias-correct)", torch_logits(prepared))
 
+def calibration_variants() -> list[tuple[str, dict[str, Any]]]:
+    """onnxruntime static-QDQ calibration settings to compare (``"head"``: the classifier's nodes, excluded)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+
+    return [
+        ("MinMax (export's recipe)", {"calibrate_method": CalibrationMethod.MinMax}),
+        ("Percentile 99.99", {"calibrate_method": CalibrationMethod.Percentile,
+                              "extra_options": {"CalibPercentile": 99.99}}),
+        ("Entropy", {"calibrate_method": CalibrationMethod.Entropy}),
+        ("MinMax, classifier left in float", {"calibrate_method": CalibrationMethod.MinMax, "nodes_to_exclude": "head"}),
+        ("MinMax, uint8 activations", {"calibrate_method": CalibrationMethod.MinMax,
+                                       "activation_type": QuantType.QUInt8}),
+    ]
+
+
+def onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
+
+
+def quantized_variant_rows(rows: VariantRows, label: str, graph: Path, x: np.ndarray, calib: np.ndarray,
+                           tmp: Path) -> None:
+    """Every calibration variant of static QDQ on one float graph."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / f"{graph.stem}_sens_pre.onnx"
+    quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
+    head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
+    for i, (name, kw) in enumerate(calibration_variants()):
+        kw = {**kw, "nodes_to_exclude": head} if kw.get("nodes_to_exclude") == "head" else kw
+        t0 = time.time()
+        dest = tmp / f"{graph.stem}_int8_{i}.onnx"
+        opts = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QInt8,
+                "weight_type": QuantType.QInt8, **kw}
+        quantize_static(str(pre), str(dest), onnx_calibration_reader(calib, INPUT_NAME), **opts)
+        rows.record(f"ONNX int8 QDQ, {label} graph, {name}", onnx_outputs(dest, x), time.time() - t0)
+
+
+def onnx_rows(rows: VariantRows, model: Any, manifest: Any, data: Any, options: Any) -> None:
+    """The float graphs export itself quantizes, as trained (--no-bias-correction) and prepared (the default),
+    in fp32 and under each calibration variant."""
     with tempfile.TemporaryDirectory() as tmp:
-        # the float graphs export itself quantizes: as trained (--no-bias-correction) and prepared (default)
         ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
                             options=options, workdir=Path(tmp))
         onnx_format = OnnxFormat()
-
-        def run(path: Path) -> np.ndarray:
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 64]})[0] for i in range(0, len(x), 64)])
-
         t0 = time.time()
         raw_graph = onnx_format.float_graph(ctx, "fp32")
-        record("ONNX fp32", run(raw_graph), time.time() - t0)
-        variants = [
-            ("MinMax (export's recipe)", {"calibrate_method": CalibrationMethod.MinMax}),
-            ("Percentile 99.99", {"calibrate_method": CalibrationMethod.Percentile,
-                                  "extra_options": {"CalibPercentile": 99.99}}),
-            ("Entropy", {"calibrate_method": CalibrationMethod.Entropy}),
-            ("MinMax, classifier left in float", {"calibrate_method": CalibrationMethod.MinMax, "nodes_to_exclude": "head"}),
-            ("MinMax, uint8 activations", {"calibrate_method": CalibrationMethod.MinMax,
-                                           "activation_type": QuantType.QUInt8}),
-        ]
-        graphs = [("as trained", raw_graph), ("prepared", onnx_format.float_graph(ctx, "int8"))]
-        for label, graph in graphs:
-            pre = Path(tmp) / f"{graph.stem}_sens_pre.onnx"
-            quant_pre_process(str(graph), str(pre), skip_symbolic_shape=True)
-            head = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in ("Gemm", "MatMul")]
-            for i, (name, kw) in enumerate(variants):
-                kw = {**kw, "nodes_to_exclude": head} if kw.get("nodes_to_exclude") == "head" else kw
-                t0 = time.time()
-                dest = Path(tmp) / f"{graph.stem}_int8_{i}.onnx"
-                opts = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QInt8,
-                        "weight_type": QuantType.QInt8, **kw}
-                quantize_static(str(pre), str(dest), onnx_calibration_reader(data.calib, INPUT_NAME), **opts)
-                record(f"ONNX int8 QDQ, {label} graph, {name}", run(dest), time.time() - t0)
+        rows.record("ONNX fp32", onnx_outputs(raw_graph, data.eval_x), time.time() - t0)
+        for label, graph in [("as trained", raw_graph), ("prepared", onnx_format.float_graph(ctx, "int8"))]:
+            quantized_variant_rows(rows, label, graph, data.eval_x, data.calib, Path(tmp))
 
-    base = rows[0]["balanced_accuracy"]
-    for r in rows:
-        r["delta_points"] = round(100 * (r["balanced_accuracy"] - base), 2)
-    result = {"benchmark": "int8_sensitivity", "checkpoint": str(args.checkpoint),
-              "architecture": manifest.architecture, "input_size": manifest.preprocessing.input_size,
-              "data": {"name": data.name, "eval_split": data.eval_split, "eval_samples": int(len(y)),
-                       "calibration_samples": int(len(data.calib))},
-              "host": {"platform": platform.platform(), "python": platform.python_version()}, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{manifest.architecture} {manifest.preprocessing.input_size}px, {data.name}: {len(y)} {data.eval_split} "
-          f"images, {len(data.calib)} calibration images")
+
+def print_table(rows: list[dict[str, Any]], manifest: Any, data: Any) -> None:
+    print(f"\n{manifest.architecture} {manifest.preprocessing.input_size}px, {data.name}: {len(data.eval_y)} "
+          f"{data.eval_split} images, {len(data.calib)} calibration images")
     print(f"{'variant':72} {'bal-acc':>8} {'Δ pt':>7} {'agree':>7} {'max|Δ|':>7}")
     for r in rows:
         print(f"{r['variant'][:72]:72} {r['balanced_accuracy']:8.4f} {r['delta_points']:+7.2f} "
               f"{r['top1_agreement']:7.3f} {r['max_abs_logits']:7.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = probe_parser(__doc__.split("\n\n")[0], "int8_sensitivity.json", 1000, "held-out images").parse_args(argv)
+    model, manifest, data, options = load_probe(args)
+    rows = VariantRows(torch_logits(model, data.eval_x), data.eval_y, len(manifest.class_names))
+    rows.record("PyTorch fp32 (reference)", rows.ref)
+    weight_only_rows(rows, model, data.eval_x, data.calib)
+    onnx_rows(rows, model, manifest, data, options)
+    base = rows.rows[0]["balanced_accuracy"]
+    for r in rows.rows:
+        r["delta_points"] = round(100 * (r["balanced_accuracy"] - base), 2)
+    write_result(args.json, probe_result("int8_sensitivity", args, manifest, data, rows=rows.rows))
+    print_table(rows.rows, manifest, data)
     print(f"wrote {args.json}")
     return 0
 

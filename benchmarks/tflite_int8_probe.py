@@ -20,9 +20,7 @@ Prints the tables; writes ``benchmarks/results/tflite_int8_probe.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +28,11 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.int8_common import VariantRows, load_probe, probe_parser, probe_result, torch_logits, write_result
+from export.context import ExportContext
+from export.formats.onnx import OnnxFormat
+from export.formats.tflite import TFLiteFormat
+from export.tflite_int8 import quantize_int8
 
 VARIANTS = (  # (name, global min/max calibration, int32 bias repair)
     ("quantizer defaults (moving-average ranges, biases as quantized)", False, False),
@@ -125,102 +127,89 @@ def per_layer(float_tflite: bytes, int8_tflite: bytes, x: np.ndarray, modules: l
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint", type=Path, help="a distill run directory")
-    ap.add_argument("--data", default=None, help="dataset spec (default: the checkpoint's own, via export)")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--calib-samples", type=int, default=300)
-    ap.add_argument("--eval-samples", type=int, default=None, help="held-out images (default: the whole test split)")
-    ap.add_argument("--layer-images", type=int, default=32, help="held-out images for the per-layer table")
-    ap.add_argument("--no-ref-kernels", action="store_true", help="skip the BUILTIN_REF runs (slow on big splits)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/tflite_int8_probe.json")
-    args = ap.parse_args(argv)
+def record(rows: VariantRows, name: str, out: np.ndarray, kernels: str, seconds: float = 0.0) -> None:
+    r = rows.record(name, out, seconds, kernels=kernels)
+    print(f"  {name[:62]:62} {kernels:12} agree {100 * r['top1_agreement']:6.2f} %  "
+          f"bal-acc {100 * r['balanced_accuracy']:6.2f}  max|Δp| {r['max_abs_probs']:.3f}", flush=True)
 
-    from export.api import ExportContext, _torch_logits, load_checkpoint_and_export_data
-    from export.formats.onnx import OnnxFormat
-    from export.formats.tflite import TFLiteFormat
-    from export.parity import classification_metrics, compare
-    from export.tflite_int8 import quantize_int8
 
-    model, manifest, data, options = load_checkpoint_and_export_data(args.checkpoint, args.data, args.data_root,
-                                                                     args.calib_samples, args.eval_samples, args.seed)
-    x, y = data.eval_x, data.eval_y
-    k = len(manifest.class_names)
-    ref = _torch_logits(model, x)
-    rows: list[dict] = []
-
-    def record(name: str, out: np.ndarray, kernels: str, seconds: float = 0.0) -> None:
-        par = compare(ref, out, "logits", manifest.temperature)
-        rows.append({"variant": name, "kernels": kernels, "top1_agreement": par["top1_agreement"],
-                     "balanced_accuracy": classification_metrics(y, out, k)["balanced_accuracy"],
-                     "max_abs_logits": par["max_abs_logits"], "max_abs_probs": par["max_abs_probs"],
-                     "seconds": round(seconds, 1)})
-        r = rows[-1]
-        print(f"  {name[:62]:62} {kernels:12} agree {100 * r['top1_agreement']:6.2f} %  "
-              f"bal-acc {100 * r['balanced_accuracy']:6.2f}  max|Δp| {r['max_abs_probs']:.3f}", flush=True)
-
-    record("PyTorch fp32 (reference)", ref, "torch")
-    layers: dict[str, list[dict]] = {}
-    repairs: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
-                            options=options, workdir=Path(tmp))
-        prepared = ctx.model_for("int8")
-        record("PyTorch, prepared for int8 (fold, snap, bias-correct)", _torch_logits(prepared, x), "torch")
-        onnx_format = OnnxFormat()
+def tflite_variant_rows(rows: VariantRows, ctx: ExportContext, x: np.ndarray, args: argparse.Namespace,
+                        layers: dict[str, list[dict]], repairs: dict[str, Any]) -> None:
+    """The prepared model in PyTorch, ONNX int8, TFLite fp32 and each TFLite int8 variant (XNNPACK and reference
+    kernels); per-layer errors for the quantizer's defaults and for export's int8."""
+    prepared = ctx.model_for("int8")
+    record(rows, "PyTorch, prepared for int8 (fold, snap, bias-correct)", torch_logits(prepared, x), "torch")
+    onnx_format = OnnxFormat()
+    t0 = time.time()
+    info = onnx_format.convert(ctx, "int8", ctx.workdir / "int8.onnx")
+    record(rows, "ONNX int8 (export: static QDQ, MinMax)", onnx_format.load_runner(ctx.workdir / "int8.onnx", info)(x),
+           "onnxruntime", time.time() - t0)
+    float_path = TFLiteFormat().float_graph(ctx, "int8")
+    float_bytes = float_path.read_bytes()
+    record(rows, "TFLite fp32 of the prepared model", _run(float_bytes, x), "XNNPACK")
+    modules = _module_names(prepared, x)
+    for name, global_min_max, repair in VARIANTS:
         t0 = time.time()
-        info = onnx_format.convert(ctx, "int8", Path(tmp) / "int8.onnx")
-        record("ONNX int8 (export: static QDQ, MinMax)", onnx_format.load_runner(Path(tmp) / "int8.onnx", info)(x),
-               "onnxruntime", time.time() - t0)
-        float_path = TFLiteFormat().float_graph(ctx, "int8")
-        float_bytes = float_path.read_bytes()
-        record("TFLite fp32 of the prepared model", _run(float_bytes, x), "XNNPACK")
-        modules = _module_names(prepared, x)
-        for name, global_min_max, repair in VARIANTS:
-            t0 = time.time()
-            payload, qinfo = quantize_int8(float_path, data.calib, num_threads=min(4, os.cpu_count() or 1),
-                                           global_min_max=global_min_max, repair_biases=repair)
-            seconds = time.time() - t0
-            if repair:
-                repairs[name] = qinfo["bias_repair"]
-            record(f"TFLite int8, {name}", _run(payload, x), "XNNPACK", seconds)
-            if not args.no_ref_kernels:
-                record(f"TFLite int8, {name}", _run(payload, x, "BUILTIN_REF"), "BUILTIN_REF")
-            if name == VARIANTS[0][0] or name == VARIANTS[-1][0]:
-                layers[name] = per_layer(float_bytes, payload, x[: args.layer_images], modules)
+        payload, qinfo = quantize_int8(float_path, ctx.calib, num_threads=min(4, os.cpu_count() or 1),
+                                       global_min_max=global_min_max, repair_biases=repair)
+        seconds = time.time() - t0
+        if repair:
+            repairs[name] = qinfo["bias_repair"]
+        record(rows, f"TFLite int8, {name}", _run(payload, x), "XNNPACK", seconds)
+        if not args.no_ref_kernels:
+            record(rows, f"TFLite int8, {name}", _run(payload, x, "BUILTIN_REF"), "BUILTIN_REF")
+        if name == VARIANTS[0][0] or name == VARIANTS[-1][0]:
+            layers[name] = per_layer(float_bytes, payload, x[: args.layer_images], modules)
 
+
+def _quant_range(row: dict) -> str:
+    return "—" if row["quant_range"] is None else f"[{row['quant_range'][0]:.2f}, {row['quant_range'][1]:.2f}]"
+
+
+def print_layers(layers: dict[str, list[dict]], repairs: dict[str, Any], n_images: int) -> None:
+    """The quantizer's defaults beside export's int8, layer by layer; which biases the repair changed."""
     first, last = VARIANTS[0][0], VARIANTS[-1][0]
-    print(f"\nper layer, {min(args.layer_images, len(x))} held-out images, reference kernels: "
+    print(f"\nper layer, {n_images} held-out images, reference kernels: "
           "relative RMS error vs the fp32 .tflite (clipped % of float values)")
     print(f"{'op':>3} {'type':17} {'module':22} {'defaults: range':>18} {'err':>7} {'clip%':>6} "
           f"{'export: range':>18} {'err':>7} {'clip%':>6}")
     after = {r["op"]: r for r in layers[last]}
-
-    def qr(row: dict) -> str:
-        return "—" if row["quant_range"] is None else f"[{row['quant_range'][0]:.2f}, {row['quant_range'][1]:.2f}]"
-
     for r in layers[first]:
         a = after.get(r["op"])
         if a is None:
             continue
-        print(f"{r['op']:3} {r['type'][:17]:17} {r['module'][-22:]:22} {qr(r):>18} {r['rel_rms_error']:7.4f} "
-              f"{100 * r['clipped']:6.2f} {qr(a):>18} {a['rel_rms_error']:7.4f} {100 * a['clipped']:6.2f}")
+        print(f"{r['op']:3} {r['type'][:17]:17} {r['module'][-22:]:22} {_quant_range(r):>18} "
+              f"{r['rel_rms_error']:7.4f} {100 * r['clipped']:6.2f} {_quant_range(a):>18} {a['rel_rms_error']:7.4f} "
+              f"{100 * a['clipped']:6.2f}")
     for name, rep in repairs.items():
         if rep.get("applied"):
             print(f"\nbias repair ({name}): {rep['channels']} channel(s) in {rep['layers']} layer(s)")
             break
 
-    result = {"benchmark": "tflite_int8_probe", "checkpoint": str(args.checkpoint),
-              "architecture": manifest.architecture, "input_size": manifest.preprocessing.input_size,
-              "data": {"name": data.name, "eval_split": data.eval_split, "eval_samples": int(len(y)),
-                       "calibration_samples": int(len(data.calib)), "layer_images": min(args.layer_images, len(x))},
-              "host": {"platform": platform.platform(), "python": platform.python_version(),
-                       "cpus": os.cpu_count()},
-              "rows": rows, "per_layer": layers, "bias_repair": repairs}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+def main(argv: list[str] | None = None) -> int:
+    ap = probe_parser(__doc__.split("\n\n")[0], "tflite_int8_probe.json", None,
+                      "held-out images (default: the whole test split)")
+    ap.add_argument("--layer-images", type=int, default=32, help="held-out images for the per-layer table")
+    ap.add_argument("--no-ref-kernels", action="store_true", help="skip the BUILTIN_REF runs (slow on big splits)")
+    args = ap.parse_args(argv)
+    model, manifest, data, options = load_probe(args)
+    x = data.eval_x
+    rows = VariantRows(torch_logits(model, x), data.eval_y, len(manifest.class_names), manifest.temperature)
+    record(rows, "PyTorch fp32 (reference)", rows.ref, "torch")
+    layers: dict[str, list[dict]] = {}
+    repairs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
+                            options=options, workdir=Path(tmp))
+        tflite_variant_rows(rows, ctx, x, args, layers, repairs)
+    n_layer_images = min(args.layer_images, len(x))
+    print_layers(layers, repairs, n_layer_images)
+    result = probe_result("tflite_int8_probe", args, manifest, data, rows=rows.rows, per_layer=layers,
+                          bias_repair=repairs)
+    result["data"]["layer_images"] = n_layer_images
+    result["host"]["cpus"] = os.cpu_count()
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return 0
 
