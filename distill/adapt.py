@@ -20,6 +20,7 @@ nothing is fitted on site images beyond the adaptation itself.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from distill.data import load_dataset
 from lesionlite.classes import class_mapping
 from lesionlite.errors import LesionliteError
+from lesionlite.preprocessing import preprocess_batch
 
 METHODS = ("bn", "finetune")
 
@@ -103,8 +107,6 @@ def reestimate_batchnorm(model: Any, batches: list[Any]) -> int:
 def _tensors(dataset: Any, idx: np.ndarray, cfg: Any) -> Any:
     import torch
 
-    from lesionlite.preprocessing import preprocess_batch
-
     return torch.from_numpy(np.concatenate([preprocess_batch([dataset.load_image(int(j)) for j in idx[i:i + 64]], cfg, "NCHW")
                                             for i in range(0, idx.size, 64)]))
 
@@ -114,7 +116,6 @@ def _finetune(model: Any, source_model: Any, site_x: Any, site_y: Any, src_x: An
     """KD-anchored fine-tune: site CE + class-balanced source CE, KD from the source model on both, early layers frozen."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     blocks = list(getattr(model, "features", []))
     for b in blocks[: int(len(blocks) * cfg.freeze_fraction)]:
@@ -161,12 +162,10 @@ def _finetune(model: Any, source_model: Any, site_x: Any, site_y: Any, src_x: An
 def adapt(checkpoint: str | Path, site_spec: str, out: str | Path, cfg: AdaptConfig, data_root: str | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Adapt the student of ``checkpoint`` to the site ``site_spec``; write the adapted run into ``out``."""
-    import copy
 
     import torch
 
-    from distill.artifacts import load_student, save_student
-    from distill.data import load_dataset
+    from distill.artifacts import load_student, save_student  # torch (finetune only); adapt imports without it
 
     cfg.check()
     torch.manual_seed(cfg.seed)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from distill.adapt import METHODS, AdaptConfig, adapt
 from lesionlite.cliparse import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distill.adapt import METHODS, AdaptConfig
-
     d = AdaptConfig()
     p = OneLineParser(prog="lesionlite adapt", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run folder written by 'lesionlite distill'")
@@ -42,7 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from distill.adapt import AdaptConfig, adapt
 
     cfg = AdaptConfig(method=args.method, labelled=args.labelled, holdout=args.holdout, epochs=args.epochs, lr=args.lr,
                       kd_weight=args.kd_weight, seed=args.seed, threads=args.threads)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.models import build_model
 from lesionlite.atomic import atomic_path
 from lesionlite.errors import LesionliteError
 from lesionlite.hashing import file_sha256  # noqa: F401  (re-exported: export reads it from here)
@@ -41,7 +42,6 @@ def save_student(run_dir: str | Path, model: nn.Module, manifest: Manifest) -> P
 
 def load_student(run_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, Manifest]:
     """Rebuild the student from a run directory; clear errors for missing/foreign/mismatched files."""
-    from distill.models import build_model
 
     run_dir = Path(run_dir)
     if not run_dir.exists():

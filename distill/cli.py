@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from distill.config import deep_merge, defaults_tree, method_config_cls, resolve_config, set_dotted
+from distill.data import list_datasets
+from distill.methods.registry import get_method, list_methods
 from lesionlite.errors import LesionliteError
 
 #: flag dest → dotted config key
@@ -148,9 +151,6 @@ def build_parser(prog: str = "python -m distill") -> argparse.ArgumentParser:
 
 
 def _list_methods() -> str:
-    from distill.config import method_config_cls
-    from distill.methods.registry import get_method, list_methods
-
     lines = ["methods:"]
     for name in list_methods():
         cls = get_method(name)
@@ -163,7 +163,7 @@ def _list_methods() -> str:
 
 
 def _list_models() -> str:
-    from distill.models import get_model_spec, list_models
+    from distill.models import get_model_spec, list_models  # torch: the CLI parses and lists without it
 
     lines = ["models:"]
     for name in list_models():
@@ -173,15 +173,12 @@ def _list_models() -> str:
 
 
 def _list_datasets() -> str:
-    from distill.data import list_datasets
-
     return "datasets:\n" + "\n".join(f"  {k:<15} {v}" for k, v in list_datasets().items())
 
 
 def resolve_from_args(args: argparse.Namespace) -> tuple[Any, bool, bool]:
     """(TrainConfig, resume, overwrite) from parsed arguments."""
-    from distill.config import deep_merge, defaults_tree, resolve_config, set_dotted
-    from distill.train import checkpoint_config
+    from distill.train import checkpoint_config  # torch
 
     flags = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}
     resume = args.resume is not None
@@ -257,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
     logging.getLogger("distill").setLevel(logging.INFO)
-    from distill.train import train
+    from distill.train import train  # torch
 
     result = train(cfg, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 import yaml
 
+from distill.methods.registry import get_method
+from lesionlite.atomic import write_text_atomic
 from lesionlite.errors import LesionliteError
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -195,8 +197,6 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     def save(self, path: str | Path) -> Path:
-        from lesionlite.atomic import write_text_atomic
-
         return write_text_atomic(path, self.to_yaml())
 
     def get(self, dotted: str) -> Any:
@@ -489,7 +489,6 @@ def method_config_cls(method_cls: type) -> type:
 
 def config_from_dict(tree: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from a nested dict (the YAML layout)."""
-    from distill.methods.registry import get_method
 
     tree = dict(tree)
     valid_top = ["method", *SECTIONS]
@@ -525,8 +524,6 @@ def defaults_tree(method_name: str | None = None) -> dict[str, Any]:
     base = TrainConfig().to_dict()
     base["method"] = {"name": method_name or TrainConfig.method_name}
     if method_name:
-        from distill.methods.registry import get_method
-
         for k, v in get_method(method_name).default_overrides.items():
             set_dotted(base, k, v)
     return base

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.metrics import ece, reliability_bins, softmax
 from lesionlite.atomic import atomic_path, write_json_atomic
 
 
@@ -162,7 +163,6 @@ def reliability_figure(labels: np.ndarray, logits: np.ndarray, temperature: floa
                        n_bins: int = 15) -> Any:
     """The Figure :func:`plot_reliability` saves: each bin's sample count is written above its bar, and
     tiny bins (:func:`tiny_bins`, rule stated in the legend) are drawn grey instead of full-colour bars."""
-    from distill.metrics import ece, reliability_bins, softmax
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)

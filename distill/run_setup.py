@@ -24,11 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill import ddp
+from distill.artifacts import load_student
 from distill.config import TrainConfig
-from distill.methods.base import missing_teacher_error
+from distill.data import load_dataset
+from distill.data.base import refuse_evaluation_only
+from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache
+from distill.methods.base import MethodContext, missing_teacher_error
+from distill.methods.registry import get_method
+from distill.models import build_model
 from distill.optim import build_optimizer, build_scheduler
 from distill.runtime import configure_backends, resolve_workers, seed_everything, worker_init
+from distill.transforms import MultiViewDataset, collate_views, eval_transform, train_transform
+from distill.weights import load_imagenet_weights, recalibrate_folded_bn
 from lesionlite.errors import LesionliteError
+from lesionlite.manifest import read_manifest
 from lesionlite.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 log = logging.getLogger("distill.train")
@@ -89,7 +98,6 @@ class Run:
 def build_run(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, run_dir: Path,
               ckpt: dict[str, Any] | None) -> Run:
     """Data → student → teacher → loaders → method + optimizer + scheduler (``ckpt``: resuming)."""
-    from distill.methods.registry import get_method
 
     method_cls = get_method(cfg.method_name)
     amp = cfg.run.amp and device.type == "cuda"
@@ -110,8 +118,6 @@ def build_run(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, run_di
 # ------------------------------------------------------------------------------------------------ data
 def load_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, run_dir: Path) -> Any:
     """The dataset bundle, checked (non-empty train/val; the same data a resumed run started on) and logged."""
-    from distill.data import load_dataset
-    from distill.data.base import refuse_evaluation_only
 
     bundle = load_dataset(cfg.data.name, root=cfg.data.root, seed=cfg.data.split_seed,
                           synthetic_size=cfg.data.synthetic_size or cfg.data.image_size, **cfg.data.options)
@@ -140,7 +146,6 @@ def load_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, run_dir: Path) -> A
 def build_student(cfg: TrainConfig, method_cls: Any, bundle: Any, ckpt: dict[str, Any] | None,
                   device: torch.device, channels_last: bool) -> Student:
     """The seeded student with its ImageNet weights (or the checkpoint's preprocessing when resuming)."""
-    from distill.models import build_model
 
     seed_everything(cfg.run.seed)
     dropout_kw = {} if cfg.model.dropout is None else {"dropout": cfg.model.dropout}
@@ -166,13 +171,9 @@ def _initialise_student(cfg: TrainConfig, method_cls: Any, model: nn.Module) -> 
     meta: dict[str, Any] | None = None
     teacher_pre = None
     if method_cls.needs_teacher and cfg.model.teacher:
-        from lesionlite.manifest import read_manifest
-
         with contextlib.suppress(LesionliteError):
             teacher_pre = read_manifest(cfg.model.teacher).preprocessing
     if cfg.model.weights:
-        from distill.weights import load_imagenet_weights
-
         winfo = load_imagenet_weights(model, cfg.model.weights) or {}
         mean = tuple(winfo.get("mean", IMAGENET_MEAN))
         std = tuple(winfo.get("std", IMAGENET_STD))
@@ -189,8 +190,6 @@ def _prepare_folded_bn(cfg: TrainConfig, s: Student, bundle: Any, fresh: bool) -
     """Weights with BatchNorm folded in: recalibrate, freeze or train BN as ``model.folded_bn`` says."""
     folded = bool((s.weights_meta or {}).get("bn_folded"))
     if folded and cfg.model.folded_bn == "recalibrate" and fresh:
-        from distill.weights import recalibrate_folded_bn
-
         n_bn = recalibrate_folded_bn(s.model, _bn_calibration_batches(bundle.train, s.pre))
         log.info("weights have BatchNorm folded into the convolutions: recalibrated %d BatchNorm layers on "
                  "%d training images (model.folded_bn=recalibrate)", n_bn, BN_CALIBRATION_IMAGES)
@@ -208,7 +207,6 @@ def _bn_calibration_batches(ds: Any, pre: PreprocessConfig, batch: int = 64) -> 
 
     Deterministic (same images on every rank and every run of the same split), so DDP ranks agree.
     """
-    from distill.transforms import eval_transform
 
     tf = eval_transform(pre)
     order = np.random.default_rng(0).permutation(len(ds))[:BN_CALIBRATION_IMAGES]
@@ -236,7 +234,6 @@ def attach_teacher(cfg: TrainConfig, method_cls: Any, bundle: Any, pre: Preproce
 
 def load_teacher(cfg: TrainConfig, class_names: list[str], data_fingerprint: str,
                  device: torch.device) -> tuple[nn.Module, Any]:
-    from distill.artifacts import load_student
 
     tdir = cfg.model.teacher
     if not tdir:
@@ -324,7 +321,6 @@ def install_student_downscale(student: nn.Module, size: int) -> Any:
 def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: Any, s: Student, tman: Any,
                   method_cls: Any) -> Loaders:
     """The multi-view training loader (seeded sampler), the val/test loaders and the steps per epoch."""
-    from distill.transforms import MultiViewDataset, collate_views, train_transform
 
     bs = cfg.optim.batch_size
     view_pre = training_view_preprocessing(cfg, s.pre, tman)
@@ -363,7 +359,6 @@ def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bu
 
 def _eval_loader(split: str, bundle: Any, pre: PreprocessConfig, eval_sources: dict[str, Any], batch_size: int,
                  info: ddp.DistInfo, loader_kw: dict[str, Any]) -> torch.utils.data.DataLoader:
-    from distill.transforms import MultiViewDataset, eval_transform
 
     mv = eval_sources.get(split) or MultiViewDataset(bundle.split(split), eval_transform(pre), 1, "independent")
     kw = dict(loader_kw)
@@ -382,8 +377,6 @@ def cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
     """
     if not cfg.data.cache:
         return bundle.train, {}
-    from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache
-    from distill.transforms import eval_transform
 
     t0 = time.time()
     side = cfg.data.cache_short_side or 2 * max(pre.input_size, view_size or 0)
@@ -406,7 +399,6 @@ def cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
 def build_method(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: Any, student: nn.Module,
                  teacher: nn.Module | None, method_cls: Any, steps_per_epoch: int) -> tuple[Any, ...]:
     """The method (student + teacher + its heads), its trainable parameters, optimizer and scheduler."""
-    from distill.methods.base import MethodContext
 
     ctx = MethodContext(num_classes=len(bundle.class_names), class_counts=list(bundle.train.class_counts()),
                         num_train=len(bundle.train), device=device, epochs=cfg.run.epochs,

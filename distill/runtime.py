@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.cpu_malloc import tune_glibc_malloc
+from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
 
 
@@ -57,7 +59,6 @@ def resolve_workers(workers: int | None, device: torch.device, threads: int | No
     container cpuset a worker sized from the machine's count would share the training thread's core."""
     if workers is not None:
         return int(workers)
-    from lesionlite.cpus import usable_cpu_count
 
     cores = usable_cpu_count()
     if device.type == "cuda":
@@ -76,8 +77,6 @@ def configure_backends(deterministic: bool, device: torch.device) -> None:
     """Deterministic kernels when asked (also on CUDA); otherwise cuDNN autotuning and TF32 on CUDA; on CPU,
     glibc malloc kept from re-faulting large buffers every step (:mod:`distill.cpu_malloc`)."""
     if device.type == "cpu":
-        from distill.cpu_malloc import tune_glibc_malloc
-
         tune_glibc_malloc()
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

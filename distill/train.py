@@ -45,6 +45,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,10 +54,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from distill import ddp
+from distill import ddp, reports
+from distill.artifacts import save_student
+from distill.calibration import calibrate
 from distill.config import TrainConfig
-from distill.methods.base import missing_teacher_error
+from distill.methods.base import Batch, missing_teacher_error
+from distill.methods.registry import get_method
+from distill.metrics import classification_report, scalars
+from distill.models import get_model_spec
 from distill.optim import build_optimizer, build_scheduler, cosine_factor  # noqa: F401  (re-exported)
 from distill.run_setup import Run, build_run, load_teacher  # noqa: F401  (load_teacher re-exported)
 from distill.runtime import (  # noqa: F401  (resolve_workers re-exported)
@@ -80,6 +87,8 @@ from distill.train_state import (  # noqa: F401  (checkpoint names re-exported)
     save_checkpoint,
 )
 from lesionlite.errors import LesionliteError
+from lesionlite.manifest import Manifest, portable_text, weights_spec
+from lesionlite.ood import fit, image_statistics, unnormalize
 from lesionlite.preprocessing import PreprocessConfig
 
 log = logging.getLogger("distill.train")
@@ -157,7 +166,6 @@ def _log_handlers(run_dir: Path | None, is_main: bool, append: bool) -> Iterator
 def validation_image_statistics(loader: Any, pre: PreprocessConfig, info: ddp.DistInfo) -> np.ndarray:
     """:func:`lesionlite.ood.image_statistics` of every evaluation image (dataset order, gathered over ranks):
     what ``serve`` computes from the same preprocessed tensor, so the two cannot drift."""
-    from lesionlite.ood import image_statistics, unnormalize
 
     rows, idx_l = [], []
     for batch in loader:
@@ -176,7 +184,6 @@ def validation_image_statistics(loader: Any, pre: PreprocessConfig, info: ddp.Di
 def fit_ood(loader: Any, pre: PreprocessConfig, info: ddp.DistInfo, val_logits: np.ndarray,
             temperature: float) -> dict[str, Any] | None:
     """The out-of-distribution calibration stored in the manifest (None, with a warning, if it cannot be fitted)."""
-    from lesionlite.ood import fit
 
     try:
         return fit(validation_image_statistics(loader, pre, info), val_logits, temperature)
@@ -189,7 +196,6 @@ def fit_ood(loader: Any, pre: PreprocessConfig, info: ddp.DistInfo, val_logits: 
 def predict(model: nn.Module, loader: Any, device: torch.device, amp: bool, info: ddp.DistInfo,
             channels_last: bool = False, desc: str = "eval", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits (float32 [N, K], in dataset order) and labels of every sample, gathered over ranks."""
-    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
@@ -296,8 +302,6 @@ def remove_orphan_temporaries(run_dir: Path) -> list[Path]:
 
 def preflight(cfg: TrainConfig) -> None:
     """Cheap checks before any data is loaded: architecture, method, teacher and weights paths."""
-    from distill.methods.registry import get_method
-    from distill.models import get_model_spec
 
     get_model_spec(cfg.model.arch)
     method_cls = get_method(cfg.method_name)
@@ -395,7 +399,6 @@ def check_teacher(run: Run) -> dict[str, Any] | None:
     """
     if run.teacher is None:
         return None
-    from distill.metrics import classification_report, scalars
 
     tl, ty = predict(run.teacher, run.loaders.val, run.device, run.amp, run.info, run.channels_last)
     teacher_val = scalars(classification_report(ty, tl, class_names=run.class_names), "val_")
@@ -414,7 +417,6 @@ def wrap_loss(run: Run) -> nn.Module:
     loss_module: nn.Module = _LossModule(run.method)
     if not run.info.enabled:
         return loss_module
-    import warnings
 
     # Rank-local buffers (BN statistics, memory banks) must not be overwritten by rank 0's on
     # every forward: broadcast_buffers=False (its deprecation notice says to keep it for this).
@@ -443,7 +445,6 @@ class EpochStats:
 
 def train_one_epoch(run: Run, loss_module: nn.Module, state: TrainState, epoch: int) -> EpochStats:
     """One pass over ``steps_per_epoch`` batches, reseeded from ``(seed, epoch, rank)`` (exact resume)."""
-    from tqdm.auto import tqdm
 
     cfg, info, ld = run.cfg, run.info, run.loaders
     ep_seed = derive_seed(cfg.run.seed, epoch, info.rank)
@@ -489,7 +490,6 @@ def train_one_epoch(run: Run, loss_module: nn.Module, state: TrainState, epoch: 
 def _train_step(run: Run, loss_module: nn.Module, batch: Any, epoch: int, state: TrainState,
                 acc: _EpochAccumulator) -> torch.Tensor:
     """Forward, backward, (clip), optimizer and per-step scheduler; returns the detached loss."""
-    from distill.methods.base import Batch
 
     device = run.device
     batch = Batch(images=batch.images.to(device, non_blocking=True), labels=batch.labels.to(device, non_blocking=True),
@@ -548,7 +548,6 @@ class _EpochAccumulator:
 def evaluate(run: Run, state: TrainState, epoch: int, stats: EpochStats) -> dict[str, Any]:
     """Validate the student, keep the best weights, step a plateau schedule, decide early stopping,
     and return (and log) the epoch's record."""
-    from distill.metrics import classification_report, scalars
 
     cfg, info = run.cfg, run.info
     vl, vy = predict(run.student, run.loaders.val, run.device, run.amp, info, run.channels_last)
@@ -596,7 +595,6 @@ def write_checkpoint(run: Run, state: TrainState, rec: dict[str, Any], session_s
 def finalize(run: Run, state: TrainState, teacher_val: dict[str, Any] | None, session_start: float) -> TrainResult:
     """Reload the best weights, fit the temperature and the OOD scores on val, evaluate val and test,
     and write the artifact, metrics and plots (main process)."""
-    from distill.calibration import calibrate
 
     if run.loaders.downscale_hook is not None:
         run.loaders.downscale_hook.remove()
@@ -628,7 +626,6 @@ def finalize(run: Run, state: TrainState, teacher_val: dict[str, Any] | None, se
 
 def _final_reports(run: Run, val_xy: tuple[np.ndarray, np.ndarray], temperature: float) -> dict[str, Any]:
     """Val and test classification reports, raw and at ``temperature``, and their flat scalars."""
-    from distill.metrics import classification_report, scalars
 
     names = run.class_names
     vl, vy = val_xy
@@ -665,9 +662,6 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
                      cal: Any, val_rep: dict, val_rep_cal: dict, test_rep: dict | None, test_rep_cal: dict | None,
                      val_xy: tuple, test_xy: tuple, tman: Any, teacher_val: dict | None, weights_note: str,
                      weights_meta: dict[str, Any] | None = None) -> None:
-    from distill import reports
-    from distill.artifacts import save_student
-    from lesionlite.manifest import Manifest, portable_text, weights_spec
 
     run_dir = result.run_dir
     data_info = {"name": bundle.name, "fingerprint": bundle.fingerprint, "synthetic": bool(bundle.synthetic),

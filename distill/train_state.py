@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from distill.config import TrainConfig, config_from_dict, resume_differences
+from lesionlite.atomic import atomic_path, write_text_atomic
 from lesionlite.errors import LesionliteError
 
 if TYPE_CHECKING:
@@ -53,8 +54,6 @@ class TrainState:
 
 # ------------------------------------------------------------------------------------------------ files
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    from lesionlite.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -159,7 +158,6 @@ def restore(run: Run, ckpt: dict[str, Any] | None) -> TrainState:
     log.info("resumed %s at epoch %d/%d (step %d, best val bal-acc %s at epoch %d)", run.run_dir, state.epoch,
              run.cfg.run.epochs, state.global_step, best, state.best_epoch)
     if run.info.is_main:  # the checkpoint's history is the truth: drop epochs logged after it was written
-        from lesionlite.atomic import write_text_atomic
 
         write_text_atomic(run.run_dir / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in state.history))
     return state

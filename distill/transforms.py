@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from distill.methods.base import Batch
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig, normalize, preprocess, to_rgb
 
@@ -333,7 +334,6 @@ class TransformedDataset:
 
 def collate_views(batch: Sequence[tuple[torch.Tensor, int, int]]):
     """List of ``(views, label, index)`` → :class:`distill.methods.base.Batch` ([B,V,C,H,W], [B], [B])."""
-    from distill.methods.base import Batch
 
     if not batch:
         raise LesionliteError("empty batch")

@@ -170,7 +170,7 @@ def load_imagenet_weights(model: Any, path: str | Path, mean: Any = None, std: A
     """
     import torch
 
-    from distill.models import get_model_spec
+    from distill.models import get_model_spec  # torch: this module imports without it
 
     arch = getattr(model, "arch", "") or ""
     spec = get_model_spec(arch) if arch else None

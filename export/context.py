@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from export.int8_prep import prepare_for_int8
+from export.resize_in_graph import resolve_size
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import Manifest
 from lesionlite.preprocessing import PreprocessConfig
-from lesionlite.referral import get_target
+from lesionlite.referral import DEFAULT_TARGET, get_target
 
 #: Top-1 agreement with PyTorch below which an artifact counts as broken (see the module docstring).
 DEFAULT_PARITY_THRESHOLDS: dict[str, float] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.90}
@@ -43,7 +45,7 @@ class ExportOptions:
     #: an already-loaded evaluation-only DatasetBundle, or None / "none" (off)
     external: Any = "auto"
     #: operating point, chosen on the validation split: the referral target and its sensitivity
-    op_target: str = "mel"
+    op_target: str = DEFAULT_TARGET
     op_sensitivity: float = 0.90
 
     @classmethod
@@ -64,7 +66,8 @@ class ExportOptions:
             raise LesionliteError(f"--op-sensitivity must be in (0, 1], got {o.op_sensitivity}")
         pis = o.phone_input_size
         if not (pis is None or isinstance(pis, int) or (isinstance(pis, str) and (
-                pis.strip().lower() in ("auto", "none", "off", "") or pis.strip().isdigit()))) or (isinstance(pis, int) and pis < 0):
+                pis.strip().lower() in ("auto", "none", "off", "") or pis.strip().isdigit()))) or (
+                isinstance(pis, int) and pis < 0):
             raise LesionliteError(f"--phone-input-size must be auto, none/0 or a number of pixels, got {pis!r}")
         for value in o.thresholds.values():
             if value < 0:  # above 1 is allowed: it refuses everything (useful to test the gate)
@@ -104,8 +107,6 @@ class ExportContext:
         if precision != "int8" or not self.options.bias_correction:
             return self.model
         if "int8_model" not in self.cache:
-            from export.int8_prep import prepare_for_int8
-
             self.cache["int8_model"], report = prepare_for_int8(self.model, self.calib)
             self.cache["int8_prep"] = report.as_dict()
         return self.cache["int8_model"]
@@ -135,7 +136,6 @@ class ExportContext:
     @property
     def phone_input_size(self) -> int | None:
         """The TFLite artifacts' input side when it is larger than the model's (in-graph downscale), else None."""
-        from export.resize_in_graph import resolve_size
 
         pre = self.preprocessing
         return resolve_size(self.options.phone_input_size, pre.input_size, pre.resize_size)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.data import load_dataset
 from distill.data.base import refuse_evaluation_only
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig, normalize, preprocess_batch, resize_and_crop
@@ -101,13 +102,7 @@ class ExportData:
 
 def load_bundle(spec: str, root: str | None, seed: int = 0, **options: Any) -> Any:
     """Load a dataset bundle with the project's loader (``options``: its loader options, as training
-    recorded them); a missing loader or bad spec is one line."""
-    try:
-        from distill.data import load_dataset
-    except ImportError as exc:
-        raise LesionliteError(
-            f"cannot load data {spec!r}: the dataset loader distill.data.load_dataset is unavailable ({exc})"
-        ) from None
+    recorded them); a bad spec is one line."""
     try:
         return load_dataset(spec, root, seed, **options)
     except LesionliteError:

@@ -15,6 +15,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from export.evaluate import evaluate
+from export.evaluation_report import figure_rows, write
+from lesionlite.atomic import write_text_atomic
 from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
@@ -56,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_boot < 0:
         raise LesionliteError(f"--n-boot must be >= 0, got {args.n_boot}")
-    from export.evaluate import evaluate
-    from export.evaluation_report import write
 
     docs = []
     for model in expand_models(args.models):
@@ -70,15 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = render_summary(docs)
     print(summary)
     if args.out:
-        from lesionlite.atomic import write_text_atomic
-
         write_text_atomic(Path(args.out) / "evaluation_summary.md", summary)
     return 0
 
 
 def render_summary(docs: list[dict]) -> str:
     """One row per model: its figures with CIs side by side."""
-    from export.evaluation_report import figure_rows
 
     if not docs:
         return "no model evaluated"

@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from distill.adapt import adapted_ids
 from distill.clinical import OperatingPoint, choose_operating_point, clinical_metrics, paired_deltas
+from distill.data.isic_archive import NAME
+from export.data import load_bundle
+from export.evaluate import prepare_split
+from export.model_card import MIN_GROUP, group_labels
+from lesionlite.classes import class_index
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import Manifest
 from lesionlite.ood import image_statistics, out_of_distribution, unnormalize
@@ -123,9 +129,6 @@ def load_external(external: Any, data_root: str | None, manifest: Manifest) -> t
     if not isinstance(external, str):
         bundle = external
     else:
-        from distill.data.isic_archive import NAME
-        from export.data import load_bundle
-
         spec = NAME if external == "auto" else external
         try:
             bundle = load_bundle(spec, data_root)
@@ -145,8 +148,6 @@ def external_set(bundle: Any, manifest: Manifest,
                  run: Callable[[np.ndarray], np.ndarray]) -> tuple[EvidenceSet | None, str | None]:
     """The external images whose class the model knows, prepared as ``lesionlite evaluate`` prepares them (a
     site-adapted model: its site's held-out images only), with PyTorch's outputs on them."""
-    from distill.adapt import adapted_ids
-    from export.evaluate import prepare_split
 
     test = bundle.test
     fitted = adapted_ids(manifest, bundle)
@@ -213,8 +214,6 @@ def subgroup_deltas(s: EvidenceSet, p: np.ndarray, ref_p: np.ndarray, names: lis
                     n_boot: int = SUBGROUP_N_BOOT, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Per attribute and group: the artifact's paired change against PyTorch (balanced accuracy over the
     classes present, melanoma AUC, sensitivity), with the counts each figure rests on and *small* flags."""
-    from export.model_card import MIN_GROUP, group_labels
-    from lesionlite.classes import class_index
 
     mel = class_index(names, "mel")
     out: dict[str, list[dict[str, Any]]] = {}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from export.evidence_report import render
 from export.parity import softmax
 from lesionlite.atomic import write_json_atomic, write_text_atomic
 from lesionlite.classes import display_name
@@ -213,8 +214,6 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += ["", "## Subgroups", "", "The data carries no subgroup metadata (sex, age, site): not reported."]
     clinical = card.get("clinical")
     if clinical:
-        from export.evidence_report import render
-
         lines += ["", *render(clinical["pytorch"], list(clinical["artifacts"].items()), clinical["evidence"])]
         for attr, rows in (clinical.get("external_subgroups") or {}).items():
             lines += ["", f"### External site, PyTorch model, by {attr}", "",

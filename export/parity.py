@@ -7,9 +7,12 @@ probabilities on the same preprocessed held-out images; metrics are accuracy, ba
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Any
 
 import numpy as np
+
+from lesionlite.cpu_features import cpu_int8
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -73,9 +76,6 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray, num_classes: 
 @functools.lru_cache(maxsize=1)
 def host_int8_note() -> dict[str, Any]:
     """What this CPU's int8 kernels are, for reading int8 parity: x86 without VNNI may saturate (onnxruntime)."""
-    import platform
-
-    from lesionlite.cpu_features import cpu_int8
 
     cpu = cpu_int8()
     info: dict[str, Any] = {"machine": platform.machine().lower(), "vnni": cpu["vnni"]}

@@ -29,10 +29,14 @@ MEAN, ADD and PAD added no error of their own; two quantizer-side defects did (a
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
+
+from export.quantize import tflite_calibration_data
+from export.tflite_compact import serialize
 
 INT32_MAX = 2**31 - 1
 #: a repaired bias must fit with this much headroom for the int32 accumulator
@@ -70,8 +74,6 @@ def quantize_int8(float_path: Path, calib: np.ndarray, int8_io: bool = False, *,
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import qtyping, recipe
     from ai_edge_quantizer import quantizer as aeq
-
-    from export.quantize import tflite_calibration_data
 
     float_bytes = Path(float_path).read_bytes()
     q = aeq.Quantizer(str(float_path), recipe.static_wi8_ai8())
@@ -229,8 +231,6 @@ def repair_int32_biases(quantized: bytes, float_model: bytes) -> tuple[bytes, di
     a model with nothing to repair is returned unchanged.
     """
     from ai_edge_litert import schema_py_generated as schema
-
-    from export.tflite_compact import serialize
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(quantized), 0)
     fmodel = schema.ModelT.InitFromPackedBuf(bytearray(float_model), 0)

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lesionlite.atomic import remove_stale_leftovers, replace_dir
 from lesionlite.discovery import artifact_dirs
 from lesionlite.errors import LesionliteError, require
@@ -153,7 +155,6 @@ def graph_temperature(manifest: Manifest) -> float:
 
 def add_probabilities(model: Any, temperature: float, name: str = PROBABILITIES) -> Any:
     """Append ``name = Softmax(float(logits) / temperature)`` over the class axis as a second output."""
-    import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph

@@ -52,7 +52,7 @@ _TRANSFORM_NAMES = ("eval_transform", "train_transform", "MultiViewDataset", "co
 def __getattr__(name: str) -> Any:
     """The torch transforms' names, imported on first use so that ``import distill.data`` needs no torch."""
     if name in _TRANSFORM_NAMES:
-        from distill import transforms
+        from distill import transforms  # torch: the data layer imports without it
 
         return getattr(transforms, name)
     raise AttributeError(f"module 'distill.data' has no attribute {name!r}")

@@ -7,6 +7,7 @@ memory.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -199,7 +200,6 @@ def files_fingerprint(paths: Sequence[str], labels: np.ndarray, splits: np.ndarr
 
 def read_csv(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict[str, str]]:
     """Read a CSV into dict rows; a missing file, empty file or missing column raises LesionliteError."""
-    import csv
 
     path = Path(path)
     if not path.is_file():

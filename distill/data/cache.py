@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 log = logging.getLogger("distill.data.cache")
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False, disable=True if not enabled else None, dynamic_ncols=True)
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -74,7 +75,6 @@ def fold_batchnorm_into_identity(model: nn.Module) -> int:
     The module tree (and so the checkpoint format) is unchanged: γ = 1, running mean 0, running var
     ``1 − ε`` (so ``1/√(var + ε)`` is exactly 1), and β' = β + (b − μ)·γ/σ carries the folded bias.
     """
-    import torch.fx
 
     try:
         graph = torch.fx.symbolic_trace(model).graph

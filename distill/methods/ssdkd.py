@@ -57,8 +57,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from distill.methods import ssdkd_losses as L
 from distill.methods.base import Batch, DistillMethod, LossOutput, MethodContext, missing_teacher_error
@@ -311,7 +313,6 @@ class SSDKD(DistillMethod):
 
     def _sync_teacher_head(self) -> None:
         """Under DDP every rank trains its own head on its data shard: adopt rank 0's."""
-        import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             for t in self.t_proj.state_dict().values():
@@ -319,7 +320,6 @@ class SSDKD(DistillMethod):
 
     def _ss_epoch(self, loader: Any, device: torch.device, opt: torch.optim.Optimizer | None,
                   desc: str) -> tuple[float, float]:
-        from tqdm.auto import tqdm
 
         cfg, views = self.cfg, self.num_views
         total = len(loader) if hasattr(loader, "__len__") else None

@@ -121,6 +121,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Subset
 
 from distill.methods import udcd_losses as L
 from distill.methods.base import Batch, DistillMethod, LossOutput, MethodContext
@@ -247,7 +248,6 @@ def _teacher_mode(model: nn.Module, bn_batch_stats: bool) -> Iterator[None]:
 
 def _unwrap_labels(dataset: Any) -> list[int] | None:
     """Training labels in dataset-index order, if the dataset exposes them cheaply."""
-    from torch.utils.data import Subset
 
     if isinstance(dataset, Subset):
         inner = _unwrap_labels(dataset.dataset)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from distill.models.base import LesionClassifier
-from lesionlite.errors import LesionliteError
+from lesionlite.errors import LesionliteError, require
 from lesionlite.registry import Registry
 
 
@@ -132,8 +132,6 @@ def efficientnet_b0(num_classes: int, dropout: float = 0.2) -> LesionClassifier:
 
 
 def _efficientnet_lite(n: int, num_classes: int, dropout: float) -> LesionClassifier:
-    from lesionlite.errors import require
-
     timm = require("timm", "distill", f"the efficientnet_lite{n} model")
     # num_classes=0 + global_pool="" makes the timm model return forward_features(x) (the last
     # 1280-channel map, after conv_head/bn2/ReLU6); drop_rate=0 keeps timm's own head dropout
