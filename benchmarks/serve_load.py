@@ -307,7 +307,7 @@ def fmt_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, help="exported model dir (default: build a fixture)")
     p.add_argument("--model", help="model name within --model-dir (default: the server's default)")
@@ -326,9 +326,74 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime-spin", action="store_true", help="pass --runtime-spin to the server")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="also run a mixed soak test")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
-    args = p.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",") if c]
+    return p
 
+
+def served_levels(server: Server, args: argparse.Namespace, jpeg: bytes, entry: Any, x1: np.ndarray,
+                  levels: list[int]) -> dict[str, Any]:
+    """Warm-up, each concurrency level, then ``--rounds`` back-to-back (raw batch 1, served) pairs; RSS around."""
+    params = {"model": args.model} if args.model else None
+
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        return "valid", {"method": "POST", "url": "/predict", "params": params,
+                         "files": {"file": ("lesion.jpg", jpeg, "image/jpeg")}}
+
+    out: dict[str, Any] = {"rss_start": server.rss_mb()}
+    payload = multipart_request(server.url, "/predict", "file", "lesion.jpg", jpeg, params=params)
+    asyncio.run(drive(server.url, 2, 20, 10, make))  # warm-up
+    out["rss_before"] = server.rss_mb()
+    out["served"] = []
+    for c in levels:
+        print(f"serving at concurrency {c} …", flush=True)
+        out["served"].append(served_level(server, payload, c, args.requests, args.duration))
+    top_c = levels[-1]
+    out["pairs"] = []
+    for r in range(args.rounds):
+        print(f"pair {r + 1}/{args.rounds}: raw batch 1, then served at concurrency {top_c} …", flush=True)
+        raw_b1 = timed(lambda: entry.runtime.predict(x1), 1, args.raw_seconds, 5000)["images_per_s"]
+        srv = served_level(server, payload, top_c, args.requests, args.duration)
+        out["pairs"].append({"raw_b1_images_per_s": raw_b1, "served_rps": srv["throughput_rps"],
+                             "ratio": srv["throughput_rps"] / raw_b1, "served": srv})
+    out["rss_after"] = server.rss_mb()
+    return out
+
+
+def soak_test(server: Server, seconds: float, jpeg: bytes) -> dict[str, Any]:
+    """``seconds`` of mixed valid / malformed requests at concurrency 8, the server's RSS sampled once a second."""
+    print(f"soak: {seconds:.0f} s of mixed valid/malformed requests at concurrency 8 …", flush=True)
+    mix, expect = build_soak_mix(jpeg, 2 * 2**20)
+    rss_soak_start = server.rss_mb()
+    samples: list[float] = []
+
+    async def sampler() -> None:
+        while True:
+            samples.append(server.rss_mb())
+            await asyncio.sleep(1.0)
+
+    async def soak_run() -> dict[str, Any]:
+        task = asyncio.create_task(sampler())
+        try:
+            return await drive(server.url, 8, 10**7, seconds, lambda i: mix[i % len(mix)], expect)
+        finally:
+            task.cancel()
+
+    soak = asyncio.run(soak_run())
+    rss_soak_end = server.rss_mb()
+    n = len(samples)
+    soak.update({
+        "seconds": seconds, "rss_start_mb": rss_soak_start, "rss_end_mb": rss_soak_end,
+        "rss_drift_mb": rss_soak_end - rss_soak_start, "rss_peak_mb": max(samples or [rss_soak_end]),
+        # drift between the means of the first and last thirds (robust to one-off spikes)
+        "rss_trend_mb": (float(np.mean(samples[-(n // 3):]) - np.mean(samples[: n // 3])) if n >= 6 else None),
+        # one sample a second, to see whether memory grows or levels off
+        "rss_samples_mb": [round(s, 2) for s in samples],
+        "server_alive": server.proc.poll() is None,
+    })
+    return soak
+
+
+def measure(args: argparse.Namespace, levels: list[int]) -> tuple[dict[str, Any], dict[str, Any], dict | None, int]:
+    """(raw in-process figures, served figures, soak or None, JPEG size) on the model or a fixture."""
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         model_dir = args.model_dir
         if model_dir is None:
@@ -340,78 +405,32 @@ def main(argv: list[str] | None = None) -> int:
         entry = load_raw_entry(model_dir, args.model, args.threads)
         raw = raw_throughput(entry, jpeg, batch_sizes, args.raw_seconds, 5000)
         x1 = preprocess(load_image_bytes(jpeg), entry.manifest.preprocessing, layout=entry.runtime.layout)[None]  # type: ignore[arg-type]
-
         server = Server(model_dir, args)
         try:
             server.wait_ready()
-            rss_start = server.rss_mb()
-            make = lambda i: ("valid", {"method": "POST", "url": "/predict",  # noqa: E731
-                                        "params": {"model": args.model} if args.model else None,
-                                        "files": {"file": ("lesion.jpg", jpeg, "image/jpeg")}})
-            payload = multipart_request(server.url, "/predict", "file", "lesion.jpg", jpeg,
-                                        params={"model": args.model} if args.model else None)
-            asyncio.run(drive(server.url, 2, 20, 10, make))  # warm-up
-            rss_before = server.rss_mb()
-            served = []
-            for c in levels:
-                print(f"serving at concurrency {c} …", flush=True)
-                served.append(served_level(server, payload, c, args.requests, args.duration))
-            top_c = levels[-1]
-            pairs = []
-            for r in range(args.rounds):
-                print(f"pair {r + 1}/{args.rounds}: raw batch 1, then served at concurrency {top_c} …", flush=True)
-                raw_b1 = timed(lambda: entry.runtime.predict(x1), 1, args.raw_seconds, 5000)["images_per_s"]
-                srv = served_level(server, payload, top_c, args.requests, args.duration)
-                pairs.append({"raw_b1_images_per_s": raw_b1, "served_rps": srv["throughput_rps"],
-                              "ratio": srv["throughput_rps"] / raw_b1, "served": srv})
-            rss_after = server.rss_mb()
-            soak = None
-            if args.soak > 0:
-                print(f"soak: {args.soak:.0f} s of mixed valid/malformed requests at concurrency 8 …", flush=True)
-                mix, expect = build_soak_mix(jpeg, 2 * 2**20)
-                rss_soak_start = server.rss_mb()
-                samples = []
-
-                async def soak_run() -> dict[str, Any]:
-                    async def sampler() -> None:
-                        while True:
-                            samples.append(server.rss_mb())
-                            await asyncio.sleep(1.0)
-
-                    task = asyncio.create_task(sampler())
-                    try:
-                        return await drive(server.url, 8, 10**7, args.soak, lambda i: mix[i % len(mix)], expect)
-                    finally:
-                        task.cancel()
-
-                soak = asyncio.run(soak_run())
-                rss_soak_end = server.rss_mb()
-                n = len(samples)
-                soak.update({
-                    "seconds": args.soak, "rss_start_mb": rss_soak_start, "rss_end_mb": rss_soak_end,
-                    "rss_drift_mb": rss_soak_end - rss_soak_start, "rss_peak_mb": max(samples or [rss_soak_end]),
-                    # drift between the means of the first and last thirds (robust to one-off spikes)
-                    "rss_trend_mb": (float(np.mean(samples[-(n // 3):]) - np.mean(samples[: n // 3])) if n >= 6 else None),
-                    # one sample a second, to see whether memory grows or levels off
-                    "rss_samples_mb": [round(s, 2) for s in samples],
-                    "server_alive": server.proc.poll() is None,
-                })
+            served = served_levels(server, args, jpeg, entry, x1, levels)
+            soak = soak_test(server, args.soak, jpeg) if args.soak > 0 else None
         finally:
             server.stop()
+    return raw, served, soak, len(jpeg)
 
-    top = served[-1]
+
+def build_result(args: argparse.Namespace, raw: dict[str, Any], m: dict[str, Any], soak: dict | None,
+                 image_bytes: int) -> dict[str, Any]:
+    """The result document: settings, raw and served figures, the served / raw ratios (median of the pairs)."""
+    top = m["served"][-1]
     raw_b1 = raw["runtime_only"]["1"]["images_per_s"]
     best_raw = max(v["images_per_s"] for v in raw["runtime_only"].values())
-    ratios = sorted(pr["ratio"] for pr in pairs)
+    ratios = sorted(pr["ratio"] for pr in m["pairs"])
     headline = float(np.median(ratios)) if ratios else top["throughput_rps"] / raw_b1
-    result = {
+    return {
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "model_dir": str(args.model_dir) if args.model_dir else f"fixture:{args.arch}@{args.input_size}",
         "settings": {"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "queue_size": args.queue_size,
                      "threads": args.threads, "runtime_spin": args.runtime_spin, "rounds": args.rounds,
-                     "image": "600x450 JPEG", "image_bytes": len(jpeg)},
-        "raw": raw, "served": served, "pairs": pairs,
-        "rss_mb": {"after_start": rss_start, "before_load": rss_before, "after_load": rss_after},
+                     "image": "600x450 JPEG", "image_bytes": image_bytes},
+        "raw": raw, "served": m["served"], "pairs": m["pairs"],
+        "rss_mb": {"after_start": m["rss_start"], "before_load": m["rss_before"], "after_load": m["rss_after"]},
         "ratio_served_to_raw_b1": headline,
         "ratio_served_to_raw_b1_range": [ratios[0], ratios[-1]] if ratios else None,
         "ratio_served_to_raw_best_batch": top["throughput_rps"] / best_raw,
@@ -419,30 +438,42 @@ def main(argv: list[str] | None = None) -> int:
         "target_ratio": 0.8, "soak": soak,
     }
 
+
+def report_rows(result: dict[str, Any]) -> list[list[str]]:
+    raw, served = result["raw"], result["served"]
     rows = [["measurement", "img/s", "p50 ms", "p90 ms", "p99 ms", "errors"]]
     for b, v in raw["runtime_only"].items():
         rows.append([f"raw runtime, batch {b}", f"{v['images_per_s']:.1f}", f"{v['ms_per_call_p50']:.2f}", "", "", "0"])
     v = raw["pipeline_b1"]
-    rows.append(["raw decode+preprocess+runtime, b1", f"{v['images_per_s']:.1f}", f"{v['ms_per_call_p50']:.2f}", "", "", "0"])
+    rows.append(["raw decode+preprocess+runtime, b1", f"{v['images_per_s']:.1f}", f"{v['ms_per_call_p50']:.2f}", "", "",
+                 "0"])
     for s in served:
         rows.append([f"served HTTP, concurrency {s['concurrency']}", f"{s['throughput_rps']:.1f}", f"{s['p50_ms']:.2f}",
                      f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", str(s["errors"])])
-    for i, pr in enumerate(pairs, 1):
+    for i, pr in enumerate(result["pairs"], 1):
         s = pr["served"]
         rows.append([f"pair {i}: raw b1 / served c={s['concurrency']}",
                      f"{pr['raw_b1_images_per_s']:.0f} / {s['throughput_rps']:.0f}", f"{s['p50_ms']:.2f}",
                      f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", str(s["errors"])])
+    return rows
+
+
+def print_report(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    raw, served, soak, rss = result["raw"], result["served"], result["soak"], result["rss_mb"]
+    top = served[-1]
     print()
     print(f"model {raw['model']} ({raw['runtime']}), {os.cpu_count()} CPUs, max_batch {args.max_batch}, "
           f"max_wait {args.max_wait_ms} ms")
-    print(fmt_table(rows))
-    print(f"server RSS: {rss_start:.0f} MB after start, {rss_before:.0f} MB before load, {rss_after:.0f} MB after load")
+    print(fmt_table(report_rows(result)))
+    print(f"server RSS: {rss['after_start']:.0f} MB after start, {rss['before_load']:.0f} MB before load, "
+          f"{rss['after_load']:.0f} MB after load")
     for s in served:
         print(f"c={s['concurrency']}: CPU per request: server {s['server_cpu_ms_per_request']:.2f} ms, "
               f"load generator {s['client_cpu_ms_per_request']:.2f} ms")
     rng = result["ratio_served_to_raw_b1_range"]
-    print(f"served (c={top['concurrency']}) / raw runtime batch 1   = {headline:.0%} (target ≥ 80%)"
-          + (f", median of {len(pairs)} back-to-back pairs, range {rng[0]:.0%}–{rng[1]:.0%}" if rng else ""))
+    print(f"served (c={top['concurrency']}) / raw runtime batch 1   = {result['ratio_served_to_raw_b1']:.0%} "
+          "(target ≥ 80%)"
+          + (f", median of {len(result['pairs'])} back-to-back pairs, range {rng[0]:.0%}–{rng[1]:.0%}" if rng else ""))
     print(f"served (c={top['concurrency']}) / raw runtime best batch = {result['ratio_served_to_raw_best_batch']:.0%}")
     print(f"served (c={top['concurrency']}) / raw full pipeline b1   = {result['ratio_served_to_raw_pipeline']:.0%}")
     if soak:
@@ -450,11 +481,19 @@ def main(argv: list[str] | None = None) -> int:
               f"unexpected {soak['unexpected_count']}, RSS {soak['rss_start_mb']:.0f} → {soak['rss_end_mb']:.0f} MB "
               f"(drift {soak['rss_drift_mb']:+.1f} MB, peak {soak['rss_peak_mb']:.0f} MB), "
               f"server alive: {soak['server_alive']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c]
+    raw, served, soak, image_bytes = measure(args, levels)
+    result = build_result(args, raw, served, soak, image_bytes)
+    print_report(args, result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     bad = (soak is not None and (soak["unexpected_count"] or not soak["server_alive"])) or any(
-        s["ok"] == 0 for s in served)
+        s["ok"] == 0 for s in result["served"])
     return 1 if bad else 0
 
 
