@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distill.data import load_dataset
+from distill.data.base import DatasetBundle
 from lesionlite.classes import class_mapping
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import preprocess_batch
@@ -213,7 +214,7 @@ def adapt(checkpoint: str | Path, site_spec: str, out: str | Path, cfg: AdaptCon
     return manifest.extra["adaptation"]
 
 
-def adapted_ids(manifest: Any, bundle: Any) -> set[str]:
+def adapted_ids(manifest: Any, bundle: DatasetBundle) -> set[str]:
     """Ids of ``bundle``'s images that adapted ``manifest``'s model (empty unless it was adapted to this very set).
 
     Every evaluation of an adapted model on its site leaves these out: a model is never measured on the

@@ -27,7 +27,7 @@ from distill import ddp
 from distill.artifacts import load_student
 from distill.config import TrainConfig
 from distill.data import load_dataset
-from distill.data.base import refuse_evaluation_only
+from distill.data.base import DatasetBundle, refuse_evaluation_only
 from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache
 from distill.methods.base import MethodContext, missing_teacher_error
 from distill.methods.registry import get_method
@@ -76,7 +76,7 @@ class Run:
     amp: bool
     channels_last: bool
     method_cls: Any
-    bundle: Any
+    bundle: DatasetBundle
     student: nn.Module
     pre: PreprocessConfig
     weights_note: str
@@ -143,7 +143,7 @@ def load_data(cfg: TrainConfig, ckpt: dict[str, Any] | None, run_dir: Path) -> A
 
 
 # ------------------------------------------------------------------------------------------------ student
-def build_student(cfg: TrainConfig, method_cls: Any, bundle: Any, ckpt: dict[str, Any] | None,
+def build_student(cfg: TrainConfig, method_cls: Any, bundle: DatasetBundle, ckpt: dict[str, Any] | None,
                   device: torch.device, channels_last: bool) -> Student:
     """The seeded student with its ImageNet weights (or the checkpoint's preprocessing when resuming)."""
 
@@ -186,7 +186,7 @@ def _initialise_student(cfg: TrainConfig, method_cls: Any, model: nn.Module) -> 
     return Student(model, pre, note, meta)
 
 
-def _prepare_folded_bn(cfg: TrainConfig, s: Student, bundle: Any, fresh: bool) -> None:
+def _prepare_folded_bn(cfg: TrainConfig, s: Student, bundle: DatasetBundle, fresh: bool) -> None:
     """Weights with BatchNorm folded in: recalibrate, freeze or train BN as ``model.folded_bn`` says."""
     folded = bool((s.weights_meta or {}).get("bn_folded"))
     if folded and cfg.model.folded_bn == "recalibrate" and fresh:
@@ -215,7 +215,7 @@ def _bn_calibration_batches(ds: Any, pre: PreprocessConfig, batch: int = 64) -> 
 
 
 # ------------------------------------------------------------------------------------------------ teacher
-def attach_teacher(cfg: TrainConfig, method_cls: Any, bundle: Any, pre: PreprocessConfig, device: torch.device,
+def attach_teacher(cfg: TrainConfig, method_cls: Any, bundle: DatasetBundle, pre: PreprocessConfig, device: torch.device,
                    channels_last: bool) -> tuple[nn.Module | None, Any]:
     """The frozen teacher and its manifest when the method needs one (else ``(None, None)``)."""
     if not method_cls.needs_teacher:
@@ -318,7 +318,7 @@ def install_student_downscale(student: nn.Module, size: int) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ loaders
-def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: Any, s: Student, tman: Any,
+def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: DatasetBundle, s: Student, tman: Any,
                   method_cls: Any) -> Loaders:
     """The multi-view training loader (seeded sampler), the val/test loaders and the steps per epoch."""
 
@@ -357,7 +357,7 @@ def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bu
                    steps_per_epoch=steps, downscale_hook=downscale_hook)
 
 
-def _eval_loader(split: str, bundle: Any, pre: PreprocessConfig, eval_sources: dict[str, Any], batch_size: int,
+def _eval_loader(split: str, bundle: DatasetBundle, pre: PreprocessConfig, eval_sources: dict[str, Any], batch_size: int,
                  info: ddp.DistInfo, loader_kw: dict[str, Any]) -> torch.utils.data.DataLoader:
 
     mv = eval_sources.get(split) or MultiViewDataset(bundle.split(split), eval_transform(pre), 1, "independent")
@@ -368,7 +368,7 @@ def _eval_loader(split: str, bundle: Any, pre: PreprocessConfig, eval_sources: d
     return torch.utils.data.DataLoader(mv, batch_size=batch_size, sampler=ddp.ShardSampler(len(mv), info), **kw)
 
 
-def cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
+def cached_splits(cfg: TrainConfig, bundle: DatasetBundle, pre: PreprocessConfig,
                   info: ddp.DistInfo, view_size: int | None = None) -> tuple[Any, dict[str, Any]]:
     """The training source and the eval loaders' datasets, decoded once when ``data.cache`` is on.
 
@@ -396,7 +396,7 @@ def cached_splits(cfg: TrainConfig, bundle: Any, pre: PreprocessConfig,
 
 
 # ------------------------------------------------------------------------------------------------ method
-def build_method(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: Any, student: nn.Module,
+def build_method(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bundle: DatasetBundle, student: nn.Module,
                  teacher: nn.Module | None, method_cls: Any, steps_per_epoch: int) -> tuple[Any, ...]:
     """The method (student + teacher + its heads), its trainable parameters, optimizer and scheduler."""
 

@@ -58,8 +58,9 @@ from tqdm.auto import tqdm
 
 from distill import ddp, reports
 from distill.artifacts import save_student
-from distill.calibration import calibrate
+from distill.calibration import CalibrationResult, calibrate
 from distill.config import TrainConfig
+from distill.data.base import DatasetBundle
 from distill.methods.base import Batch, missing_teacher_error
 from distill.methods.registry import get_method
 from distill.metrics import classification_report, scalars
@@ -604,8 +605,8 @@ def finalize(run: Run, state: TrainState, teacher_val: dict[str, Any] | None, se
     vl, vy = predict(run.student, run.loaders.val, run.device, run.amp, run.info, run.channels_last)
     cal = calibrate(vl, vy)
     ood = fit_ood(run.loaders.val, run.pre, run.info, vl, cal.temperature)
-    reports = _final_reports(run, (vl, vy), cal.temperature)
-    flat = reports.pop("flat")
+    evals = _final_reports(run, (vl, vy), cal.temperature)
+    flat = evals.pop("flat")
     log.info("best epoch %d: val bal-acc %s | test acc %s bal-acc %s macro-F1 %s AUC %s | ECE %s → %s (T=%.3f)",
              state.best_epoch, _fmt(flat.get("val_balanced_accuracy"), 3), _fmt(flat.get("test_accuracy"), 3),
              _fmt(flat.get("test_balanced_accuracy"), 3), _fmt(flat.get("test_macro_f1"), 3),
@@ -618,9 +619,7 @@ def finalize(run: Run, state: TrainState, teacher_val: dict[str, Any] | None, se
                          images_per_s=state.train_images / max(state.train_time, 1e-9), temperature=cal.temperature,
                          synthetic=bool(run.bundle.synthetic), history=state.history, ood=ood)
     if run.info.is_main:
-        _write_artifacts(cfg, result, run.student, run.pre, run.bundle, cal, reports["val"], reports["val_cal"],
-                         reports["test"], reports["test_cal"], (vl, vy), reports["test_xy"], run.tman, teacher_val,
-                         run.weights_note, run.weights_meta)
+        _write_artifacts(run, result, cal, evals, (vl, vy), teacher_val)
     return result
 
 
@@ -647,7 +646,7 @@ def _final_reports(run: Run, val_xy: tuple[np.ndarray, np.ndarray], temperature:
     return out
 
 
-def data_spec(cfg: TrainConfig, bundle: Any) -> str:
+def data_spec(cfg: TrainConfig, bundle: DatasetBundle) -> str:
     """A spec with which ``load_dataset(spec, root, seed=split_seed, **options)`` rebuilds this data.
 
     The synthetic set depends on its image size, which the loader takes from ``synthetic:SIZE``.
@@ -658,11 +657,12 @@ def data_spec(cfg: TrainConfig, bundle: Any) -> str:
     return spec
 
 
-def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, pre: PreprocessConfig, bundle: Any,
-                     cal: Any, val_rep: dict, val_rep_cal: dict, test_rep: dict | None, test_rep_cal: dict | None,
-                     val_xy: tuple, test_xy: tuple, tman: Any, teacher_val: dict | None, weights_note: str,
-                     weights_meta: dict[str, Any] | None = None) -> None:
-
+def _write_artifacts(run: Run, result: TrainResult, cal: CalibrationResult, evals: dict[str, Any], val_xy: tuple,
+                     teacher_val: dict | None) -> None:
+    """The student, its manifest, metrics.json and the plots (``evals``: :func:`_final_reports`' dict)."""
+    cfg, student, pre, bundle, tman = run.cfg, run.student, run.pre, run.bundle, run.tman
+    val_rep, val_rep_cal, test_rep, test_rep_cal = evals["val"], evals["val_cal"], evals["test"], evals["test_cal"]
+    test_xy = evals["test_xy"]
     run_dir = result.run_dir
     data_info = {"name": bundle.name, "fingerprint": bundle.fingerprint, "synthetic": bool(bundle.synthetic),
                  "description": portable_text(bundle.source), "spec": data_spec(cfg, bundle),
@@ -674,7 +674,7 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
         "seed": cfg.run.seed, "wall_time_s": round(result.wall_time_s, 2),
         "images_per_s": round(result.images_per_s, 2), "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
-        "schedule": cfg.schedule.name, "batch_size": cfg.optim.batch_size, "weights": portable_text(weights_note),
+        "schedule": cfg.schedule.name, "batch_size": cfg.optim.batch_size, "weights": portable_text(run.weights_note),
         "torch": torch.__version__,
     }
     if tman is not None:
@@ -686,7 +686,7 @@ def _write_artifacts(cfg: TrainConfig, result: TrainResult, student: nn.Module, 
                "quantization": None},
         output={"dtype": "float32", "shape": [1, len(bundle.class_names)], "quantization": None, "kind": "logits"},
         precision="fp32", parameters=sum(p.numel() for p in student.parameters()),
-        weights=weights_spec(weights_meta) if weights_meta else None,
+        weights=weights_spec(run.weights_meta) if run.weights_meta else None,
         calibration={"temperature": float(result.temperature), **({"ood": result.ood} if result.ood else {})},
         metrics={k: v for k, v in result.metrics.items()} | {"best_epoch": result.best_epoch},
         data=data_info, extra=extra,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from distill.data import load_dataset
-from distill.data.base import refuse_evaluation_only
+from distill.data.base import DatasetBundle, refuse_evaluation_only
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig, normalize, preprocess_batch, resize_and_crop
 
@@ -142,7 +142,7 @@ def _to_arrays(pairs: list[tuple[Any, int]], cfg: PreprocessConfig) -> tuple[np.
 
 
 def prepare_data(
-    bundle: Any,
+    bundle: DatasetBundle,
     cfg: PreprocessConfig,
     class_names: list[str],
     calib_samples: int = 300,

@@ -19,6 +19,7 @@ import numpy as np
 
 from distill.adapt import adapted_ids
 from distill.clinical import OperatingPoint, choose_operating_point, clinical_metrics, paired_deltas
+from distill.data.base import DatasetBundle
 from distill.data.isic_archive import NAME
 from export.data import load_bundle
 from export.evaluate import prepare_split
@@ -94,7 +95,7 @@ def probabilities(outputs: np.ndarray, output_kind: str, temperature: float) -> 
     return e / e.sum(axis=1, keepdims=True)
 
 
-def operating_point(run: Callable[[np.ndarray], np.ndarray], bundle: Any, manifest: Manifest,
+def operating_point(run: Callable[[np.ndarray], np.ndarray], bundle: DatasetBundle, manifest: Manifest,
                     target: str, sensitivity: float) -> tuple[OperatingPoint | None, str | None]:
     """Choose the threshold on the validation split with the PyTorch model; (None, why) when it cannot."""
     val = getattr(bundle, "val", None)
@@ -144,7 +145,7 @@ def load_external(external: Any, data_root: str | None, manifest: Manifest) -> t
     return bundle, None
 
 
-def external_set(bundle: Any, manifest: Manifest,
+def external_set(bundle: DatasetBundle, manifest: Manifest,
                  run: Callable[[np.ndarray], np.ndarray]) -> tuple[EvidenceSet | None, str | None]:
     """The external images whose class the model knows, prepared as ``lesionlite evaluate`` prepares them (a
     site-adapted model: its site's held-out images only), with PyTorch's outputs on them."""

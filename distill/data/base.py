@@ -152,7 +152,7 @@ class DatasetBundle:
         }
 
 
-def refuse_evaluation_only(bundle: Any, use: str) -> None:
+def refuse_evaluation_only(bundle: DatasetBundle, use: str) -> None:
     """Raise when ``bundle`` is an external validation set and ``use`` would fit anything on it.
 
     Called where data is trained on, selected on or calibrated on: an external set's figures are only
