@@ -58,8 +58,8 @@ class DataConfig:
     #: run seed) so that a teacher and its students, and runs with different seeds, share one split.
     split_seed: int = 0
     #: DataLoader worker processes per training process; None = auto: on CUDA min(8, CPU cores), on
-    #: CPU the cores the training threads leave free (0 on a 2-core host: one worker beside two torch
-    #: threads cut MobileNetV2 64 px training from 117 to 23 img/s there, by oversubscription)
+    #: CPU the cores the training threads leave free (0 on a 2-core host: a worker beside two torch threads
+    #: oversubscribes it; benchmarks/RESULTS.md, section 0a, has the throughput)
     workers: int | None = None
     #: training augmentation strength (distill.transforms.train_transform)
     augment: Literal["default", "light", "none"] = "default"
@@ -89,8 +89,9 @@ class ModelConfig:
     teacher_input: Literal["student", "native"] = "student"
     #: what to do when ``weights`` has BatchNorm folded into its convolutions (identity BN layers, e.g.
     #: weights recovered from a TFLite model): "recalibrate" = measure each BN's input statistics on 512
-    #: training images and unfold (same function, trainable BN; best measured), "freeze" = keep BN in
-    #: eval mode while training, "train" = nothing (BN re-normalises the folded features: stays at chance)
+    #: training images and unfold (same function, trainable BN; the best of the three, benchmarks/RESULTS.md
+    #: section 1), "freeze" = keep BN in eval mode while training, "train" = nothing (BN re-normalises the
+    #: folded features: stays at chance)
     folded_bn: Literal["recalibrate", "freeze", "train"] = "recalibrate"
 
 

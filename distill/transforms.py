@@ -78,9 +78,8 @@ class RandomRotatedResizedCrop:
     The same geometry as :class:`RandomRotationCrop` followed by ``T.RandomResizedCrop`` (the crop is
     drawn inside the largest fill-free rectangle of the rotated image, area ``scale``, aspect
     ``ratio``), but composed into one affine map and sampled once, at 2 × the output size, then
-    box-filtered down 2× (antialiasing). On a 2-core host this cut the augmentation of a 171×128
-    image from ~1.5 ms to ~0.4 ms (two full-image resamplings → one small one); see
-    ``benchmarks/train_throughput.py``.
+    box-filtered down 2× (antialiasing): one small resampling instead of two full-image ones (what that
+    saves: ``benchmarks/RESULTS.md``, section 9c).
     """
 
     def __init__(self, size: int, degrees: float, scale: tuple[float, float], ratio: tuple[float, float],
@@ -153,9 +152,8 @@ class LinearColorJitter:
     chroma plane about the luma axis — not torchvision's shift of H on the HSV hexcone: both turn a
     colour the same way by a similar amount (a skin tone moves by ~10 levels at h = 0.013 in both),
     but along a circle instead of the hexcone's edges. Values are clipped once at the end instead of
-    after every operation. On a 2-core host
-    this took 0.03 ms per 64 px image instead of torchvision's 0.67 ms (four PIL passes and an HSV
-    round trip), a tenth of the whole augmentation.
+    after every operation: one matrix product instead of torchvision's four PIL passes and an HSV
+    round trip (timed in ``benchmarks/RESULTS.md``, section 0a).
     """
 
     def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,

@@ -1,12 +1,11 @@
 """What this CPU's int8 kernels need, for the onnxruntime settings an int8 artifact carries.
 
-``session.x64quantprecision=1`` makes onnxruntime use precise int8 kernels on x86 CPUs *without* VNNI,
-whose default u8s8 kernels (VPMADDUBSW) saturate 16-bit sums (86.7 % → 96.1 % top-1 agreement with
-PyTorch on the AVX2 host of benchmarks/RESULTS.md). Where the CPU has VNNI the default kernels are
-exact and the setting only costs time (p50 1.14 vs 0.89 ms on a VNNI host, issue 14), and on ARM it
-does nothing. So the setting is recorded in the manifest and applied only where this function says
-the host needs it. (``mobile_benchmarks/remote_runner.py`` carries its own copy of the check: it runs
-on the target and imports nothing of lesionlite.)
+``session.x64quantprecision=1`` makes onnxruntime use precise int8 kernels on x86 CPUs *without* VNNI, whose
+default u8s8 kernels (VPMADDUBSW) saturate 16-bit sums (what that costs in top-1 agreement with PyTorch:
+benchmarks/RESULTS.md, section 2). Where the CPU has VNNI the default kernels are exact and the setting only
+costs time (section 9b there), and on ARM it does nothing. So the setting is recorded in the manifest and
+applied only where this function says the host needs it. (``mobile_benchmarks/remote_runner.py`` carries its
+own copy of the check: it runs on the target and imports nothing of lesionlite.)
 
 The decision (:func:`int8_features`) is a pure function of the machine name and the CPU flags, and the
 machine is read in one place (:func:`read_host_cpu`), so tests can hand it any CPU — x86 with or without

@@ -21,7 +21,7 @@ async def server_state(request: Request) -> ServerState:
     """The :class:`ServerState` ``create_app`` stored on the app.
 
     ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, and that thread
-    hop was the single largest cost of a ``/predict`` request on 2 cores (issue 31's profile).
+    hop was the single largest cost of a ``/predict`` request on 2 cores (the profile in benchmarks/RESULTS.md 3a).
     """
     return request.app.state.server
 

@@ -32,7 +32,7 @@ def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
         return None
     pre = entry.manifest.preprocessing
     # an NHWC image is made channel-first and contiguous first (the layout export fitted the statistics on):
-    # the per-channel reductions over a channel-last view cost ~3x as much (0.46 vs 0.16 ms at 64 px) and
+    # the per-channel reductions over a channel-last view cost ~3x as much (benchmarks/RESULTS.md 3a) and
     # differ from these only in the last bits (~1e-15), which no verdict depends on (tests/test_serve_fastpath.py)
     chw = np.ascontiguousarray(x.transpose(2, 0, 1)) if entry.runtime.layout == "NHWC" else x
     # an artifact whose graph downscales a larger input (TFLite phone input): the statistics were fitted at the

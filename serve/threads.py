@@ -4,7 +4,7 @@
 ``concurrent.futures.Future`` (a Condition and its lock), checks the pool's idle semaphore and chains the
 result to an asyncio future through two callbacks. For ``/predict``, which hands every image to a
 decoding thread and every batch to the model's thread, that bookkeeping was a measurable share of the
-event loop's time (issue 31; ~45 → ~25 µs of event-loop CPU per hand-off on the 2-vCPU host). Here a job
+event loop's time (benchmarks/RESULTS.md, section 3a). Here a job
 is a tuple on a :class:`queue.SimpleQueue` and its result goes straight to an asyncio future with
 ``call_soon_threadsafe``.
 """

@@ -1,4 +1,4 @@
-"""session.x64quantprecision is applied only where the CPU needs it (x86 without VNNI), issue 14 item 3.
+"""session.x64quantprecision is applied only where the CPU needs it (x86 without VNNI).
 
 Every branch is tested on every host: the CPU is handed to the check (``simulated_cpu`` in conftest.py, or
 the pure :func:`lesionlite.cpu_features.int8_features`), never read from the machine running the suite.

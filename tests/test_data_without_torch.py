@@ -1,4 +1,4 @@
-"""distill.data imports, parses specs, lists and loads datasets without torch (issue 30 item 2).
+"""distill.data imports, parses specs, lists and loads datasets without torch.
 
 bench's ARM-vs-host agreement check and export's data rebuild read datasets through ``distill.data``;
 bench runs in environments without torch. The dataset registry imports every public module of the

@@ -1,4 +1,4 @@
-"""External validation (issue 27): the evaluation-only ISIC-archive set, bootstrap CIs, the operating point,
+"""External validation: the evaluation-only ISIC-archive set, bootstrap CIs, the operating point,
 ``lesionlite evaluate`` and export's internal/external section — on generated data, and on the real
 external set where the data setting finds it.
 """

@@ -1,4 +1,4 @@
-"""Fault injection: the faults users meet, tried on every CI run with small models (issue 18).
+"""Fault injection: the faults users meet, tried on every CI run with small models.
 
 * a killed export (SIGKILL of a real subprocess at staged points) leaves nothing ``serve`` or ``bench``
   load, loses nothing already committed, and the next export cleans up (or restores) what it left;

@@ -1,4 +1,4 @@
-"""Golden vectors beside every exported artifact and ``lesionlite verify`` (issue 29, item 4).
+"""Golden vectors beside every exported artifact and ``lesionlite verify``.
 
 One module-scoped export of the tiny_cnn fixture to ONNX fp32 and TFLite fp32 + int8 with uint8 I/O; verify
 passes on the fresh export and names the cause when the model file, the preprocessing or the runtime's

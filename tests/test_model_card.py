@@ -1,4 +1,4 @@
-"""export writes MODEL_CARD.md + model_card.json (issue 14 item 7): per-class figures, calibration,
+"""export writes MODEL_CARD.md + model_card.json: per-class figures, calibration,
 artifacts, and subgroups where the data has the metadata."""
 from __future__ import annotations
 

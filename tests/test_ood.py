@@ -1,4 +1,4 @@
-"""Out-of-distribution signal (issue 14 item 2): non-dermoscopy inputs abstain, real lesions do not.
+"""Out-of-distribution signal: non-dermoscopy inputs abstain, real lesions do not.
 
 Lesion images are real HAM10000 JPEGs when the data is present (``LESIONLITE_DATA``), else generated
 lesion-like images (skin-toned background, a darker irregular blob, sensor noise). The detector is

@@ -1,4 +1,4 @@
-"""Plots that mislead (issue 14, item 8): the figures the report functions build, inspected as matplotlib objects.
+"""Plots that mislead: the figures the report functions build, inspected as matplotlib objects.
 
 * reliability diagram: every bin's sample count is written on the plot and tiny bins (< 10 samples or
   < 1 % of them) are drawn grey, with the rule in the legend;

@@ -1,6 +1,6 @@
 """The in-graph downscale equals Pillow's antialiased bilinear squash (export/resize_in_graph.py), and on real
 HAM10000 images a 256-px-input TFLite agrees with MediaPipe's ImageClassifier fed the images as they came
-(issue 29's resize gap; the real-data test skips with its reason where the data or the student is absent)."""
+(the resize gap; the real-data test skips with its reason where the data or the student is absent)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""``/predict``'s faster path (issue 31) gives the answers the route gave before, to the bit.
+"""``/predict``'s faster path gives the answers the route gave before, to the bit.
 
 Before, ``/predict`` decoded in the preprocessing pool, ran the image through the micro-batcher, scored
 the OOD statistics of the channel-last image on the event loop, and FastAPI validated the dict through
@@ -95,7 +95,7 @@ def _with_ood_and_referral(src: Path, dst: Path, images: list[bytes]) -> Path:
 
 
 def _old_answer(entry, data: bytes, settings: Settings, top_k: int) -> dict:
-    """What ``/predict`` answered before issue 31 (latency aside), rebuilt from its parts."""
+    """What ``/predict`` answered before its faster path (latency aside), rebuilt from its parts."""
     x = decode_image(data, entry, settings.max_pixels, settings.min_image_side)
     logits = entry.runtime.predict(x[None])[0]
     ood = None

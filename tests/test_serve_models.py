@@ -1,4 +1,4 @@
-"""Which artifacts serve loads and which it answers with by default (issue 14 item 6)."""
+"""Which artifacts serve loads and which it answers with by default."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Which precision to ship (lesionlite.ship), and export/bench reporting it (issue 14 item 3)."""
+"""Which precision to ship (lesionlite.ship), and export/bench reporting it."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""TFLite operator codes (issue 14, item 10): every OperatorCode carries both ``builtin_code`` and
+"""TFLite operator codes: every OperatorCode carries both ``builtin_code`` and
 ``deprecated_builtin_code`` per the schema rule, read back with an independent parser (PyPI ``tflite``).
 
 Schema: ``deprecated_builtin_code: byte`` equals the op code when it is below 127

@@ -1,4 +1,4 @@
-"""Issue 13's training-speed features, by behaviour (speed itself: benchmarks/train_throughput.py):
+"""The training-speed features, by behaviour (speed itself: benchmarks/train_throughput.py):
 the decode-once caches, the one-resampling rotation/crop, automatic loader workers, channels_last on
 CPU, the loop's data-wait meter, and the paired bootstrap used by the CPU protocol's table."""
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Decode-once caches for training: JPEG decoding and resizing happen once per run, not every epoch.
 
-Measured on a 2-core host at 64 px (HAM10000, 200×150 JPEGs): decoding costs 0.55 ms per image and
-the default augmentation 2.2 ms, next to about 8 ms of MobileNetV2 training compute per image — a
-quarter of every epoch went into work that is the same every epoch (decoding) or cheaper on a
-smaller image (the rotation). Two caches remove it:
+On a 2-core host at 64 px a large share of every epoch went into work that is the same every epoch
+(decoding) or cheaper on a smaller image (the rotation); the figures are in ``benchmarks/RESULTS.md``,
+sections 0a and 9c. Two caches remove it:
 
 * :class:`DecodedImageCache` (training split): every image decoded once into RAM as uint8, downscaled
   (antialiased) so that its shorter side is at most ``short_side`` (default 2 × the input size; the

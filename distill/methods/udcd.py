@@ -86,25 +86,16 @@ that are outside the optimizer and never EMA-ed; here x is the pooled feature (t
 128-d fc layer of its DenseNet-121, on the classifier path). ``heads = "ema"`` gives the paper's
 trained heads with an EMA teacher head (the former behaviour).
 
-Scale of L_CCD (why it can grow while CE falls). Z is frozen at the first batch, when the banks
-are random, so μ0 = Z/N ≈ E[e^{s/τ}] ≈ e^{1/(2Dτ²)} ≈ 2.2 (D = 128). Per sample and half the NCE
-is log(1 + Kμ0·e^{-s_0/τ}) + Σ_k log(1 + e^{s_k/τ}/(Kμ0)), and its negative part is ≈
-mean_k e^{s_k/τ}/μ0: the mean exponentiated similarity to other-class bank rows relative to the
-first batch's. Nothing renormalises it: a rise Δc of that cosine multiplies it by ≈ e^{Δc/τ}
-(×4 per +0.1); only |s| ≤ 1 bounds it (≈ 18k per half at K = 3310). In the code both halves
-compare vectors from two unrelated fixed projections (z_s vs the teacher bank, z_t vs the
-student bank), so those cosines stay at chance and the term stays near its start (≈ 2·(log(1+Kμ0)
-+ 1) ≈ 20 on HAM10000). With shared trained/EMA heads both sides live in one space: the student
-half (the only one with a gradient) falls, while the teacher half follows how aligned the
-embeddings become and grows. Measured (1 thread, 16 s; tiny_cnn, 703 synthetic 16-px images in
-HAM10000's class proportions, warmup 0, Adam 1e-3, 10 epochs): ``heads = "ema"``: ccd 50 → 228
-(epoch 5) → 105, teacher half 29 → 222 with cos(z_t, other-class M_s) 0.13 → 0.43, student half
-22 → 3; ``heads = "code"``: ccd 14.3 → 14.2, cross cosines ≈ -0.02; WCE 13.8 → 3.0 / 4.2. The
-152 → 2428 of a 10-epoch HAM10000 run (epochs 4-10, trained/EMA heads) is consistent with this
-(×16 ≈ e^{0.19/τ}; not re-run here). No bound or guard is added: the code has none, the values
-stay finite in float32 (e^{1/τ} ≈ 1.6e6), each score's gradient is at most 1/τ, and with the
-code's heads the term does not drift; ``ccd_s``/``ccd_t`` show which half moves. A smaller
-version of that measurement is ``tests/test_udcd.py::test_ccd_scale_with_the_codes_heads_vs_shared_ema_heads``.
+Why L_CCD can grow while CE falls, and why nothing bounds it: each normaliser Z is frozen at the first
+batch, when the banks are random, so an NCE half's negative part is the mean exponentiated similarity to
+other-class bank rows relative to that first batch, and nothing renormalises it (a cosine rise Δc multiplies it
+by ≈ e^{Δc/τ}; only |s| ≤ 1 bounds it). With the code's two unrelated fixed projections those cosines stay at
+chance and the term stays near its start; with shared trained/EMA heads the student half (the only one with a
+gradient) falls while the teacher half grows as the embeddings align. No bound or guard is added: the code has
+none, the values stay finite in float32 (e^{1/τ} ≈ 1.6e6), each score's gradient is at most 1/τ, and with the
+code's heads the term does not drift; ``ccd_s``/``ccd_t`` show which half moves. The derivation and the runs
+that measured it: ``benchmarks/RESULTS.md``, section 9a; a small version is
+``tests/test_udcd.py::test_ccd_scale_with_the_codes_heads_vs_shared_ema_heads``.
 
 Every weight, temperature, momentum, K and warm-up is a config field; a term with weight 0 is
 not computed (and, if no term needs them, neither are the embeddings, banks or teacher).
