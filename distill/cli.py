@@ -30,6 +30,7 @@ from distill.config import deep_merge, defaults_tree, method_config_cls, resolve
 from distill.data import list_datasets
 from distill.methods.registry import get_method, list_methods
 from lesionlite.errors import LesionliteError
+from lesionlite.fmt import fmt_value
 
 #: flag dest → dotted config key
 FLAG_KEYS: dict[str, str] = {
@@ -207,14 +208,6 @@ def resolve_from_args(args: argparse.Namespace) -> tuple[Any, bool, bool]:
     return resolve_config(args.config, flags, args.sets, base=base), False, overwrite
 
 
-def _fmt(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{nd}f}"
-    return str(v)
-
-
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :meth:`TrainResult.summary_row` dicts."""
     cols = [("method", "method"), ("model", "model"), ("val_acc", "val acc"), ("val_bal_acc", "val bal-acc"),
@@ -225,7 +218,7 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
         line = []
         for key, _ in cols:
             v = r.get(key)
-            line.append(f"{v:.0f}s" if key == "wall_s" and isinstance(v, (int, float)) else _fmt(v))
+            line.append(f"{v:.0f}s" if key == "wall_s" and isinstance(v, (int, float)) else fmt_value(v))
         cells.append(line)
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(cols)]
     out = ["  ".join(h.ljust(w) for (_, h), w in zip(cols, widths)),

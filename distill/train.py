@@ -88,6 +88,7 @@ from distill.train_state import (  # noqa: F401  (checkpoint names re-exported)
     save_checkpoint,
 )
 from lesionlite.errors import LesionliteError
+from lesionlite.fmt import fmt_value
 from lesionlite.manifest import Manifest, portable_text, weights_spec
 from lesionlite.ood import fit, image_statistics, unnormalize
 from lesionlite.preprocessing import PreprocessConfig
@@ -241,13 +242,7 @@ class _LossModule(nn.Module):
 
 
 def _fmt(v: Any, nd: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.{nd}f}"
-    return str(v)
+    return fmt_value(v, nd, missing="n/a")
 
 
 def _better(bal: float | None, loss: float, best_bal: float | None, best_loss: float) -> bool:

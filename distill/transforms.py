@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from distill.data.base import WrappedDataset
 from distill.methods.base import Batch
 from lesionlite.errors import LesionliteError
 from lesionlite.preprocessing import PreprocessConfig, normalize, preprocess, to_rgb
@@ -266,7 +267,7 @@ def train_transform(cfg: PreprocessConfig, strength: Strength = "default") -> Tr
 _ROT = {0: None, 1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
-class MultiViewDataset:
+class MultiViewDataset(WrappedDataset):
     """Wrap a dataset so each item is ``(views [V,C,H,W], label, index)``.
 
     view_mode "independent": V independently augmented views of the image;
@@ -293,13 +294,6 @@ class MultiViewDataset:
         self.num_views = int(num_views)
         self.view_mode = view_mode
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.dataset.labels
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         img, label = self.dataset[index]
         views = []
@@ -311,19 +305,12 @@ class MultiViewDataset:
         return torch.stack(views), int(label), int(index)
 
 
-class TransformedDataset:
+class TransformedDataset(WrappedDataset):
     """``(tensor, label)`` pairs — for evaluation loaders that do not need views or indices."""
 
     def __init__(self, dataset: Any, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.dataset = dataset
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.dataset.labels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img, label = self.dataset[index]

@@ -31,6 +31,17 @@ def _limit_threads() -> None:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and do not stall when the host is busy); restored after."""
+    import torch  # only the tests that train ask for it; the suite also runs where torch is blocked
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def fake_adb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A stand-in ``adb`` first on PATH: ``fake_adb(devices_output, sample=None)`` -> a benchmark_model stub.
 

@@ -81,12 +81,16 @@ def test_board_up_is_idempotent(board):
     assert again["pid"] == before["pid"] and "already running" in lines[-1]
 
 
+def _bench(model_dir: Path, out: Path, target: str, runs: int, warmup: int, agreement_images: int) -> dict:
+    """``lesionlite bench`` on ``target``; its bench.json."""
+    assert main([str(model_dir), "--target", target, "--runs", str(runs), "--warmup", str(warmup),
+                 "--agreement-images", str(agreement_images), "--out", str(out), "--quiet"]) == 0
+    return json.loads((out / "bench.json").read_text())
+
+
 def test_bench_int8_tflite_and_onnx_on_the_board_over_ssh(board, int8_export, tmp_path):
     out = tmp_path / "bench"
-    rc = main([str(int8_export), "--target", "board", "--runs", "3", "--warmup", "1", "--agreement-images", "8",
-               "--out", str(out), "--quiet"])
-    assert rc == 0
-    doc = json.loads((out / "bench.json").read_text())
+    doc = _bench(int8_export, out, "board", runs=3, warmup=1, agreement_images=8)
     assert doc["target"]["name"] == "board" and doc["target"]["device"]["machine"] == "aarch64"
     assert doc["emulated"]["emulator"].startswith("qemu-aarch64")
     ok = [r for r in doc["results"] if r["status"] == "ok"]
@@ -108,20 +112,14 @@ def test_bench_int8_tflite_and_onnx_on_the_board_over_ssh(board, int8_export, tm
 
 
 def test_qemu_target_runs_without_ssh(board, int8_export, tmp_path):
-    out = tmp_path / "bench"
-    rc = main([str(int8_export), "--target", "qemu", "--runs", "2", "--warmup", "0", "--agreement-images", "0",
-               "--out", str(out), "--quiet"])
-    assert rc == 0
-    doc = json.loads((out / "bench.json").read_text())
+    doc = _bench(int8_export, tmp_path / "bench", "qemu", runs=2, warmup=0, agreement_images=0)
     assert doc["target"]["name"] == "qemu" and "agreement" not in doc
     assert all(r["status"] == "ok" and r["platform"]["machine"] == "aarch64" and r["emulated"] for r in doc["results"])
 
 
 def test_compare_refuses_emulated_against_real(board, int8_export, tmp_path):
     out = tmp_path / "emu"
-    assert main([str(int8_export), "--target", "qemu", "--runs", "2", "--warmup", "0", "--agreement-images", "0",
-                 "--out", str(out), "--quiet"]) == 0
-    emu = json.loads((out / "bench.json").read_text())
+    emu = _bench(int8_export, out, "qemu", runs=2, warmup=0, agreement_images=0)
     real = copy.deepcopy(emu)  # the same file, relabelled as a real measurement
     real.pop("emulated")
     for r in real["results"]:

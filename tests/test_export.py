@@ -85,6 +85,18 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(a.argmax(1) == b.argmax(1)))
 
 
+def _assert_parity(y: np.ndarray, ref: np.ndarray, prec: str) -> float:
+    """An artifact's outputs against PyTorch's: exact for fp32, the precision's agreement floor otherwise."""
+    agree = _agreement(y, ref)
+    if prec == "fp32":
+        assert np.abs(y - ref).max() < 1e-4 and agree == 1.0
+    elif prec == "fp16":
+        assert agree >= 0.99
+    else:
+        assert agree >= INT8_MIN_AGREEMENT
+    return agree
+
+
 def test_every_artifact_has_its_own_manifest(exported, run_dir):
     out, report = exported
     source = read_manifest(run_dir)
@@ -158,13 +170,7 @@ def test_onnx_round_trip_in_onnxruntime(exported, reference):
         y = sess.run(None, {m.input["name"]: x})[0]
         one = sess.run(None, {m.input["name"]: x[:1]})[0]  # dynamic batch axis: 84 and 1
         np.testing.assert_allclose(one, y[:1], atol=1e-5)
-        agree = _agreement(y, ref)
-        if prec == "fp32":
-            assert np.abs(y - ref).max() < 1e-4 and agree == 1.0
-        elif prec == "fp16":
-            assert agree >= 0.99
-        else:
-            assert agree >= INT8_MIN_AGREEMENT
+        agree = _assert_parity(y, ref, prec)
         assert report.artifact("onnx", prec).parity["top1_agreement"] == pytest.approx(agree)
         meta = {p.key: p.value for p in onnx.load(str(d / m.files["model"])).metadata_props}
         assert json.loads(meta["lesionlite.class_names"]) == m.class_names
@@ -211,13 +217,7 @@ def test_tflite_round_trip_in_litert_interpreter(exported, reference, bundle):
         assert m.input["dtype"] == "float32" and m.input["quantization"] is None  # float I/O by default
         assert m.output["kind"] == "probabilities" and m.output["temperature_applied"]
         y = _run_tflite(d / m.files["model"], _tflite_inputs(bundle, m), None, None)
-        agree = _agreement(y, ref)
-        if prec == "fp32":
-            assert np.abs(y - ref).max() < 1e-4 and agree == 1.0
-        elif prec == "fp16":
-            assert agree >= 0.99
-        else:
-            assert agree >= INT8_MIN_AGREEMENT
+        _assert_parity(y, ref, prec)
     ops = report.artifact("tflite", "int8").validation["op_types"]
     assert "TRANSPOSE" not in ops and ops.get("QUANTIZE") == 1 and ops.get("DEQUANTIZE") == 1
 

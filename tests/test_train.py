@@ -28,12 +28,7 @@ TINY_ARGS = ["--data", "synthetic", "--image-size", "16", "--model", "tiny_cnn",
              "--no-progress", "--set", "data.options={synthetic_counts: [84, 21, 21]}", "--set", "run.threads=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------ config

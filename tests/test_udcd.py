@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F
+from _fixtures_train import train_step
 from torch.utils.data import Subset, TensorDataset
 
 from distill.methods import udcd_losses as L
@@ -369,12 +370,7 @@ def test_few_steps_on_fixed_batch_lower_the_loss(name: str) -> None:
     m.train()
     losses = []
     for step in range(15):
-        out = m.training_loss(batch, 0, step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        m.after_optimizer_step(step)
-        losses.append(float(out.loss.detach()))
+        losses.append(float(train_step(m, opt, batch, 0, step).loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], losses
 
@@ -532,11 +528,7 @@ def test_udcd_code_heads_are_the_codes_fixed_random_projections() -> None:
     opt = torch.optim.Adam(list(m.trainable_parameters()), lr=1e-2)
     m.train()
     for step in range(2):
-        out = m.training_loss(_fixed_batch(), 0, step)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        m.after_optimizer_step(step)
+        train_step(m, opt, _fixed_batch(), 0, step)
     after = dict(itertools.chain(s_head.state_dict().items(), (("t." + k, v) for k, v in t_head.state_dict().items())))
     assert all(torch.equal(before[k], after[k]) for k in before)  # never trained, never EMA-ed
     assert _method("udcd-code").student_head.state_dict()["linear.weight"].equal(s_head.state_dict()["linear.weight"])
@@ -591,11 +583,7 @@ def _ccd_run(heads: str, epochs: int) -> list[dict[str, float]]:
         for i in range(n // 64):
             idx = perm[i * 64:(i + 1) * 64]
             views = base[idx].unsqueeze(1) + 0.5 * torch.randn(64, 2, 3, 16, 16, generator=g)
-            out = m.training_loss(Batch(images=views, labels=y[idx], indices=idx), ep, step)
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            m.after_optimizer_step(step)
+            out = train_step(m, opt, Batch(images=views, labels=y[idx], indices=idx), ep, step)
             step += 1
             for key in ("wce", "ccd_s", "ccd_t"):
                 acc.setdefault(key, []).append(float(out.logs[key]))

@@ -71,6 +71,19 @@ class LesionDataset:
         return f"{type(self).__name__}(n={len(self)}, counts={self.class_counts()})"
 
 
+class WrappedDataset:
+    """A view over another dataset (``self.dataset``): its length and labels are the wrapped one's."""
+
+    dataset: Any
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.dataset.labels
+
+
 class ArrayDataset(LesionDataset):
     """In-memory uint8 images [N, H, W, 3] (or [N, H, W] grayscale, converted to RGB on access)."""
 

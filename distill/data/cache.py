@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from distill.data.base import WrappedDataset
+
 log = logging.getLogger("distill.data.cache")
 
 
@@ -98,21 +100,14 @@ class TensorCache:
         return self._items[i], int(self.labels[i])
 
 
-class CachedViewDataset:
+class CachedViewDataset(WrappedDataset):
     """``(views [1,C,H,W], label, index)`` from a :class:`TensorCache` — the eval loader's item format."""
 
     def __init__(self, cache: TensorCache) -> None:
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.cache.labels
+        self.dataset = cache
 
     def __getitem__(self, i: int):
-        t, y = self.cache[i]
+        t, y = self.dataset[i]
         return t.unsqueeze(0), y, int(i)
 
 

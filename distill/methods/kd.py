@@ -79,7 +79,6 @@ class KD(DistillMethod):
 
     name = "kd"
     config_cls = KDConfig
-    num_views = 1
     ddp_find_unused_parameters = False  # every student parameter gets a gradient each step
     needs_teacher = True
 

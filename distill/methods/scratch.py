@@ -66,9 +66,7 @@ class Scratch(DistillMethod):
 
     name = "scratch"
     config_cls = ScratchConfig
-    num_views = 1
-    ddp_find_unused_parameters = False  # every student parameter gets a gradient each step
-    needs_teacher = False
+    ddp_find_unused_parameters = False  # every student parameter gets a gradient each step (one view, no teacher)
 
     def __init__(self, student, teacher, cfg: ScratchConfig, ctx) -> None:
         super().__init__(student, None, cfg, ctx)

@@ -373,6 +373,22 @@ class _UDCDBase(DistillMethod):
             raise LesionliteError(f"udcd expects images [B, V, C, H, W], got shape {tuple(x.shape)}")
         return x[:, 0], x[:, 1] if x.shape[1] > 1 else x[:, 0]
 
+    def _student_forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """The teacher's view, labels and indices of ``batch`` (its labels written to the bank rows), and the
+        student's forward on its own view."""
+        x_s, x_t = self._views(batch)
+        y, idx = batch.labels, batch.indices
+        self._check_indices(idx)
+        self.bank_labels[idx] = y
+        return x_t, y, idx, self.student.forward_all(x_s)
+
+    def _embeddings(self, s_pooled: torch.Tensor, t_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_s through the student head (with gradient) and z_t through the teacher's head (without)."""
+        z_s = self.student_head(s_pooled.float())
+        with torch.no_grad():
+            z_t = self.ema.head(t_pooled.float())
+        return z_s, z_t
+
     def _check_indices(self, idx: torch.Tensor) -> None:
         """Dataset indices must address bank rows; checked on the first batch only (it syncs)."""
         if self._indices_checked:
@@ -437,18 +453,13 @@ class UDCD(_UDCDBase):
 
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
         cfg: UDCDConfig = self.cfg
-        x_s, x_t = self._views(batch)
-        y, idx = batch.labels, batch.indices
-        self._check_indices(idx)
-        self.bank_labels[idx] = y
-
-        out_s = self.student.forward_all(x_s)
+        x_t, y, idx, out_s = self._student_forward(batch)
         need_emb = cfg.lambda_scl != 0 or cfg.lambda_cra != 0
         need_teacher = need_emb or cfg.lambda_kl != 0 or (cfg.wce_weight != 0 and cfg.uncertainty_wce)
         if need_teacher:
             t_logits, t_pooled = self._teacher_forward(x_t)
         terms: dict[str, Any] = {}
-        with torch.autocast(device_type=x_s.device.type, enabled=False):
+        with torch.autocast(device_type=y.device.type, enabled=False):
             s_logits = out_s.logits.float()
             psi1_t = L.normalized_entropy(t_logits) if need_teacher else None
             total = s_logits.sum() * 0.0
@@ -464,9 +475,7 @@ class UDCD(_UDCDBase):
                 total = total + cfg.lambda_kl * kl
                 terms["kl"] = kl
             if need_emb:
-                z_s = self.student_head(out_s.pooled.float())
-                with torch.no_grad():
-                    z_t = self.ema.head(t_pooled.float())
+                z_s, z_t = self._embeddings(out_s.pooled, t_pooled)
                 if cfg.lambda_scl != 0:
                     scl = (psi1_t * L.supcon_vs_bank(z_s, y, self.memory_t, self.bank_labels, cfg.tau)).mean()
                     total = total + cfg.lambda_scl * scl
@@ -547,19 +556,14 @@ class UDCDCode(_UDCDBase):
 
     def training_loss(self, batch: Batch, epoch: int, step: int) -> LossOutput:
         cfg: UDCDCodeConfig = self.cfg
-        x_s, x_t = self._views(batch)
-        y, idx = batch.labels, batch.indices
-        self._check_indices(idx)
-        self.bank_labels[idx] = y
-
-        out_s = self.student.forward_all(x_s)
+        x_t, y, idx, out_s = self._student_forward(batch)
         distill = epoch >= cfg.warmup_epochs
         need_cons = distill and cfg.cons_weight != 0
         need_emb = distill and (cfg.ccd_weight != 0 or cfg.rel_weight != 0)
         if need_cons or need_emb:
             t_logits, t_pooled = self._teacher_forward(x_t)
         terms: dict[str, Any] = {}
-        with torch.autocast(device_type=x_s.device.type, enabled=False):
+        with torch.autocast(device_type=y.device.type, enabled=False):
             s_logits = out_s.logits.float()
             total = s_logits.sum() * 0.0
             if cfg.wce_weight != 0:  # the code's CrossEntropyLoss(weight) on one-hot targets: mean over B
@@ -573,9 +577,7 @@ class UDCDCode(_UDCDBase):
                 terms["cons"] = cons
                 terms["rampup"] = ramp
             if need_emb:
-                z_s = self.student_head(out_s.pooled.float())
-                with torch.no_grad():
-                    z_t = self.ema.head(t_pooled.float())
+                z_s, z_t = self._embeddings(out_s.pooled, t_pooled)
                 if cfg.ccd_weight != 0:
                     neg = L.sample_negative_indices(y, self.bank_labels, cfg.nce_k, self._gen(y.device),
                                                     cfg.negative_policy, self._min_negatives)
