@@ -234,6 +234,7 @@ def uint8_io(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
         return model_bytes, {"applied": False, "reason": "input or output is not int8"}
     before = {"scale": float(x.quantization.scale[0]), "zero_point": int(x.quantization.zeroPoint[0])}
     x.quantization.scale, x.quantization.zeroPoint = [PIXEL_SCALE], [INT8_ZERO_POINT]
+    repinned = _repin_passthrough(model, sg, sg.inputs[0], before)
     y_scale, y_zero = float(y.quantization.scale[0]), int(y.quantization.zeroPoint[0])
     old_in, old_out = sg.inputs[0], sg.outputs[0]
     new_in = _uint8_twin(model, sg, old_in, PIXEL_SCALE, UINT8_ZERO_POINT)
@@ -243,7 +244,38 @@ def uint8_io(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
     out, _ = serialize(model, model_bytes, dedupe=False)
     return out, {"applied": True, "input": "uint8 pixels (scale 1/255, zero point 0) -> QUANTIZE -> int8",
                  "output": f"int8 -> QUANTIZE -> uint8 (scale {y_scale:.6g}, zero point {y_zero + 128})",
-                 "calibrated_int8_input": before}
+                 "calibrated_int8_input": before, **({"repinned_passthrough_ops": repinned} if repinned else {})}
+
+
+#: ops whose int8 output must carry its input's scale and zero point (XNNPACK refuses to prepare them otherwise)
+_PASSTHROUGH_OPS = ("PAD", "PADV2", "RESHAPE")
+
+
+def _repin_passthrough(model: Any, sg: Any, index: int, before: dict[str, Any]) -> list[str]:
+    """After the input tensor was pinned to the pixel grid: the ops that pass it through unchanged (the in-graph
+    downscale's PAD) get the same parameters on their output, where they had the input's calibrated ones."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    done: list[str] = []
+    frontier = [index]
+    while frontier:
+        t = frontier.pop()
+        for op in sg.operators:
+            if op.inputs is None or len(op.inputs) == 0 or int(op.inputs[0]) != t:
+                continue
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(int(code.builtinCode), int(code.deprecatedBuiltinCode)))
+            out = sg.tensors[op.outputs[0]]
+            q = out.quantization
+            if name not in _PASSTHROUGH_OPS or q is None or q.scale is None or len(q.scale) != 1:
+                continue
+            if abs(float(q.scale[0]) - before["scale"]) > 1e-12 * max(1.0, before["scale"]) or int(q.zeroPoint[0]) != before["zero_point"]:
+                continue
+            q.scale, q.zeroPoint = [PIXEL_SCALE], [INT8_ZERO_POINT]
+            done.append(name)
+            frontier.append(op.outputs[0])
+    return done
 
 
 def read_metadata(model_bytes: bytes) -> dict[str, Any]:
