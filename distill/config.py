@@ -37,6 +37,7 @@ import yaml
 from distill.methods.registry import get_method
 from lesionlite.atomic import write_text_atomic
 from lesionlite.errors import LesionliteError
+from lesionlite.fmt import plain_tree
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["cosine", "onecycle", "plateau", "none"]
@@ -189,9 +190,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON friendly); ``method`` holds ``name`` plus the method's fields."""
-        out: dict[str, Any] = {"method": {"name": self.method_name, **_plain(dataclasses.asdict(self.method))}}
+        out: dict[str, Any] = {"method": {"name": self.method_name, **plain_tree(dataclasses.asdict(self.method))}}
         for name in SECTIONS:
-            out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+            out[name] = plain_tree(dataclasses.asdict(getattr(self, name)))
         return out
 
     def to_yaml(self) -> str:
@@ -205,14 +206,6 @@ class TrainConfig:
         for part in dotted.split("."):
             obj = getattr(obj, "method_name" if (obj is self and part == "method_name") else part)
         return obj
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 
 from distill.metrics import ece, reliability_bins, softmax
 from lesionlite.atomic import atomic_path, write_json_atomic
+from lesionlite.fmt import plain_tree
 
 
 def _plt():
@@ -35,10 +36,10 @@ def _plt():
 
 def _clean(obj: Any) -> Any:
     """JSON-safe copy: NaN/inf → None, numpy → python."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+    return plain_tree(obj, _clean_leaf)
+
+
+def _clean_leaf(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _clean(obj.tolist())
     if isinstance(obj, (np.floating, float)):

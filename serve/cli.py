@@ -9,6 +9,21 @@ from collections.abc import Sequence
 from lesionlite.errors import require
 from serve.settings import MODEL_DIR_ENV, SETTINGS_ENV, Settings
 
+#: (flag, type, help) of the numeric settings; the default is the :class:`Settings` field the flag names
+NUMERIC_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("--max-batch", int, "micro-batch size (default %(default)s)"),
+    ("--max-wait-ms", float, "while the model is busy, how long the next micro-batch waits to fill (at most until the "
+                             "running batch ends); an idle model starts at once (default %(default)s ms)"),
+    ("--queue-size", int, "images waiting per model before 503 (default %(default)s)"),
+    ("--max-upload-mb", float, "largest image file / request (default %(default)s MiB)"),
+    ("--max-batch-files", int, "most images per /predict/batch request (default %(default)s)"),
+    ("--max-pixels", int, "decompression-bomb guard: most pixels per image (default %(default)s)"),
+    ("--abstain-threshold", float, "abstain when the top calibrated probability is below this (default %(default)s)"),
+    ("--min-image-side", int, "shortest image side accepted, in px (default 0: half the model's input size, at least 16)"),
+    ("--top-k", int, "default top_k (default %(default)s)"),
+    ("--threads", int, "runtime intra-op threads per model, 0 = runtime default (default %(default)s)"),
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     d = Settings()
@@ -26,25 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("LESIONLITE_API_KEY"),
                    help="require this key (X-API-Key or Authorization: Bearer) on /predict and /v2/models; "
                         "default: $LESIONLITE_API_KEY, else no key")
-    p.add_argument("--max-batch", type=int, default=d.max_batch, help="micro-batch size (default %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
-                   help="while the model is busy, how long the next micro-batch waits to fill (at most until the "
-                        "running batch ends); an idle model starts at once (default %(default)s ms)")
-    p.add_argument("--queue-size", type=int, default=d.queue_size,
-                   help="images waiting per model before 503 (default %(default)s)")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb,
-                   help="largest image file / request (default %(default)s MiB)")
-    p.add_argument("--max-batch-files", type=int, default=d.max_batch_files,
-                   help="most images per /predict/batch request (default %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help="decompression-bomb guard: most pixels per image (default %(default)s)")
-    p.add_argument("--abstain-threshold", type=float, default=d.abstain_threshold,
-                   help="abstain when the top calibrated probability is below this (default %(default)s)")
-    p.add_argument("--min-image-side", type=int, default=d.min_image_side,
-                   help="shortest image side accepted, in px (default 0: half the model's input size, at least 16)")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="default top_k (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="runtime intra-op threads per model, 0 = runtime default (default %(default)s)")
+    for flag, kind, text in NUMERIC_OPTIONS:  # each defaults to the Settings field of the same name
+        p.add_argument(flag, type=kind, default=getattr(d, flag[2:].replace("-", "_")), help=text)
     p.add_argument("--runtime-spin", action="store_true", default=d.runtime_spin,
                    help="let onnxruntime's idle threads busy-wait (its own default); off by default because "
                         "they would take CPU from image decoding in the same process")

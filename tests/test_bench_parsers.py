@@ -19,12 +19,14 @@ def sample(name: str) -> str:
     return (DATA / name).read_text(encoding="utf-8")
 
 
+def assert_fields(parsed: dict, **expected: object) -> None:
+    """The parsed fields named in ``expected`` have exactly those values (compared as one dict)."""
+    assert {k: parsed[k] for k in expected} == expected
+
+
 def test_xnnpack_rpi_with_op_profiling():
     p = parse_tflite_benchmark_model(sample("tflite_xnnpack_int8_rpi_op_profiling.txt"))
-    assert p["init_us"] == 18777
-    assert p["first_inference_us"] == 64791
-    assert p["warmup_avg_us"] == 57758.2
-    assert p["inference_avg_us"] == 55043.2
+    assert_fields(p, init_us=18777, first_inference_us=64791, warmup_avg_us=57758.2, inference_avg_us=55043.2)
     assert p["warmup_stats"] == {"count": 9, "first": 64791, "curr": 56295, "min": 54873, "max": 65831,
                                  "avg": 57758.2, "std": 4065, "p5": None, "median": None, "p95": None}
     st = p["inference_stats"]
@@ -107,14 +109,9 @@ def test_replacing_out_of_wording():
 
 def test_ort_perf_test_colon_seconds():
     p = parse_ort_perf_test(sample("ort_perf_test_latency_colon_s.txt"))
-    assert p["session_creation_s"] == 2.86847
-    assert p["total_inference_time_s"] == 0.37505
-    assert p["total_requests"] == 3
-    assert p["average_inference_ms"] == 125.017
-    assert p["total_run_time_s"] == 0.375075
-    assert p["avg_cpu_usage_pct"] == 44
-    assert p["peak_working_set_bytes"] == 838090752
-    assert p["runs"] == 3
+    assert_fields(p, session_creation_s=2.86847, total_inference_time_s=0.37505, total_requests=3,
+                  average_inference_ms=125.017, total_run_time_s=0.375075, avg_cpu_usage_pct=44,
+                  peak_working_set_bytes=838090752, runs=3)
     lat = p["latency_ms"]
     assert lat["min"] == pytest.approx(120.368) and lat["max"] == pytest.approx(128.936)
     assert lat["p50"] == pytest.approx(125.747) and lat["p90"] == pytest.approx(128.936)
