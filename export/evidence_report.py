@@ -9,21 +9,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from export.evaluation_report import fmt_ci
+from export.evaluation_report import FIGURES, fmt_ci
 from lesionlite.referral import describe_score
 
-#: (metric key, column title, style) of the side-by-side tables
-COLUMNS = (
-    ("melanoma_auc", "melanoma AUC", "auc"),
-    ("melanocytic_auc", "melanoma AUC, P(mel | mel or nv)", "auc"),
-    ("sensitivity", "sensitivity @ op", "pct"),
-    ("specificity", "specificity @ op", "pct"),
-    ("balanced_accuracy_present", "bal. acc (classes present)", "pct"),
-    ("ece", "ECE", "auc"),
-    ("ood_rate", "out of distribution", "pct"),
-)
+#: each figure's style (auc / pct), as ``lesionlite evaluate`` prints it
+_STYLE = {key: style for key, _, style in FIGURES}
+#: (metric key, column title, style) of the side-by-side tables: evaluate's figures under shorter titles
+COLUMNS = tuple((key, title, _STYLE[key]) for key, title in (
+    ("melanoma_auc", "melanoma AUC"), ("melanocytic_auc", "melanoma AUC, P(mel | mel or nv)"),
+    ("sensitivity", "sensitivity @ op"), ("specificity", "specificity @ op"),
+    ("balanced_accuracy_present", "bal. acc (classes present)"), ("ece", "ECE"), ("ood_rate", "out of distribution")))
 #: shown after the melanoma AUCs when the referral score ranks another positive set (malignant)
-SCORE_AUC = ("target_auc", "referral-score AUC", "auc")
+SCORE_AUC = ("target_auc", "referral-score AUC", _STYLE["target_auc"])
 DELTAS = (("melanoma_auc", "Δ melanoma AUC", "auc"), ("balanced_accuracy_present", "Δ bal. acc", "pct"),
           ("sensitivity", "Δ sensitivity @ op", "pct"))
 

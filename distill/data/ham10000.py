@@ -26,9 +26,9 @@ from distill.data.base import (
     read_csv,
 )
 from distill.data.paths import ENV_VAR, data_root, describe_root, resolve_path
+from distill.data.registry import register_dataset
 from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, grouped_stratified_split
 from lesionlite.errors import LesionliteError
-from distill.data.registry import register_dataset
 
 METADATA = "HAM10000_metadata.csv"
 #: metadata columns kept per image for subgroup reports (missing columns read as empty)

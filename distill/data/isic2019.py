@@ -23,9 +23,9 @@ from distill.data.base import (
     read_csv,
 )
 from distill.data.paths import data_root, resolve_path
+from distill.data.registry import register_dataset
 from distill.data.splits import DEFAULT_FRACTIONS, check_disjoint_groups, grouped_stratified_split
 from lesionlite.errors import LesionliteError
-from distill.data.registry import register_dataset
 
 GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 METADATA = "ISIC_2019_Training_Metadata.csv"
