@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.reports import _plt, _save, write_metrics_json
 from lesionlite.atomic import write_text_atomic
 from lesionlite.referral import describe_score
 
@@ -113,7 +114,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     preds = doc.get("predictions") or {}
     if preds.get("mel_prob") is None:
         return None
-    from distill.reports import _plt, _save
 
     plt = _plt()
     names = list(doc["report"]["per_class"])
@@ -151,7 +151,6 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
 
 def write(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write JSON, Markdown and the plot (when matplotlib is installed) into ``out_dir``."""
-    from distill.reports import write_metrics_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
