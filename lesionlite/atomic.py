@@ -76,7 +76,6 @@ def replace_dir(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -
     The old directory is first renamed aside (``.<name>.old-<pid>``) and deleted only after the new
     one is in place, so a reader sees the old or the new directory, never a half-written one.
     """
-    import shutil
 
     staged, final = Path(staged), Path(final)
     old = None

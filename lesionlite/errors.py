@@ -6,6 +6,8 @@ possible, the fix.
 """
 from __future__ import annotations
 
+import importlib
+
 
 class LesionliteError(Exception):
     """An error caused by the user's input or environment, printed as one line by the CLI."""
@@ -25,7 +27,6 @@ class MissingDependencyError(LesionliteError):
 
 def require(module: str, extra: str, purpose: str):
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
-    import importlib
 
     try:
         return importlib.import_module(module)
