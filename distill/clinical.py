@@ -25,9 +25,14 @@ from distill.bootstrap import N_BOOT, bootstrap
 from distill.metrics import balanced_accuracy, binary_auc, ece
 from lesionlite.classes import class_index
 from lesionlite.errors import LesionliteError
-from lesionlite.referral import referral_scores, scores_for_operating_point, target_classes
+from lesionlite.referral import (
+    DEFAULT_TARGET,
+    referral_scores,
+    resolve_target,
+    scores_for_operating_point,
+    target_classes,
+)
 
-DEFAULT_TARGET = "mel"
 DEFAULT_SENSITIVITY = 0.90
 
 
@@ -104,6 +109,7 @@ def choose_operating_point(probs: np.ndarray, labels: np.ndarray, class_names: S
     """Choose the threshold on ``split`` (must be the validation split: test and external only check it)."""
     if split != "val":
         raise LesionliteError(f"an operating point is chosen on the validation split only, not on {split!r}")
+    target = resolve_target(class_names, target)
     positives, given = target_classes(class_names, target)
     is_pos = np.isin(np.asarray(labels), positives)
     scores = referral_scores(probs, positives, given)

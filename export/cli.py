@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from lesionlite.errors import LesionliteError
-from lesionlite.referral import TARGETS as REFERRAL_TARGETS
-from lesionlite.referral import describe_score
+from lesionlite.referral import CHOICES as REFERRAL_TARGETS
+from lesionlite.referral import DEFAULT_TARGET, describe_score
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="external validation set evaluated for the PyTorch model and every artifact: 'auto' (the "
                         "ISIC-archive set isic2017_msk_256 when found under the data root), a data spec such as "
                         "isic-archive:PATH, or 'none' (default: auto). Evaluation only: nothing is fitted on it")
-    p.add_argument("--op-target", choices=tuple(REFERRAL_TARGETS), default="mel",
-                   help="operating point's referral target: mel = P(melanoma), malignant = mel + bcc + akiec, melanocytic = "
-                        "P(mel) / (P(mel) + P(nv)) (default: mel)")
+    p.add_argument("--op-target", choices=REFERRAL_TARGETS, default=DEFAULT_TARGET,
+                   help="operating point's referral score: mel = P(melanoma), malignant = mel + bcc + akiec, "
+                        "melanocytic = P(mel) / (P(mel) + P(nv)), auto = melanocytic when the model has mel and nv, "
+                        "else mel (default: auto; benchmarks/RESULTS.md 8f says why)")
     p.add_argument("--op-sensitivity", type=float, default=0.90,
                    help="sensitivity the operating point reaches on the validation split (default: 0.90)")
     p.add_argument("--triton-repo", default=None, metavar="DIR",

@@ -243,6 +243,15 @@ TTA_MODES = ("none", "flips")
 def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | None = None, split: str = "test",
              n_boot: int = 1000, seed: int = 0, threads: int = 0, progress: bool = True, tta: str = "none") -> dict[str, Any]:
     """Evaluate one model on ``split`` of ``data_spec`` (default: the data the model was trained on)."""
+    predictor, preds, data = predict(model, data_spec, data_root, split, seed, threads, progress, tta)
+    return summarize(predictor, preds, data, n_boot, seed)
+
+
+def predict(model: str | Path, data_spec: str | None = None, data_root: str | None = None, split: str = "test",
+            seed: int = 0, threads: int = 0, progress: bool = True,
+            tta: str = "none") -> tuple[Predictor, Predictions, dict[str, Any]]:
+    """The model's probabilities on ``split`` of ``data_spec`` with what describes the data (for studies that
+    compute their own figures from the same predictions, e.g. ``benchmarks/referral_scores.py``)."""
     if tta not in TTA_MODES:
         raise LesionliteError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     predictor = load_predictor(model, threads)
@@ -271,7 +280,7 @@ def evaluate(model: str | Path, data_spec: str | None = None, data_root: str | N
     data = {"spec": str(spec), "name": bundle.name, "split": split, "fingerprint": bundle.fingerprint, "tta": tta,
             "external": bool(getattr(bundle, "evaluation_only", False)), "synthetic": bool(bundle.synthetic),
             "source": bundle.source}
-    return summarize(predictor, preds, data, n_boot, seed)
+    return predictor, preds, data
 
 
 def external_block(model: str | Path, spec: str = "isic-archive", data_root: str | None = None,
@@ -292,4 +301,5 @@ def external_block(model: str | Path, spec: str = "isic-archive", data_root: str
             "n": doc["data"]["n"], "excluded": doc["data"]["excluded"], "model": doc["model"]["name"],
             "kind": doc["model"].get("kind"), "precision": doc["model"].get("precision"),
             "class_names": list(doc["report"]["per_class"]), "labels": preds["labels"], "mel_prob": preds["mel_prob"],
+            "nv_prob": preds["nv_prob"],
             "pred": preds["pred"], "metrics": doc["clinical"]["metrics"], "bootstrap": doc["clinical"]["bootstrap"]}

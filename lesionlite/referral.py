@@ -40,20 +40,39 @@ TARGETS: dict[str, ReferralTarget] = {t.name: t for t in (
 )}
 
 
+#: the default target: ``melanocytic`` where the model has both mel and nv, else ``mel`` (chosen in issue 28
+#: between the named scores on the external dev half, RESULTS.md 8f; internally the two rank alike)
+AUTO = "auto"
+DEFAULT_TARGET = AUTO
+CHOICES = (AUTO, *TARGETS)
+
+
+def resolve_target(class_names: Sequence[str], target: str) -> str:
+    """``auto`` → ``melanocytic`` when the model has mel and nv, else ``mel``; any other name unchanged."""
+    if target != AUTO:
+        return target
+    has = {canonical(c) for c in class_names} | {str(c).lower() for c in class_names}
+    return "melanocytic" if {"mel", "nv"} <= has else "mel"
+
+
 def _indices(class_names: Sequence[str], codes: Sequence[str]) -> list[int]:
     return [j for j, c in enumerate(class_names) if canonical(c) in codes or str(c).lower() in codes]
 
 
-def get_target(target: str) -> ReferralTarget:
-    """The target called ``target``, or a clear error naming the choices."""
+def get_target(target: str) -> ReferralTarget | None:
+    """The target called ``target`` (None for ``auto``, resolved per model), or a clear error naming the choices."""
+    if target == AUTO:
+        return None
     if target not in TARGETS:
-        raise LesionliteError(f"unknown operating-point target {target!r}; choose from {', '.join(TARGETS)}")
+        raise LesionliteError(f"unknown operating-point target {target!r}; choose from {', '.join(CHOICES)}")
     return TARGETS[target]
 
 
 def target_classes(class_names: Sequence[str], target: str) -> tuple[list[int], list[int] | None]:
     """(positive output indices, conditioning output indices or None) of ``target`` for these classes."""
+    target = resolve_target(class_names, target)
     t = get_target(target)
+    assert t is not None
     pos = _indices(class_names, t.positives)
     if not pos:
         raise LesionliteError(f"the model's classes ({', '.join(class_names)}) have none for target {target!r}")

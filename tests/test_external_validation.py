@@ -188,7 +188,7 @@ def test_export_writes_internal_and_external_figures_with_cis(exported_with_exte
         assert m.calibration["operating_point"]["threshold"] == ev["operating_point"]["threshold"]
         assert m.metrics["external_melanoma_auc"]["value"] == a.clinical["external"]["metrics"]["melanoma_auc"]["value"]
     md = (out / "export_report.md").read_text()
-    assert "External: isic-archive:isic_ext" in md and "Operating point: refer when P(mel)" in md
+    assert "External: isic-archive:isic_ext" in md and "Operating point: refer when P(mel | mel or nv)" in md
     card = (out / "MODEL_CARD.md").read_text()
     assert "External: isic-archive:isic_ext" in card and "External site, PyTorch model, by sex" in card
     assert "tiny_cnn_onnx_int8:" in card  # the one-line verdict per compressed artifact

@@ -6,7 +6,13 @@ import pytest
 
 from distill.clinical import choose_operating_point, clinical_metrics, melanocytic_scores
 from lesionlite.errors import LesionliteError
-from lesionlite.referral import describe_score, referral_scores, scores_for_operating_point, target_classes
+from lesionlite.referral import (
+    describe_score,
+    referral_scores,
+    resolve_target,
+    scores_for_operating_point,
+    target_classes,
+)
 from serve.postprocess import referral
 
 NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
@@ -52,3 +58,15 @@ def test_operating_point_on_melanocytic_score_is_what_serve_thresholds() -> None
     # an older manifest's operating point (no given_classes) still scores the plain sum
     legacy = {k: v for k, v in op.to_dict().items() if k != "given_classes"}
     np.testing.assert_allclose(scores_for_operating_point(p, NAMES, legacy), p[:, 4])
+
+
+def test_auto_target_is_melanocytic_where_the_model_has_mel_and_nv_else_mel() -> None:
+    assert resolve_target(NAMES, "auto") == "melanocytic"
+    assert resolve_target(["MEL", "NV", "BCC"], "auto") == "melanocytic"
+    assert resolve_target(["mel", "other"], "auto") == "mel"
+    assert resolve_target(NAMES, "malignant") == "malignant"
+    y = np.array([0, 4, 5, 4, 1, 5])
+    p = np.full((6, 7), 0.1) + 0.3 * np.eye(7)[y]
+    p /= p.sum(1, keepdims=True)
+    op = choose_operating_point(p, y, NAMES)  # default target: auto
+    assert op.target == "melanocytic" and op.given_classes == ["mel", "nv"]

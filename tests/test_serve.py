@@ -358,7 +358,10 @@ def test_tflite_models(tfl_dir: Path, models_dir: Path) -> None:
         body = post_file(c, JPEG, "x.jpg", model="tiny_cnn_onnx_fp32").json()
         ref = body["referral"]  # the operating point export chose on validation, applied to this image
         assert body["synthetic_training_data"] is True and ref["positive_classes"] == ["mel"]
-        assert ref["score"] == pytest.approx(body["probabilities"]["mel"]) and ref["refer"] == (ref["score"] >= ref["threshold"])
+        probs = body["probabilities"]
+        assert ref["given_classes"] == ["mel", "nv"]  # the default target: P(mel | mel or nv)
+        assert ref["score"] == pytest.approx(probs["mel"] / (probs["mel"] + probs["nv"]), rel=1e-5)
+        assert ref["refer"] == (ref["score"] >= ref["threshold"])
         assert ref["threshold"] == models["tiny_cnn_onnx_fp32"]["operating_point"]["threshold"]
         infer = c.post("/v2/models/tiny_cnn_onnx_fp32/infer", json={"inputs": [
             {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(JPEG).decode()]}]}).json()

@@ -79,7 +79,7 @@
     const el = $("referral");
     const r = res.referral;
     if (!r) { el.hidden = true; return; }
-    const what = r.positive_classes.join(" + ");
+    const what = r.positive_classes.join(" + ") + (r.given_classes ? " | " + r.given_classes.join(" or ") : "");
     el.textContent = (r.refer ? "Operating point: REFER — " : "Operating point: below the referral threshold — ") +
       "P(" + what + ") " + pct(r.score) + " vs threshold " + pct(r.threshold) +
       " (chosen on validation images for " + (r.sensitivity_target != null ? pct(r.sensitivity_target) : "a target") +
