@@ -42,7 +42,10 @@ def operating_point_line(op: dict[str, Any] | None) -> str:
             f"the validation split ({op['n_positive']} positives of {op['n']}) for sensitivity {op['sensitivity_target']:.2f} "
             f"(reached {op['sensitivity']:.3f} there). It is a screening threshold for research evaluation — it says "
             "when this model would refer a lesion for a closer look, not whether a lesion is a melanoma; test and "
-            "external images only check it, and the sensitivity they show is what to expect elsewhere.")
+            "external images only check it, and the sensitivity they show is what to expect elsewhere."
+            + (" The score is melanoma among melanocytic lesions (mel vs nv): it ignores the probability of the other "
+               "classes, which another clinic's images inflate, and so it says nothing about non-melanocytic lesions "
+               "(use --op-target malignant to refer any malignancy)." if op.get("given_classes") else ""))
 
 
 def render(source_clinical: dict[str, Any], artifacts: Sequence[tuple[str, dict[str, Any]]],
