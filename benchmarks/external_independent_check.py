@@ -78,13 +78,20 @@ def main() -> int:
         manifest = json.loads((d / "manifest.json").read_text())
         t0 = time.perf_counter()
         probs = tflite_probabilities(d / manifest["files"]["model"], manifest, paths)
-        mel = [c.lower() for c in manifest["class_names"]].index("mel")
+        names = [c.lower() for c in manifest["class_names"]]
+        mel = names.index("mel")
         auc = pairwise_auc(probs[is_mel, mel], probs[~is_mel, mel])
         exported = art["clinical"]["external"]["metrics"]["melanoma_auc"]["value"]
+        cond = probs[:, mel] / (probs[:, mel] + probs[:, names.index("nv")])  # P(mel | mel or nv)
+        cond_auc = pairwise_auc(cond[is_mel], cond[~is_mel])
+        cond_exported = (art["clinical"]["external"]["metrics"].get("melanocytic_auc") or {}).get("value")
         results.append({"artifact": art["name"], "independent_auc": auc, "export_auc": exported,
+                        "independent_melanocytic_auc": cond_auc, "export_melanocytic_auc": cond_exported,
                         "difference": auc - exported, "within_0_02": abs(auc - exported) <= 0.02,
                         "n": int(len(rows)), "n_melanoma": int(is_mel.sum()), "seconds": round(time.perf_counter() - t0, 1)})
         print(f"{art['name']:32s} independent {auc:.4f}  export {exported:.4f}  Δ {auc - exported:+.4f}")
+        print(f"{'':32s} P(mel | mel or nv): independent {cond_auc:.4f}  export "
+              + ("—" if cond_exported is None else f"{cond_exported:.4f}"))
     doc = {"command": f"python benchmarks/external_independent_check.py {args.export_dir} --images {args.images.name}",
            "host": f"{platform.processor() or platform.machine()}", "export_dir": args.export_dir.name,
            "results": results}
