@@ -145,3 +145,30 @@ def test_golden_vectors_written_and_verified_through_executorch_runtime(exported
     for prec in PRECISIONS:
         assert (out / f"tiny_cnn_executorch_{prec}" / "golden").is_dir(), prec
     assert main(["verify", str(out)]) == 0
+
+
+def test_relu6_outputs_are_quantized_on_the_clamped_range():
+    """The stock XNNPACKQuantizer gives a conv → ReLU6 output the conv's pre-activation scale (hardtanh shares its
+    input's observer): here ±~30 for values that end in [0, 6]. The clamp-aware observer gives it [0, 6]."""
+    import torch
+    from torch import nn
+
+    from export.formats.executorch import _quantize_pt2e
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(20.0)  # pre-activations far outside [0, 6]
+    calib = np.random.default_rng(0).standard_normal((16, 3, 12, 12)).astype(np.float32)
+    converted, info = _quantize_pt2e(model, (torch.zeros(1, 3, 12, 12),), calib)
+    assert info["clamp_aware_outputs"] == 1 and "ReLU6" in info["method"]
+    after_relu6 = [n for n in converted.graph.nodes if "quantize_per_tensor" in str(n.target)
+                   and "dequantize" not in str(n.target) and "hardtanh" in str(n.args[0])]
+    assert after_relu6, "no quantize node after the ReLU6"
+    scale, zero_point = float(after_relu6[0].args[1]), int(after_relu6[0].args[2])
+    assert scale <= 6.0 / 255 * 1.001 and zero_point == -128  # [0, 6] on the int8 grid, 0 exactly representable
+    x = torch.from_numpy(calib[:4])
+    with torch.no_grad():
+        ref = model(x)
+        got = torch.cat([converted(x[i:i + 1]) for i in range(len(x))])
+    assert float((got - ref).abs().max()) < 0.1 * float(ref.abs().max())
