@@ -15,6 +15,7 @@ from lesionlite.preprocessing import load_image_file, preprocess
 from mobile_benchmarks import BENCH_SCHEMA
 from mobile_benchmarks.artifacts import MEASURED_KINDS, Artifact, discover_all
 from mobile_benchmarks.hostinfo import host_info
+from mobile_benchmarks.op_profile import profile_all
 from mobile_benchmarks.repeats import merge_repeats
 from mobile_benchmarks.targets import BenchOptions, get_target, parse_target
 from mobile_benchmarks.targets.common import empty_result
@@ -144,6 +145,7 @@ def run_bench(
                                            "source": image or "random RGB noise (seed 0) through lesionlite.preprocessing"}
                 runnable.append((art, npy))
             results += measure_interleaved(target, runnable, options, log)
+            op_profiles = profile_all(target, runnable, options, log) if options.op_profile else None
         agreement = agreement_on(target, arts, options, log)
     finally:
         target.close()
@@ -166,15 +168,31 @@ def run_bench(
         "artifacts": [a.info for a in arts] + [u.info for u in unreadable],
         "results": results,
     }
-    emulated = getattr(target, "emulated", None)
-    if emulated:  # an emulator's times: labelled in every report and refused by `bench compare` against real ones
-        doc["emulated"] = {"emulator": emulated, "note": EMULATED_NOTE}
-    if agreement is not None:
-        doc["agreement"] = agreement
+    _add_optional_parts(doc, getattr(target, "emulated", None), agreement, op_profiles)
     from mobile_benchmarks.report import write_reports
 
     doc["outputs"] = write_reports(doc, out)
     return doc
+
+
+def _add_optional_parts(doc: dict[str, Any], emulated: str | None, agreement: dict[str, Any] | None,
+                        op_profiles: list[dict[str, Any]] | None) -> None:
+    """The parts of bench.json only some runs have: the emulator label, the agreement table, the op profiles."""
+    if emulated:  # an emulator's times: labelled in every report and refused by `bench compare` against real ones
+        doc["emulated"] = {"emulator": emulated, "note": EMULATED_NOTE}
+    if agreement is not None:
+        doc["agreement"] = agreement
+    if op_profiles is not None:
+        doc["op_profiles"] = op_profiles
+        doc["settings"]["op_profile"] = OP_PROFILE_NOTE
+
+
+OP_PROFILE_NOTE = (
+    "op profiles: one more fresh process per artifact at the first thread count, --warmup untimed then --runs "
+    "profiled inferences with the runtime's own profiler (ONNX Runtime enable_profiling, ExecuTorch ETDump, TFLite "
+    "benchmark_model --enable_op_profiling); profiling adds overhead, so its sums split a latency rather than "
+    "replace it"
+)
 
 
 EMULATED_NOTE = (

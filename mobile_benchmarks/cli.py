@@ -5,7 +5,7 @@
                      [--warmup-min-secs 0.5] [--repeats 3] [--out DIR]
                      [--benchmark-model PATH] [--use-xnnpack|--use-gpu|--use-nnapi]
                      [--taskset MASK] [--remote-python python3] [--image FILE]
-                     [--agreement-images N] [--board-dir DIR]
+                     [--agreement-images N] [--board-dir DIR] [--op-profile]
     lesionlite bench compare A.json B.json
     lesionlite bench report bench.json [--out DIR]
     lesionlite bench board up|down|status [--dir DIR]   # emulated aarch64 board (see board/cli.py)
@@ -61,6 +61,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="use this image (through lesionlite.preprocessing) instead of random noise as input")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds allowed per measurement, and per started 100 agreement images (default 600)")
+    p.add_argument("--op-profile", action="store_true",
+                   help="also profile each artifact per operator type with its runtime's profiler (ONNX Runtime "
+                        "enable_profiling, ExecuTorch ETDump, TFLite benchmark_model --enable_op_profiling on adb or "
+                        "with --benchmark-model here) at the first --threads count; adds an op-profile table")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -79,7 +83,7 @@ def cmd_run(argv: Sequence[str]) -> int:
         threads=parse_threads(pick("threads")), runs=pick("runs"), warmup=pick("warmup"), repeats=pick("repeats"),
         min_secs=pick("min_secs"), warmup_min_secs=pick("warmup_min_secs"), delegate=a.delegate, taskset=a.taskset,
         benchmark_model=a.benchmark_model, remote_python=a.remote_python, timeout_s=a.timeout,
-        board_dir=a.board_dir, agreement_images=a.agreement_images,
+        board_dir=a.board_dir, agreement_images=a.agreement_images, op_profile=a.op_profile,
     )
     log = (lambda s: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     doc = run_bench(a.model_dir, a.target, opts, out_dir=a.out, image=a.image, log=log)

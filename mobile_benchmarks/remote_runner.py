@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from typing import Callable
@@ -647,6 +648,153 @@ def predict(args: argparse.Namespace) -> dict:
             **info}
 
 
+def summarize_op_records(records: list, runs: int, source: str, top_nodes: int = 10) -> dict:
+    """(node name, op type, ms summed over ``runs`` runs) → per-op-type and per-node ms per inference.
+
+    The ``summary`` every op profile shares (see mobile_benchmarks/op_profile.py); ``share`` is an op type's
+    part of the summed operator time.
+    """
+    runs = max(int(runs), 1)
+    per_node: dict = {}
+    for name, op_type, ms in records:
+        key = (name, op_type)
+        per_node[key] = per_node.get(key, 0.0) + float(ms)
+    per_type: dict = {}
+    for (name, op_type), ms in per_node.items():
+        t = per_type.setdefault(op_type, {"op_type": op_type, "nodes": 0, "ms": 0.0})
+        t["nodes"] += 1
+        t["ms"] += ms / runs
+    total = sum(t["ms"] for t in per_type.values())
+    ops = sorted(per_type.values(), key=lambda t: -t["ms"])
+    for t in ops:
+        t["share"] = (t["ms"] / total) if total > 0 else None
+    nodes = sorted(({"name": n, "op_type": o, "ms": ms / runs} for (n, o), ms in per_node.items()),
+                   key=lambda r: -r["ms"])[:top_nodes]
+    return {"source": source, "runs": runs, "unit": "ms per inference", "total_ms": total, "ops": ops, "nodes": nodes}
+
+
+def ort_op_records(events: list, warmup: int) -> tuple:
+    """ONNX Runtime profile events (its JSON trace) → ([(node, op type, ms)], profiled runs, mean model_run ms).
+
+    Node events (``cat == "Node"``, name ``<node>_kernel_time``, ``dur`` in µs) precede the ``model_run``
+    session event of their run; the first ``warmup`` runs are dropped.
+    """
+    records, pending, runs, wall = [], [], 0, []
+    for ev in events:
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time"):
+            args = ev.get("args") or {}
+            pending.append((str(ev["name"])[: -len("_kernel_time")], str(args.get("op_name") or "?"),
+                            float(ev.get("dur") or 0) / 1000.0))
+        elif ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            runs += 1
+            if runs > warmup:
+                records += pending
+                wall.append(float(ev.get("dur") or 0) / 1000.0)
+            pending = []
+    return records, len(wall), (sum(wall) / len(wall) if wall else None)
+
+
+def _op_profile_onnx(args: argparse.Namespace, x) -> dict:
+    import json as _json
+    import tempfile
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        _fail(3, "skipped", "onnxruntime is not installed on this host")
+    with tempfile.TemporaryDirectory(prefix="lesionlite-ortprof-") as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "ort")
+        config = dict(entry.partition("=")[::2] for entry in args.ort_config or [])
+        if not _x86_without_vnni():
+            config = {k: v for k, v in config.items() if k not in _X86_NO_VNNI_ONLY}
+        for key, value in config.items():
+            so.add_session_config_entry(key, value)
+        sess = ort.InferenceSession(args.model, so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(args.warmup + args.runs):
+            sess.run(None, feed)
+        with open(sess.end_profiling(), encoding="utf-8") as fh:
+            events = _json.load(fh)
+    records, runs, wall = ort_op_records(events, args.warmup)
+    summary = summarize_op_records(records, runs, "onnxruntime SessionOptions.enable_profiling (kernel time per node)")
+    summary["wall_ms"] = wall
+    return {"runtime": "onnxruntime", "runtime_version": ort.__version__, "session_config": config, "summary": summary}
+
+
+#: ExecuTorch Inspector events that are totals or bookkeeping, not operators
+_ET_NOT_OPS = ("DELEGATE_CALL", "Method::execute", "Method::init", "Program::load_method", "OPERATOR_CALL")
+
+
+def _op_profile_executorch(args: argparse.Namespace, x) -> dict:
+    import tempfile
+
+    try:
+        import executorch.version as et_version
+        from executorch.extension.pybindings import portable_lib
+    except ImportError as exc:
+        _fail(3, "skipped", f"{_EXECUTORCH_HINT}: {exc}")
+    try:
+        from executorch.devtools import Inspector
+    except ImportError as exc:
+        _fail(3, "skipped", f"executorch.devtools (the ETDump Inspector) cannot be imported: {exc}")
+    try:
+        portable_lib._unsafe_reset_threadpool(args.threads)
+    except (AttributeError, RuntimeError):
+        pass
+    module = portable_lib._load_for_executorch(args.model, enable_etdump=True, debug_buffer_size=0)
+    if not module.has_etdump():
+        _fail(3, "skipped", "this executorch build records no ETDump (built without EXECUTORCH_BUILD_DEVTOOLS)")
+    tx = _torch_input(x)
+    for _ in range(args.warmup + args.runs):
+        module.run_method("forward", (tx,))
+    with tempfile.TemporaryDirectory(prefix="lesionlite-etdump-") as tmp:
+        path = os.path.join(tmp, "profile.etdp")
+        module.write_etdump_result_to_file(path)
+        inspector = Inspector(etdump_path=path)
+    records, runs, wall = [], 0, None
+    for block in inspector.event_blocks:
+        for ev in block.events:
+            raw = list(getattr(ev.perf_data, "raw", None) or [])[args.warmup:] if ev.perf_data else []
+            if not raw:
+                continue
+            if ev.name == "Method::execute":
+                wall, runs = sum(raw) / len(raw), len(raw)
+            if ev.name in _ET_NOT_OPS or block.name != "Execute":
+                continue
+            op_type = re.sub(r"\s+#\d+$", "", str(ev.name))
+            records.append((str(ev.name), op_type, float(sum(raw))))
+    summary = summarize_op_records(records, runs or args.runs,
+                                   "executorch ETDump (enable_etdump) read by executorch.devtools.Inspector; "
+                                   "XNNPACK operators inside the delegate")
+    summary["wall_ms"] = wall
+    return {"runtime": "executorch", "runtime_version": getattr(et_version, "__version__", None), "summary": summary}
+
+
+def op_profile(args: argparse.Namespace) -> dict:
+    """Per-op-type time of ``--runs`` inferences after ``--warmup`` (ONNX Runtime's profiler, ExecuTorch's ETDump)."""
+    import numpy as np
+
+    _pin_affinity(args.taskset)
+    x = _prepare_input(np, args)
+    if args.kind == "tflite":
+        _fail(3, "skipped", "LiteRT's Python interpreter exposes no per-op profiler (TFLite's profiler is the C++ "
+                            "API that benchmark_model attaches): use benchmark_model --enable_op_profiling=true")
+    try:
+        prof = _op_profile_onnx(args, x) if args.kind == "onnx" else _op_profile_executorch(args, x)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        _fail(4, "failed", f"{type(exc).__name__}: {exc}")
+    return {"status": "ok", "runner_version": RUNNER_VERSION, "kind": args.kind, "threads": args.threads,
+            "warmup": args.warmup, "platform": _platform_info(), **prof}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -666,6 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--taskset", help="CPU mask (hex, like taskset) or list '0,2-3'")
     p.add_argument("--mode", default="harness", choices=["harness", "bare", "both"])
     p.add_argument("--blocks", type=int, default=3, help="--mode both: alternating bare/harness blocks")
+    p.add_argument("--op-profile", action="store_true",
+                   help="instead of timing: per-op-type time of --runs inferences after --warmup (runtime profiler)")
     p.add_argument("--predict", metavar="INPUTS.npy",
                    help="instead of timing: run each row of this stacked input batch once and print the outputs")
     return p
@@ -679,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         _fail(4, "failed", "--min-secs and --warmup-min-secs must be >= 0")
     if not os.path.exists(args.model):
         _fail(4, "failed", f"model file not found: {args.model}")
-    _emit(predict(args) if args.predict else run(args))
+    _emit(predict(args) if args.predict else op_profile(args) if args.op_profile else run(args))
     return 0
 
 

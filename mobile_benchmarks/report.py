@@ -11,7 +11,7 @@ import numpy as np
 from lesionlite.atomic import atomic_path, write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
 from lesionlite.ship import describe, recommend
-from mobile_benchmarks import BENCH_SCHEMA
+from mobile_benchmarks import BENCH_SCHEMA, op_profile
 from mobile_benchmarks.artifacts import RUNNABLE_KINDS
 from mobile_benchmarks.repeats import agreement
 
@@ -214,6 +214,7 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     if doc.get("agreement"):
         out += ["## ARM vs host agreement" if emu or (doc.get("target") or {}).get("name") in ("board", "qemu")
                 else "## Target vs host agreement", "", *_agreement_text(doc), "", _md_table(*agreement_rows(doc)), ""]
+    out += op_profile.markdown_section(doc)
     recs = [] if emu else ship_recommendations(doc)
     if emu:
         out += ["## Which precision to ship", "", "Not judged from this run: its times are an emulator's.", ""]
@@ -271,6 +272,13 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     if doc.get("agreement"):
         parts += ["<h2>ARM vs host agreement</h2>" if emulated(doc) else "<h2>Target vs host agreement</h2>",
                   *[f"<p>{e(t)}</p>" for t in _agreement_text(doc)], table(*agreement_rows(doc))]
+    if doc.get("op_profiles") is not None:
+        parts.append("<h2>Where the time goes (op profile)</h2>")
+        for prof in doc["op_profiles"]:
+            if prof["status"] == "ok":
+                parts += [f"<p><b>{e(op_profile.caption(prof))}</b></p>", table(*op_profile.table_rows(prof))]
+            else:
+                parts.append(f"<p><b>{e(prof['artifact'])}</b>: {e(prof['status'])} — {e(str(prof.get('reason')))}</p>")
     notes = [r for r in doc["results"] if r["status"] != "ok"]
     if notes:
         parts.append("<h2>Not measured</h2><ul>" + "".join(

@@ -39,6 +39,8 @@ class BenchOptions:
     board_dir: str | None = None
     #: ARM-vs-host agreement: this many real test images per artifact (0: none; None: the target's default)
     agreement_images: int | None = None
+    #: also profile each artifact per operator type (bench --op-profile; mobile_benchmarks/op_profile.py)
+    op_profile: bool = False
 
 
 class BenchTarget:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlite.errors import LesionliteError
+from mobile_benchmarks import op_profile
 from mobile_benchmarks.parsers import parse_tflite_benchmark_model
 from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import empty_result, from_benchmark_model
@@ -168,6 +169,19 @@ class Target(BenchTarget):
         res = from_benchmark_model(art, threads, parsed)
         res["raw_output_tail"] = text.strip().splitlines()[-12:]
         return res
+
+    def op_profile(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
+        """Per-op-type time on the phone: ``benchmark_model … --enable_op_profiling=true``, its node-type table parsed."""
+        if art["kind"] != "tflite":
+            return op_profile.skipped(art, threads, f"{art['kind']} artifacts are not run on --target adb "
+                                                    "(benchmark_model runs TFLite only)")
+        self._ensure_binary()
+        remote_model = f"{REMOTE_DIR}/{art['name'].replace('/', '_')}_{model_path.name}"
+        self._adb("push", str(model_path), remote_model, timeout=300)
+        proc = self._adb("shell", self.benchmark_command(remote_model, threads) + " --enable_op_profiling=true",
+                         check=False, timeout=self.options.timeout_s)
+        return op_profile.from_benchmark_model_text(art, threads, (proc.stdout or "") + "\n" + (proc.stderr or ""),
+                                                    proc.returncode)
 
     def close(self) -> None:
         if self.serial and self.adb:

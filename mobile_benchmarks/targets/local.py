@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlite.errors import LesionliteError
-from mobile_benchmarks import remote_runner
+from mobile_benchmarks import op_profile, remote_runner
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
@@ -74,6 +74,35 @@ class Target(BenchTarget):
         if input_npy is not None:
             cmd += ["--input", str(input_npy)]
         return run_runner_process(cmd, art, threads, self.options.timeout_s, source=f"{self.name} subprocess")
+
+    def op_profile(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
+        """Per-op-type time (``bench --op-profile``): the runner's ``--op-profile`` for ONNX/ExecuTorch; for TFLite
+        the desktop ``benchmark_model`` given with ``--benchmark-model`` (LiteRT's Python API has no profiler)."""
+        if art["kind"] == "tflite":
+            if not self.options.benchmark_model:
+                return op_profile.skipped(art, threads, op_profile.TFLITE_HOST_UNAVAILABLE)
+            cmd = [self.options.benchmark_model, f"--graph={model_path}", f"--num_threads={threads}",
+                   f"--num_runs={self.options.runs}", f"--warmup_runs={self.options.warmup}",
+                   "--enable_op_profiling=true"]
+            if self.options.taskset:
+                cmd = ["taskset", self.options.taskset, *cmd]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.options.timeout_s)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return {**op_profile.skipped(art, threads, ""), "status": "failed",
+                        "reason": f"cannot run {self.options.benchmark_model}: {exc}"}
+            return op_profile.from_benchmark_model_text(art, threads, (proc.stdout or "") + "\n" + (proc.stderr or ""),
+                                                        proc.returncode)
+        cmd = [*self.python_cmd(), str(RUNNER), "--model", str(model_path), *op_profile.runner_args(self.options, art, threads)]
+        if input_npy is not None:
+            cmd += ["--input", str(input_npy)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.options.timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return op_profile.from_runner_json(art, threads, None, f"op profile did not complete: {exc}")
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-1:] or ["no output"]
+        return op_profile.from_runner_json(art, threads, find_runner_json(proc.stdout),
+                                           f"runner exited with status {proc.returncode}: {tail[0][:300]}")
 
     def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
         """The artifact's outputs for each row of ``inputs_npy`` (runner ``--predict``), or a failure."""

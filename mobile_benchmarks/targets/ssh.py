@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionlite.errors import LesionliteError
-from mobile_benchmarks import remote_runner
+from mobile_benchmarks import op_profile, remote_runner
 from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
 from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
                                               predict_timeout, runner_measurement_args)
@@ -147,6 +147,26 @@ class Target(BenchTarget):
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             return empty_result(art, threads, "failed", f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
         return from_runner(art, threads, data, proc.stderr + "\n" + proc.stdout, source=f"ssh {self.dest}")
+
+    def op_profile(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
+        """Per-op-type time on the board: the copied runner's ``--op-profile`` (ONNX Runtime / ExecuTorch)."""
+        if art["kind"] == "tflite":
+            return op_profile.skipped(art, threads, "LiteRT's Python interpreter on the board exposes no per-op "
+                                                    "profiler; run TFLite's benchmark_model there with "
+                                                    "--enable_op_profiling=true (or use --target adb)")
+        safe = art["name"].replace("/", "_")
+        rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
+        args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel,
+                *op_profile.runner_args(self.options, art, threads)]
+        if input_npy is not None:
+            args += ["--input", self._copy_once(input_npy, f"{safe}_input.npy")]
+        try:
+            proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=self.options.timeout_s, check=False)
+        except LesionliteError as exc:
+            return op_profile.from_runner_json(art, threads, None, str(exc))
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return op_profile.from_runner_json(art, threads, find_runner_json(proc.stdout),
+                                           f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
 
     def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
         """The artifact's outputs on the board for each row of ``inputs_npy`` (runner ``--predict``)."""
