@@ -33,7 +33,6 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from lesionlite.referral import scores_for_operating_point
-
 from serve.errors import ApiError
 from serve.images import decode_image
 from serve.models import REFER, REFERRAL_SCORE, LoadedModel
