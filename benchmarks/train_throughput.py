@@ -32,14 +32,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
+from distill.config import resolve_config
+from distill.cpu_malloc import tune_glibc_malloc
+from distill.data import load_dataset
+from distill.models import build_model
+from distill.train import train
 from mobile_benchmarks.hostinfo import cpu_model, simd_flags
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -48,11 +58,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 def bare_loop(arch: str, num_classes: int, batch: int, size: int, steps: int, warmup: int,
               channels_last: bool) -> dict[str, Any]:
     """Images/s of forward + weighted CE + backward + AdamW on in-memory random tensors."""
-    import torch
-    import torch.nn.functional as F
-
-    from distill.models import build_model
-
     torch.manual_seed(0)
     model = build_model(arch, num_classes=num_classes)
     model.train()
@@ -77,9 +82,6 @@ def bare_loop(arch: str, num_classes: int, batch: int, size: int, steps: int, wa
 
 
 def project_loop(method: str, args: argparse.Namespace, teacher_dir: str | None, out: Path) -> dict[str, Any]:
-    from distill.config import resolve_config
-    from distill.train import train
-
     flags: dict[str, Any] = {
         "method.name": method, "data.name": args.data, "data.image_size": args.image_size,
         "model.arch": args.model, "optim.batch_size": args.batch_size, "run.epochs": args.epochs,
@@ -109,9 +111,6 @@ def teacher_size(args: argparse.Namespace) -> int:
 def make_teacher(args: argparse.Namespace, out: Path) -> str:
     """A teacher run directory of ``--teacher-arch`` at :func:`teacher_size` (random init, one step: only its
     cost matters)."""
-    from distill.config import resolve_config
-    from distill.train import train
-
     d = out / "teacher"
     train(resolve_config(flags={
         "method.name": "scratch", "data.name": args.data, "data.image_size": teacher_size(args),
@@ -120,7 +119,7 @@ def make_teacher(args: argparse.Namespace, out: Path) -> str:
     return str(d)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="mobilenet_v2")
     ap.add_argument("--teacher-arch", default="efficientnet_lite2")
@@ -135,34 +134,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="scratch,kd,ssdkd")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--name", default=None, help="result file name under --out (default train_throughput_cpu.json)")
-    args = ap.parse_args(argv)
+    return ap
 
-    import logging
-    import warnings
 
-    import torch
+def bare_pair(args: argparse.Namespace, num_classes: int, tag: str) -> list[dict[str, Any]]:
+    """The bare loop in both memory formats."""
+    rows = []
+    for cl in (False, True):
+        r = bare_loop(args.model, num_classes, args.batch_size, args.image_size, args.steps, 5, cl)
+        r["when"] = tag
+        rows.append(r)
+        print(f"bare {tag:6s} {r['memory_format']:14s} {r['images_per_s']:7.1f} img/s", flush=True)
+    return rows
 
-    warnings.simplefilter("ignore")
-    logging.getLogger("distill").setLevel(logging.WARNING)
-    torch.set_num_threads(args.threads)
-    from distill.cpu_malloc import tune_glibc_malloc
-    from distill.data import load_dataset
 
-    malloc = tune_glibc_malloc()  # before the bare loop: both loops measured under one allocator
-
-    num_classes = load_dataset(args.data).num_classes
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-
-    def bare_pair(tag: str) -> list[dict[str, Any]]:
-        rows = []
-        for cl in (False, True):
-            r = bare_loop(args.model, num_classes, args.batch_size, args.image_size, args.steps, 5, cl)
-            r["when"] = tag
-            rows.append(r)
-            print(f"bare {tag:6s} {r['memory_format']:14s} {r['images_per_s']:7.1f} img/s", flush=True)
-        return rows
-
-    bare = bare_pair("before")
+def project_loops(args: argparse.Namespace, methods: list[str]) -> list[dict[str, Any]]:
+    """The project's loop for each method (one teacher made for the distilling ones)."""
     loops = []
     with tempfile.TemporaryDirectory(prefix="lesionlite-throughput-") as tmp:
         tmp_p = Path(tmp)
@@ -172,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             loops.append(r)
             print(f"loop   {m:21s} {r['images_per_s']:7.1f} img/s end to end, {r['compute_images_per_s']:7.1f} "
                   f"without data waits ({100 * r['data_fraction']:.0f}% data)", flush=True)
-    bare += bare_pair("after")
+    return loops
+
+
+def compare_loops(bare: list[dict[str, Any]], loops: list[dict[str, Any]]) -> tuple[str, float, list[dict]]:
+    """(the faster bare memory format, its img/s, targets); each loop gets its ratios to bare and to scratch."""
     best_fmt = max(("contiguous", "channels_last"),
                    key=lambda f: statistics.fmean(b["images_per_s"] for b in bare if b["memory_format"] == f))
     ref = statistics.fmean(b["images_per_s"] for b in bare if b["memory_format"] == best_fmt)
@@ -196,31 +187,54 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append({"target": f"{m} cost per image <= {lim} x scratch",
                                 "value": r["cost_per_image_vs_scratch"],
                                 "verdict": "pass" if r["cost_per_image_vs_scratch"] <= lim else "fail"})
+    return best_fmt, ref, targets
+
+
+def print_table(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    best_fmt, ref = payload["bare_reference"]["memory_format"], payload["bare_reference"]["images_per_s"]
     header = f"{'run':<26}{'img/s':>8}{'no-data img/s':>15}{'data %':>8}{'÷ bare':>8}{'cost ×scratch':>15}"
     print(f"\n{args.model} {args.image_size}px B={args.batch_size} threads={args.threads} data={args.data} "
-          f"teacher={args.teacher_arch}@{teacher_size(args)}px malloc={'tuned' if malloc else 'default'} "
+          f"teacher={args.teacher_arch}@{teacher_size(args)}px "
+          f"malloc={'tuned' if payload['malloc']['tuned'] else 'default'} "
           f"| bare reference: {best_fmt} {ref:.1f} img/s | {cpu_model() or 'unknown CPU'}")
     print(header)
     print("-" * len(header))
-    for b in bare:
+    for b in payload["bare"]:
         print(f"{'bare ' + b['memory_format'] + ' (' + b['when'] + ')':<26}{b['images_per_s']:>8.1f}{'':>15}{'':>8}"
               f"{b['images_per_s'] / ref:>8.2f}")
-    for r in loops:
+    for r in payload["loops"]:
         print(f"{'loop ' + r['method']:<26}{r['images_per_s']:>8.1f}{r['compute_images_per_s']:>15.1f}"
-              f"{100 * r['data_fraction']:>8.0f}{r['end_to_end_vs_bare']:>8.2f}{r.get('cost_per_image_vs_scratch', 1):>15.2f}")
-    for t in targets:
+              f"{100 * r['data_fraction']:>8.0f}{r['end_to_end_vs_bare']:>8.2f}"
+              f"{r.get('cost_per_image_vs_scratch', 1):>15.2f}")
+    for t in payload["targets"]:
         print(f"  [{t['verdict']}] {t['target']}: {t['value']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("ignore")
+    logging.getLogger("distill").setLevel(logging.WARNING)
+    torch.set_num_threads(args.threads)
+    malloc = tune_glibc_malloc()  # before the bare loop: both loops measured under one allocator
+    num_classes = load_dataset(args.data).num_classes
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bare = bare_pair(args, num_classes, "before")
+    loops = project_loops(args, methods)
+    bare += bare_pair(args, num_classes, "after")
+    best_fmt, ref, targets = compare_loops(bare, loops)
     payload = {
         "benchmark": "train_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpu": cpu_model(), "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(),
                  "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
         "args": vars(args), "teacher_image_size": teacher_size(args),
-        "malloc": {"tuned": bool(malloc), "settings": malloc or {}}, "bare_reference": {"memory_format": best_fmt, "images_per_s": ref},
+        "malloc": {"tuned": bool(malloc), "settings": malloc or {}},
+        "bare_reference": {"memory_format": best_fmt, "images_per_s": ref},
         "bare": bare, "loops": loops, "targets": targets,
         "notes": "images_per_s of a project loop = its last epoch, data loading included; compute_images_per_s = "
                  "the same epoch minus the time spent waiting for the loader. SSD-KD: 4 rotation views per image; "
                  "its cost is per original image. Teacher random init (speed does not depend on weights).",
     }
+    print_table(args, payload)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / (args.name or "train_throughput_cpu.json")
