@@ -32,20 +32,26 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from distill.methods.base import Batch, MethodContext
+from distill.methods.ssdkd import SSDKD, SSDKDConfig
+from distill.models import LesionClassifier, build_model, list_models
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def build_classifier(name: str, num_classes: int):
-    from distill.models import LesionClassifier, build_model, list_models
-
+def build_classifier(name: str, num_classes: int) -> nn.Module:
     if name in list_models():
         return build_model(name, num_classes)
     if name in ("resnet18", "resnet34", "resnet50", "resnet101"):
-        import torchvision
-        from torch import nn
-
         tv = getattr(torchvision.models, name)(weights=None)
         features = nn.Sequential(*list(tv.children())[:-2])
         return LesionClassifier(features, tv.fc.in_features, num_classes, dropout=0.0, arch=name)
@@ -69,13 +75,9 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def child(args: argparse.Namespace) -> dict:
-    import torch
-    import torch.nn.functional as F
-
-    from distill.methods.base import Batch, MethodContext
-    from distill.methods.ssdkd import SSDKD, SSDKDConfig
-
+def make_step(args: argparse.Namespace) -> tuple[Callable[[], float], bool]:
+    """(one optimizer step on a fixed random batch, whether it is SSD-KD): scratch = weighted CE of the student;
+    SSD-KD = the method's full training loss over 4 rotation views through teacher and student."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -83,9 +85,8 @@ def child(args: argparse.Namespace) -> dict:
     cuda = dev.type == "cuda"
     nc = args.num_classes
     counts = [max(1, 100 // (c + 1)) for c in range(nc)]  # imbalanced, like the lesion datasets
-    student = build_classifier(args.student, nc).to(dev)
     mem_fmt = torch.channels_last if (cuda and args.channels_last) else torch.contiguous_format
-    student = student.to(memory_format=mem_fmt)
+    student = build_classifier(args.student, nc).to(dev).to(memory_format=mem_fmt)
     method = None
     if args.method == "ssdkd":
         teacher = build_classifier(args.teacher, nc).to(dev).to(memory_format=mem_fmt)
@@ -101,7 +102,6 @@ def child(args: argparse.Namespace) -> dict:
         params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=1e-3)
     weights = torch.tensor([sum(counts) / c for c in counts], device=dev)
-
     g = torch.Generator().manual_seed(1)
     views = 4 if method is not None else 1
     images = torch.randn(args.batch_size, views, 3, args.image_size, args.image_size, generator=g)
@@ -121,6 +121,12 @@ def child(args: argparse.Namespace) -> dict:
         opt.step()
         return float(loss.detach())
 
+    return step, method is not None
+
+
+def time_steps(step: Callable[[], float], args: argparse.Namespace, cuda: bool) -> tuple[list[float], list[float],
+                                                                                            int, int]:
+    """(sorted wall seconds, CPU seconds per timed step, memory in use before, peak memory) after the warm-up."""
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -139,15 +145,22 @@ def child(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _peak_rss_bytes()
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * (len(times) - 1) + 0.5))]  # noqa: E731
+    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
+    return sorted(times), cpu_times, base, peak
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One method's step cost, measured in this (child) process."""
+    step, ssdkd = make_step(args)
+    cuda = torch.device(args.device).type == "cuda"
+    times, cpu_times, base, peak = time_steps(step, args, cuda)
+
+    def q(f: float) -> float:
+        return times[min(len(times) - 1, int(f * (len(times) - 1) + 0.5))]
+
     return {
         "method": args.method,
-        "rows_per_step": args.batch_size * views,
+        "rows_per_step": args.batch_size * (4 if ssdkd else 1),
         "step_ms_median": 1e3 * statistics.median(times),
         "step_ms_p10": 1e3 * q(0.1),
         "step_ms_p90": 1e3 * q(0.9),
@@ -159,13 +172,11 @@ def child(args: argparse.Namespace) -> dict:
         "peak_bytes": int(peak),
         "peak_increase_bytes": int(max(0, peak - base)),
         "memory_kind": "cuda max_memory_allocated" if cuda else "process peak RSS (ru_maxrss)",
-        "gram_mode": args.gram_mode if method is not None else None,
+        "gram_mode": args.gram_mode if ssdkd else None,
     }
 
 
 def _env(device: str) -> dict:
-    import torch
-
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "cpu_count": os.cpu_count()}
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -175,7 +186,7 @@ def _env(device: str) -> dict:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--student", default="mobilenet_v2")
     ap.add_argument("--teacher", default="resnet50")
@@ -192,20 +203,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder for the JSON")
     ap.add_argument("--_child", dest="method", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_gram-mode", dest="gram_mode", default="auto", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
 
-    if args.method:  # subprocess: one method, JSON on the last stdout line
-        warnings.simplefilter("ignore")
-        print(json.dumps(child(args)))
-        return 0
 
+def run_children(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Scratch, then SSD-KD in each gram mode, each in a fresh process (its own peak memory)."""
     passthrough = ["--student", args.student, "--teacher", args.teacher, "--batch-size", str(args.batch_size),
                    "--image-size", str(args.image_size), "--device", args.device, "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--num-classes", str(args.num_classes),
                    "--threads", str(args.threads)]
     passthrough += ["--amp"] * args.amp + ["--channels-last"] * args.channels_last
     runs = [("scratch", "auto")] + [("ssdkd", m.strip()) for m in args.gram_modes.split(",") if m.strip()]
-    results = []
+    results: list[dict[str, Any]] = []
     for method, gmode in runs:
         cmd = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--_child", method, "--_gram-mode", gmode]
         print(f"running {method}{'' if method == 'scratch' else f' (gram {gmode})'} ...", file=sys.stderr, flush=True)
@@ -216,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  failed: {results[-1]['error']}", file=sys.stderr)
             continue
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
 
+
+def print_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """The table; each result gets its ratios to scratch on the way."""
     base = next((r for r in results if r["method"] == "scratch" and "error" not in r), None)
     mib = 1024 * 1024
     header = (f"{'method':<18}{'rows':>5}{'wall ms':>10}{'p10-p90 ms':>18}{'cpu ms':>9}{'peak MiB':>10}{'Δ MiB':>8}"
@@ -240,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.get('time_ratio_vs_scratch', float('nan')):>8.2f}"
               f"{r.get('cpu_time_ratio_vs_scratch', float('nan')):>7.2f}"
               f"{r.get('peak_increase_ratio_vs_scratch', float('nan')):>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.method:  # subprocess: one method, JSON on the last stdout line
+        warnings.simplefilter("ignore")
+        print(json.dumps(child(args)))
+        return 0
+    results = run_children(args)
+    print_results(args, results)
     dev_tag = args.device.split(":")[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
