@@ -207,10 +207,7 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["minimal-server"]:
-        return run_minimal_server(argv[1:])
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--artifact", type=Path, required=True, help="one exported artifact directory")
     p.add_argument("--images", type=Path, default=Path(os.environ.get("LESIONLITE_BENCH_IMAGES", DEFAULT_IMAGES)))
@@ -225,8 +222,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve-repo", type=Path, default=REPO,
                    help="run lesionlite serve from this checkout (e.g. a git worktree of an older commit)")
     p.add_argument("--out", type=Path, help="write the JSON here (e.g. benchmarks/results/serve_overhead_64.json)")
-    a = p.parse_args(argv)
+    return p
 
+
+def one_round(r: int, servers: dict[str, Proc], payloads: dict[str, list[bytes]], a: argparse.Namespace,
+              rows: list[list[str]]) -> dict[str, Any]:
+    """Both servers driven in turn (order swapped each round): throughput at --concurrency, latency at 1."""
+    order = ["minimal", "serve"] if r % 2 == 0 else ["serve", "minimal"]
+    rec: dict[str, Any] = {"round": r, "order": order, "load1_before": load1()}
+    for n in order:
+        s = servers[n]
+        asyncio.run(drive(s.url, payloads[n], a.concurrency, a.warmup, start=r * 7))
+        c0 = s.cpu_s()
+        thr = asyncio.run(drive(s.url, payloads[n], a.concurrency, a.requests, start=r * 7))
+        thr["server_cpu_ms_per_request"] = (s.cpu_s() - c0) * 1000 / max(1, thr["ok"])
+        one = asyncio.run(drive(s.url, payloads[n], 1, a.latency_requests, start=r * 11))
+        rec[n] = {"throughput": thr, "latency_c1": one}
+        rows.append([str(r), n, f"{thr['throughput_rps']:.1f}", f"{thr['p50_ms']:.2f}", f"{thr['p99_ms']:.2f}",
+                     f"{one['p50_ms']:.2f}", f"{one['p99_ms']:.2f}",
+                     f"{thr['server_cpu_ms_per_request']:.2f}", f"{load1():.2f}"])
+    rec["ratio"] = rec["serve"]["throughput"]["throughput_rps"] / rec["minimal"]["throughput"]["throughput_rps"]
+    rec["p99_c1_diff_ms"] = rec["serve"]["latency_c1"]["p99_ms"] - rec["minimal"]["latency_c1"]["p99_ms"]
+    rec["p50_c1_diff_ms"] = rec["serve"]["latency_c1"]["p50_ms"] - rec["minimal"]["latency_c1"]["p50_ms"]
+    rec["load1_after"] = load1()
+    return rec
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds: serve / minimal throughput, latency differences at concurrency 1."""
+    ratios = [x["ratio"] for x in rounds]
+    return {
+        "throughput_ratio_median": float(np.median(ratios)), "throughput_ratios": ratios,
+        "p99_c1_diff_ms_median": float(np.median([x["p99_c1_diff_ms"] for x in rounds])),
+        "p50_c1_diff_ms_median": float(np.median([x["p50_c1_diff_ms"] for x in rounds])),
+        "minimal_rps_median": float(np.median([x["minimal"]["throughput"]["throughput_rps"] for x in rounds])),
+        "serve_rps_median": float(np.median([x["serve"]["throughput"]["throughput_rps"] for x in rounds])),
+        "load1_range": [min(x["load1_before"] for x in rounds), max(x["load1_after"] for x in rounds)],
+    }
+
+
+def compare_servers(servers: dict[str, Proc], a: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Same answers first (else no comparison), then the rounds and their summary, into ``result``."""
+    payloads = {n: load_payloads(a.images, a.n_images, s.url)[0] for n, s in servers.items()}
+    for n, s in servers.items():
+        s.wait_ready(payloads[n][0])
+    result["max_abs_probability_difference"] = same_answers(servers["minimal"].url, servers["serve"].url,
+                                                            payloads["minimal"][:20])
+    if result["max_abs_probability_difference"] > 1e-6:
+        raise RuntimeError(f"the servers disagree: {result['max_abs_probability_difference']}")
+    rows = [["round", "server", f"c={a.concurrency} img/s", "p50 ms", "p99 ms", "c=1 p50 ms", "c=1 p99 ms",
+             "CPU ms/req", "load1"]]
+    for r in range(a.rounds):
+        result["rounds"].append(one_round(r, servers, payloads, a, rows))
+    print(fmt_table(rows), flush=True)
+    result["summary"] = s = summarize(result["rounds"])
+    print(f"\nserve / minimal throughput at c={a.concurrency}: median {s['throughput_ratio_median']:.3f} "
+          f"({', '.join(f'{x:.3f}' for x in s['throughput_ratios'])}); p99 at c=1: serve - minimal = "
+          f"{s['p99_c1_diff_ms_median']:+.2f} ms (median); p50 {s['p50_c1_diff_ms_median']:+.2f} ms; "
+          f"same probabilities (max |diff| {result['max_abs_probability_difference']:.1e})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["minimal-server"]:
+        return run_minimal_server(argv[1:])
+    a = build_parser().parse_args(argv)
     py = sys.executable
     tmp = Path(tempfile.mkdtemp(prefix="serve_vs_minimal_"))
     mp, sp = free_port(), free_port()
@@ -241,53 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         "artifact": str(a.artifact), "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
                                               "processor": _cpu_model(), "python": platform.python_version()},
         "command": "python -m benchmarks.serve_vs_minimal " + " ".join(shlex.quote(x) for x in argv),
-        "serve_cmd": " ".join(servers["serve"].cmd[1:]), "serve_repo": str(a.serve_repo), "client": "benchmarks/loadgen.py keep-alive, one JPEG per request",
+        "serve_cmd": " ".join(servers["serve"].cmd[1:]), "serve_repo": str(a.serve_repo),
+        "client": "benchmarks/loadgen.py keep-alive, one JPEG per request",
         "images": str(a.images), "n_images": a.n_images, "rounds": []}
     try:
-        payloads = {n: load_payloads(a.images, a.n_images, s.url)[0] for n, s in servers.items()}
-        for n, s in servers.items():
-            s.wait_ready(payloads[n][0])
-        result["max_abs_probability_difference"] = same_answers(servers["minimal"].url, servers["serve"].url,
-                                                                payloads["minimal"][:20])
-        if result["max_abs_probability_difference"] > 1e-6:
-            raise RuntimeError(f"the servers disagree: {result['max_abs_probability_difference']}")
-        rows = [["round", "server", f"c={a.concurrency} img/s", "p50 ms", "p99 ms", "c=1 p50 ms", "c=1 p99 ms",
-                 "CPU ms/req", "load1"]]
-        for r in range(a.rounds):
-            order = ["minimal", "serve"] if r % 2 == 0 else ["serve", "minimal"]
-            rec: dict[str, Any] = {"round": r, "order": order, "load1_before": load1()}
-            for n in order:
-                s = servers[n]
-                asyncio.run(drive(s.url, payloads[n], a.concurrency, a.warmup, start=r * 7))
-                c0 = s.cpu_s()
-                thr = asyncio.run(drive(s.url, payloads[n], a.concurrency, a.requests, start=r * 7))
-                thr["server_cpu_ms_per_request"] = (s.cpu_s() - c0) * 1000 / max(1, thr["ok"])
-                one = asyncio.run(drive(s.url, payloads[n], 1, a.latency_requests, start=r * 11))
-                rec[n] = {"throughput": thr, "latency_c1": one}
-                rows.append([str(r), n, f"{thr['throughput_rps']:.1f}", f"{thr['p50_ms']:.2f}", f"{thr['p99_ms']:.2f}",
-                             f"{one['p50_ms']:.2f}", f"{one['p99_ms']:.2f}",
-                             f"{thr['server_cpu_ms_per_request']:.2f}", f"{load1():.2f}"])
-            rec["ratio"] = rec["serve"]["throughput"]["throughput_rps"] / rec["minimal"]["throughput"]["throughput_rps"]
-            rec["p99_c1_diff_ms"] = rec["serve"]["latency_c1"]["p99_ms"] - rec["minimal"]["latency_c1"]["p99_ms"]
-            rec["p50_c1_diff_ms"] = rec["serve"]["latency_c1"]["p50_ms"] - rec["minimal"]["latency_c1"]["p50_ms"]
-            rec["load1_after"] = load1()
-            result["rounds"].append(rec)
-            if r == a.rounds - 1:
-                print(fmt_table(rows), flush=True)
-        ratios = [x["ratio"] for x in result["rounds"]]
-        result["summary"] = {
-            "throughput_ratio_median": float(np.median(ratios)), "throughput_ratios": ratios,
-            "p99_c1_diff_ms_median": float(np.median([x["p99_c1_diff_ms"] for x in result["rounds"]])),
-            "p50_c1_diff_ms_median": float(np.median([x["p50_c1_diff_ms"] for x in result["rounds"]])),
-            "minimal_rps_median": float(np.median([x["minimal"]["throughput"]["throughput_rps"] for x in result["rounds"]])),
-            "serve_rps_median": float(np.median([x["serve"]["throughput"]["throughput_rps"] for x in result["rounds"]])),
-            "load1_range": [min(x["load1_before"] for x in result["rounds"]), max(x["load1_after"] for x in result["rounds"])],
-        }
-        s = result["summary"]
-        print(f"\nserve / minimal throughput at c={a.concurrency}: median {s['throughput_ratio_median']:.3f} "
-              f"({', '.join(f'{x:.3f}' for x in ratios)}); p99 at c=1: serve - minimal = "
-              f"{s['p99_c1_diff_ms_median']:+.2f} ms (median); p50 {s['p50_c1_diff_ms_median']:+.2f} ms; "
-              f"same probabilities (max |diff| {result['max_abs_probability_difference']:.1e})")
+        compare_servers(servers, a, result)
     finally:
         for s in servers.values():
             s.stop()
