@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,14 +90,66 @@ def runner(model: Path, kind: str, npy: Path, mode: str, runs: int, warmup: int,
     return data
 
 
-def main() -> int:
+def overhead_row(art: Any, d: dict[str, Any]) -> dict[str, Any]:
+    """One artifact's harness overhead from the runner's blocks: wall and thread-CPU, median and fastest block."""
+    n = d["runs_per_block"]
+    bare = [w / n for w in d["bare_wall_ns"]]
+    harn = [w / n for w in d["harness_wall_ns"]]
+    lat = d["latencies_ns"]
+    rep = [statistics.fmean(lat[i * n:(i + 1) * n]) for i in range(len(bare))]
+    overhead = [h - b for h, b in zip(harn, bare)]
+    bias = [r / b - 1 for r, b in zip(rep, bare)]
+    timer = (d["empty_timer_wall_ns"] - d["empty_loop_wall_ns"]) / n
+    med_lat = statistics.median(rep)
+    row = {
+        "artifact": art.name, "kind": art.kind, "threads": 1, "runs_per_block": n, "blocks": len(bare),
+        "bare_mean_us": statistics.median(bare) / 1e3,
+        "harness_reported_mean_us": med_lat / 1e3,
+        "harness_wall_per_inference_us": statistics.median(harn) / 1e3,
+        "overhead_per_inference_us": statistics.median(overhead) / 1e3,
+        "overhead_pct_of_latency": 100 * statistics.median(overhead) / med_lat,
+        "reported_vs_bare_bias_pct": 100 * statistics.median(bias),
+        "bias_pct_per_block": [100 * b for b in bias],
+        "empty_timer_iteration_ns": timer,
+        "empty_timer_pct_of_latency": 100 * timer / med_lat,
+    }
+    bc = [w / n for w in d["bare_thread_cpu_ns"]]
+    hc = [w / n for w in d["harness_thread_cpu_ns"]]
+    cpu_ovh = statistics.median(h - b for h, b in zip(hc, bc))
+    row["cpu_bare_per_inference_us"] = statistics.median(bc) / 1e3
+    row["cpu_overhead_per_inference_us"] = cpu_ovh / 1e3
+    row["cpu_overhead_pct_of_latency"] = 100 * cpu_ovh / statistics.median(bc)
+    # robust to positive noise spikes (other processes on the host): fastest block of each kind
+    row["overhead_pct_min_blocks"] = 100 * (min(harn) - min(bare)) / min(rep)
+    row["bias_pct_min_blocks"] = 100 * (min(rep) / min(bare) - 1)
+    row["under_2pct_wall"] = abs(row["overhead_pct_of_latency"]) < 2 and abs(row["reported_vs_bare_bias_pct"]) < 2
+    row["under_2pct_cpu"] = abs(row["cpu_overhead_pct_of_latency"]) < 2
+    row["under_2pct_timer"] = row["empty_timer_pct_of_latency"] < 2
+    return row
+
+
+def print_rows(doc: dict[str, Any]) -> None:
+    print(f"load average (1, 5, 15 min) at the end: {doc['loadavg_at_end']}, cores: {os.cpu_count()}")
+    print("wall = perf_counter (includes preemption by other processes); cpu = thread CPU time (1 thread)")
+    hdr = (f"{'artifact':<26}{'bare µs':>9}{'reported µs':>12}{'wall ovh µs':>12}{'wall ovh %':>11}{'bias %':>8}"
+           f"{'cpu bare µs':>12}{'cpu ovh µs':>11}{'cpu ovh %':>10}{'timer ns':>9}{'timer %':>8}")
+    print(hdr)
+    for r in doc["overhead"]:
+        print(f"{r['artifact']:<26}{r['bare_mean_us']:>9.2f}{r['harness_reported_mean_us']:>12.2f}"
+              f"{r['overhead_per_inference_us']:>12.3f}{r['overhead_pct_of_latency']:>11.2f}"
+              f"{r['reported_vs_bare_bias_pct']:>8.2f}{r['cpu_bare_per_inference_us']:>12.2f}"
+              f"{r['cpu_overhead_per_inference_us']:>11.3f}{r['cpu_overhead_pct_of_latency']:>10.2f}"
+              f"{r['empty_timer_iteration_ns']:>9.0f}{r['empty_timer_pct_of_latency']:>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir", nargs="?")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--blocks", type=int, default=101)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_overhead.json"))
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     try:
         model_dir = Path(a.model_dir) if a.model_dir else tmp / "models"
@@ -108,43 +162,7 @@ def main() -> int:
                 continue
             npy = tmp / f"{art.name.replace('/', '_')}.npy"
             np.save(npy, make_input(art))
-            d = runner(art.model_path, art.kind, npy, "both", a.runs, a.warmup, a.blocks)
-            n = d["runs_per_block"]
-            bare = [w / n for w in d["bare_wall_ns"]]
-            harn = [w / n for w in d["harness_wall_ns"]]
-            lat = d["latencies_ns"]
-            rep = [statistics.fmean(lat[i * n:(i + 1) * n]) for i in range(len(bare))]
-            overhead = [h - b for h, b in zip(harn, bare)]
-            bias = [r / b - 1 for r, b in zip(rep, bare)]
-            timer = (d["empty_timer_wall_ns"] - d["empty_loop_wall_ns"]) / n
-            med_lat = statistics.median(rep)
-            row = {
-                "artifact": art.name, "kind": art.kind, "threads": 1, "runs_per_block": n, "blocks": len(bare),
-                "bare_mean_us": statistics.median(bare) / 1e3,
-                "harness_reported_mean_us": med_lat / 1e3,
-                "harness_wall_per_inference_us": statistics.median(harn) / 1e3,
-                "overhead_per_inference_us": statistics.median(overhead) / 1e3,
-                "overhead_pct_of_latency": 100 * statistics.median(overhead) / med_lat,
-                "reported_vs_bare_bias_pct": 100 * statistics.median(bias),
-                "bias_pct_per_block": [100 * b for b in bias],
-                "empty_timer_iteration_ns": timer,
-                "empty_timer_pct_of_latency": 100 * timer / med_lat,
-            }
-            bc = [w / n for w in d["bare_thread_cpu_ns"]]
-            hc = [w / n for w in d["harness_thread_cpu_ns"]]
-            cpu_ovh = statistics.median(h - b for h, b in zip(hc, bc))
-            row["cpu_bare_per_inference_us"] = statistics.median(bc) / 1e3
-            row["cpu_overhead_per_inference_us"] = cpu_ovh / 1e3
-            row["cpu_overhead_pct_of_latency"] = 100 * cpu_ovh / statistics.median(bc)
-            # robust to positive noise spikes (other processes on the host): fastest block of each kind
-            row["overhead_pct_min_blocks"] = 100 * (min(harn) - min(bare)) / min(rep)
-            row["bias_pct_min_blocks"] = 100 * (min(rep) / min(bare) - 1)
-            row["under_2pct_wall"] = abs(row["overhead_pct_of_latency"]) < 2 and abs(row["reported_vs_bare_bias_pct"]) < 2
-            row["under_2pct_cpu"] = abs(row["cpu_overhead_pct_of_latency"]) < 2
-            row["under_2pct_timer"] = row["empty_timer_pct_of_latency"] < 2
-            rows.append(row)
-        import os
-
+            rows.append(overhead_row(art, runner(art.model_path, art.kind, npy, "both", a.runs, a.warmup, a.blocks)))
         doc = {
             "loadavg_at_end": os.getloadavg(),
             "description": __doc__.strip().splitlines()[0],
@@ -157,17 +175,7 @@ def main() -> int:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2) + "\n")
-        print(f"load average (1, 5, 15 min) at the end: {doc['loadavg_at_end']}, cores: {os.cpu_count()}")
-        print("wall = perf_counter (includes preemption by other processes); cpu = thread CPU time (1 thread)")
-        hdr = (f"{'artifact':<26}{'bare µs':>9}{'reported µs':>12}{'wall ovh µs':>12}{'wall ovh %':>11}{'bias %':>8}"
-               f"{'cpu bare µs':>12}{'cpu ovh µs':>11}{'cpu ovh %':>10}{'timer ns':>9}{'timer %':>8}")
-        print(hdr)
-        for r in rows:
-            print(f"{r['artifact']:<26}{r['bare_mean_us']:>9.2f}{r['harness_reported_mean_us']:>12.2f}"
-                  f"{r['overhead_per_inference_us']:>12.3f}{r['overhead_pct_of_latency']:>11.2f}"
-                  f"{r['reported_vs_bare_bias_pct']:>8.2f}{r['cpu_bare_per_inference_us']:>12.2f}"
-                  f"{r['cpu_overhead_per_inference_us']:>11.3f}{r['cpu_overhead_pct_of_latency']:>10.2f}"
-                  f"{r['empty_timer_iteration_ns']:>9.0f}{r['empty_timer_pct_of_latency']:>8.2f}")
+        print_rows(doc)
         print(f"\nwrote {out}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
