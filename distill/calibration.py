@@ -62,7 +62,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, t_min: float = T_MIN
     if y.size == 0 or not np.isfinite(z).all():
         return 1.0
     lo, hi = math.log(1.0 / t_max), math.log(1.0 / t_min)  # bounds on log β
-    f = lambda lb: _nll_beta(z, y, math.exp(lb))[0]  # noqa: E731
+
+    def f(lb: float) -> float:
+        return _nll_beta(z, y, math.exp(lb))[0]
+
     gr = (math.sqrt(5.0) - 1.0) / 2.0
     a, b = lo, hi
     c, d = b - gr * (b - a), a + gr * (b - a)

@@ -179,7 +179,7 @@ def _list_datasets() -> str:
 
 def resolve_from_args(args: argparse.Namespace) -> tuple[Any, bool, bool]:
     """(TrainConfig, resume, overwrite) from parsed arguments."""
-    from distill.train import checkpoint_config  # torch
+    from distill.train_state import checkpoint_config  # torch
 
     flags = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items() if getattr(args, dest) is not None}
     resume = args.resume is not None

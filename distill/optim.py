@@ -55,8 +55,10 @@ def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
     total = cfg.run.epochs * steps_per_epoch
     if s.name == "cosine":
         warm = int(round(s.warmup_epochs * steps_per_epoch))
-        fn = lambda step: cosine_factor(step, total, warm, s.warmup_start_ratio, s.min_lr_ratio)  # noqa: E731
-        return torch.optim.lr_scheduler.LambdaLR(opt, fn), "step"
+        def factor(step: int) -> float:
+            return cosine_factor(step, total, warm, s.warmup_start_ratio, s.min_lr_ratio)
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor), "step"
     if s.name == "onecycle":
         cycle_momentum = cfg.optim.name != "sgd" or cfg.optim.momentum > 0
         return torch.optim.lr_scheduler.OneCycleLR(

@@ -65,24 +65,18 @@ from distill.methods.base import Batch, missing_teacher_error
 from distill.methods.registry import get_method
 from distill.metrics import classification_report, scalars
 from distill.models import get_model_spec
-from distill.optim import build_optimizer, build_scheduler, cosine_factor  # noqa: F401  (re-exported)
-from distill.run_setup import Run, build_run, load_teacher  # noqa: F401  (load_teacher re-exported)
-from distill.runtime import (  # noqa: F401  (resolve_workers re-exported)
+from distill.run_setup import Run, build_run
+from distill.runtime import (
     autocast,
     derive_seed,
     resolve_device,
-    resolve_workers,
     seed_everything,
 )
-from distill.train_state import (  # noqa: F401  (checkpoint names re-exported)
-    CHECKPOINT_FORMAT,
+from distill.train_state import (
     CHECKPOINT_NAME,
-    CHECKPOINT_VERSION,
     TrainState,
-    checkpoint_config,
     checkpoint_payload,
     cpu_state,
-    load_checkpoint,
     restore,
     resumable_checkpoint,
     save_checkpoint,

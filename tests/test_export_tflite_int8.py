@@ -20,7 +20,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_quantizer")
-from torch import nn  # noqa: E402
+from torch import nn
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,7 +52,7 @@ class ZeroFilterNet(nn.Module):
             self.head.bias.zero_()
         self.eval()
 
-    def forward(self, x):  # noqa: ANN001
+    def forward(self, x):
         return self.head(self.act(self.conv(x)).mean((2, 3)))
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch import nn
 
-from export.int8_prep import fold_batchnorm, prepare_for_int8  # noqa: E402
-from lesionlite.int8_grid import snap_to_int8_grid  # noqa: E402
+from export.int8_prep import fold_batchnorm, prepare_for_int8
+from lesionlite.int8_grid import snap_to_int8_grid
 
 
 class DeadChannelNet(nn.Module):
@@ -46,7 +46,7 @@ class DeadChannelNet(nn.Module):
             self.dw[1].bias[0] = 3.0
         self.eval()
 
-    def forward(self, x):  # noqa: ANN001
+    def forward(self, x):
         x = self.pw(self.dw(self.stem(x)))
         return self.head(x.mean((2, 3)))
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lesionlite.errors import LesionliteError
-from lesionlite.manifest import (SCHEMA_VERSION, Manifest, absolute_paths_in, portable_text, read_manifest)
+from lesionlite.manifest import SCHEMA_VERSION, Manifest, absolute_paths_in, portable_text, read_manifest
 from lesionlite.preprocessing import PreprocessConfig
 
 PRE = {"input_size": 64, "resize_size": None, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "version": "1",

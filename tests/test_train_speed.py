@@ -11,7 +11,7 @@ from PIL import Image
 from distill.data import ArrayDataset
 from distill.data.cache import CachedViewDataset, DecodedImageCache, TensorCache, downscale_to_short_side
 from distill.metrics import balanced_accuracy, paired_bootstrap_balanced_accuracy_delta
-from distill.train import resolve_workers
+from distill.runtime import resolve_workers
 from distill.transforms import RandomRotatedResizedCrop, eval_transform, train_transform
 from lesionlite.preprocessing import PreprocessConfig
 

@@ -39,7 +39,7 @@ def candidate_files(root: Path | None, size: int) -> list[Path]:
 
 def _download(root: Path | None, size: int) -> Path | None:
     try:
-        import medmnist  # noqa: F401
+        import medmnist  # noqa: F401 - whether the package is installed is the check
         from medmnist import DermaMNIST
     except Exception:
         return None
