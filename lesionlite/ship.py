@@ -1,4 +1,4 @@
-"""Which precision to ship, per format, on the host that measured it (issue 14 item 3).
+"""Which precision to ship, per format, on the host that measured it.
 
 The rule, shared by ``export`` (its report and model card) and ``bench``: among the verified artifacts of
 a format whose balanced accuracy is within ``tolerance_points`` (1) of that format's fp32, the fastest
