@@ -446,8 +446,12 @@ def _artifact_feed(info: ArtifactInfo, source: _Source) -> tuple[Any, dict[str, 
     for s in source.evidence.sets:
         if s.role == "internal":
             sets[s.role] = internal
-        elif s.images is not None:
-            sets[s.role] = PreparedInputs(s.images(), cfg)
+        elif s.images is not None:  # made once per input config for all the artifacts of this export
+            cache = s.__dict__.setdefault("_prepared", {})
+            key = repr(cfg.to_dict())
+            if key not in cache:
+                cache[key] = PreparedInputs(s.images(), cfg)
+            sets[s.role] = cache[key]
     return internal, sets
 
 
