@@ -28,7 +28,8 @@ Torch-free: the ONNX and TFLite parts need only the standard library; ExecuTorch
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from mobile_benchmarks.remote_runner import summarize_op_records
 

@@ -660,7 +660,7 @@ def summarize_op_records(records: list, runs: int, source: str, top_nodes: int =
         key = (name, op_type)
         per_node[key] = per_node.get(key, 0.0) + float(ms)
     per_type: dict = {}
-    for (name, op_type), ms in per_node.items():
+    for (_, op_type), ms in per_node.items():
         t = per_type.setdefault(op_type, {"op_type": op_type, "nodes": 0, "ms": 0.0})
         t["nodes"] += 1
         t["ms"] += ms / runs
