@@ -118,3 +118,10 @@ def test_model_view_is_the_graphs_downscale():
     pil = np.asarray(Image.fromarray(a).resize((64, 64), Image.BILINEAR)).astype(np.float32).transpose(2, 0, 1)
     got = model_view(a.transpose(2, 0, 1).astype(np.float32), cfg)
     assert got.shape == (3, 64, 64) and np.abs(got - pil).max() < 1.0
+
+
+def test_cli_flag():
+    from export.cli import build_parser
+
+    assert build_parser().parse_args(["--checkpoint", "x"]).phone_input_size == "auto"
+    assert build_parser().parse_args(["--checkpoint", "x", "--phone-input-size", "none"]).phone_input_size == "none"
