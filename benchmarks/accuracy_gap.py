@@ -28,6 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.protocol.verdicts import MEDMNIST_BEST_ACC
+from distill.artifacts import load_student
+from distill.data import load_dataset
+from distill.inference import logits_in_batches
+from distill.methods.scratch import class_weights
+from distill.metrics import accuracy, balanced_accuracy, classification_report, prior_restored_logits
+from export.api import load_export_data
+from export.context import ExportOptions
+from export.data import prepare_data
+from lesionlite.errors import LesionliteError
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,10 +58,6 @@ class EvalData:
 
     def for_manifest(self, man) -> tuple[object, object]:
         """(prepared test images, the data bundle they came from) for one run's manifest."""
-        from export.api import load_export_data
-        from export.context import ExportOptions
-        from export.data import prepare_data
-
         spec = str((man.data or {}).get("spec") or "")
         if spec not in self._bundles:
             self._bundles[spec] = load_export_data(man, None, None, ExportOptions.from_kwargs({"seed": 0}))
@@ -68,8 +73,6 @@ def leakage_breakdown(bundle, y: np.ndarray, pred: np.ndarray, num_classes: int)
     None when the split is by lesion (no such image). Same model, same test set: the gap between the two
     subsets is what a per-image split adds to a reported number.
     """
-    from distill.metrics import accuracy, balanced_accuracy
-
     test_groups = getattr(bundle.test, "groups", None)
     train_groups = getattr(bundle.train, "groups", None)
     if not test_groups or not train_groups:
@@ -87,11 +90,6 @@ def leakage_breakdown(bundle, y: np.ndarray, pred: np.ndarray, num_classes: int)
 
 def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
     """Test ACC / Bal-ACC of one run under the trained (argmax) and the prior-restored decision rule."""
-    from distill.artifacts import load_student
-    from distill.inference import logits_in_batches
-    from distill.methods.scratch import class_weights
-    from distill.metrics import classification_report, prior_restored_logits
-
     model, man = load_student(run)
     model.eval()
     data, bundle = eval_data.for_manifest(man)
@@ -123,8 +121,6 @@ def decision_rule_row(run: Path, eval_data: EvalData) -> dict:
 
 def split_leakage(seed: int = 0) -> dict:
     """How many test images share their lesion with a training image: HAM10000 split by lesion vs per image."""
-    from distill.data import load_dataset
-
     out: dict = {}
     for how, spec in (("by_lesion", "ham10000"), ("per_image", "ham10000-image-split")):
         bundle = load_dataset(spec, seed=seed)
@@ -157,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         it = tqdm(runs, desc="evaluating", unit="run")
     except ImportError:  # pragma: no cover - tqdm is a dependency
         it = runs
-    from lesionlite.errors import LesionliteError
 
     for run in it:
         if not (run / "student.pt").is_file():

@@ -54,9 +54,8 @@ def measure(checkpoint: Path, artifacts: list[Path], n: int, n_boot: int, seed: 
     for cname, sev in tqdm(conditions, desc="conditions", unit="cond"):
         images = originals if cname == "clean" else [corrupt(im, cname, sev) for im in originals]
         p_ref = _probs(ref, images)
-        row: dict[str, Any] = {"corruption": cname, "severity": sev,
-                               "pytorch": clinical_metrics(labels, p_ref, names, None, None, groups, n_boot=n_boot, seed=seed)["metrics"],
-                               "artifacts": {}}
+        pytorch = clinical_metrics(labels, p_ref, names, None, None, groups, n_boot=n_boot, seed=seed)["metrics"]
+        row: dict[str, Any] = {"corruption": cname, "severity": sev, "pytorch": pytorch, "artifacts": {}}
         for art in others:
             p = _probs(art, images)
             row["artifacts"][art.name] = {

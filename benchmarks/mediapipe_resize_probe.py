@@ -22,6 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from distill.artifacts import load_student
+from export.api import load_export_data
+from export.context import ExportOptions
+from export.mediapipe_check import classify
+from lesionlite.atomic import write_json_atomic, write_text_atomic
+from lesionlite.preprocessing import preprocess_batch
+
 
 def convert(model: Any, manifest: Any, size: int, workdir: Path) -> bytes:
     """fp32 TFLite of ``model`` taking ``size`` px pixels (in-graph downscale when larger than the student's), with metadata."""
@@ -60,12 +67,7 @@ def litert(payload: bytes, x_nhwc: np.ndarray) -> tuple[np.ndarray, float]:
 def measure(run_dir: str, n_images: int, sizes: tuple[int, ...], workdir: Path) -> dict[str, Any]:
     import torch
 
-    from distill.artifacts import load_student
-    from export.api import load_export_data
-    from export.context import ExportOptions
     from export.data import _take
-    from export.mediapipe_check import classify
-    from lesionlite.preprocessing import preprocess_batch
 
     model, manifest = load_student(run_dir)
     model.eval()
@@ -110,8 +112,6 @@ def to_markdown(r: dict[str, Any]) -> str:
 
 def main() -> None:
     import tempfile
-
-    from lesionlite.atomic import write_json_atomic, write_text_atomic
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")

@@ -19,6 +19,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ood_inputs import non_dermoscopy
+from distill.artifacts import load_student
+from distill.data import load_dataset
+from distill.inference import logits_in_batches
+from lesionlite.ood import assess, energy, fit, image_statistics, unnormalize
+from lesionlite.preprocessing import preprocess
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,12 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-
-    from distill.artifacts import load_student
-    from distill.data import load_dataset
-    from distill.inference import logits_in_batches
-    from lesionlite.ood import assess, energy, fit, image_statistics, unnormalize
-    from lesionlite.preprocessing import preprocess
 
     torch.set_num_threads(1)
     model, man = load_student(args.run)

@@ -27,6 +27,10 @@ from benchmarks.common import read_json
 from benchmarks.protocol.collect import export_summary
 from benchmarks.protocol.settings import read_recipe
 from benchmarks.protocol.verdicts import INT8_MAX_DROP, declared_qat_recipe
+from distill.config import resolve_config
+from distill.data import load_dataset
+from distill.train import train
+from export.api import export_model
 from lesionlite.atomic import write_json_atomic
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.hostinfo import cpu_model, simd_flags
@@ -56,8 +60,6 @@ def run_data_section(run: Path) -> dict[str, Any]:
 
 def run_bundle(data: dict[str, Any]) -> Any:
     """The run's own dataset and split, as its training loaded it (the protocol exports on the same)."""
-    from distill.data import load_dataset
-
     size = int(data.get("synthetic_size") or data.get("image_size", 64))
     return load_dataset(data.get("name", "ham10000"), root=data.get("root"), seed=int(data.get("split_seed", 0)),
                         synthetic_size=size, **(data.get("options") or {}))
@@ -80,9 +82,6 @@ def check_reused_recipe(out: Path, args: argparse.Namespace) -> None:
 def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
     """Train (or resume) the QAT copy of ``run`` into ``out`` on the run's own data; returns its training wall
     seconds (read from the finished run when it is reused)."""
-    from distill.config import resolve_config
-    from distill.train import train
-
     if (out / "student.pt").exists() and (out / "manifest.json").exists():
         check_reused_recipe(out, args)
         return float((read_json(out / "metrics.json") or {}).get("wall_time_s") or 0.0)
@@ -98,8 +97,6 @@ def qat_run(run: Path, out: Path, args: argparse.Namespace) -> float:
 
 def export_like_the_protocol(run: Path, edir: Path, recipe: dict[str, Any], bundle: Any) -> None:
     """int8 TFLite + ONNX of ``run``, with the protocol recipe's export settings (reproduce.Runner.export)."""
-    from export.api import export_model
-
     ex = recipe.get("export") or {}
     export_model(run, edir, list(ex.get("formats") or ["tflite", "onnx"]), ["int8"],
                  calib_samples=int(ex.get("calib_samples", 300)), eval_samples=ex.get("eval_samples"),
@@ -140,8 +137,9 @@ def probe(run: Path, args: argparse.Namespace, recipe: dict[str, Any]) -> dict[s
 
 def apply_recipe_defaults(args: argparse.Namespace, recipe: dict[str, Any]) -> None:
     """Fill the QAT recipe flags left unset from the protocol's declared one (``export.qat``, parsed by
-    :func:`benchmarks.protocol.verdicts.declared_qat_recipe`, the same parser the table's verdict uses), so that the plain command runs
-    the recipe the verdict counts; without a declared recipe: 2 epochs at lr 1e-4, the method's own KD weight."""
+    :func:`benchmarks.protocol.verdicts.declared_qat_recipe`, the same parser the table's verdict uses), so that the
+    plain command runs the recipe the verdict counts; without a declared recipe: 2 epochs at lr 1e-4, the method's
+    own KD weight."""
     try:
         declared = declared_qat_recipe(recipe) or {"epochs": 2, "lr": 1e-4, "alpha": None}
     except LesionliteError as exc:

@@ -49,6 +49,7 @@ import numpy as np
 
 from benchmarks.loadgen import drive_fast, latency_percentiles, multipart_request
 from lesionlite.preprocessing import load_image_bytes, preprocess
+from serve.models import load_models
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,8 +99,6 @@ def sample_jpeg(w: int = 600, h: int = 450, seed: int = 0) -> bytes:
 
 def load_raw_entry(model_dir: Path, model: str | None, threads: int):
     """The model as ``serve`` loads it, but with the runtime's own thread defaults (spin-waiting on)."""
-    from serve.models import load_models
-
     models = load_models(model_dir, threads=threads, spin_wait=True).models
     return models[model or sorted(models)[0]]
 

@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import KeepAliveConnection, ResponseError, latency_percentiles, multipart_request
+from lesionlite.preprocessing import load_image_bytes, preprocess
+from serve.models import load_models
+from serve.postprocess import calibrated_probabilities
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = Path("/work/shared/data/ham10000_200x150/images")
@@ -54,10 +57,6 @@ def minimal_app(artifact: Path, threads: int):
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
-
-    from lesionlite.preprocessing import load_image_bytes, preprocess
-    from serve.models import load_models
-    from serve.postprocess import calibrated_probabilities
 
     (entry,) = load_models(artifact, threads=threads).models.values()
     rt, cfg, names, temp = entry.runtime, entry.manifest.preprocessing, entry.class_names, entry.temperature

@@ -83,7 +83,8 @@ def main() -> int:
     lines = [f"# Site adaptation of {doc['checkpoint']} to {doc['site']}", "",
              f"Measured on the site's {doc['n_held_out_scored']} held-out images ({doc['n_melanoma_held_out']} melanomas; "
              "never adapted on) and on the internal test split; 95 % CIs, changes paired against the unadapted model.", "",
-             "| K labelled | method | external melanoma AUC | Δ vs source | external bal. acc | internal melanoma AUC | internal bal. acc |",
+             "| K labelled | method | external melanoma AUC | Δ vs source | external bal. acc | internal melanoma AUC "
+             "| internal bal. acc |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         d = (r.get("external_vs_source") or {}).get("melanoma_auc")

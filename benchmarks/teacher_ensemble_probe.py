@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.inference import logits_in_batches
+from distill.metrics import classification_report
+from export.api import load_checkpoint_and_export_data
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -24,10 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
-
-    from distill.inference import logits_in_batches
-    from distill.metrics import classification_report
-    from export.api import load_checkpoint_and_export_data
 
     torch.set_num_threads(1)
     probs, labels, rows = [], None, []

@@ -55,12 +55,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.protocol.aggregate import build_doc, data_description
 from benchmarks.protocol.collect import collect, committed_record, run_state
 from benchmarks.protocol.plan import RunSpec, build_plan
 from benchmarks.protocol.render import plot_protocol, render_markdown, short_table
 from benchmarks.protocol.run import EXIT_INCOMPLETE, Runner, machine_info
 from benchmarks.protocol.settings import METHODS, PROTOCOLS, RESULTS, Settings, load_recipe, results_stem
+from distill.data import load_dataset
 from lesionlite.atomic import write_json_atomic, write_text_atomic
 from lesionlite.errors import LesionliteError
 
@@ -123,8 +126,6 @@ class TableWriter:
 
 def default_protocol(args: argparse.Namespace) -> None:
     """``gpu`` when CUDA is available, else ``cpu-reduced``; a warning for the GPU recipe on a CPU."""
-    import torch  # the training extra
-
     if args.protocol is None:
         args.protocol = "gpu" if torch.cuda.is_available() else "cpu-reduced"
     if args.protocol == "gpu" and not torch.cuda.is_available():
@@ -133,8 +134,6 @@ def default_protocol(args: argparse.Namespace) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[Settings, list[RunSpec], dict[str, Any], Any, dict[str, Any]]:
     """Settings, plan, machine, data bundle and its description; a LesionliteError before anything runs."""
-    from distill.data import load_dataset  # imports the dataset registry (torch for its transforms)
-
     settings, plan = build_plan(args, load_recipe(args.protocol, args.recipe_file))
     machine = machine_info()
     opts = dict(settings.common_overrides.get("data.options") or {})

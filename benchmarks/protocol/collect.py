@@ -8,9 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import read_json
 from benchmarks.protocol.plan import RunSpec
 from benchmarks.protocol.settings import METRICS, Settings, results_stem
+from distill.artifacts import load_student
+from distill.transforms import eval_transform
 from lesionlite.atomic import write_json_atomic
 
 #: a record's fields that must equal the plan's for the record to stand for the run
@@ -84,8 +88,7 @@ def summary_from_run(spec: RunSpec) -> dict[str, Any]:
 
 def model_stats(spec: RunSpec, image_size: int) -> dict[str, Any]:
     """Parameters and MACs of the run's student."""
-    from distill.artifacts import load_student  # torch: only where a run directory is read
-    from export.modelstats import model_stats as stats
+    from export.modelstats import model_stats as stats  # the export extra
 
     model, _ = load_student(spec.run_dir)
     st = stats(model, image_size)
@@ -113,11 +116,6 @@ def export_summary(export_dir: Path) -> dict[str, Any] | None:
 
 def test_predictions(spec: RunSpec, bundle: Any) -> tuple[list[int], list[int]]:
     """(predicted, true) labels of the run's best student on the test split, with its own preprocessing."""
-    import torch  # optional dependency boundary: the table renders from records without torch work
-
-    from distill.artifacts import load_student
-    from distill.transforms import eval_transform
-
     model, man = load_student(spec.run_dir, map_location="cpu")
     model.eval()
     tf = eval_transform(man.preprocessing)

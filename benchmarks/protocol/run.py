@@ -15,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.protocol.collect import committed_record, export_summary, run_state
 from benchmarks.protocol.plan import RunSpec
 from benchmarks.protocol.settings import Settings
+from distill.config import resolve_config
+from distill.train import train
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.hostinfo import cpu_model, simd_flags
 
@@ -32,8 +36,6 @@ class BudgetStop(Exception):
 # Machine / GPU utilisation
 # ------------------------------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
-    import torch  # the training extra: the protocol trains with it
-
     info: dict[str, Any] = {"cpu": cpu_model() or "unknown", "cpu_flags": simd_flags(), "cpu_count": os.cpu_count(),
                             "platform": platform.platform(),
                             "python": platform.python_version(), "torch": torch.__version__,
@@ -52,8 +54,6 @@ def machine_info() -> dict[str, Any]:
 
 def read_gpu_utilisation() -> tuple[float | None, float | None]:
     """(utilisation %, memory used MiB) of GPU 0 from torch.cuda.utilization or nvidia-smi; Nones when unknown."""
-    import torch
-
     try:
         return float(torch.cuda.utilization()), None
     except Exception:
@@ -86,8 +86,6 @@ class GpuSampler:
                 self.mem.append(m)
 
     def __enter__(self) -> GpuSampler:
-        import torch
-
         if torch.cuda.is_available():
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
@@ -110,8 +108,6 @@ class GpuSampler:
 # ------------------------------------------------------------------------------------------------
 def make_config(spec: RunSpec, settings: Settings) -> Any:
     """The run's :class:`distill.config.Config`: method, common overrides, the run's own keys, its overrides."""
-    from distill.config import resolve_config
-
     flags: dict[str, Any] = {"method.name": spec.method}
     flags.update(settings.common_overrides)
     flags.update({
@@ -190,8 +186,6 @@ class Runner:
 
     def train_once(self, spec: RunSpec, state: str) -> str:
         """Train (or resume) the run until done or the budget; its status. A failure is a status, not a crash."""
-        from distill.train import train  # torch: only when something is trained
-
         cfg = make_config(spec, self.settings)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         try:

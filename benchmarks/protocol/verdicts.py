@@ -65,7 +65,8 @@ def evaluate_targets(rows: list[dict[str, Any]], image_size: int, student_arch: 
     t = {"target": f"{student_arch} at >= 64 px reaches >= {MEDMNIST_BEST_ACC * 100:.1f}% ACC "
                    "(MedMNIST v2 DermaMNIST best, ResNet-18 @ 224)", "metric": "test accuracy, mean over seeds",
          "uses": list(by_key)}
-    accs = {k: r["accuracy"]["mean"] for k, r in by_key.items() if r["arch"] == student_arch and r["accuracy"]["mean"] is not None}
+    accs = {k: r["accuracy"]["mean"] for k, r in by_key.items()
+            if r["arch"] == student_arch and r["accuracy"]["mean"] is not None}
     if image_size < 64:
         t.update(verdict="n/a", detail=f"input is {image_size} px (< 64)")
     elif not accs:
