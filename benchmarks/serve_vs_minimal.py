@@ -40,6 +40,7 @@ import numpy as np
 
 from benchmarks.loadgen import KeepAliveConnection, ResponseError, latency_percentiles, multipart_request
 from lesionlite.preprocessing import load_image_bytes, preprocess
+from mobile_benchmarks.hostinfo import cpu_model
 from serve.models import load_models
 from serve.postprocess import calibrated_probabilities
 
@@ -298,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     result: dict[str, Any] = {
         "artifact": str(a.artifact), "host": {"cpus": os.cpu_count(), "machine": platform.machine(),
-                                              "processor": _cpu_model(), "python": platform.python_version()},
+                                              "processor": cpu_model() or platform.processor(),
+                                              "python": platform.python_version()},
         "command": "python -m benchmarks.serve_vs_minimal " + " ".join(shlex.quote(x) for x in argv),
         "serve_cmd": " ".join(servers["serve"].cmd[1:]), "serve_repo": str(a.serve_repo),
         "client": "benchmarks/loadgen.py keep-alive, one JPEG per request",
@@ -313,16 +315,6 @@ def main(argv: list[str] | None = None) -> int:
         a.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {a.out}")
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
