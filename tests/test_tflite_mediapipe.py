@@ -171,3 +171,31 @@ def test_phone_input_off_gives_the_models_own_input(tmp_path, bundle):
     assert m.parity["mediapipe"]["status"] == "ok" and "in_graph_resize" not in m.parity
     scores, labels = classify(art / "model.tflite", [p[0] for p in bundle.test[:4]], CLASS_NAMES)
     assert labels == CLASS_NAMES and scores.shape == (4, len(CLASS_NAMES))
+
+
+def test_serve_feeds_the_phone_input(exported, bundle):
+    """serve's /predict gives a 256 px artifact its manifest's 256 px input (torch-free preprocessing), accepts a
+    48x40 image (the shortest side allowed follows the model's 32 px, not the 256 px input) and answers as LiteRT
+    on that input does."""
+    import io
+
+    from starlette.testclient import TestClient
+
+    from lesionlite.manifest import read_manifest
+    from lesionlite.preprocessing import preprocess
+    from serve.app import create_app
+    from serve.runtimes.tflite import TFLiteRuntime
+    from serve.settings import Settings
+
+    art = exported["fp32"]
+    img = bundle.test[0][0]
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    with TestClient(create_app(art.parent, Settings())) as c:
+        r = c.post("/predict", params={"model": art.name}, files={"file": ("x.png", buf.getvalue(), "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        probs = np.array([body["probabilities"][k] for k in CLASS_NAMES])
+    m = read_manifest(art / "manifest.json")
+    want = np.exp(TFLiteRuntime(art / "model.tflite", m, threads=1)._run(preprocess(img, m.preprocessing, "NHWC")[None]))[0]
+    np.testing.assert_allclose(probs, want / want.sum(), atol=1e-5)
