@@ -172,3 +172,25 @@ def test_relu6_outputs_are_quantized_on_the_clamped_range():
         ref = model(x)
         got = torch.cat([converted(x[i:i + 1]) for i in range(len(x))])
     assert float((got - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
+def test_bench_op_profile_reads_the_etdump_of_each_pte(exported, tmp_path):
+    """`bench --op-profile`: ExecuTorch's devtools (ETDump + Inspector) work with the pip wheel; XNNPACK's own
+    operators inside the delegate are the op types, int8 ones named as such (QS8/QC8)."""
+    from mobile_benchmarks.cli import main
+
+    _, out, _ = exported
+    rc = main([str(out), "--op-profile", "--threads", "1", "--runs", "10", "--warmup", "2", "--repeats", "1",
+               "--min-secs", "0", "--warmup-min-secs", "0", "--out", str(tmp_path), "--quiet"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    profiles = {p["artifact"]: p for p in doc["op_profiles"]}
+    assert set(profiles) == {f"tiny_cnn_executorch_{p}" for p in PRECISIONS}
+    for p in profiles.values():
+        s = p["summary"]
+        assert p["status"] == "ok" and p["runtime"] == "executorch" and "ETDump" in s["source"]
+        assert s["runs"] == 10 and s["ops"] and s["total_ms"] > 0
+        assert not any("#" in r["op_type"] or r["op_type"] in ("DELEGATE_CALL", "Method::execute") for r in s["ops"])
+    int8_types = " ".join(r["op_type"] for r in profiles["tiny_cnn_executorch_int8"]["summary"]["ops"])
+    assert "QS8" in int8_types or "QC8" in int8_types
+    assert "## Where the time goes (op profile)" in (tmp_path / "bench.md").read_text()

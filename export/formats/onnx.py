@@ -12,9 +12,15 @@
   common is not installed; this is the same algorithm shipped inside onnxruntime): fp16 weights and
   compute, float32 input/output so callers do not change.
 * int8 static (default): ``onnxruntime.quantization.quantize_static`` in QDQ format, per-channel int8
-  weights, int8 activations (S8S8, onnxruntime's recommended default on x86 and ARM), MinMax
-  calibration over training images (:func:`export.quantize.onnx_calibration_reader`). Input/output
-  stay float32 (the graph quantizes internally).
+  weights, uint8 activations (U8S8), MinMax calibration over training images
+  (:func:`export.quantize.onnx_calibration_reader`). Input/output stay float32 (the graph quantizes
+  internally). Why uint8 activations (``benchmarks/onnx_int8_speed.py``, RESULTS.md 2a): with int8
+  activations (S8S8) onnxruntime 1.32 on this AVX2 host fused only 37 of MobileNetV2's 52 convolutions
+  into ``QLinearConv``; the 10 residual Adds and the 15 convolutions next to them stayed float between
+  114 Quantize/DequantizeLinear nodes plus 32 layout Transposes, so int8 ran slower than fp32. With uint8
+  activations all 52 fuse, the Adds become ``QLinearAdd`` and 4 Q/DQ nodes remain: faster than fp32, the
+  same agreement with PyTorch (97.4 vs 97.2 % with ``session.x64quantprecision``, which uint8 needs on x86
+  without VNNI just as int8 did).
 * int8 dynamic (``--onnx-quant dynamic``): int8 weights, activations quantized at run time.
 
 Graph metadata (``metadata_props``): ``lesionlite.class_names`` and ``lesionlite.preprocessing`` (JSON),
@@ -182,12 +188,12 @@ class OnnxFormat(ExportFormat):
             tmp = ctx.workdir / "int8_static.onnx"
             quantize_static(
                 str(pre), str(tmp), onnx_calibration_reader(ctx.calib, INPUT_NAME),
-                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
             )
             model = onnx.load(str(tmp))
             extra["quantization"] = {"method": "onnxruntime static QDQ, MinMax calibration",
-                                     "weights": "int8 symmetric per-channel", "activations": "int8 per-tensor",
+                                     "weights": "int8 symmetric per-channel", "activations": "uint8 per-tensor",
                                      "calibration_samples": int(len(ctx.calib))}
         _set_metadata(model, _metadata(ctx, precision))
         onnx.checker.check_model(model)
