@@ -92,7 +92,7 @@ def logits(path: Path, config: dict, level: str, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", type=Path, help="the distill run the export came from (for its calibration/test data)")
     ap.add_argument("export_dir", type=Path, help="an export directory with <arch>_onnx_fp32/model.onnx (and _int8)")
@@ -102,83 +102,85 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=200, help="timed runs per variant per round")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/onnx_int8_speed.json")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    import onnxruntime as ort
 
-    from export.api import load_checkpoint_and_export_data
+def build_variants(checkpoint_data: tuple, fp32: Path, exported_int8: Path | None, tmp: Path) -> list[tuple]:
+    """(name, model, session config, optimization level, what it is) for every variant; the re-quantized ones start,
+    as export does, from the int8-prepared float graph (BatchNorm folded, weights on the int8 grid, biases corrected)."""
     from export.context import ExportContext
     from export.formats.onnx import _export_fp32
 
-    fp32 = next(args.export_dir.glob("*_onnx_fp32/model.onnx"))
-    exported_int8 = next(args.export_dir.glob("*_onnx_int8/model.onnx"), None)
-    model, manifest, data, options = load_checkpoint_and_export_data(args.checkpoint, None, None, args.calib_samples,
-                                                                     args.eval_samples, args.seed)
-    x_eval = data.eval_x
-    one = np.ascontiguousarray(x_eval[:1])
-    with tempfile.TemporaryDirectory(prefix="onnx-int8-speed-") as tmpdir:
-        tmp = Path(tmpdir)
-        # the float graph export quantizes: BatchNorm folded, weights on the int8 grid, biases corrected
-        ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
-                            options=options, workdir=tmp)
-        prepared = tmp / "fp32_int8prep.onnx"
-        _export_fp32(ctx, prepared, ctx.model_for("int8"))
-        q = {
-            "qdq_s8s8": quantize(prepared, tmp / "qdq_s8s8.onnx", data.calib, "QDQ", "S8"),
-            "qdq_s8s8_dedicated": quantize(prepared, tmp / "qdq_s8s8_dedicated.onnx", data.calib, "QDQ", "S8",
-                                           {"DedicatedQDQPair": True}),
-            "qdq_u8s8": quantize(prepared, tmp / "qdq_u8s8.onnx", data.calib, "QDQ", "U8"),
-            "qop_s8s8": quantize(prepared, tmp / "qop_s8s8.onnx", data.calib, "QOperator", "S8"),
-            "qop_u8s8": quantize(prepared, tmp / "qop_u8s8.onnx", data.calib, "QOperator", "U8"),
-        }
-        # (name, model, session config, optimization level, what it is)
-        variants = [
-            ("fp32", fp32, {}, "all", "fp32 graph, ORT_ENABLE_ALL"),
-            ("int8 as exported + x64quantprecision", exported_int8 or q["qdq_s8s8"], X64, "all",
-             "QDQ S8S8 per-channel (export's artifact) with the session config export records on x86 without VNNI"),
-            ("int8 as exported", exported_int8 or q["qdq_s8s8"], {}, "all", "the same, default session"),
-            ("int8 as exported, ORT_ENABLE_BASIC", exported_int8 or q["qdq_s8s8"], {}, "basic",
-             "no QDQ fusion into QLinear* kernels: the fp32 graph with Q/DQ pairs"),
-            ("QDQ S8S8 + x64quantprecision", q["qdq_s8s8"], X64, "all",
-             "int8 activations: export's ONNX int8 before uint8 activations"),
-            ("QDQ S8S8", q["qdq_s8s8"], {}, "all", ""),
-            ("QDQ S8S8 DedicatedQDQPair", q["qdq_s8s8_dedicated"], {}, "all", "one DQ per consumer"),
-            ("QDQ S8S8 DedicatedQDQPair + x64quantprecision", q["qdq_s8s8_dedicated"], X64, "all", ""),
-            ("QDQ U8S8", q["qdq_u8s8"], {}, "all", "uint8 activations (ORT's x86 kernels' native form)"),
-            ("QDQ U8S8 + x64quantprecision", q["qdq_u8s8"], X64, "all", ""),
-            ("QOperator S8S8", q["qop_s8s8"], {}, "all", "QLinearConv written by the quantizer"),
-            ("QOperator U8S8", q["qop_u8s8"], {}, "all", ""),
-            ("QOperator U8S8 + x64quantprecision", q["qop_u8s8"], X64, "all", ""),
-        ]
-        ref = logits(fp32, {}, "all", x_eval)
-        rows = []
-        for name, path, cfg, level, what in variants:
-            out = logits(path, cfg, level, x_eval)
-            prof = op_profile(path, cfg, level, one, tmp)
-            types = {r["op_type"]: r for r in prof["ops"]}
-            rows.append({"variant": name, "what": what, "session_config": cfg, "optimization": level,
-                         "file_mb": round(path.stat().st_size / 1e6, 2),
-                         "top1_agreement_vs_fp32": float(np.mean(out.argmax(1) == ref.argmax(1))),
-                         "max_abs_logits_vs_fp32": float(np.abs(out - ref).max()),
-                         "qlinear_conv": types.get("QLinearConv", {}).get("nodes", 0),
-                         "float_conv": types.get("Conv", {}).get("nodes", 0),
-                         "quantize_dequantize": sum(types.get(t, {}).get("nodes", 0)
-                                                    for t in ("QuantizeLinear", "DequantizeLinear")),
-                         "transpose": types.get("Transpose", {}).get("nodes", 0),
-                         "profile_top": [{k: r[k] for k in ("op_type", "nodes", "ms", "share")} for r in prof["ops"][:6]],
-                         "profile_total_ms": prof["total_ms"], "p50_rounds_ms": []})
-        sessions = [session(path, cfg, level) for _, path, cfg, level, _ in variants]
-        for _ in range(args.rounds):
-            for row, sess in zip(rows, sessions):
-                feed = {sess.get_inputs()[0].name: one}
-                for _ in range(10):
-                    sess.run(None, feed)
-                lat = []
-                for _ in range(args.runs):
-                    t0 = time.perf_counter_ns()
-                    sess.run(None, feed)
-                    lat.append((time.perf_counter_ns() - t0) / 1e6)
-                row["p50_rounds_ms"].append(statistics.median(lat))
+    model, manifest, data, options = checkpoint_data
+    ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
+                        options=options, workdir=tmp)
+    prepared = tmp / "fp32_int8prep.onnx"
+    _export_fp32(ctx, prepared, ctx.model_for("int8"))
+    q = {
+        "qdq_s8s8": quantize(prepared, tmp / "qdq_s8s8.onnx", data.calib, "QDQ", "S8"),
+        "qdq_s8s8_dedicated": quantize(prepared, tmp / "qdq_s8s8_dedicated.onnx", data.calib, "QDQ", "S8",
+                                       {"DedicatedQDQPair": True}),
+        "qdq_u8s8": quantize(prepared, tmp / "qdq_u8s8.onnx", data.calib, "QDQ", "U8"),
+        "qop_s8s8": quantize(prepared, tmp / "qop_s8s8.onnx", data.calib, "QOperator", "S8"),
+        "qop_u8s8": quantize(prepared, tmp / "qop_u8s8.onnx", data.calib, "QOperator", "U8"),
+    }
+    exported = exported_int8 or q["qdq_u8s8"]
+    return [
+        ("fp32", fp32, {}, "all", "fp32 graph, ORT_ENABLE_ALL"),
+        ("int8 as exported + x64quantprecision", exported, X64, "all",
+         "export's artifact with the session config export records on x86 without VNNI"),
+        ("int8 as exported", exported, {}, "all", "the same, default session"),
+        ("int8 as exported, ORT_ENABLE_BASIC", exported, {}, "basic",
+         "no QDQ fusion into QLinear* kernels: the fp32 graph with Q/DQ pairs"),
+        ("QDQ S8S8 + x64quantprecision", q["qdq_s8s8"], X64, "all",
+         "int8 activations: export's ONNX int8 before uint8 activations"),
+        ("QDQ S8S8", q["qdq_s8s8"], {}, "all", ""),
+        ("QDQ S8S8 DedicatedQDQPair", q["qdq_s8s8_dedicated"], {}, "all", "one DQ per consumer"),
+        ("QDQ S8S8 DedicatedQDQPair + x64quantprecision", q["qdq_s8s8_dedicated"], X64, "all", ""),
+        ("QDQ U8S8", q["qdq_u8s8"], {}, "all", "uint8 activations (ORT's x86 kernels' native form)"),
+        ("QDQ U8S8 + x64quantprecision", q["qdq_u8s8"], X64, "all", ""),
+        ("QOperator S8S8", q["qop_s8s8"], {}, "all", "QLinearConv written by the quantizer"),
+        ("QOperator U8S8", q["qop_u8s8"], {}, "all", ""),
+        ("QOperator U8S8 + x64quantprecision", q["qop_u8s8"], X64, "all", ""),
+    ]
+
+
+def describe_variants(variants: list[tuple], x_eval: np.ndarray, one: np.ndarray, tmp: Path) -> list[dict]:
+    """Agreement with the fp32 ONNX and the op-profile structure of each variant (no timing yet)."""
+    ref = logits(variants[0][1], {}, "all", x_eval)
+    rows = []
+    for name, path, cfg, level, what in variants:
+        out = logits(path, cfg, level, x_eval)
+        prof = op_profile(path, cfg, level, one, tmp)
+        types = {r["op_type"]: r for r in prof["ops"]}
+        rows.append({"variant": name, "what": what, "session_config": cfg, "optimization": level,
+                     "file_mb": round(path.stat().st_size / 1e6, 2),
+                     "top1_agreement_vs_fp32": float(np.mean(out.argmax(1) == ref.argmax(1))),
+                     "max_abs_logits_vs_fp32": float(np.abs(out - ref).max()),
+                     "qlinear_conv": types.get("QLinearConv", {}).get("nodes", 0),
+                     "float_conv": types.get("Conv", {}).get("nodes", 0),
+                     "quantize_dequantize": sum(types.get(t, {}).get("nodes", 0)
+                                                for t in ("QuantizeLinear", "DequantizeLinear")),
+                     "transpose": types.get("Transpose", {}).get("nodes", 0),
+                     "profile_top": [{k: r[k] for k in ("op_type", "nodes", "ms", "share")} for r in prof["ops"][:6]],
+                     "profile_total_ms": prof["total_ms"], "p50_rounds_ms": []})
+    return rows
+
+
+def time_rounds(rows: list[dict], variants: list[tuple], one: np.ndarray, rounds: int, runs: int) -> None:
+    """Every variant timed in every round (interleaved), one thread; fills p50 / best and their ratios to fp32."""
+    sessions = [session(path, cfg, level) for _, path, cfg, level, _ in variants]
+    for _ in range(rounds):
+        for row, sess in zip(rows, sessions, strict=True):
+            feed = {sess.get_inputs()[0].name: one}
+            for _ in range(10):
+                sess.run(None, feed)
+            lat = []
+            for _ in range(runs):
+                t0 = time.perf_counter_ns()
+                sess.run(None, feed)
+                lat.append((time.perf_counter_ns() - t0) / 1e6)
+            row["p50_rounds_ms"].append(statistics.median(lat))
     fp32_p50 = statistics.median(rows[0]["p50_rounds_ms"])
     fp32_best = min(rows[0]["p50_rounds_ms"])
     for row in rows:
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         # under outside load the quietest round is the better estimate of the kernels' own cost
         row["best_round_p50_ms"] = min(row["p50_rounds_ms"])
         row["best_vs_fp32"] = row["best_round_p50_ms"] / fp32_best
+
+
+def print_table(rows: list[dict]) -> None:
     cols = ("p50 ms", "x fp32", "best", "x fp32", "QLConv", "f.Conv", "Q/DQ", "Transp", "agree", "max|Δ|")
     print(f"{'variant':48s} " + " ".join(f"{c:>7s}" for c in cols))
     for r in rows:
@@ -194,6 +199,27 @@ def main(argv: list[str] | None = None) -> int:
                 str(r["qlinear_conv"]), str(r["float_conv"]), str(r["quantize_dequantize"]), str(r["transpose"]),
                 f"{r['top1_agreement_vs_fp32']:.3f}", f"{r['max_abs_logits_vs_fp32']:.3f}")
         print(f"{r['variant']:48s} " + " ".join(f"{v:>7s}" for v in vals))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import onnxruntime as ort
+
+    from export.api import load_checkpoint_and_export_data
+
+    fp32 = next(args.export_dir.glob("*_onnx_fp32/model.onnx"))
+    exported_int8 = next(args.export_dir.glob("*_onnx_int8/model.onnx"), None)
+    loaded = load_checkpoint_and_export_data(args.checkpoint, None, None, args.calib_samples, args.eval_samples,
+                                             args.seed)
+    data = loaded[2]
+    x_eval = data.eval_x
+    one = np.ascontiguousarray(x_eval[:1])
+    with tempfile.TemporaryDirectory(prefix="onnx-int8-speed-") as tmpdir:
+        tmp = Path(tmpdir)
+        variants = build_variants(loaded, fp32, exported_int8, tmp)
+        rows = describe_variants(variants, x_eval, one, tmp)
+        time_rounds(rows, variants, one, args.rounds, args.runs)
+    print_table(rows)
     doc = {"checkpoint": str(args.checkpoint), "fp32_onnx": str(fp32), "exported_int8": str(exported_int8),
            "onnxruntime": ort.__version__, "cpu": platform.processor() or platform.machine(),
            "calibration_samples": int(len(data.calib)), "eval_samples": int(len(x_eval)),
