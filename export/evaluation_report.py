@@ -23,7 +23,7 @@ PLOT_NAME = "evaluation.png"
 #: display order and labels of the clinical figures
 FIGURES = (
     ("melanoma_auc", "melanoma AUC (melanoma vs rest)", "auc"),
-    ("melanocytic_auc", "melanoma AUC of P(mel | mel or nv)", "auc"),
+    ("melanocytic_auc", "melanoma AUC of P(mel)/(P(mel)+P(nv))", "auc"),
     ("target_auc", "referral-score AUC", "auc"),
     ("sensitivity", "sensitivity at the operating point", "pct"),
     ("specificity", "specificity at the operating point", "pct"),

@@ -16,7 +16,7 @@ from lesionlite.referral import describe_score
 _STYLE = {key: style for key, _, style in FIGURES}
 #: (metric key, column title, style) of the side-by-side tables: evaluate's figures under shorter titles
 COLUMNS = tuple((key, title, _STYLE[key]) for key, title in (
-    ("melanoma_auc", "melanoma AUC"), ("melanocytic_auc", "melanoma AUC, P(mel | mel or nv)"),
+    ("melanoma_auc", "melanoma AUC"), ("melanocytic_auc", "melanoma AUC of P(mel)/(P(mel)+P(nv))"),
     ("sensitivity", "sensitivity @ op"), ("specificity", "specificity @ op"),
     ("balanced_accuracy_present", "bal. acc (classes present)"), ("ece", "ECE"), ("ood_rate", "out of distribution")))
 #: shown after the melanoma AUCs when the referral score ranks another positive set (malignant)

@@ -191,6 +191,8 @@ def test_export_writes_internal_and_external_figures_with_cis(exported_with_exte
     assert "External: isic-archive:isic_ext" in md and "Operating point: refer when P(mel | mel or nv)" in md
     card = (out / "MODEL_CARD.md").read_text()
     assert "External: isic-archive:isic_ext" in card and "External site, PyTorch model, by sex" in card
+    for text in (md, card):  # every table row has as many cells as its header (no stray "|" in a title)
+        assert_tables_well_formed(text)
     assert "tiny_cnn_onnx_int8:" in card  # the one-line verdict per compressed artifact
     assert "SYNTHETIC TRAINING DATA" in md
 
@@ -357,3 +359,16 @@ def test_evaluate_an_artifact_runs_without_torch(exported_with_external, externa
     assert proc.returncode == 0, proc.stderr[-2000:]
     auc = next(a for a in report.artifacts if a.name == art.name).clinical["external"]["metrics"]["melanoma_auc"]["value"]
     assert f"{auc:.3f}" in proc.stdout
+
+
+def assert_tables_well_formed(markdown: str) -> None:
+    """Each Markdown table's rows split into as many cells as its header row."""
+    width = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(line.replace("\\|", "").split("|"))
+        if width is None:
+            width = cells
+        assert cells == width, f"table row with {cells - 2} cells under a header of {width - 2}: {line}"
