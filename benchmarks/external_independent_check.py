@@ -82,7 +82,8 @@ def main() -> int:
         mel = names.index("mel")
         auc = pairwise_auc(probs[is_mel, mel], probs[~is_mel, mel])
         exported = art["clinical"]["external"]["metrics"]["melanoma_auc"]["value"]
-        cond = probs[:, mel] / (probs[:, mel] + probs[:, names.index("nv")])  # P(mel | mel or nv)
+        den = probs[:, mel] + probs[:, names.index("nv")]  # P(mel | mel or nv); 0 where both are 0
+        cond = np.divide(probs[:, mel], den, out=np.zeros_like(den), where=den > 0)
         cond_auc = pairwise_auc(cond[is_mel], cond[~is_mel])
         cond_exported = (art["clinical"]["external"]["metrics"].get("melanocytic_auc") or {}).get("value")
         results.append({"artifact": art["name"], "independent_auc": auc, "export_auc": exported,
