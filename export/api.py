@@ -26,21 +26,31 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from lesionlite.atomic import remove_stale_leftovers, replace_dir
-from lesionlite.errors import LesionliteError, require
-from lesionlite.manifest import DataSpec, Manifest, git_commit, portable
+from distill.clinical import OperatingPoint
+from distill.data.base import DatasetBundle
 from export import evidence as ev
 from export.context import DEFAULT_PARITY_THRESHOLDS, ExportContext, ExportOptions  # noqa: F401  (public API)
-from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
+from export.data import PreparedInputs, prepare_data
 from export.evidence import measure
-from export.parity import host_int8_note
+from export.formats import PRECISIONS, ArtifactInfo, ExportFormat, get_format, list_formats
+from export.golden import write_for_artifact
+from export.mediapipe_check import attach
+from export.model_card import build_model_card, write_model_card
+from export.modelstats import model_stats
+from export.parity import classification_metrics, compare, host_int8_note
+from export.report import write_report
 from export.results import REPORT_JSON, REPORT_MD, ArtifactResult, ExportReport, ParityError  # noqa: F401
+from lesionlite.atomic import atomic_path, remove_stale_leftovers, replace_dir
+from lesionlite.errors import LesionliteError, require
+from lesionlite.manifest import DataSpec, Manifest, git_commit, portable
+from lesionlite.preprocessing import model_size, model_view
 
 
 def parse_list(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
@@ -123,7 +133,6 @@ def load_checkpoint_and_export_data(checkpoint: str | os.PathLike[str], data_spe
     The common set-up of the int8 benchmarks (``benchmarks/int8_sensitivity.py``, ``tflite_int8_probe.py``).
     """
     from distill.artifacts import load_student
-    from export.data import prepare_data
 
     model, manifest = load_student(checkpoint)
     model.eval()
@@ -140,7 +149,7 @@ def load_export_data(ctx_manifest: Manifest, data_spec: str | None, data_root: s
     """
     if options.dataset is not None:
         return options.dataset
-    from export.data import load_bundle
+    from export.data import load_bundle  # at call time: tests replace export.data.load_bundle
 
     if data_spec:
         return load_bundle(str(data_spec), data_root, options.seed)
@@ -232,7 +241,8 @@ def _resolve_formats(formats: str | Sequence[str], precisions: str | Sequence[st
     for f in fmts:
         unsupported = [p for p in precs if p not in f.precisions]
         if unsupported:
-            raise LesionliteError(f"{f.name} export does not support precision {unsupported[0]!r}; choose from {', '.join(f.precisions)}")
+            raise LesionliteError(f"{f.name} export does not support precision {unsupported[0]!r}; "
+                                  f"choose from {', '.join(f.precisions)}")
         with quiet():  # converters print banners on import (e.g. coremltools' missing native libs on Linux)
             f.check_available()
     require("torch", "export", "exporting a checkpoint")
@@ -259,9 +269,6 @@ def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
     import torch
 
     from distill.artifacts import file_sha256, load_student
-    from export.data import prepare_data
-    from export.modelstats import model_stats
-    from export.parity import classification_metrics
 
     model, src = load_student(checkpoint_dir)
     ckpt_dir = Path(checkpoint_dir)
@@ -286,10 +293,9 @@ def _load_source(checkpoint_dir: str | os.PathLike[str], data_spec: str | None,
                    stats=stats, summary=summary, evidence=evidence)
 
 
-def _gather_evidence(model: Any, src: Manifest, bundle: Any, data: Any, ref_logits: np.ndarray,
+def _gather_evidence(model: Any, src: Manifest, bundle: DatasetBundle, data: Any, ref_logits: np.ndarray,
                      data_root: str | os.PathLike[str] | None, options: ExportOptions) -> Any:
     """The operating point (the checkpoint's own, else chosen on validation) and the internal and external sets."""
-    from distill.clinical import OperatingPoint
 
     def run(x: np.ndarray) -> np.ndarray:
         return _torch_logits(model, x)
@@ -355,28 +361,24 @@ def _export_artifact(fmt: ExportFormat, prec: str, ctx: ExportContext, source: _
 
 def _write_golden(stage: Path, source: _Source) -> dict[str, Any]:
     """The artifact's ``golden/`` set (:mod:`export.golden`): real images, exact inputs, expected outputs."""
-    from export.golden import write_for_artifact
 
     return write_for_artifact(stage, source.data)
 
 
-def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, check: "_Check") -> None:
+def _mediapipe_check(fmt: ExportFormat, dest: Path, info: ArtifactInfo, source: _Source, check: _Check) -> None:
     """TFLite: run the artifact in MediaPipe's ImageClassifier on the original evaluation images
     (:mod:`export.mediapipe_check`; skipped with a note when mediapipe is not installed)."""
-    from export.mediapipe_check import attach
 
     with quiet():
         attach(fmt, dest, info, source.data, source.ref_logits, check.parity, check.outputs)
 
 
 def _in_graph_resize_cost(fmt: ExportFormat, prec: str, ctx: ExportContext, info: ArtifactInfo, source: _Source,
-                          check: "_Check") -> None:
+                          check: _Check) -> None:
     """An artifact with the downscale in its graph (TFLite ``--phone-input-size``) beside its twin without it
     (the model's own input side, converted by the format for this comparison and not shipped): size and latency
     (measured by the format), top-1 agreement with PyTorch and balanced accuracy of each on the evaluation
     images, their agreement with each other, and MediaPipe's agreement with PyTorch for both (the gap closed)."""
-    from export.mediapipe_check import attach
-    from export.parity import classification_metrics, compare
 
     resize = info.extra.get("in_graph_resize")
     twin = ctx.cache.get(f"{fmt.name}_twin_{prec}")
@@ -416,7 +418,6 @@ def _same_input_reference(info: ArtifactInfo, source: _Source, eval_x: Any) -> n
     by the same filter in float (:func:`lesionlite.preprocessing.model_view`). Parity (the gate against a broken
     conversion) compares with this; what the larger input changes against training's one-resize preprocessing
     is reported beside it (``parity["training_preprocessing"]``)."""
-    from lesionlite.preprocessing import model_size, model_view
 
     art = info.preprocessing
     if art is None or model_size(art) == art.input_size:
@@ -433,8 +434,6 @@ def _artifact_feed(info: ArtifactInfo, source: _Source) -> tuple[Any, dict[str, 
     for an artifact whose input is larger (TFLite's phone input, the downscale in its graph) — the same images
     preprocessed at that side; (internal set's inputs, {evidence role: inputs})."""
     from dataclasses import replace
-
-    from export.data import PreparedInputs
 
     src_cfg = source.manifest.preprocessing
     art = info.preprocessing
@@ -468,7 +467,6 @@ class _Check:
 def _verify(fmt: ExportFormat, prec: str, dest: Path, info: ArtifactInfo, source: _Source,
             options: ExportOptions) -> _Check:
     """Run the artifact on the evaluation images (where this host can) and compare it with PyTorch."""
-    from export.parity import classification_metrics, compare
 
     runner = fmt.load_runner(dest, info)
     if runner is None:
@@ -554,7 +552,6 @@ def write_pytorch_reference(source: _Source, out: Path) -> Path:
     manifest names) and compares the board's outputs with these per image, so "ARM vs PyTorch" is
     measured, not inferred; bench itself never needs torch. A few KB (N × classes float32).
     """
-    from lesionlite.atomic import atomic_path
 
     d = source.data
     path = out / REFERENCE_FILE
@@ -580,8 +577,6 @@ def _publish(report: ExportReport, staged: list[tuple[Path, Path]], source: _Sou
     if refused and written == 0:
         raise ParityError(f"refused to write: parity broken ({worst}); nothing was written; "
                           "pass --force to write anyway", report)
-    from export.model_card import build_model_card, write_model_card
-    from export.report import write_report
 
     write_report(report, out)
     write_model_card(build_model_card(report, source.manifest, source.data, source.ref_logits, source.evidence), out)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from export.api import export_model
+from export.evaluation_report import fmt_ci
+from export.report import ship_recommendations
 from lesionlite.errors import LesionliteError
 from lesionlite.referral import CHOICES as REFERRAL_TARGETS
 from lesionlite.referral import DEFAULT_TARGET, describe_score
@@ -82,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from export.api import export_model
 
     out = Path(args.out) if args.out else Path(args.checkpoint) / "export"
     report = export_model(
         args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
-        force=args.force, int8_io=args.int8_io, phone_input_size=args.phone_input_size, onnx_quant=args.onnx_quant, simplify=args.simplify, seed=args.seed,
+        force=args.force, int8_io=args.int8_io, phone_input_size=args.phone_input_size, onnx_quant=args.onnx_quant,
+        simplify=args.simplify, seed=args.seed,
         bias_correction=args.bias_correction, external=args.external, op_target=args.op_target,
         op_sensitivity=args.op_sensitivity,
     )
@@ -102,7 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{a.status:8s} {a.path}  {a.size_bytes / 1e6:.2f} MB  {agree}"
               + (f"  bal.acc {bal:.4f}" if bal is not None else ""))
     _print_clinical(report)
-    from export.report import ship_recommendations
     from lesionlite.ship import describe
 
     for line in describe(ship_recommendations(report)):
@@ -119,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _print_clinical(report: "object") -> None:
+def _print_clinical(report: object) -> None:
     """One line per model: melanoma AUC internal / external with CIs, and the operating point."""
-    from export.evaluation_report import fmt_ci
 
     src = getattr(report, "source", {})
     op = (src.get("evidence") or {}).get("operating_point")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from export.formats.executorch import load_method
 from lesionlite.golden import model_input, write_golden
 from lesionlite.manifest import read_manifest
 
@@ -43,8 +44,6 @@ def raw_outputs(kind: str, model_path: Path, inputs: np.ndarray, session_config:
         return np.stack([np.asarray(sess.run(None, {name: x})[0], np.float64).reshape(-1) for x in inputs])
     if kind == "executorch":
         import torch
-
-        from export.formats.executorch import load_method
 
         method = load_method(model_path)
         return np.stack([method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy().astype(np.float64)

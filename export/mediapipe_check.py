@@ -19,8 +19,9 @@ mediapipe is an optional dependency (the ``export`` extra pins it): without it :
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from export.evidence_report import render
+from export.mediapipe_check import report_lines
+from export.results import REPORT_JSON, REPORT_MD
 from lesionlite.atomic import write_json_atomic, write_text_atomic
 from lesionlite.ship import describe, recommend
 
@@ -25,7 +28,7 @@ def _num(v: Any, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
-def ship_recommendations(report: "ExportReport") -> list[dict[str, Any]]:
+def ship_recommendations(report: ExportReport) -> list[dict[str, Any]]:
     """:func:`lesionlite.ship.recommend` over this export's artifacts (accepted and verified ones qualify)."""
     return recommend(({"name": a.name, "format": a.format, "precision": a.precision, "size_bytes": a.size_bytes,
                       "balanced_accuracy": (a.metrics or {}).get("balanced_accuracy"), "latency_ms": a.latency_ms_p50,
@@ -33,14 +36,14 @@ def ship_recommendations(report: "ExportReport") -> list[dict[str, Any]]:
                       for a in report.artifacts), reference=(report.source.get("metrics") or {}).get("balanced_accuracy"))
 
 
-def render_markdown(report: "ExportReport") -> str:
+def render_markdown(report: ExportReport) -> str:
     src = report.source
     sm = src["metrics"]
     data = report.data
     lines = [
         f"# Export report: {src['architecture']}",
         "",
-        *([f"> **SYNTHETIC TRAINING DATA** — trained and evaluated on generated images: no figure here says anything "
+        *(["> **SYNTHETIC TRAINING DATA** — trained and evaluated on generated images: no figure here says anything "
            "about dermoscopy.", ""] if data.get("synthetic") else []),
         f"- checkpoint: `{src['checkpoint']}` (sha256 `{src['sha256'][:16]}…`, torch {src['torch']})",
         f"- parameters: {src['params']:,}; MACs: {src['macs']:,} ({src['macs_method']})",
@@ -50,7 +53,8 @@ def render_markdown(report: "ExportReport") -> str:
         "- parity gate (top-1 agreement with PyTorch): "
         + ", ".join(f"{k} ≥ {v}" for k, v in report.parity_threshold.items()),
         "",
-        "| artifact | size | size / fp32 | max Δlogit | max Δprob | top-1 agree | accuracy | bal. acc | Δ bal. acc | macro-F1 | status |",
+        "| artifact | size | size / fp32 | max Δlogit | max Δprob | top-1 agree | accuracy | bal. acc | Δ bal. acc "
+        "| macro-F1 | status |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         f"| PyTorch (source) | {_fmt_size(src['size_bytes'])} | | | | | {sm['accuracy']:.4f} | "
         f"{sm['balanced_accuracy']:.4f} | | {sm['macro_f1']:.4f} | reference |",
@@ -85,11 +89,8 @@ def render_markdown(report: "ExportReport") -> str:
                   "fp32's balanced accuracy, ties to the smaller file.", ""]
         lines += [f"- {line}" for line in describe(recs)]
     if report.source.get("evidence"):
-        from export.evidence_report import render
-
         lines += ["", *render(report.source.get("clinical") or {}, [(a.name, a.clinical) for a in report.artifacts],
                               report.source["evidence"])]
-    from export.mediapipe_check import report_lines
 
     lines += report_lines(report.artifacts)
     notes = [f"- {a.name}: {n}" for a in report.artifacts for n in a.notes]
@@ -101,9 +102,8 @@ def render_markdown(report: "ExportReport") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: "ExportReport", out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(report: ExportReport, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
-    from export.results import REPORT_JSON, REPORT_MD
 
     j = write_json_atomic(out / REPORT_JSON, {**report.to_dict(), "ship": ship_recommendations(report)})
     m = write_text_atomic(out / REPORT_MD, render_markdown(report))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lesionlite.errors import LesionliteError
-from lesionlite.preprocessing import pillow_weights  # noqa: F401  (the one port of Pillow's filter; re-exported)
+from lesionlite.preprocessing import pillow_weights
 
 #: what ``--phone-input-size auto`` chooses: the smallest multiple of the model's input side at least this large.
 #: Measured (benchmarks/RESULTS.md, "MediaPipe and the resize gap"): HAM10000's 200 x 150 JPEGs given to MediaPipe
@@ -81,7 +81,7 @@ def downscale_module(n_in: int, n_out: int) -> Any:
             self.register_buffer("gain_h", g.view(1, 1, n_out, 1))
             self.register_buffer("gain_w", g.view(1, 1, 1, n_out))
 
-        def forward(self, x):  # noqa: ANN001
+        def forward(self, x):
             x = F.pad(x, (pad_l, pad_r, pad_l, pad_r))
             x = F.conv2d(x, self.kw, stride=(1, k), groups=3)
             x = F.conv2d(x, self.kh, stride=(k, 1), groups=3)

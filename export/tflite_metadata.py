@@ -24,11 +24,12 @@ the metadata (metadata is a flatbuffer side table and must not change the graph)
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from export.tflite_compact import serialize
 from lesionlite.classes import display_name
 from lesionlite.errors import LesionliteError, require
 
@@ -130,8 +131,6 @@ def _attach(model_bytes: bytes, metadata: bytes, files: dict[str, bytes]) -> byt
 
     from ai_edge_litert import schema_py_generated as schema
 
-    from export.tflite_compact import serialize
-
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
     buf = schema.BufferT()
@@ -225,8 +224,6 @@ def uint8_io(model_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    from export.tflite_compact import serialize
-
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     sg = model.subgraphs[0]
     x, y = sg.tensors[sg.inputs[0]], sg.tensors[sg.outputs[0]]
@@ -270,7 +267,8 @@ def _repin_passthrough(model: Any, sg: Any, index: int, before: dict[str, Any]) 
             q = out.quantization
             if name not in _PASSTHROUGH_OPS or q is None or q.scale is None or len(q.scale) != 1:
                 continue
-            if abs(float(q.scale[0]) - before["scale"]) > 1e-12 * max(1.0, before["scale"]) or int(q.zeroPoint[0]) != before["zero_point"]:
+            if (abs(float(q.scale[0]) - before["scale"]) > 1e-12 * max(1.0, before["scale"])
+                    or int(q.zeroPoint[0]) != before["zero_point"]):
                 continue
             q.scale, q.zeroPoint = [PIXEL_SCALE], [INT8_ZERO_POINT]
             done.append(name)

@@ -16,9 +16,10 @@ the model's SHA-256, tolerances, how the outputs were computed). numpy and Pillo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -65,7 +65,7 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         version = str(d.get("version", PREPROCESSING_VERSION))
         if version != PREPROCESSING_VERSION:
             raise LesionliteError(

@@ -21,8 +21,9 @@ Where no real data is found the inputs are seeded random images and the table sa
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

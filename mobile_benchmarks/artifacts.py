@@ -10,9 +10,10 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED with their shapes). Torch is never imported.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lesionlite.discovery import artifact_dirs
 from lesionlite.errors import LesionliteError

@@ -4,8 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def run_bench(
     warnings = busy_host_warnings(host) if target.name == "local" else []
     doc = {
         "schema": BENCH_SCHEMA,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "model_dir": str(model_dir),
         "target": target.describe(),

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
@@ -53,7 +53,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default MODEL_DIR/bench)")
     p.add_argument("--benchmark-model", help="adb: path of TFLite's benchmark_model binary for the phone")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--use-xnnpack", dest="delegate", action="store_const", const="xnnpack", help="TFLite: XNNPACK (local default)")
+    g.add_argument("--use-xnnpack", dest="delegate", action="store_const", const="xnnpack",
+                   help="TFLite: XNNPACK (local default)")
     g.add_argument("--use-gpu", dest="delegate", action="store_const", const="gpu", help="adb: TFLite GPU delegate")
     g.add_argument("--use-nnapi", dest="delegate", action="store_const", const="nnapi", help="adb: NNAPI delegate")
     p.add_argument("--taskset", help="CPU affinity mask (hex, as taskset: 0x3 / f0) set for each measurement")
@@ -92,8 +93,8 @@ def cmd_run(argv: Sequence[str]) -> int:
     print(f"measured {ok} of {len(doc['results'])} artifact x thread combinations; reports: {doc['outputs']['markdown']}, "
           f"{doc['outputs']['html']}, {doc['outputs']['json']}")
     if failed:
-        print(f"{len(failed)} measurement(s) failed: " + "; ".join(f"{r['artifact']}@{r['threads']}: {r['reason']}" for r in failed),
-              file=sys.stderr)
+        print(f"{len(failed)} measurement(s) failed: "
+              + "; ".join(f"{r['artifact']}@{r['threads']}: {r['reason']}" for r in failed), file=sys.stderr)
         return 1
     if ok == 0:
         print("nothing could be measured on this target (see 'Not measured' in the report)", file=sys.stderr)

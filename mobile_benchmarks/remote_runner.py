@@ -31,7 +31,7 @@ import platform
 import re
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 MARKER = "LESIONLITE_RUNNER_JSON: "
 RUNNER_VERSION = 1
@@ -44,7 +44,7 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-def _fail(code: int, status: str, reason: str) -> "None":
+def _fail(code: int, status: str, reason: str) -> None:
     _emit({"status": status, "reason": reason, "runner_version": RUNNER_VERSION})
     raise SystemExit(code)
 
@@ -247,15 +247,15 @@ def _load_tflite(path: str, threads: int, delegate: str):
     version = None
     runtime = None
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore
         import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore
 
         runtime = "ai_edge_litert"
         version = getattr(ai_edge_litert, "__version__", None)
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter  # type: ignore
             import tflite_runtime
+            from tflite_runtime.interpreter import Interpreter  # type: ignore
 
             runtime = "tflite_runtime"
             version = getattr(tflite_runtime, "__version__", None)
@@ -292,8 +292,8 @@ _EXECUTORCH_HINT = ("executorch is not installed on this host (pip install execu
 def _load_executorch(path: str, threads: int):
     """The program's ``forward`` method in ``executorch.runtime`` with its XNNPACK threadpool set to ``threads``."""
     try:
-        from executorch.runtime import Runtime  # imports torch: its compiled module links against it
         import executorch.version as et_version
+        from executorch.runtime import Runtime  # imports torch: its compiled module links against it
     except ImportError as exc:
         _fail(3, "skipped", f"{_EXECUTORCH_HINT}: {exc}")
     threadpool = None

@@ -30,7 +30,8 @@ def load_bench(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise LesionliteError(f"{p}: unreadable bench.json ({exc})") from None
     if not isinstance(doc, dict) or doc.get("schema") != BENCH_SCHEMA:
-        raise LesionliteError(f"{p}: not a lesionlite bench.json (schema {doc.get('schema') if isinstance(doc, dict) else None!r})")
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        raise LesionliteError(f"{p}: not a lesionlite bench.json (schema {schema!r})")
     return doc
 
 
@@ -109,7 +110,8 @@ def _agreement_text(doc: dict[str, Any]) -> list[str]:
 
 
 def artifact_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    head = ["artifact", "kind", "precision", "size (MB)", "params", "params source", "MACs", "MACs source", "accuracy", "accuracy source"]
+    head = ["artifact", "kind", "precision", "size (MB)", "params", "params source", "MACs", "MACs source", "accuracy",
+            "accuracy source"]
     rows = []
     for a in doc["artifacts"]:
         rows.append([a["name"], a["kind"], _f(a.get("precision")), _f(a.get("size_mb"), 3), _big(a.get("params")),
@@ -155,8 +157,8 @@ def _host_pairs(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if t.get("name") != "local":
         for k, v in (t.get("device") or {}).items():
             pairs.append((f"device {k}", _f(v)))
-    keys = ["cpu_model", "cpu_flags", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity", "memory_total_gib",
-            "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "executorch", "lesionlite"]
+    keys = ["cpu_model", "cpu_flags", "machine", "logical_cores", "physical_cores", "affinity_mask", "affinity",
+            "memory_total_gib", "os", "python", "numpy", "onnxruntime", "ai_edge_litert", "executorch", "lesionlite"]
     label = "host " if t.get("name") != "local" else ""
     pairs += [(f"{label}{k}", " ".join(h[k]) if k == "cpu_flags" and isinstance(h.get(k), list) else _f(h.get(k)))
               for k in keys]
@@ -256,14 +258,16 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
         "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
         f"<h1>Benchmark: {e(doc['model_dir'])}{' — EMULATED times' if emulated(doc) else ''}</h1>",
-        f"<p>Created {e(doc['created'])} (git {e(str(doc.get('git_commit') or 'n/a'))}) on target <code>{e(str(doc['target'].get('spec')))}</code>.</p>",
+        f"<p>Created {e(doc['created'])} (git {e(str(doc.get('git_commit') or 'n/a'))}) on target "
+        f"<code>{e(str(doc['target'].get('spec')))}</code>.</p>",
         *([f"<p style='border:2px solid #c00;padding:6px'>{e(EMULATED_BANNER.format(emu=emulated(doc))).replace('**', '')}</p>"]
           if emulated(doc) else []),
         *([f"<p style='border:2px solid #c00;padding:6px'><strong>{e(SYNTHETIC_BANNER)}</strong></p>"] if synthetic(doc) else []),
         "<h2>Host</h2>", table(["field", "value"], [list(p) for p in _host_pairs(doc)]),
         *[f"<p><b>Warning:</b> {e(w)}</p>" for w in doc.get("warnings") or []],
         "<h2>Method</h2><ul>",
-        f"<li>threads {e(str(s['threads']))}, {s['runs']} timed runs after {s['warmup']} warmup runs, delegate: {e(str(s['delegate']))}, taskset: {e(str(s.get('taskset') or 'none'))}</li>",
+        f"<li>threads {e(str(s['threads']))}, {s['runs']} timed runs after {s['warmup']} warmup runs, "
+        f"delegate: {e(str(s['delegate']))}, taskset: {e(str(s.get('taskset') or 'none'))}</li>",
         f"<li>timing: {e(s['timing'])}</li><li>isolation and memory: {e(s['isolation'])}</li></ul>",
         "<h2>Artifacts</h2>", table(*artifact_rows(doc)),
         "<h2>Results (" + ("EMULATED times in ms — not a device's latency" if emulated(doc) else "latencies in ms")
@@ -282,7 +286,8 @@ def render_html(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
     notes = [r for r in doc["results"] if r["status"] != "ok"]
     if notes:
         parts.append("<h2>Not measured</h2><ul>" + "".join(
-            f"<li><b>{e(r['artifact'])}</b> (threads {r['threads']}): {e(r['status'])} — {e(str(r['reason']))}</li>" for r in notes) + "</ul>")
+            f"<li><b>{e(r['artifact'])}</b> (threads {r['threads']}): {e(r['status'])} — {e(str(r['reason']))}</li>"
+            for r in notes) + "</ul>")
     parts.append("<h2>Plots</h2>")
     for key, title in (("latency", "Latency distribution"), ("accuracy", "Accuracy vs latency")):
         if plots.get(key):
@@ -409,7 +414,8 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
         plt.close(fig)
         plots["latency"] = LAT_PLOT
     else:
-        plots["latency_reason"] = "no per-run latencies (the target reported summaries only)" if ok else "no artifact was measured"
+        plots["latency_reason"] = ("no per-run latencies (the target reported summaries only)" if ok
+                                   else "no artifact was measured")
     acc = {a["name"]: a for a in doc["artifacts"] if accuracy_metric(a)[0] is not None}
     best: dict[str, dict[str, Any]] = {}  # per artifact: the thread count with the lowest p50
     for r in ok:
@@ -423,7 +429,8 @@ def draw_plots(doc: dict[str, Any], out: Path) -> dict[str, str | None]:
         plt.close(fig)
         plots["accuracy"] = ACC_PLOT
     else:
-        plots["accuracy_reason"] = "accuracy is not known for any measured artifact (no metrics.accuracy in the manifests: export measures it on each artifact)"
+        plots["accuracy_reason"] = ("accuracy is not known for any measured artifact (no metrics.accuracy in the "
+                                    "manifests: export measures it on each artifact)")
     return plots
 
 

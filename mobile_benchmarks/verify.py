@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from lesionlite.cliparse import OneLineParser
 from lesionlite.errors import LesionliteError
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in verdicts:
         print(_line(v, args.target))
     failed = [v["name"] for v in verdicts if not v["ok"]]
-    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} artifact(s) passed" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} artifact(s) passed"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json_out:
         from lesionlite.atomic import write_json_atomic
 

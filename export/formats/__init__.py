@@ -17,9 +17,10 @@ The contract between a format and :mod:`export.api`:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -80,7 +81,7 @@ class ExportFormat:
         for module, purpose in self.requires:
             require(module, "export", purpose)
 
-    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+    def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         raise NotImplementedError
 
     def load_runner(self, path: Path, info: ArtifactInfo) -> Runner | None:
@@ -99,7 +100,7 @@ class ExportFormat:
     #: what the runner's outputs are: "logits" (ONNX, TFLite) or "probabilities" (CoreML classifier)
     output_kind: ClassVar[str] = "logits"
 
-    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+    def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
         """Structural checks (no inference); raise LesionliteError when the artifact is malformed."""
         return {}
 

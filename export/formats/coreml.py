@@ -44,7 +44,7 @@ PROBS_NAME = "classLabel_probs"
 UNVERIFIED = "CoreML prediction needs macOS; on Linux only the spec (inputs, outputs, labels, ops) is checked"
 
 
-def _classifier_wrapper(ctx: "ExportContext", model: Any) -> Any:
+def _classifier_wrapper(ctx: ExportContext, model: Any) -> Any:
     import torch
     from torch import nn
 
@@ -58,7 +58,7 @@ def _classifier_wrapper(ctx: "ExportContext", model: Any) -> Any:
             self.register_buffer("std", torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1))
             self.temperature = float(ctx.temperature)
 
-        def forward(self, x):  # noqa: ANN001 - x: RGB in [0, 1], NCHW
+        def forward(self, x):
             logits = self.inner((x - self.mean) / self.std)
             return torch.softmax(logits / self.temperature, dim=1)
 
@@ -84,7 +84,7 @@ class CoreMLFormat(ExportFormat):
     requires = (("coremltools", "CoreML export"),)
     tool_packages = ("coremltools",)
 
-    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+    def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         import coremltools as ct
         import torch
 
@@ -133,7 +133,7 @@ class CoreMLFormat(ExportFormat):
             extra=extra,
         )
 
-    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+    def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
         import coremltools as ct
 
         spec = ct.utils.load_spec(str(path))

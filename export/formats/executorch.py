@@ -60,7 +60,7 @@ def _half_wrapper(model: Any) -> Any:
             super().__init__()
             self.inner = copy.deepcopy(inner).half().eval()
 
-        def forward(self, x):  # noqa: ANN001
+        def forward(self, x):
             return self.inner(x.half()).float()
 
     return HalfPrecision(model).eval()
@@ -107,7 +107,7 @@ def _clamp_aware_quantizer(config: Any) -> tuple[Any, dict[str, int]]:
                 super().__init__(**kwargs)
                 self.clamp_lo, self.clamp_hi = lo, hi
 
-            def forward(self, x_orig):  # noqa: ANN001
+            def forward(self, x_orig):
                 super().forward(x_orig.detach().clamp(self.clamp_lo, self.clamp_hi))
                 return x_orig
 
@@ -204,7 +204,7 @@ class ExecuTorchFormat(ExportFormat):
                 ("torchao", "ExecuTorch int8 (PT2E quantization; installed with executorch)"))
     tool_packages = ("executorch", "torchao")
 
-    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+    def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         import torch
 
         s = ctx.input_size
@@ -240,7 +240,7 @@ class ExecuTorchFormat(ExportFormat):
 
         return run
 
-    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+    def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
         plan = _plan(path)
         delegates = [d.id for d in plan.delegates]
         if "XnnpackBackend" not in delegates:

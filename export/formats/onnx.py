@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.formats import ArtifactInfo, ExportFormat, register_format
+from export.quantize import onnx_calibration_reader
 from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError
 
@@ -53,7 +54,7 @@ OUTPUT_NAME = "logits"
 INT8_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 
 
-def _export_fp32(ctx: "ExportContext", path: Path, model: Any) -> str:
+def _export_fp32(ctx: ExportContext, path: Path, model: Any) -> str:
     """Write ``model``'s fp32 graph with a dynamic batch axis; return the exporter used."""
     import torch
 
@@ -100,7 +101,7 @@ def _toposort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-def _metadata(ctx: "ExportContext", precision: str) -> dict[str, str]:
+def _metadata(ctx: ExportContext, precision: str) -> dict[str, str]:
     return {
         "lesionlite.architecture": ctx.architecture,
         "lesionlite.class_names": json.dumps(ctx.class_names),
@@ -130,7 +131,7 @@ class OnnxFormat(ExportFormat):
                 ("onnxruntime", "ONNX quantization and parity checks"))
     tool_packages = ("onnx", "onnxscript", "onnxruntime", "onnxslim")
 
-    def float_graph(self, ctx: "ExportContext", precision: str = "fp32") -> Path:
+    def float_graph(self, ctx: ExportContext, precision: str = "fp32") -> Path:
         """Export (once per run) the float graph ``precision`` starts from, checked and optionally simplified.
 
         fp32 and fp16 start from the trained model; int8 from its prepared copy (``ctx.model_for``).
@@ -154,7 +155,7 @@ class OnnxFormat(ExportFormat):
             ctx.cache["onnx_exporter"] = exporter
         return ctx.cache[key]
 
-    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+    def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         import onnx
 
         fp32 = self.float_graph(ctx, precision)
@@ -179,8 +180,6 @@ class OnnxFormat(ExportFormat):
         else:
             from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            from export.quantize import onnx_calibration_reader
 
             pre = fp32.with_name(fp32.stem + "_pre.onnx")
             if not pre.exists():
@@ -239,7 +238,7 @@ class OnnxFormat(ExportFormat):
         return self.load_runner(path, info, optimize=False), ("onnxruntime with graph optimizations disabled: "
                                                                "QDQ arithmetic as written, no fused int8 kernels")
 
-    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+    def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
         import onnx
 
         model = onnx.load(str(path))

@@ -30,14 +30,21 @@ Why this toolchain (the int8 routes measured against each other): ``docs/tflite_
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.formats import ArtifactInfo, ExportFormat, register_format
+from export.quantize import nchw_to_nhwc
+from export.resize_in_graph import downscale_module
+from export.tflite_compact import dedupe_vectors, fix_operator_codes
+from export.tflite_int8 import quantize_int8
+from export.tflite_metadata import add_metadata, describe, uint8_io
 from lesionlite.cpus import usable_cpu_count
 from lesionlite.errors import LesionliteError
+from lesionlite.int8_grid import dequantize_affine, quantize_affine
 from lesionlite.preprocessing import IN_GRAPH_RESIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,8 +66,6 @@ def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tu
     import torch
     from torch import nn
 
-    from export.resize_in_graph import downscale_module
-
     class NHWCClassifier(nn.Module):
         """Takes [N, H, W, 3] (what mobile image code produces) and feeds the NCHW student."""
 
@@ -72,7 +77,7 @@ def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tu
             self.temperature = temperature
             self.resize = nn.Identity() if downscale is None else downscale_module(*downscale)
 
-        def forward(self, x):  # noqa: ANN001
+        def forward(self, x):
             logits = self.inner((self.resize(x.permute(0, 3, 1, 2)) - self.mean) * self.inv_std)
             return logits if self.temperature is None else torch.softmax(logits / self.temperature, dim=1)
 
@@ -106,7 +111,7 @@ def in_graph_resize_info(n_in: int, n_out: int) -> dict[str, Any]:
                    f"without antialiasing; the graph then squashes {n_in} -> {n_out} as training's preprocessing does"}
 
 
-def feed_preprocessing(ctx: "ExportContext") -> Any:
+def feed_preprocessing(ctx: ExportContext) -> Any:
     """What this format's runner takes (:meth:`ExportFormat.load_runner`): the source's normalisation, at the
     TFLite artifacts' input side (the phone input when the downscale is in the graph)."""
     from dataclasses import replace
@@ -134,8 +139,6 @@ def _import_litert_torch() -> Any:
 def _invoke_each(it: Any, x_nchw: np.ndarray, input_q: tuple[float, int] | None) -> list[np.ndarray]:
     """The raw output of interpreter ``it`` for each image of an NCHW float batch (one invoke per image,
     the model's batch being 1); the input is quantized with ``input_q`` = (scale, zero point) when given."""
-    from export.quantize import nchw_to_nhwc
-    from lesionlite.int8_grid import quantize_affine
 
     ind, outd = it.get_input_details()[0], it.get_output_details()[0]
     xs = nchw_to_nhwc(x_nchw.astype(np.float32, copy=False))
@@ -161,7 +164,6 @@ def _outputs(model_bytes: bytes, calib: np.ndarray) -> list[np.ndarray]:
 
 def _compact(model_bytes: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, Any]]:
     """Share duplicate flatbuffer vectors (:mod:`export.tflite_compact`) when the outputs stay bit-identical."""
-    from export.tflite_compact import dedupe_vectors
 
     compact, reused = dedupe_vectors(model_bytes)
     if reused == 0:
@@ -176,7 +178,6 @@ def _compact(model_bytes: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, An
 def _fix_operator_codes(model_bytes: bytes, extra: dict[str, Any]) -> bytes:
     """Both op-code fields per the schema (:func:`export.tflite_compact.fix_operator_codes`): the quantizer
     writes QUANTIZE/DEQUANTIZE with ``deprecated_builtin_code`` 0, which old readers take for ADD."""
-    from export.tflite_compact import fix_operator_codes
 
     payload, fixed = fix_operator_codes(model_bytes)
     if fixed:
@@ -199,12 +200,10 @@ def _interpreter(path: Path, threads: int | None = None) -> Any:
     return it
 
 
-def _with_metadata(ctx: "ExportContext", precision: str, payload: bytes, calib: np.ndarray,
+def _with_metadata(ctx: ExportContext, precision: str, payload: bytes, calib: np.ndarray,
                    phone_input_size: int | None = None) -> tuple[bytes, dict[str, Any]]:
     """``payload`` with image-classifier metadata (:mod:`export.tflite_metadata`); LiteRT outputs checked unchanged."""
     import importlib.metadata
-
-    from export.tflite_metadata import add_metadata, describe
 
     version = ctx.source.version or f"lesionlite {importlib.metadata.version('lesionlite')}"
     size = phone_input_size or ctx.input_size
@@ -217,10 +216,10 @@ def _with_metadata(ctx: "ExportContext", precision: str, payload: bytes, calib: 
                         model_input_size=ctx.input_size)
 
 
-def _latency_pair_ms(a: bytes, b: bytes, x_a: np.ndarray, x_b: np.ndarray, rounds: int = 7, runs: int = 30) -> tuple[float, float]:
+def _latency_pair_ms(a: bytes, b: bytes, x_a: np.ndarray, x_b: np.ndarray, rounds: int = 7,
+                     runs: int = 30) -> tuple[float, float]:
     """LiteRT invoke p50 (ms, 1 thread) of two models, measured in alternating rounds so that a busy host
     weighs on both alike; indicative only."""
-    import time
 
     from ai_edge_litert.interpreter import Interpreter
 
@@ -247,9 +246,6 @@ def _first_input(payload: bytes, x_nchw_pixels: np.ndarray) -> np.ndarray:
     """One image in the model's input tensor (NHWC; quantized when the input is integer)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from export.quantize import nchw_to_nhwc
-    from lesionlite.int8_grid import quantize_affine
-
     it = Interpreter(model_content=payload, num_threads=1)
     ind = it.get_input_details()[0]
     x = nchw_to_nhwc(x_nchw_pixels[:1].astype(np.float32))
@@ -267,7 +263,7 @@ class TFLiteFormat(ExportFormat):
                 ("mediapipe", "TFLite metadata (its metadata schema) and the MediaPipe check"))
     tool_packages = ("litert-torch", "ai-edge-quantizer", "ai-edge-litert", "mediapipe")
 
-    def float_graph(self, ctx: "ExportContext", precision: str = "fp32", phone_input_size: int | None = None) -> Path:
+    def float_graph(self, ctx: ExportContext, precision: str = "fp32", phone_input_size: int | None = None) -> Path:
         """Convert (once per run) the float graph ``precision`` starts from: int8 uses the prepared copy; with
         ``phone_input_size`` the graph takes that side and downscales to the model's (:mod:`export.resize_in_graph`)."""
         model, stem = ctx.float_source(precision)
@@ -288,7 +284,7 @@ class TFLiteFormat(ExportFormat):
             ctx.cache[key] = path
         return ctx.cache[key]
 
-    def convert(self, ctx: "ExportContext", precision: str, dest: Path) -> ArtifactInfo:
+    def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         phone = ctx.phone_input_size
         info = self._convert(ctx, precision, dest, phone)
         if phone:  # the same precision without the in-graph resize: what the larger input costs (export.api reports it)
@@ -309,7 +305,7 @@ class TFLiteFormat(ExportFormat):
             }
         return info
 
-    def _convert(self, ctx: "ExportContext", precision: str, dest: Path, phone: int | None) -> ArtifactInfo:
+    def _convert(self, ctx: ExportContext, precision: str, dest: Path, phone: int | None) -> ArtifactInfo:
         fp32 = self.float_graph(ctx, precision, phone)
         pre = ctx.preprocessing
         feed = pre if not phone else feed_preprocessing(ctx)
@@ -331,13 +327,9 @@ class TFLiteFormat(ExportFormat):
             extra["quantization"] = {"method": "ai-edge-quantizer float_casting (weight-only fp16)",
                                      "weights": "float16", "activations": "float32"}
         else:
-            from export.tflite_int8 import quantize_int8
-
             payload, extra["quantization"] = quantize_int8(fp32, calib, ctx.options.int8_io,
                                                            num_threads=min(4, usable_cpu_count()))
             if ctx.options.int8_io:
-                from export.tflite_metadata import uint8_io
-
                 payload, extra["quantization"]["uint8_io"] = uint8_io(payload)
             payload = _fix_operator_codes(payload, extra)  # before _compact: re-serialising un-shares vectors
             payload, extra["flatbuffer_dedup"] = _compact(payload, calib)
@@ -358,8 +350,6 @@ class TFLiteFormat(ExportFormat):
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
-        from lesionlite.int8_grid import dequantize_affine
-
         it = _interpreter(path)
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
         norm = info.extra.get("source_normalization", {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
@@ -371,7 +361,7 @@ class TFLiteFormat(ExportFormat):
 
         return run
 
-    def validate(self, path: Path, info: ArtifactInfo, ctx: "ExportContext") -> dict[str, Any]:
+    def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
         it = _interpreter(path, 1)
         s = info.preprocessing.input_size if info.preprocessing is not None else ctx.input_size
         ishape = [int(d) for d in it.get_input_details()[0]["shape"]]

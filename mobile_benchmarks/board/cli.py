@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import HOST_ALIAS, board_dir

@@ -22,8 +22,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import HOST_ALIAS, BoardPaths
@@ -166,7 +167,7 @@ def start(paths: BoardPaths, log: Log, wait_s: float = 20.0) -> dict[str, Any]:
             raise LesionliteError(f"board: sshd exited at start: {tail}")
         if pid is not None and _login_ok(paths):
             state = {"pid": pid, "port": port, "user": user, "host": "127.0.0.1", "sshd": str(sshd),
-                     "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                      "ssh_config": str(paths.ssh_config), "remote_python": str(paths.python)}
             tmp = paths.state.with_suffix(".tmp")
             tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")

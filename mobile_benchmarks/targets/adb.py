@@ -138,7 +138,8 @@ class Target(BenchTarget):
     def benchmark_command(self, remote_model: str, threads: int) -> str:
         o = self.options
         args = [f"{REMOTE_DIR}/benchmark_model", f"--graph={remote_model}", f"--num_threads={threads}",
-                f"--num_runs={o.runs}", f"--warmup_runs={o.warmup}", f"--min_secs={o.min_secs:g}", f"--warmup_min_secs={o.warmup_min_secs:g}"]
+                f"--num_runs={o.runs}", f"--warmup_runs={o.warmup}", f"--min_secs={o.min_secs:g}",
+                f"--warmup_min_secs={o.warmup_min_secs:g}"]
         if o.delegate == "xnnpack":
             args.append("--use_xnnpack=true")
         elif o.delegate == "gpu":

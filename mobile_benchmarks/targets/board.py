@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
 from lesionlite.errors import LesionliteError
@@ -24,7 +23,7 @@ from mobile_benchmarks.board import board_dir
 from mobile_benchmarks.board.sshd import running
 from mobile_benchmarks.targets import BenchOptions, register_target
 from mobile_benchmarks.targets import ssh as ssh_target
-from mobile_benchmarks.targets.common import board_skip
+from mobile_benchmarks.targets.common import SkipsBoardUnsupported
 
 PROBE = ("import json, os, platform\n"
          "cpu = None\n"
@@ -37,7 +36,7 @@ PROBE = ("import json, os, platform\n"
 
 
 @register_target
-class Target(ssh_target.Target):
+class Target(SkipsBoardUnsupported, ssh_target.Target):
     name = "board"
     spec_forms = ("board",)
 
@@ -74,13 +73,6 @@ class Target(ssh_target.Target):
         self.device.update({"uname": f"ssh host {self.device.get('uname')}", "machine": info["machine"],
                             "cpu": info.get("cpu"), "python": info.get("python"), "cores": info.get("cores"),
                             "emulator": self.emulated})
-
-    def measure(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
-        return board_skip(art, threads) or super().measure(art, model_path, threads, input_npy)
-
-    def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
-        skip = board_skip(art, 1)
-        return {"status": "skipped", "reason": skip["reason"]} if skip else super().predict(art, model_path, inputs_npy)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "name": "board", "emulated": self.emulated, "board_dir": str(self.paths.root)}

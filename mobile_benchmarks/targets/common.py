@@ -37,6 +37,18 @@ def board_skip(artifact: dict[str, Any], threads: int | None) -> dict[str, Any] 
     return None if reason is None else empty_result(artifact, threads, "skipped", reason)
 
 
+class SkipsBoardUnsupported:
+    """Mixin of the emulated board's targets (``board`` over ssh, ``qemu``): a kind the board cannot run is
+    reported ``skipped`` instead of measured or predicted."""
+
+    def measure(self, art: dict[str, Any], model_path: Any, threads: int, input_npy: Any) -> dict[str, Any]:
+        return board_skip(art, threads) or super().measure(art, model_path, threads, input_npy)
+
+    def predict(self, art: dict[str, Any], model_path: Any, inputs_npy: Any) -> dict[str, Any]:
+        skip = board_skip(art, 1)
+        return {"status": "skipped", "reason": skip["reason"]} if skip else super().predict(art, model_path, inputs_npy)
+
+
 def empty_result(artifact: dict[str, Any], threads: int | None, status: str, reason: str) -> dict[str, Any]:
     return {
         "artifact": artifact["name"], "kind": artifact["kind"], "precision": artifact.get("precision"),
@@ -64,7 +76,8 @@ def from_runner(artifact: dict[str, Any], threads: int, data: dict[str, Any], lo
     res = empty_result(artifact, threads, "ok", None)
     res.update({
         "source": source,
-        "runtime": {k: data.get(k) for k in ("runtime", "runtime_version", "providers", "session", "interpreter", "delegate_requested", "executorch") if data.get(k) is not None},
+        "runtime": {k: data.get(k) for k in ("runtime", "runtime_version", "providers", "session", "interpreter",
+                                             "delegate_requested", "executorch") if data.get(k) is not None},
         "load_ms": data["load_ns"] / 1e6,
         "first_inference_ms": data["first_inference_ns"] / 1e6,
         "warmup_mean_ms": (sum(warm) / len(warm)) if warm else None,

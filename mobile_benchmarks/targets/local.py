@@ -22,8 +22,15 @@ from lesionlite.errors import LesionliteError
 from mobile_benchmarks import op_profile, remote_runner
 from mobile_benchmarks.hostinfo import host_info
 from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
-from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
-                                              predict_timeout, runner_measurement_args)
+from mobile_benchmarks.targets.common import (
+    empty_result,
+    find_runner_json,
+    from_runner,
+    predict_args,
+    predict_result,
+    predict_timeout,
+    runner_measurement_args,
+)
 
 RUNNER = Path(remote_runner.__file__).resolve()
 
@@ -52,7 +59,8 @@ class Target(BenchTarget):
             try:
                 cpus = remote_runner.parse_mask(self.options.taskset)
             except ValueError:
-                raise LesionliteError(f"bad --taskset {self.options.taskset!r}: expected a hex mask like 0x3 or a list like 0,2-3") from None
+                raise LesionliteError(f"bad --taskset {self.options.taskset!r}: expected a hex mask like 0x3 or a "
+                                      "list like 0,2-3") from None
             if not cpus:
                 raise LesionliteError(f"--taskset {self.options.taskset!r} selects no CPU")
 

@@ -7,18 +7,16 @@ emulated exactly as for ``--target board``.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks.board import board_dir
-from mobile_benchmarks.targets import BenchOptions, register_target
-from mobile_benchmarks.targets import local
-from mobile_benchmarks.targets.common import board_skip
+from mobile_benchmarks.targets import BenchOptions, local, register_target
+from mobile_benchmarks.targets.common import SkipsBoardUnsupported
 
 
 @register_target
-class Target(local.Target):
+class Target(SkipsBoardUnsupported, local.Target):
     name = "qemu"
 
     def __init__(self, spec: str, options: BenchOptions, board: str | None = None) -> None:
@@ -31,13 +29,6 @@ class Target(local.Target):
 
     def python_cmd(self) -> list[str]:
         return [str(self.paths.python)]
-
-    def measure(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
-        return board_skip(art, threads) or super().measure(art, model_path, threads, input_npy)
-
-    def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
-        skip = board_skip(art, 1)
-        return {"status": "skipped", "reason": skip["reason"]} if skip else super().predict(art, model_path, inputs_npy)
 
     def describe(self) -> dict[str, Any]:
         return {"name": "qemu", "spec": self.spec, "emulated": self.emulated, "board_dir": str(self.paths.root),

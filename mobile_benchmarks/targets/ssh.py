@@ -17,8 +17,15 @@ from typing import Any
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import op_profile, remote_runner
 from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
-from mobile_benchmarks.targets.common import (empty_result, find_runner_json, from_runner, predict_args, predict_result,
-                                              predict_timeout, runner_measurement_args)
+from mobile_benchmarks.targets.common import (
+    empty_result,
+    find_runner_json,
+    from_runner,
+    predict_args,
+    predict_result,
+    predict_timeout,
+    runner_measurement_args,
+)
 
 
 @register_target

@@ -7,10 +7,10 @@ import numpy as np
 
 from lesionlite.cpu_features import applicable_ort_config
 from lesionlite.errors import LesionliteError, require
-from lesionlite.manifest import Manifest
-from serve.runtimes import register_runtime
 from lesionlite.int8_grid import dequantize_affine as dequantize
 from lesionlite.int8_grid import quantize_affine as quantize
+from lesionlite.manifest import Manifest
+from serve.runtimes import register_runtime
 from serve.runtimes.base import DTYPE_TO_OIP, Runtime, layout_from_shape
 
 _ORT_TYPES = {

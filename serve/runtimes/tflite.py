@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from lesionlite.errors import LesionliteError, require
-from lesionlite.manifest import Manifest
-from serve.runtimes import register_runtime
 from lesionlite.int8_grid import dequantize_affine as dequantize
 from lesionlite.int8_grid import quantize_affine as quantize
+from lesionlite.manifest import Manifest
+from serve.runtimes import register_runtime
 from serve.runtimes.base import DTYPE_TO_OIP, Runtime, layout_from_shape
 
 
