@@ -16,16 +16,7 @@ from typing import Any
 
 from lesionlite.errors import LesionliteError
 from mobile_benchmarks import op_profile, remote_runner
-from mobile_benchmarks.targets import BenchOptions, BenchTarget, register_target
-from mobile_benchmarks.targets.common import (
-    empty_result,
-    find_runner_json,
-    from_runner,
-    predict_args,
-    predict_result,
-    predict_timeout,
-    runner_measurement_args,
-)
+from mobile_benchmarks.targets import BenchOptions, BenchTarget, common, register_target
 
 
 @register_target
@@ -141,19 +132,20 @@ class Target(BenchTarget):
 
     def measure(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
         if art["kind"] == "coreml":
-            return empty_result(art, threads, "skipped", "CoreML cannot run on a Linux board (Apple platforms only)")
+            return common.empty_result(art, threads, "skipped", "CoreML cannot run on a Linux board (Apple platforms only)")
         safe = art["name"].replace("/", "_")
         rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
         args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--kind", art["kind"],
-                *runner_measurement_args(self.options, art, threads)]
+                *common.runner_measurement_args(self.options, art, threads)]
         if input_npy is not None:
             args += ["--input", self._copy_once(input_npy, f"{safe}_input.npy")]
         proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=self.options.timeout_s, check=False)
-        data = find_runner_json(proc.stdout)
+        data = common.find_runner_json(proc.stdout)
         if data is None:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            return empty_result(art, threads, "failed", f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
-        return from_runner(art, threads, data, proc.stderr + "\n" + proc.stdout, source=f"ssh {self.dest}")
+            return common.empty_result(art, threads, "failed",
+                                       f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
+        return common.from_runner(art, threads, data, proc.stderr + "\n" + proc.stdout, source=f"ssh {self.dest}")
 
     def op_profile(self, art: dict[str, Any], model_path: Path, threads: int, input_npy: Path | None) -> dict[str, Any]:
         """Per-op-type time on the board: the copied runner's ``--op-profile`` (ONNX Runtime / ExecuTorch)."""
@@ -172,7 +164,7 @@ class Target(BenchTarget):
         except LesionliteError as exc:
             return op_profile.from_runner_json(art, threads, None, str(exc))
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return op_profile.from_runner_json(art, threads, find_runner_json(proc.stdout),
+        return op_profile.from_runner_json(art, threads, common.find_runner_json(proc.stdout),
                                            f"remote runner exited with status {proc.returncode}: {tail[0][:300]}")
 
     def predict(self, art: dict[str, Any], model_path: Path, inputs_npy: Path) -> dict[str, Any]:
@@ -181,13 +173,13 @@ class Target(BenchTarget):
         rmodel = self._copy_once(model_path, f"{safe}_{model_path.name}")
         rin = self._copy_once(inputs_npy, f"{safe}_{inputs_npy.name}")
         args = [self.options.remote_python, f"{self.remote_dir}/remote_runner.py", "--model", rmodel, "--predict", rin,
-                *predict_args(art)]
+                *common.predict_args(art)]
         try:
-            proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=predict_timeout(self.options, inputs_npy),
+            proc = self._ssh(" ".join(shlex.quote(a) for a in args), timeout=common.predict_timeout(self.options, inputs_npy),
                              check=False)
         except LesionliteError as exc:  # no answer in time: this artifact's row fails, the others still run
             return {"status": "failed", "reason": str(exc)}
-        return predict_result(proc.stdout, proc.stderr, proc.returncode)
+        return common.predict_result(proc.stdout, proc.stderr, proc.returncode)
 
     def close(self) -> None:
         if self.remote_dir:
