@@ -48,6 +48,7 @@ from export.parity import classification_metrics, compare, host_int8_note
 from export.report import write_report
 from export.results import REPORT_JSON, REPORT_MD, ArtifactResult, ExportReport, ParityError  # noqa: F401
 from lesionlite.atomic import atomic_path, remove_stale_leftovers, replace_dir
+from lesionlite.cpu_features import cpu_model
 from lesionlite.errors import LesionliteError, require
 from lesionlite.manifest import DataSpec, Manifest, git_commit, portable
 from lesionlite.preprocessing import model_size, model_view
@@ -118,9 +119,7 @@ def _latency_ms_p50(runner: Any, one: np.ndarray, runs: int = 20) -> float:
 
 
 def _cpu_model() -> str:
-    """This host's CPU as the bench reports it (mobile_benchmarks.hostinfo, torch-free), with its CPU count."""
-    from mobile_benchmarks.hostinfo import cpu_model
-
+    """This host's CPU as the bench reports it (lesionlite.cpu_features.cpu_model), with its CPU count."""
     return f"{cpu_model() or 'unknown CPU'}, {os.cpu_count()} CPUs"
 
 

@@ -64,3 +64,44 @@ def applicable_ort_config(config: Mapping[str, Any] | None) -> dict[str, str]:
     """The manifest's onnxruntime session entries this host should apply (see the module docstring)."""
     precise = needs_precise_int8()
     return {str(k): str(v) for k, v in (config or {}).items() if precise or k not in X86_NO_VNNI_ONLY}
+
+
+# ------------------------------------------------------------------ what a benchmark says about its host
+
+
+def cpu_model() -> str | None:
+    """CPU model from /proc/cpuinfo ('model name', or 'Hardware'/'Model' on ARM boards)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return platform.processor() or None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            fields.setdefault(k.strip().lower(), v.strip())
+    for key in ("model name", "hardware", "model", "cpu model", "processor"):
+        if fields.get(key) and not fields[key].isdigit():
+            return fields[key]
+    return platform.processor() or None
+
+
+#: the SIMD features that decide CPU kernel speed (what "which host measured it" has to name beside the model)
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
+              "asimd", "asimddp", "sve", "i8mm", "bf16")
+
+
+def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """Which of :data:`SIMD_FLAGS` the CPU reports (``flags`` on x86, ``Features`` on ARM), in that order; None
+    where the CPU's features cannot be read (no ``/proc/cpuinfo``: macOS, Windows) — unknown, not "none"."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    have = set(value.split())
+                    return [f for f in SIMD_FLAGS if f in have]
+    except OSError:
+        return None
+    return None

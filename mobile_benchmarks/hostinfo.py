@@ -6,50 +6,14 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from lesionlite.cpu_features import SIMD_FLAGS, cpu_model, simd_flags  # noqa: F401  (re-exported: bench's host facts)
+
 
 def _pkg_version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def cpu_model() -> str | None:
-    """CPU model from /proc/cpuinfo ('model name', or 'Hardware'/'Model' on ARM boards)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return platform.processor() or None
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            fields.setdefault(k.strip().lower(), v.strip())
-    for key in ("model name", "hardware", "model", "cpu model", "processor"):
-        if fields.get(key) and not fields[key].isdigit():
-            return fields[key]
-    return platform.processor() or None
-
-
-#: the SIMD features that decide CPU kernel speed (what "which host measured it" has to name beside the model)
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
-              "asimd", "asimddp", "sve", "i8mm", "bf16")
-
-
-def simd_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
-    """Which of :data:`SIMD_FLAGS` the CPU reports (``flags`` on x86, ``Features`` on ARM), in that order; None
-    where the CPU's features cannot be read (no ``/proc/cpuinfo``: macOS, Windows) — unknown, not "none"."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip().lower() in ("flags", "features"):
-                    have = set(value.split())
-                    return [f for f in SIMD_FLAGS if f in have]
-    except OSError:
-        return None
-    return None
 
 
 def affinity() -> list[int] | None:

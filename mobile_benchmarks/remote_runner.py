@@ -133,6 +133,21 @@ def _make_input(np, shape, dtype: str, seed: int = 0):
     return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
 
 
+
+def _reached(nodes: list[dict], tensors: set[int], via: str, onto: str) -> set[int]:
+    """Indices of the nodes reachable from ``tensors``: a node is reached when one of its ``via`` tensors is
+    (inputs: walking forward; outputs: backward), and then its ``onto`` tensors are too."""
+    seen_t, reached = set(tensors), set()
+    changed = True
+    while changed:
+        changed = False
+        for o in nodes:
+            if o["index"] not in reached and any(int(t) in seen_t for t in o[via]):
+                reached.add(o["index"])
+                seen_t.update(int(t) for t in o[onto] if int(t) >= 0)
+                changed = True
+    return reached
+
 def _delegate_coverage_tflite(interp) -> dict:
     """Share of the original graph nodes replaced by DELEGATE nodes, from the interpreter's node list.
 
@@ -152,31 +167,7 @@ def _delegate_coverage_tflite(interp) -> dict:
     for d in delegates:
         d_in = {int(t) for t in d["inputs"] if int(t) >= 0}
         d_out = {int(t) for t in d["outputs"] if int(t) >= 0}
-        fwd_t = set(d_in)
-        fwd_nodes: set[int] = set()
-        changed = True
-        while changed:
-            changed = False
-            for o in originals:
-                if o["index"] in fwd_nodes:
-                    continue
-                if any(int(t) in fwd_t for t in o["inputs"]):
-                    fwd_nodes.add(o["index"])
-                    fwd_t.update(int(t) for t in o["outputs"])
-                    changed = True
-        bwd_t = set(d_out)
-        bwd_nodes: set[int] = set()
-        changed = True
-        while changed:
-            changed = False
-            for o in originals:
-                if o["index"] in bwd_nodes:
-                    continue
-                if any(int(t) in bwd_t for t in o["outputs"]):
-                    bwd_nodes.add(o["index"])
-                    bwd_t.update(int(t) for t in o["inputs"] if int(t) >= 0)
-                    changed = True
-        covered |= fwd_nodes & bwd_nodes
+        covered |= _reached(originals, d_in, "inputs", "outputs") & _reached(originals, d_out, "outputs", "inputs")
     return {"delegated_nodes": len(covered), "total_nodes": len(originals), "partitions": len(delegates)}
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _bench_run import bench_without_torch
 
 from lesionlite.cli import run_stage
 from lesionlite.manifest import Manifest, read_manifest
@@ -182,15 +183,7 @@ def test_bench_without_torch_and_taskset(model_dir, tmp_path):
 
     cpu = min(os.sched_getaffinity(0))
     mask = hex(1 << cpu)
-    code = (
-        "import sys, runpy; sys.modules['torch'] = None\n"
-        f"sys.argv = ['mobile_benchmarks', {str(model_dir)!r}, '--threads', '1', '--runs', '10', '--warmup', '1', "
-        f"'--out', {str(tmp_path)!r}, '--taskset', {mask!r}, '--repeats', '1', '--min-secs', '0', '--quiet']\n"
-        "runpy.run_module('mobile_benchmarks', run_name='__main__')\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    doc = json.loads((tmp_path / "bench.json").read_text())
+    doc = bench_without_torch(model_dir, tmp_path, "--taskset", mask)
     ok = [r for r in doc["results"] if r["status"] == "ok"]
     assert len(ok) == 2 and all(r["affinity"] == [cpu] for r in ok)
     assert doc["settings"]["taskset"] == mask

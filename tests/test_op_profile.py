@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _bench_run import bench_without_torch
 
 from mobile_benchmarks import op_profile, remote_runner
 from mobile_benchmarks.targets import BenchOptions
@@ -98,15 +99,7 @@ def test_ort_op_profile_of_a_real_model_runner(onnx_dir):
 @pytest.mark.slow
 def test_bench_op_profile_flag_torch_free(onnx_dir, tmp_path):
     """`python -m mobile_benchmarks MODEL_DIR --op-profile` with torch blocked: bench.json and bench.md get it."""
-    code = (
-        "import sys, runpy; sys.modules['torch'] = None\n"
-        f"sys.argv = ['mobile_benchmarks', {str(onnx_dir)!r}, '--op-profile', '--threads', '1', '--runs', '10', "
-        f"'--warmup', '1', '--out', {str(tmp_path)!r}, '--repeats', '1', '--min-secs', '0', '--quiet']\n"
-        "runpy.run_module('mobile_benchmarks', run_name='__main__')\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    doc = json.loads((tmp_path / "bench.json").read_text())
+    doc = bench_without_torch(onnx_dir, tmp_path, "--op-profile")
     (prof,) = doc["op_profiles"]
     assert prof["artifact"] == "tiny_cnn_onnx_fp32" and prof["status"] == "ok" and prof["threads"] == 1
     assert prof["summary"]["runs"] == 10 and "enable_profiling" in prof["summary"]["source"]
