@@ -1,4 +1,4 @@
-"""Which referral score ranks melanomas best, internally and at another clinic (issue 28, RESULTS.md 8f).
+"""Which referral score ranks melanomas best, internally and at another clinic (RESULTS.md 8f).
 
 For each model (a run folder or an exported artifact) this computes, on the internal test split and on the
 external set, the melanoma-vs-rest AUC of four scores built from the same softmax output, each with a 95 %
@@ -10,7 +10,7 @@ bootstrap CI (class-stratified, lesion-clustered) and its paired change against 
 - ``P(mel + bcc + akiec)``: the ``malignant`` target's score.
 
 The external set is only *evaluated*: nothing here is fitted on it. Choosing a score by its external figure
-is choosing between named recipes on the dev half, which issue 28 allows when said: the held-back half checks it.
+is choosing between named recipes on the dev half, which the external-validation rules allow when it is said: the held-back half checks it.
 
     python benchmarks/referral_scores.py artifacts/qs_scratch4/mobilenet_v2_tflite_fp32 runs/scratch20 \
         --out benchmarks/results/referral_scores.json

@@ -40,8 +40,8 @@ TARGETS: dict[str, ReferralTarget] = {t.name: t for t in (
 )}
 
 
-#: the default target: ``melanocytic`` where the model has both mel and nv, else ``mel`` (chosen in issue 28
-#: between the named scores on the external dev half, RESULTS.md 8f; internally the two rank alike)
+#: the default target: ``melanocytic`` where the model has both mel and nv, else ``mel`` (chosen between
+#: the named scores on the external dev half, RESULTS.md 8f; internally the two rank alike)
 AUTO = "auto"
 DEFAULT_TARGET = AUTO
 CHOICES = (AUTO, *TARGETS)
