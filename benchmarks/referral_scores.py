@@ -10,7 +10,8 @@ bootstrap CI (class-stratified, lesion-clustered) and its paired change against 
 - ``P(mel + bcc + akiec)``: the ``malignant`` target's score.
 
 The external set is only *evaluated*: nothing here is fitted on it. Choosing a score by its external figure
-is choosing between named recipes on the dev half, which the external-validation rules allow when it is said: the held-back half checks it.
+is choosing between named recipes on the dev half, which the external-validation rules allow when it is
+said: the held-back half checks it.
 
     python benchmarks/referral_scores.py artifacts/qs_scratch4/mobilenet_v2_tflite_fp32 runs/scratch20 \
         --out benchmarks/results/referral_scores.json
