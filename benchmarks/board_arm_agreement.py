@@ -24,7 +24,7 @@ from lesionlite.atomic import write_json_atomic, write_text_atomic
 from mobile_benchmarks.bench import run_bench
 from mobile_benchmarks.board import board_dir, sshd
 from mobile_benchmarks.board.build import Builder
-from mobile_benchmarks.report import _md_table, agreement_rows
+from mobile_benchmarks.report import agreement_rows, md_table
 from mobile_benchmarks.targets import BenchOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def render_md(result: dict) -> str:
         f"Host CPU (lscpu): {result['host_cpu_lscpu']}; board: {(result['board'].get('device') or {}).get('emulator')}, "
         f"reached over ssh (loopback sshd); created {result.get('created')} (git {result.get('git_commit')}).", "",
         f"Inputs: {'; '.join(ag.get('inputs') or [])}.", "", f"Method: {ag.get('method')}.", "",
-        _md_table(*agreement_rows(doc)), "",
+        md_table(*agreement_rows(doc)), "",
         "The last column is an EMULATED time (qemu-aarch64 user mode on the host CPU): not a phone's or a "
         "board's latency, and not comparable with any real measurement.", "",
         f"Board up (already built and running): {result['board']['up_seconds']} s; whole bench run "

@@ -251,12 +251,12 @@ def compare_pt2e(model, cfg, report, bundle, args) -> dict:
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from export.formats.tflite import _nhwc_wrapper
+    from export.formats.tflite import nhwc_wrapper
 
     data = prepare_data(bundle, cfg, list(bundle.class_names), 300, args.eval_samples, args.seed)
     litert_torch.config.show_progress = False
     t0 = time.time()
-    wrapped = _nhwc_wrapper(model)
+    wrapped = nhwc_wrapper(model)
     s = cfg.input_size
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     prepared = prepare_pt2e(torch.export.export(wrapped, (torch.zeros(1, s, s, 3),)).module(), quantizer)
@@ -269,10 +269,10 @@ def compare_pt2e(model, cfg, report, bundle, args) -> dict:
     edge.export(str(path))
     seconds = time.time() - t0
     fmt = TFLiteFormat()
-    from export.formats.tflite import _interpreter, _tensor_spec
+    from export.formats.tflite import make_interpreter, tensor_spec
 
-    it = _interpreter(path, 1)
-    info = ArtifactInfo(input=_tensor_spec(it.get_input_details()[0]), output=_tensor_spec(it.get_output_details()[0]))
+    it = make_interpreter(path, 1)
+    info = ArtifactInfo(input=tensor_spec(it.get_input_details()[0]), output=tensor_spec(it.get_output_details()[0]))
     runner = fmt.load_runner(path, info)
     outs = np.concatenate([runner(data.eval_x[i : i + 64]) for i in range(0, len(data.eval_x), 64)])
     with torch.no_grad():

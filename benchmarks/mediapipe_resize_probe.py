@@ -34,12 +34,12 @@ def convert(model: Any, manifest: Any, size: int, workdir: Path) -> bytes:
     """fp32 TFLite of ``model`` taking ``size`` px pixels (in-graph downscale when larger than the student's), with metadata."""
     import torch
 
-    from export.formats.tflite import _import_litert_torch, _nhwc_wrapper
+    from export.formats.tflite import import_litert_torch, nhwc_wrapper
     from export.tflite_metadata import add_metadata
 
     pre, s = manifest.preprocessing, manifest.preprocessing.input_size
-    wrapper = _nhwc_wrapper(model, pre.mean, pre.std, manifest.temperature, None if size == s else (size, s))
-    lt = _import_litert_torch()
+    wrapper = nhwc_wrapper(model, pre.mean, pre.std, manifest.temperature, None if size == s else (size, s))
+    lt = import_litert_torch()
     lt.config.show_progress = False
     path = workdir / f"input{size}.tflite"
     lt.convert(wrapper, (torch.zeros(1, size, size, 3),)).export(str(path))
@@ -67,12 +67,12 @@ def litert(payload: bytes, x_nhwc: np.ndarray) -> tuple[np.ndarray, float]:
 def measure(run_dir: str, n_images: int, sizes: tuple[int, ...], workdir: Path) -> dict[str, Any]:
     import torch
 
-    from export.data import _take
+    from export.data import take_images
 
     model, manifest = load_student(run_dir)
     model.eval()
     bundle = load_export_data(manifest, None, None, ExportOptions())
-    images = [p[0] for p in _take(bundle.test, n_images, 1)]  # export's evaluation subset (seed + 1)
+    images = [p[0] for p in take_images(bundle.test, n_images, 1)]  # export's evaluation subset (seed + 1)
     pre = manifest.preprocessing
     with torch.no_grad():
         ref = model(torch.from_numpy(preprocess_batch(images, pre, "NCHW"))).numpy().argmax(1)

@@ -109,13 +109,13 @@ def build_variants(checkpoint_data: tuple, fp32: Path, exported_int8: Path | Non
     """(name, model, session config, optimization level, what it is) for every variant; the re-quantized ones start,
     as export does, from the int8-prepared float graph (BatchNorm folded, weights on the int8 grid, biases corrected)."""
     from export.context import ExportContext
-    from export.formats.onnx import _export_fp32
+    from export.formats.onnx import export_fp32
 
     model, manifest, data, options = checkpoint_data
     ctx = ExportContext(model=model, source=manifest, preprocessing=manifest.preprocessing, calib=data.calib,
                         options=options, workdir=tmp)
     prepared = tmp / "fp32_int8prep.onnx"
-    _export_fp32(ctx, prepared, ctx.model_for("int8"))
+    export_fp32(ctx, prepared, ctx.model_for("int8"))
     q = {
         "qdq_s8s8": quantize(prepared, tmp / "qdq_s8s8.onnx", data.calib, "QDQ", "S8"),
         "qdq_s8s8_dedicated": quantize(prepared, tmp / "qdq_s8s8_dedicated.onnx", data.calib, "QDQ", "S8",

@@ -42,7 +42,7 @@ VARIANTS = (  # (name, global min/max calibration, int32 bias repair)
 )
 
 
-def _interpreter(content: bytes, resolver: str, keep: bool = False) -> Any:
+def make_interpreter(content: bytes, resolver: str, keep: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(model_content=content, num_threads=1, experimental_op_resolver_type=OpResolverType[resolver],
@@ -52,19 +52,19 @@ def _interpreter(content: bytes, resolver: str, keep: bool = False) -> Any:
 
 
 def _run(content: bytes, x_nchw: np.ndarray, resolver: str = "AUTO") -> np.ndarray:
-    from export.formats.tflite import _invoke_each
+    from export.formats.tflite import invoke_each
 
-    it = _interpreter(content, resolver)
+    it = make_interpreter(content, resolver)
     ind = it.get_input_details()[0]
     q = None if ind["dtype"] == np.float32 else ind["quantization"]
-    return np.concatenate(_invoke_each(it, x_nchw, q)).astype(np.float32)
+    return np.concatenate(invoke_each(it, x_nchw, q)).astype(np.float32)
 
 
 def _all_tensors(content: bytes, x_nchw: np.ndarray, resolver: str) -> tuple[dict[str, np.ndarray], Any]:
     """Every op output of the graph on each image (stacked), by tensor name, and the interpreter."""
     from export.quantize import nchw_to_nhwc
 
-    it = _interpreter(content, resolver, keep=True)
+    it = make_interpreter(content, resolver, keep=True)
     ind = it.get_input_details()[0]
     names = {t["index"]: t["name"] for t in it.get_tensor_details()}
     outputs = {names[i]: i for op in it._get_ops_details() for i in op["outputs"]}

@@ -121,7 +121,7 @@ def _take_indices(dataset: Any, n: int | None, seed: int) -> Sequence[int] | Non
     return sorted(np.random.default_rng(seed).choice(total, size=n, replace=False).tolist())
 
 
-def _take(dataset: Any, n: int | None, seed: int) -> list[tuple[Any, int]]:
+def take_images(dataset: Any, n: int | None, seed: int) -> list[tuple[Any, int]]:
     """Up to ``n`` (image, label) pairs: a seeded random subset of an indexable dataset, else the first n."""
     if dataset is None:
         return []
@@ -157,14 +157,14 @@ def prepare_data(
             f"data {getattr(bundle, 'name', '?')!r} has {len(data_classes)} classes but the checkpoint "
             f"has {len(class_names)} ({', '.join(class_names)}); pass the data the model was trained on"
         )
-    calib_x, _ = _to_arrays(_take(bundle.train, calib_samples, seed), cfg)
+    calib_x, _ = _to_arrays(take_images(bundle.train, calib_samples, seed), cfg)
     if len(calib_x) == 0:
         raise LesionliteError(f"data {getattr(bundle, 'name', '?')!r}: the train split is empty; no calibration images")
     split = "test"
-    pairs = _take(getattr(bundle, "test", None), eval_samples, seed + 1)
+    pairs = take_images(getattr(bundle, "test", None), eval_samples, seed + 1)
     if not pairs:
         split = "val"
-        pairs = _take(getattr(bundle, "val", None), eval_samples, seed + 1)
+        pairs = take_images(getattr(bundle, "val", None), eval_samples, seed + 1)
     if not pairs:
         raise LesionliteError(f"data {getattr(bundle, 'name', '?')!r} has no test or val images for parity")
     eval_x, eval_y = _to_arrays(pairs, cfg)
@@ -186,6 +186,6 @@ def prepare_data(
         eval_attributes=eval_attributes,
         eval_groups=eval_groups,
         eval_indices=[int(i) for i in idx] if idx is not None else None,
-        eval_images=lambda: [p[0] for p in _take(source, eval_samples, seed + 1)],
-        calib_images=lambda: [p[0] for p in _take(bundle.train, calib_samples, seed)],
+        eval_images=lambda: [p[0] for p in take_images(source, eval_samples, seed + 1)],
+        calib_images=lambda: [p[0] for p in take_images(bundle.train, calib_samples, seed)],
     )

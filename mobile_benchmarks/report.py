@@ -143,7 +143,7 @@ def result_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -203,19 +203,19 @@ def render_markdown(doc: dict[str, Any], plots: dict[str, str | None]) -> str:
            *([f"> **{SYNTHETIC_BANNER}**", ""] if synthetic(doc) else []),
            f"Created {doc['created']} (git {doc.get('git_commit') or 'n/a'}) on target `{doc['target'].get('spec')}`.", "",
            *([f"> {EMULATED_BANNER.format(emu=emu)}", ""] if emu else []),
-           "## Host", "", _md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
+           "## Host", "", md_table(["field", "value"], [list(p) for p in _host_pairs(doc)]), "",
            *([f"> **Warning:** {w}" for w in doc.get("warnings") or []] + ([""] if doc.get("warnings") else [])),
            "## Method", "",
            f"- threads {s['threads']}, {s['runs']} timed runs after {s['warmup']} warmup runs in each of "
            f"{s.get('repeats', 1)} fresh process(es), delegate: {s['delegate']}, "
            f"taskset: {s.get('taskset') or 'none (affinity as inherited)'}",
            f"- timing: {s['timing']}", f"- isolation and memory: {s['isolation']}", "",
-           "## Artifacts", "", _md_table(*artifact_rows(doc)), "",
+           "## Artifacts", "", md_table(*artifact_rows(doc)), "",
            "## Results (" + ("EMULATED times in ms — not a device's latency" if emu else "latencies in ms") + ")", "",
-           _md_table(*result_rows(doc)), ""]
+           md_table(*result_rows(doc)), ""]
     if doc.get("agreement"):
         out += ["## ARM vs host agreement" if emu or (doc.get("target") or {}).get("name") in ("board", "qemu")
-                else "## Target vs host agreement", "", *_agreement_text(doc), "", _md_table(*agreement_rows(doc)), ""]
+                else "## Target vs host agreement", "", *_agreement_text(doc), "", md_table(*agreement_rows(doc)), ""]
     out += op_profile.markdown_section(doc)
     recs = [] if emu else ship_recommendations(doc)
     if emu:

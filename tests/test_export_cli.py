@@ -129,9 +129,9 @@ def test_no_data_named(tmp_path, bundle, capsys):
 
 def test_converter_that_cannot_lower_an_op(tmp_path, run_dir, capsys, data, monkeypatch):
     """A converter failure mid-run (TFLite after ONNX succeeded) is one line and writes nothing."""
-    from export.formats.tflite import _import_litert_torch
+    from export.formats.tflite import import_litert_torch
 
-    litert_torch = _import_litert_torch()  # as export imports it: without torch's deprecation chatter
+    litert_torch = import_litert_torch()  # as export imports it: without torch's deprecation chatter
 
     def unlowerable(*_a, **_k):
         raise RuntimeError("failed to legalize operation 'aten.fancy_op' that was explicitly marked illegal\n<mlir dump>")

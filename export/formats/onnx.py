@@ -54,7 +54,7 @@ OUTPUT_NAME = "logits"
 INT8_SESSION_CONFIG = {"session.x64quantprecision": "1"}
 
 
-def _export_fp32(ctx: ExportContext, path: Path, model: Any) -> str:
+def export_fp32(ctx: ExportContext, path: Path, model: Any) -> str:
     """Write ``model``'s fp32 graph with a dynamic batch axis; return the exporter used."""
     import torch
 
@@ -142,7 +142,7 @@ class OnnxFormat(ExportFormat):
         key = f"onnx_{stem}"
         if key not in ctx.cache:
             raw = ctx.workdir / f"{stem}_raw.onnx"
-            exporter = _export_fp32(ctx, raw, model)
+            exporter = export_fp32(ctx, raw, model)
             graph = onnx.load(str(raw))
             if ctx.options.simplify:
                 import onnxslim

@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _NP_DTYPE_NAME = {np.float32: "float32", np.int8: "int8", np.uint8: "uint8"}
 
 
-def _nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0),
+def nhwc_wrapper(model: Any, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0),
                   temperature: float | None = None, downscale: tuple[int, int] | None = None) -> Any:
     """The module converted to TFLite: NHWC pixels in [0, 1] → ``softmax(student((x - mean) / std) / T)``.
 
@@ -120,7 +120,7 @@ def feed_preprocessing(ctx: ExportContext) -> Any:
     return ctx.preprocessing if not size else replace(ctx.preprocessing, input_size=size, resize_size=None)
 
 
-def _import_litert_torch() -> Any:
+def import_litert_torch() -> Any:
     """Import litert_torch without the deprecation line its import makes torch log on stderr.
 
     (torch's pytree warns that registering an Enum as a constant is deprecated; it is litert-torch's
@@ -136,7 +136,7 @@ def _import_litert_torch() -> Any:
     return litert_torch
 
 
-def _invoke_each(it: Any, x_nchw: np.ndarray, input_q: tuple[float, int] | None) -> list[np.ndarray]:
+def invoke_each(it: Any, x_nchw: np.ndarray, input_q: tuple[float, int] | None) -> list[np.ndarray]:
     """The raw output of interpreter ``it`` for each image of an NCHW float batch (one invoke per image,
     the model's batch being 1); the input is quantized with ``input_q`` = (scale, zero point) when given."""
 
@@ -159,7 +159,7 @@ def _outputs(model_bytes: bytes, calib: np.ndarray) -> list[np.ndarray]:
     it = Interpreter(model_content=model_bytes, num_threads=1)
     it.allocate_tensors()
     ind = it.get_input_details()[0]
-    return _invoke_each(it, calib[:4], None if ind["dtype"] == np.float32 else ind["quantization"])
+    return invoke_each(it, calib[:4], None if ind["dtype"] == np.float32 else ind["quantization"])
 
 
 def _compact(model_bytes: bytes, calib: np.ndarray) -> tuple[bytes, dict[str, Any]]:
@@ -185,14 +185,14 @@ def _fix_operator_codes(model_bytes: bytes, extra: dict[str, Any]) -> bytes:
     return payload
 
 
-def _tensor_spec(detail: dict[str, Any]) -> dict[str, Any]:
+def tensor_spec(detail: dict[str, Any]) -> dict[str, Any]:
     dtype = _NP_DTYPE_NAME.get(detail["dtype"], str(np.dtype(detail["dtype"])))
     scale, zero = detail.get("quantization", (0.0, 0))
     quant = {"scale": float(scale), "zero_point": int(zero)} if dtype in ("int8", "uint8") and scale else None
     return {"name": detail["name"], "dtype": dtype, "shape": [int(d) for d in detail["shape"]], "quantization": quant}
 
 
-def _interpreter(path: Path, threads: int | None = None) -> Any:
+def make_interpreter(path: Path, threads: int | None = None) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(path), num_threads=threads or min(4, usable_cpu_count()))
@@ -272,11 +272,11 @@ class TFLiteFormat(ExportFormat):
         if key not in ctx.cache:
             import torch
 
-            litert_torch = _import_litert_torch()
+            litert_torch = import_litert_torch()
             litert_torch.config.show_progress = False
             s, pre = ctx.input_size, ctx.preprocessing
             n = phone_input_size or s
-            edge = litert_torch.convert(_nhwc_wrapper(model, pre.mean, pre.std, ctx.temperature,
+            edge = litert_torch.convert(nhwc_wrapper(model, pre.mean, pre.std, ctx.temperature,
                                                       (n, s) if phone_input_size else None),
                                         (torch.zeros(1, n, n, 3),))
             path = ctx.workdir / f"{stem}.tflite"
@@ -335,9 +335,9 @@ class TFLiteFormat(ExportFormat):
             payload, extra["flatbuffer_dedup"] = _compact(payload, calib)
         payload, extra["metadata"] = _with_metadata(ctx, precision, payload, calib, phone)
         dest.write_bytes(payload)
-        it = _interpreter(dest, 1)
-        inp = _tensor_spec(it.get_input_details()[0])
-        outp = _tensor_spec(it.get_output_details()[0])
+        it = make_interpreter(dest, 1)
+        inp = tensor_spec(it.get_input_details()[0])
+        outp = tensor_spec(it.get_output_details()[0])
         resize = ({"resize_in_graph": f"{phone}x{phone} -> {ctx.input_size}x{ctx.input_size}, the training resize's "
                                       "antialiased bilinear (give the runtime the whole image; it resizes it to the input)"}
                   if phone else {})
@@ -350,19 +350,19 @@ class TFLiteFormat(ExportFormat):
         )
 
     def load_runner(self, path: Path, info: ArtifactInfo):
-        it = _interpreter(path)
+        it = make_interpreter(path)
         iq, oq = info.input.get("quantization"), info.output.get("quantization")
         norm = info.extra.get("source_normalization", {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
 
         def run(x: np.ndarray) -> np.ndarray:  # x: normalised with the source's mean/std, at the artifact's input side
-            ys = _invoke_each(it, to_pixels(x, norm["mean"], norm["std"]), (iq["scale"], iq["zero_point"]) if iq else None)
+            ys = invoke_each(it, to_pixels(x, norm["mean"], norm["std"]), (iq["scale"], iq["zero_point"]) if iq else None)
             return np.concatenate([dequantize_affine(y, oq["scale"], oq["zero_point"]) if oq else y.astype(np.float32)
                                    for y in ys], axis=0)
 
         return run
 
     def validate(self, path: Path, info: ArtifactInfo, ctx: ExportContext) -> dict[str, Any]:
-        it = _interpreter(path, 1)
+        it = make_interpreter(path, 1)
         s = info.preprocessing.input_size if info.preprocessing is not None else ctx.input_size
         ishape = [int(d) for d in it.get_input_details()[0]["shape"]]
         oshape = [int(d) for d in it.get_output_details()[0]["shape"]]
