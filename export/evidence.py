@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+import export.data  # export.data.load_bundle looked up at call time: tests replace it
 from distill.adapt import adapted_ids
 from distill.clinical import OperatingPoint, choose_operating_point, clinical_metrics, paired_deltas
 from distill.data.base import DatasetBundle
 from distill.data.isic_archive import NAME
-from export.data import load_bundle
 from export.evaluate import prepare_split
 from export.model_card import MIN_GROUP, group_labels
 from lesionlite.classes import class_index
@@ -132,7 +132,7 @@ def load_external(external: Any, data_root: str | None, manifest: Manifest) -> t
     else:
         spec = NAME if external == "auto" else external
         try:
-            bundle = load_bundle(spec, data_root)
+            bundle = export.data.load_bundle(spec, data_root)
         except LesionliteError as exc:
             if external == "auto":
                 return None, f"no external set found ({exc}); pass --external SPEC"
