@@ -25,15 +25,13 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import RESULTS
 
 X64 = {"session.x64quantprecision": "1"}
 
@@ -101,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=200, help="timed runs per variant per round")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/onnx_int8_speed.json")
+    ap.add_argument("--json", type=Path, default=RESULTS / "onnx_int8_speed.json")
     return ap.parse_args(argv)
 
 
