@@ -25,7 +25,7 @@ from lesionlite.atomic import atomic_path, write_json_atomic
 from lesionlite.fmt import plain_tree
 
 
-def _plt():
+def lazy_pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -56,8 +56,8 @@ def write_metrics_json(path: str | Path, doc: dict[str, Any]) -> Path:
     return write_json_atomic(path, _clean(doc))
 
 
-def _save(fig: Any, path: str | Path) -> Path:
-    plt = _plt()
+def save_figure(fig: Any, path: str | Path) -> Path:
+    plt = lazy_pyplot()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
@@ -67,14 +67,14 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Loss terms (left) and accuracies (right) per epoch from the loop's epoch records."""
-    return _save(training_curves_figure(history, title), path)
+    return save_figure(training_curves_figure(history, title), path)
 
 
 def training_curves_figure(history: Sequence[dict[str, Any]], title: str = "") -> Any:
     """The Figure :func:`plot_training_curves` saves (epoch axes tick at whole epochs only)."""
     from matplotlib.ticker import MaxNLocator
 
-    plt = _plt()
+    plt = lazy_pyplot()
     fig, (ax_l, ax_r) = plt.subplots(1, 2, figsize=(12, 4.2))
     epochs = [h["epoch"] for h in history]
     # loss terms only: a method's diagnostics (accuracies, kept fractions, weights) are not losses
@@ -119,7 +119,7 @@ def training_curves_figure(history: Sequence[dict[str, Any]], title: str = "") -
 
 def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (each row = recall distribution of one true class) with counts."""
-    plt = _plt()
+    plt = lazy_pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     k = cm.shape[0]
     rows = cm.sum(axis=1, keepdims=True)
@@ -138,7 +138,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str], path: str 
     ax.set_title((title + "\n" if title else "") + "confusion matrix (row-normalised)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 #: A reliability bin is "tiny" (drawn grey: its accuracy is too noisy to read) below either threshold.
@@ -157,7 +157,7 @@ def tiny_bins(count: np.ndarray) -> np.ndarray:
 def plot_reliability(labels: np.ndarray, logits: np.ndarray, temperature: float, path: str | Path,
                      title: str = "", n_bins: int = 15) -> Path:
     """Reliability diagram (accuracy vs confidence per bin) before and after temperature scaling."""
-    return _save(reliability_figure(labels, logits, temperature, title, n_bins), path)
+    return save_figure(reliability_figure(labels, logits, temperature, title, n_bins), path)
 
 
 def reliability_figure(labels: np.ndarray, logits: np.ndarray, temperature: float, title: str = "",
@@ -165,7 +165,7 @@ def reliability_figure(labels: np.ndarray, logits: np.ndarray, temperature: floa
     """The Figure :func:`plot_reliability` saves: each bin's sample count is written above its bar, and
     tiny bins (:func:`tiny_bins`, rule stated in the legend) are drawn grey instead of full-colour bars."""
 
-    plt = _plt()
+    plt = lazy_pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
     for ax, (t, name) in zip(axes, ((1.0, "uncalibrated"), (float(temperature), f"temperature T={temperature:.3f}"))):
         p = softmax(logits, t)

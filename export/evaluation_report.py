@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.reports import _plt, _save, write_metrics_json
+from distill.reports import lazy_pyplot, save_figure, write_metrics_json
 from lesionlite.atomic import write_text_atomic
 from lesionlite.referral import describe_score
 
@@ -115,7 +115,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     if preds.get("mel_prob") is None:
         return None
 
-    plt = _plt()
+    plt = lazy_pyplot()
     names = list(doc["report"]["per_class"])
     mel = next(i for i, n in enumerate(names) if n.lower() in ("mel", "melanoma"))
     labels = np.asarray(preds["labels"])
@@ -146,7 +146,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path | None:
     if doc["model"].get("synthetic_training_data"):
         fig.suptitle("SYNTHETIC TRAINING DATA", color="tab:red")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write(doc: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

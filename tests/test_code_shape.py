@@ -1,4 +1,4 @@
-"""The code stays easy to change: no function in the packages grows past ~80 lines.
+"""The code stays easy to change: no function in the packages grows past ~80 lines; imports follow the rules.
 
 A ratchet, as issue 15 asked ("no function longer than ~80 lines"): every function over
 :data:`LIMIT` lines must be listed in :data:`STILL_LONG` with at most its listed length, so a new
@@ -40,3 +40,29 @@ def test_the_list_only_holds_functions_that_are_still_long() -> None:
     lengths = _function_lengths()
     done = sorted(k for k in STILL_LONG if lengths.get(k, 0) <= LIMIT)
     assert not done, f"now at most {LIMIT} lines (or gone): remove from STILL_LONG: {done}"
+
+
+def _imports(pkgs: tuple[str, ...]) -> list[tuple[str, ast.AST]]:
+    out = []
+    for pkg in pkgs:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            out += [(path.relative_to(REPO).as_posix(), n) for n in ast.walk(tree)]
+    return out
+
+
+def test_no_sys_path_edits_anywhere() -> None:
+    """Code is imported as installed packages (benchmarks included), never by editing the import path."""
+    edits = [f"{p}:{n.lineno}" for p, n in _imports((*PACKAGES, "tests"))
+             if isinstance(n, ast.Attribute) and n.attr in ("insert", "append")
+             and isinstance(n.value, ast.Attribute) and n.value.attr == "path"
+             and isinstance(n.value.value, ast.Name) and n.value.value.id == "sys"]
+    assert not edits, f"sys.path edits: {edits}"
+
+
+def test_no_private_names_imported_across_modules() -> None:
+    """``from x import _name`` reaches into another module's internals: make the helper public instead."""
+    private = [f"{p}:{n.lineno} {n.module}.{a.name}" for p, n in _imports(PACKAGES)
+               if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] in PACKAGES
+               for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not private, f"private names imported across modules: {private}"
