@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default per precision: fp32 0.99, fp16 0.98, int8 0.90)")
     p.add_argument("--force", action="store_true", help="write artifacts even when parity is below the threshold")
     p.add_argument("--int8-io", action="store_true", help="TFLite int8: int8 input/output tensors (default float32)")
+    p.add_argument("--phone-input-cost", action="store_true",
+                   help="TFLite with a phone input: also convert each precision without the in-graph resize and "
+                        "report what the larger input costs (size, LiteRT p50, agreement, MediaPipe); doubles the "
+                        "TFLite conversion time")
     p.add_argument("--phone-input-size", default="auto", metavar="PX",
                    help="TFLite: every .tflite takes PX x PX pixels and downscales them to the model's input inside the "
                         "graph with the training resize's filter, so that a phone runtime given the whole image "
@@ -90,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = export_model(
         args.checkpoint, out, args.format, args.precision, data_spec=args.data, data_root=args.data_root,
         calib_samples=args.calib_samples, eval_samples=args.eval_samples, parity_threshold=args.parity_threshold,
-        force=args.force, int8_io=args.int8_io, phone_input_size=args.phone_input_size, onnx_quant=args.onnx_quant,
+        force=args.force, int8_io=args.int8_io, phone_input_size=args.phone_input_size,
+        phone_input_cost=args.phone_input_cost, onnx_quant=args.onnx_quant,
         simplify=args.simplify, seed=args.seed,
         bias_correction=args.bias_correction, external=args.external, op_target=args.op_target,
         op_sensitivity=args.op_sensitivity,

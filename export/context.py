@@ -33,6 +33,9 @@ class ExportOptions:
     #: TFLite: the input side of every TFLite artifact, the downscale to the model's side done in the graph with
     #: lesionlite's own filter (export.resize_in_graph): "auto", a multiple of the model's side, or 0 / None (off)
     phone_input_size: int | str | None = "auto"
+    #: TFLite with a phone input: also convert each precision without the in-graph resize and report what the larger
+    #: input costs (size, LiteRT p50, agreement, MediaPipe with/without); doubles the TFLite conversion time
+    phone_input_cost: bool = False
     onnx_quant: str = "static"  # ONNX int8: "static" (QDQ, calibrated) or "dynamic"
     simplify: bool = False  # ONNX: run onnxslim on the fp32 graph
     #: int8: quantize a BN-folded, grid-snapped, bias-corrected copy (export.int8_prep) rather than the raw model

@@ -48,8 +48,10 @@ def exported(tmp_path_factory, bundle) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("tflite")
     # no external set: this module is about the phone runtime, and each artifact is also converted (and run)
     # without the in-graph resize to measure its cost
-    export_model(run, out / "float_io", "tflite", "fp32,fp16,int8", dataset=bundle, calib_samples=100, external=None)
-    export_model(run, out / "int_io", "tflite", "int8", dataset=bundle, calib_samples=100, int8_io=True, external=None)
+    export_model(run, out / "float_io", "tflite", "fp32,fp16,int8", dataset=bundle, calib_samples=100, external=None,
+                 phone_input_cost=True)
+    export_model(run, out / "int_io", "tflite", "int8", dataset=bundle, calib_samples=100, int8_io=True, external=None,
+                 phone_input_cost=True)
     return {"fp32": out / "float_io/tiny_cnn_tflite_fp32", "fp16": out / "float_io/tiny_cnn_tflite_fp16",
             "int8": out / "float_io/tiny_cnn_tflite_int8", "int8-io": out / "int_io/tiny_cnn_tflite_int8"}
 

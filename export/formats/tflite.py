@@ -287,7 +287,7 @@ class TFLiteFormat(ExportFormat):
     def convert(self, ctx: ExportContext, precision: str, dest: Path) -> ArtifactInfo:
         phone = ctx.phone_input_size
         info = self._convert(ctx, precision, dest, phone)
-        if phone:  # the same precision without the in-graph resize: what the larger input costs (export.api reports it)
+        if phone and ctx.options.phone_input_cost:  # the same precision without the resize: what the larger input costs
             twin = ctx.workdir / f"without_in_graph_resize_{precision}.tflite"
             ctx.cache[f"tflite_twin_{precision}"] = (twin, self._convert(ctx, precision, twin, None))
             pix = to_pixels(ctx.inputs_at(feed_preprocessing(ctx), "calib")[:1], ctx.preprocessing.mean,
