@@ -96,13 +96,18 @@ def referral_scores(probs: np.ndarray, positives: Sequence[int], given: Sequence
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def scores_for_operating_point(probs: np.ndarray, class_names: Sequence[str], op: dict) -> np.ndarray:
-    """The scores of a stored operating point (a manifest's ``calibration.operating_point``) for ``probs``
-    (N, C) — what serve thresholds. Older manifests carry no ``given_classes``: the plain sum."""
+def operating_point_indices(class_names: Sequence[str], op: dict) -> tuple[list[int], list[int] | None]:
+    """(positive output indices, conditioning output indices or None) of a stored operating point (a manifest's
+    ``calibration.operating_point``) for these classes. Older manifests carry no ``given_classes``: None."""
     names = list(class_names)
     pos = [names.index(c) for c in op.get("positive_classes", []) if c in names]
     given_names = op.get("given_classes")
-    given = None if not given_names else [names.index(c) for c in given_names if c in names]
+    return pos, (None if not given_names else [names.index(c) for c in given_names if c in names])
+
+
+def scores_for_operating_point(probs: np.ndarray, class_names: Sequence[str], op: dict) -> np.ndarray:
+    """The scores of a stored operating point for ``probs`` (N, C) — what serve thresholds."""
+    pos, given = operating_point_indices(class_names, op)
     return referral_scores(np.atleast_2d(probs), pos, given)
 
 

@@ -8,10 +8,11 @@ thread (the event loop never blocks on inference). Up to ``max_in_flight`` batch
 moment one ends instead of idling while the event loop — which competes with request handling and image
 decoding for the GIL — delivers the results and forms the next batch; ``benchmarks/serve_load.py`` measured
 that idle gap at over a third of the worker's time with one batch at a time. An item may also be a
-zero-argument callable that returns the image (decoding + preprocessing): the worker thread calls it just
-before running the batch, so that the image is decoded on the thread that infers it (one thread hand-off per
-request instead of two; ``/predict`` does this when the model is idle); a callable that raises fails its own
-caller only. New images wait in the queue; when it is full, :meth:`submit` refuses at once
+zero-argument callable that returns the image: the worker thread calls it just before running the batch —
+``/predict`` passes one that decodes the image there when the model is idle (one thread hand-off per request
+instead of two), and one that takes the image from the decoding pool when it is busy (no event-loop hop
+between decoding and inference); a callable that raises fails its own caller only. New images wait in the
+queue; when it is full, :meth:`submit` refuses at once
 (:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up.
 """
 from __future__ import annotations
@@ -79,6 +80,11 @@ class MicroBatcher:
     def idle(self) -> bool:
         """No batch is running or waiting and no image is queued: an image submitted now runs at once."""
         return not self._in_flight and (self._queue is None or self._queue.empty())
+
+    @property
+    def full(self) -> bool:
+        """The queue has no room: :meth:`submit` refuses an image now."""
+        return self._queue is not None and self._queue.full()
 
     @property
     def depth(self) -> int:

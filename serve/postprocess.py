@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionlite.referral import scores_for_operating_point
+from lesionlite.referral import operating_point_indices, referral_scores
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -36,8 +36,8 @@ def referral(p: np.ndarray, class_names: list[str], op: dict[str, Any] | None) -
     """
     if not op:
         return None
-    idx = [class_names.index(c) for c in op.get("positive_classes", []) if c in class_names]
-    score = float(scores_for_operating_point(p, class_names, op)[0]) if idx else 0.0
+    idx, given = operating_point_indices(class_names, op)
+    score = float(referral_scores(np.atleast_2d(p), idx, given)[0]) if idx else 0.0
     threshold = float(op["threshold"])
     return {"target": op.get("target"), "positive_classes": [class_names[i] for i in idx], "score": score,
             "given_classes": op.get("given_classes"), "threshold": threshold, "refer": bool(score >= threshold),

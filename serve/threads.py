@@ -7,6 +7,10 @@ decoding thread and every batch to the model's thread, that bookkeeping was a me
 event loop's time (benchmarks/RESULTS.md, section 3a). Here a job
 is a tuple on a :class:`queue.SimpleQueue` and its result goes straight to an asyncio future with
 ``call_soon_threadsafe``.
+
+:meth:`LeanPool.submit` hands a job's result to another *thread* instead (a :class:`ThreadResult`): ``/predict``
+under load decodes an image on the pool and the model's inference thread takes the decoded image straight
+from it, so the event loop is not woken between decoding and inference (section 3a).
 """
 from __future__ import annotations
 
@@ -24,6 +28,32 @@ def _resolve(fut: asyncio.Future, result: Any, exc: BaseException | None) -> Non
         fut.set_exception(exc)
     else:
         fut.set_result(result)
+
+
+class ThreadResult:
+    """The result of a job submitted with :meth:`LeanPool.submit`, for a thread to wait on (not the event loop).
+
+    A plain lock held until the job is done is the cheapest wait there is (no Condition, no callbacks)."""
+
+    __slots__ = ("_done", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _set(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error = value, error
+        self._done.release()
+
+    def result(self) -> Any:
+        """Wait for the job; its return value, or its exception raised here (every call raises it again)."""
+        with self._done:  # acquired once the job has released it; released again for later calls
+            pass
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class LeanPool:
@@ -47,18 +77,32 @@ class LeanPool:
         self._jobs.put((loop, fut, fn, args))
         return fut
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> ThreadResult:
+        """Run ``fn(*args)`` on a pool thread for another thread to collect (:meth:`ThreadResult.result`).
+
+        Every submitted job runs, also after :meth:`shutdown` was called (so nobody waits forever)."""
+        if self._closed:
+            raise RuntimeError("the pool is shut down")
+        res = ThreadResult()
+        self._jobs.put((None, res, fn, args))
+        return res
+
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             loop, fut, fn, args = job
-            if fut.done():  # cancelled before it started: skip it
+            if loop is not None and fut.done():  # cancelled before it started: skip it
                 continue
             try:
                 result, exc = fn(*args), None
             except BaseException as e:  # delivered to the caller, like run_in_executor
                 result, exc = None, e
+            if loop is None:  # a ThreadResult: its waiting thread takes it
+                fut._set(result, exc)
+                del job, fut, result, exc
+                continue
             try:
                 loop.call_soon_threadsafe(_resolve, fut, result, exc)
             except RuntimeError:  # the loop is closed: nobody is waiting any more

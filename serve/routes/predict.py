@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -119,24 +120,32 @@ async def predict(
         data = bytes(files[0].data)
         del parts, files
         batcher = state.batchers.get(entry.name)
-        if batcher is not None and batcher.idle:
-            # nothing else to run: decode on the inference thread itself, one thread hand-off instead of two
-            # (while the model is busy, the preprocessing pool decodes alongside it: PIL releases the GIL)
+        pool = state.decode_pool
+        if pool is None:  # no decoding threads (a server that is stopping): the executor, then the batcher
+            decoded = [await asyncio.get_running_loop().run_in_executor(
+                state.preprocess_pool, decode_for_prediction, data, entry, settings.max_pixels, settings.min_image_side)]
+            (logits,) = await state.classify(entry, [decoded[0][0]])
+        else:
+            # The image reaches the model's thread as a callable that gives it. Idle model: the inference
+            # thread decodes it itself (one hand-off instead of two). Busy model: the decoding pool starts
+            # now, alongside the running batch (PIL releases the GIL), and the inference thread takes the
+            # decoded image straight from it, without waking the event loop in between (RESULTS.md 3a).
+            # (A full queue refuses the request anyway: no decoding is started for it then.)
             decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
+            decode: Callable[[], tuple[np.ndarray, np.ndarray | None]]
+            if batcher is None or batcher.idle or batcher.full:
+                decode = functools.partial(decode_for_prediction, data, entry, settings.max_pixels,
+                                           settings.min_image_side)
+            else:
+                decode = pool.submit(decode_for_prediction, data, entry, settings.max_pixels,
+                                     settings.min_image_side).result
 
-            def prepare(payload: bytes = data) -> np.ndarray:
-                decoded.append(decode_for_prediction(payload, entry, settings.max_pixels, settings.min_image_side))
+            def prepare() -> np.ndarray:
+                decoded.append(decode())
                 return decoded[0][0]
 
             (logits,) = await state.classify(entry, [prepare])
-            del prepare  # its default holds the upload: freed with `data` below
-        else:
-            args = (data, entry, settings.max_pixels, settings.min_image_side)
-            pool = state.decode_pool
-            decoded = [await (pool.run(decode_for_prediction, *args) if pool is not None else
-                              asyncio.get_running_loop().run_in_executor(state.preprocess_pool, decode_for_prediction,
-                                                                         *args))]
-            (logits,) = await state.classify(entry, [decoded[0][0]])
+            del prepare, decode  # they hold the upload: freed with `data` below
         del data
     out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry, settings),
                     settings.abstain_threshold, assess_ood(entry, None, logits, decoded[0][1]), entry.operating_point)
