@@ -131,6 +131,8 @@ class MicroBatcher:
         self._on_depth(q.qsize())
         _wake(self._wake)
         try:
+            if len(futs) == 1:  # /predict: no gathering future and callbacks for one image
+                return [await futs[0]]
             return list(await asyncio.gather(*futs))
         except asyncio.CancelledError:
             for f in futs:  # the client went away: the batcher skips cancelled items
