@@ -74,6 +74,89 @@ def fake_adb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return make
 
 
+# ------------------------------------------------------------------------------------- export's shared artifacts
+# Exports take tens of seconds each (conversion, parity, bootstrap CIs); the modules that only read an export of
+# the tiny_cnn fixture (tests/tiny_checkpoint.py) with the same options share one per session instead of each
+# exporting its own. A test that needs other options, or changes what it gets, exports (or copies) its own.
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    """``synthetic_bundle()``: the fixture model's data (read-only)."""
+    from tiny_checkpoint import synthetic_bundle
+
+    return synthetic_bundle()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_bundle) -> Path:
+    """``make_tiny_checkpoint`` on ``tiny_bundle``: one trained tiny_cnn run directory (read-only)."""
+    pytest.importorskip("torch")
+    from tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_run") / "tiny", tiny_bundle)
+
+
+@pytest.fixture(scope="session")
+def export_all(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, tiny_bundle):
+    """``(out, report)``: ``tiny_run`` exported to every format x fp32/fp16/int8 at the model's own 32 px input
+    (``--phone-input-size none``), calibrated on ``EXPORT_ALL_CALIB`` images (read-only: copy what you change)."""
+    pytest.importorskip("onnxruntime")
+    from tiny_checkpoint import EXPORT_ALL_CALIB
+
+    from export.api import export_model
+
+    out = tmp_path_factory.mktemp("export_all")
+    report = export_model(tiny_run, out, "all", "fp32,fp16,int8", dataset=tiny_bundle, calib_samples=EXPORT_ALL_CALIB,
+                          phone_input_size=0)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_cnn trained on ``synthetic_bundle(**SMALL_BUNDLE_ARGS)`` (read-only)."""
+    pytest.importorskip("torch")
+    from tiny_checkpoint import SMALL_BUNDLE_ARGS, make_tiny_checkpoint, synthetic_bundle
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("small_run") / "run", synthetic_bundle(**SMALL_BUNDLE_ARGS))
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory: pytest.TempPathFactory, small_run: Path) -> Path:
+    """``small_run`` exported to ONNX fp32 + fp16 with ``SMALL_EXPORT_KW`` (read-only: copy what you change)."""
+    pytest.importorskip("onnxruntime")
+    from tiny_checkpoint import SMALL_BUNDLE_ARGS, SMALL_EXPORT_KW, synthetic_bundle
+
+    from export.api import export_model
+
+    out = tmp_path_factory.mktemp("small_export") / "out"
+    export_model(small_run, out, dataset=synthetic_bundle(**SMALL_BUNDLE_ARGS), **SMALL_EXPORT_KW)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phone_bundle():
+    """``synthetic_bundle()`` whose splits also answer ``load_image(i)`` like the project's datasets."""
+    from tiny_checkpoint import synthetic_bundle, with_load_image
+
+    return with_load_image(synthetic_bundle())
+
+
+@pytest.fixture(scope="session")
+def phone_exports(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, phone_bundle) -> dict[str, Path]:
+    """TFLite fp32/fp16/int8 (float I/O) and int8 with uint8 I/O of ``tiny_run`` at the default phone input (256 px,
+    downscaled in the graph), each also converted without the resize to report its cost; no external set.
+    ``{"fp32" | "fp16" | "int8" | "int8-io": artifact dir}`` (read-only)."""
+    pytest.importorskip("ai_edge_litert")
+    from export.api import export_model
+
+    out = tmp_path_factory.mktemp("phone_tflite")
+    export_model(tiny_run, out / "float_io", "tflite", "fp32,fp16,int8", dataset=phone_bundle, calib_samples=100,
+                 external=None, phone_input_cost=True)
+    export_model(tiny_run, out / "int_io", "tflite", "int8", dataset=phone_bundle, calib_samples=100, int8_io=True,
+                 external=None, phone_input_cost=True)
+    return {"fp32": out / "float_io/tiny_cnn_tflite_fp32", "fp16": out / "float_io/tiny_cnn_tflite_fp16",
+            "int8": out / "float_io/tiny_cnn_tflite_int8", "int8-io": out / "int_io/tiny_cnn_tflite_int8"}
+
+
 # ------------------------------------------------------------------------------------- serve's live server
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -50,20 +50,16 @@ def board():
 
 
 @pytest.fixture(scope="module")
-def int8_export(tmp_path_factory) -> Path:
-    """A real int8 TFLite and int8 ONNX export of a tiny trained CNN (synthetic data, ~seconds)."""
-    pytest.importorskip("torch")
-    pytest.importorskip("ai_edge_litert")
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+def int8_export(tmp_path_factory, export_all, phone_exports) -> Path:
+    """A real int8 ONNX and int8 TFLite (the default phone input) export of a tiny trained CNN: conftest's shared
+    exports of one run, copied into one folder with the PyTorch reference export saved beside them."""
+    import shutil
 
-    from export.api import export_model
-
-    root = tmp_path_factory.mktemp("board_export")
-    bundle = synthetic_bundle(n_train=70, n_val=14, n_test=28)
-    run = make_tiny_checkpoint(root / "run", bundle)
-    out = root / "export"
-    export_model(run, out, formats="onnx,tflite", precisions="int8", dataset=bundle, calib_samples=32,
-                 eval_samples=28, force=True)
+    src = export_all[0]
+    out = tmp_path_factory.mktemp("board_export") / "export"
+    shutil.copytree(src / "tiny_cnn_onnx_int8", out / "tiny_cnn_onnx_int8")
+    shutil.copytree(phone_exports["int8"], out / "tiny_cnn_tflite_int8")
+    shutil.copy2(src / "pytorch_reference.npz", out / "pytorch_reference.npz")
     kinds = sorted(p.parent.name for p in out.glob("*/manifest.json"))
     assert any("onnx" in k for k in kinds) and any("tflite" in k for k in kinds), kinds
     return out

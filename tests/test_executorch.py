@@ -1,7 +1,7 @@
 """ExecuTorch: ``--format executorch`` writes ``model.pte`` (XNNPACK) and ``bench`` measures it on the host.
 
-One module-scoped export of the briefly trained tiny_cnn (tests/tiny_checkpoint.py) to fp32 and int8 ``.pte``
-(int8 calibrated on 40 training images, as the other int8 artifacts are). The programs are then run by
+The fp32 and int8 ``.pte`` of the briefly trained tiny_cnn (tests/tiny_checkpoint.py) from conftest's shared
+every-format export (int8 calibrated on its training images, as the other int8 artifacts are). The programs are then run by
 ``executorch.runtime`` directly — not through export's runner — and compared with PyTorch, and
 ``lesionlite bench`` measures them in its own subprocess runner. Skipped, with the reason, where executorch is
 not installed (``pip install executorch==1.5.1``).
@@ -9,6 +9,7 @@ not installed (``pip install executorch==1.5.1``).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install executorch==1.5.1)")
 
-from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import EXPORT_ALL_CALIB, PREPROCESSING
 
 from lesionlite.manifest import read_manifest
 from lesionlite.preprocessing import preprocess_batch
@@ -27,19 +28,20 @@ PRECISIONS = ("fp32", "int8")
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return synthetic_bundle()
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, bundle):
-    from export.api import export_model
-
-    run = make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
+def exported(tmp_path_factory, tiny_run, export_all):
+    """The ``.pte`` artifacts of conftest's every-format export, copied (with the PyTorch reference export saved
+    beside them) into a folder of their own: what bench and verify are pointed at holds ExecuTorch only."""
+    src, report = export_all
     out = tmp_path_factory.mktemp("export")
-    report = export_model(run, out, "executorch", ",".join(PRECISIONS), dataset=bundle, calib_samples=40,
-                          external="none")
-    return run, out, report
+    for prec in PRECISIONS:
+        shutil.copytree(src / f"tiny_cnn_executorch_{prec}", out / f"tiny_cnn_executorch_{prec}")
+    shutil.copy2(src / "pytorch_reference.npz", out / "pytorch_reference.npz")
+    return tiny_run, out, [a for a in report.artifacts if a.format == "executorch" and a.precision in PRECISIONS]
 
 
 def _pytorch_logits(run: Path, x: np.ndarray) -> np.ndarray:
@@ -53,8 +55,8 @@ def _pytorch_logits(run: Path, x: np.ndarray) -> np.ndarray:
 
 
 def test_pte_written_with_manifest_and_parity(exported):
-    _, out, report = exported
-    assert [a.status for a in report.artifacts] == ["written"] * len(PRECISIONS)
+    _, out, artifacts = exported
+    assert [a.status for a in artifacts] == ["written"] * len(PRECISIONS)
     for prec in PRECISIONS:
         d = out / f"tiny_cnn_executorch_{prec}"
         m = read_manifest(d)
@@ -66,7 +68,7 @@ def test_pte_written_with_manifest_and_parity(exported):
         assert set(m.metrics) >= {"accuracy", "balanced_accuracy"}
     m8 = read_manifest(out / "tiny_cnn_executorch_int8")
     q = m8.extra["quantization"]
-    assert "XNNPACKQuantizer" in q["method"] and q["calibration_samples"] == 40 and "preparation" in q
+    assert "XNNPACKQuantizer" in q["method"] and q["calibration_samples"] == EXPORT_ALL_CALIB and "preparation" in q
     # int8 weights: smaller than fp32
     assert (out / "tiny_cnn_executorch_int8" / "model.pte").stat().st_size < \
         (out / "tiny_cnn_executorch_fp32" / "model.pte").stat().st_size
@@ -88,14 +90,22 @@ def test_pte_outputs_match_pytorch_in_executorch_runtime(exported, bundle):
             assert float(np.abs(got - ref).max()) < max_abs
 
 
-def test_bench_measures_pte_on_the_host(exported, tmp_path):
+@pytest.fixture(scope="module")
+def benched(exported, tmp_path_factory) -> Path:
+    """One ``lesionlite bench --op-profile`` of the ``.pte`` folder (the latency rows and the op profiles are read
+    by separate tests; ``--op-profile`` measures the latency as a plain bench does, then profiles)."""
     from mobile_benchmarks.cli import main
 
     _, out, _ = exported
-    rc = main([str(out), "--threads", "1", "--runs", "20", "--warmup", "2", "--repeats", "1", "--min-secs", "0",
-               "--warmup-min-secs", "0", "--out", str(tmp_path), "--quiet"])
+    dest = tmp_path_factory.mktemp("bench")
+    rc = main([str(out), "--op-profile", "--threads", "1", "--runs", "10", "--warmup", "2", "--repeats", "1",
+               "--min-secs", "0", "--warmup-min-secs", "0", "--out", str(dest), "--quiet"])
     assert rc == 0
-    doc = json.loads((tmp_path / "bench.json").read_text())
+    return dest
+
+
+def test_bench_measures_pte_on_the_host(benched):
+    doc = json.loads((benched / "bench.json").read_text())
     rows = {r["artifact"]: r for r in doc["results"]}
     assert set(rows) == {f"tiny_cnn_executorch_{p}" for p in PRECISIONS}
     for r in rows.values():
@@ -103,7 +113,7 @@ def test_bench_measures_pte_on_the_host(exported, tmp_path):
         assert r["delegate"]["name"] == "XNNPACK"
         assert 0 < r["latency_ms"]["p50"] < 1000
     assert doc["host"]["executorch"]
-    md = (tmp_path / "bench.md").read_text()
+    md = (benched / "bench.md").read_text()
     assert "| tiny_cnn_executorch_int8 |" in md
 
 
@@ -174,16 +184,10 @@ def test_relu6_outputs_are_quantized_on_the_clamped_range():
     assert float((got - ref).abs().max()) < 0.1 * float(ref.abs().max())
 
 
-def test_bench_op_profile_reads_the_etdump_of_each_pte(exported, tmp_path):
+def test_bench_op_profile_reads_the_etdump_of_each_pte(benched):
     """`bench --op-profile`: ExecuTorch's devtools (ETDump + Inspector) work with the pip wheel; XNNPACK's own
     operators inside the delegate are the op types, int8 ones named as such (QS8/QC8)."""
-    from mobile_benchmarks.cli import main
-
-    _, out, _ = exported
-    rc = main([str(out), "--op-profile", "--threads", "1", "--runs", "10", "--warmup", "2", "--repeats", "1",
-               "--min-secs", "0", "--warmup-min-secs", "0", "--out", str(tmp_path), "--quiet"])
-    assert rc == 0
-    doc = json.loads((tmp_path / "bench.json").read_text())
+    doc = json.loads((benched / "bench.json").read_text())
     profiles = {p["artifact"]: p for p in doc["op_profiles"]}
     assert set(profiles) == {f"tiny_cnn_executorch_{p}" for p in PRECISIONS}
     for p in profiles.values():
@@ -193,4 +197,4 @@ def test_bench_op_profile_reads_the_etdump_of_each_pte(exported, tmp_path):
         assert not any("#" in r["op_type"] or r["op_type"] in ("DELEGATE_CALL", "Method::execute") for r in s["ops"])
     int8_types = " ".join(r["op_type"] for r in profiles["tiny_cnn_executorch_int8"]["summary"]["ops"])
     assert "QS8" in int8_types or "QC8" in int8_types
-    assert "## Where the time goes (op profile)" in (tmp_path / "bench.md").read_text()
+    assert "## Where the time goes (op profile)" in (benched / "bench.md").read_text()

@@ -1,9 +1,9 @@
 """Export round trips: every format × precision, run (ONNX, TFLite) or spec-checked (CoreML) on CPU.
 
-One module-scoped export of a briefly trained tiny_cnn (tests/tiny_checkpoint.py) to every format ×
-fp32/fp16/int8, plus one TFLite int8 export with int8 I/O. The artifacts are then run *independently*
-of export's own runners (onnxruntime / the LiteRT interpreter, fed by lesionlite.preprocessing) and
-compared with PyTorch.
+One export of a briefly trained tiny_cnn (tests/tiny_checkpoint.py) to every format × fp32/fp16/int8, plus
+one TFLite int8 export with int8 I/O (both conftest's session fixtures, shared with other modules). The
+artifacts are then run *independently* of export's own runners (onnxruntime / the LiteRT interpreter, fed by
+lesionlite.preprocessing) and compared with PyTorch.
 
 Parity levels asserted: fp32 max |Δlogit| < 1e-4 and 100 % top-1; fp16 ≥ 99 % top-1; int8 ≥ 97 %.
 The int8 level is what this model really achieves with margin: trained to well-separated logits on
@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from tiny_checkpoint import PREPROCESSING, make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import PREPROCESSING, synthetic_bundle
 
 from export.formats import list_formats
 from lesionlite.manifest import absolute_paths_in, read_manifest
@@ -37,34 +37,29 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return synthetic_bundle()
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, bundle) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, run_dir, bundle):
-    from export.api import export_model
-
-    out = tmp_path_factory.mktemp("export")
-    # --phone-input-size none: every format takes the model's own 32 px input, so TFLite is held to PyTorch on the
-    # same tensor (the default phone input, 256 px downscaled in the graph, is tested with int8 I/O below and in
-    # tests/test_tflite_mediapipe.py)
-    report = export_model(run_dir, out, "all", "fp32,fp16,int8", dataset=bundle, calib_samples=100, phone_input_size=0)
-    return out, report
+def exported(export_all):
+    # conftest's session export (shared with test_executorch and test_tflite_mediapipe): --phone-input-size none, so
+    # every format takes the model's own 32 px input and TFLite is held to PyTorch on the same tensor (the default
+    # phone input, 256 px downscaled in the graph, is tested with int8 I/O below and in tests/test_tflite_mediapipe.py)
+    return export_all
 
 
 @pytest.fixture(scope="module")
-def exported_int8_io(tmp_path_factory, run_dir, bundle):
-    from export.api import export_model
-
-    out = tmp_path_factory.mktemp("export_int8io")
-    report = export_model(run_dir, out, "tflite", "int8", dataset=bundle, calib_samples=100, int8_io=True)
-    return out, report
+def exported_int8_io(phone_exports):
+    """TFLite int8 with int8 I/O at the default phone input: conftest's session export, shared with
+    tests/test_tflite_mediapipe.py (its report read back from the export's export_report.json)."""
+    out = phone_exports["int8-io"].parent
+    return out, json.loads((out / "export_report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +232,9 @@ def test_tflite_int8_io(exported_int8_io, reference, bundle):
     assert q_out["scale"] == pytest.approx(1 / 256) and q_out["zero_point"] == 0
     y = _run_tflite(d / m.files["model"], _tflite_inputs(bundle, m), q_in, q_out)
     assert _agreement(y, ref) >= INT8_MIN_AGREEMENT
-    assert report.artifacts[0].parity["top1_agreement"] >= INT8_MIN_AGREEMENT
-    ops = report.artifacts[0].validation["op_types"]
+    (art,) = report["artifacts"]
+    assert art["name"] == "tiny_cnn_tflite_int8" and art["parity"]["top1_agreement"] >= INT8_MIN_AGREEMENT
+    ops = art["validation"]["op_types"]
     assert ops.get("QUANTIZE") == 2 and "DEQUANTIZE" not in ops  # integer end to end, two exact uint8<->int8 shifts
 
 

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import SMALL_BUNDLE_ARGS, make_tiny_checkpoint, synthetic_bundle
 
 import export.data
 from export.cli import main as export_main
@@ -24,12 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bundle():
-    return synthetic_bundle(n_train=70, n_val=14, n_test=42)
+    return synthetic_bundle(**SMALL_BUNDLE_ARGS)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, bundle) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("cli") / "run", bundle)
+def run_dir(small_run) -> Path:
+    """conftest's small_run: tiny_cnn trained on ``bundle`` (read-only)."""
+    return small_run
 
 
 @pytest.fixture

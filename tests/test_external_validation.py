@@ -156,16 +156,12 @@ def test_clinical_metrics_and_paired_deltas_on_known_predictions():
 
 # ------------------------------------------------------------------------------------------ export + evaluate
 @pytest.fixture(scope="module")
-def exported_with_external(tmp_path_factory: pytest.TempPathFactory, external_root: Path):
-    pytest.importorskip("torch")
+def exported_with_external(tmp_path_factory: pytest.TempPathFactory, external_root: Path, tiny_run: Path, tiny_bundle):
     pytest.importorskip("onnxruntime")
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
-
     from export.api import export_model
 
     tmp = tmp_path_factory.mktemp("extexport")
-    bundle = synthetic_bundle()
-    run = make_tiny_checkpoint(tmp / "run", bundle)
+    bundle, run = tiny_bundle, tiny_run  # conftest's: make_tiny_checkpoint on synthetic_bundle() (read-only)
     ext = load_dataset("isic-archive:isic_ext", root=external_root)
     out = tmp / "out"
     report = export_model(run, out, "onnx", "fp32,int8", dataset=bundle, calib_samples=50, external=ext)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_serve_support import ServerThread, build_onnx, encode, free_port, pattern, wait_until_ready
-from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import SMALL_BUNDLE_ARGS, SMALL_EXPORT_KW, synthetic_bundle
 
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME
@@ -35,8 +35,8 @@ from lesionlite.manifest import MANIFEST_NAME
 pytestmark = pytest.mark.slow  # killed exports and trainings in subprocesses, a server under SIGTERM
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE_ARGS = dict(n_train=70, n_val=14, n_test=42)
-EXPORT_KW = dict(formats="onnx", precisions="fp32,fp16", eval_samples=28, calib_samples=28)
+BUNDLE_ARGS = SMALL_BUNDLE_ARGS  # conftest's small_run / small_export: the checkpoint and first export shared
+EXPORT_KW = SMALL_EXPORT_KW
 
 
 def _hidden(d: Path) -> list[str]:
@@ -63,14 +63,27 @@ def _served_and_benched(out: Path) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("faults") / "run", synthetic_bundle(**BUNDLE_ARGS))
+def checkpoint(small_run: Path) -> Path:
+    return small_run
 
 
 def _export(ckpt: Path, out: Path):
     from export.api import export_model
 
     return export_model(ckpt, out, dataset=synthetic_bundle(**BUNDLE_ARGS), **EXPORT_KW)
+
+
+@pytest.fixture(scope="module")
+def first_export(small_export: Path) -> Path:
+    """One finished ``_export`` of ``checkpoint`` (conftest's, read-only): each test starts from a copy of it, as it
+    would from its own first ``_export`` (the same files), and faults what comes next."""
+    return small_export
+
+
+def _exported_copy(first_export: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "export"
+    shutil.copytree(first_export, out)
+    return out
 
 
 #: the export in a child process that SIGKILLs itself at a chosen point of the commit:
@@ -98,9 +111,9 @@ api.export_model(ckpt, out, dataset=synthetic_bundle(**%(bundle)r), **%(kw)r)
 
 
 @pytest.mark.parametrize("point", ["staged", "one-committed", "between-renames"])
-def test_killed_export_changes_nothing_serve_or_bench_load(checkpoint: Path, tmp_path: Path, point: str) -> None:
-    out = tmp_path / "export"
-    _export(checkpoint, out)
+def test_killed_export_changes_nothing_serve_or_bench_load(checkpoint: Path, first_export: Path, tmp_path: Path,
+                                                          point: str) -> None:
+    out = _exported_copy(first_export, tmp_path)
     before = _model_bytes(out)
     names = {"tiny_cnn_onnx_fp32", "tiny_cnn_onnx_fp16"}
     assert set(before) == names
@@ -149,13 +162,12 @@ def test_export_cleanup_spares_a_live_writers_staging(tmp_path: Path) -> None:
     assert live.is_dir() and (tmp_path / "visible").is_dir()
 
 
-def test_enospc_during_export_loses_nothing(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+def test_enospc_during_export_loses_nothing(checkpoint: Path, first_export: Path, tmp_path: Path, monkeypatch) -> None:
     """The disk fills while the second artifact is written: a clear error, nothing already there changes,
     no staging left behind."""
     from export.formats import get_format
 
-    out = tmp_path / "export"
-    _export(checkpoint, out)
+    out = _exported_copy(first_export, tmp_path)
     before = _model_bytes(out)
     report_before = (out / "export_report.json").read_bytes()
 

@@ -1,6 +1,6 @@
 """Golden vectors beside every exported artifact and ``lesionlite verify``.
 
-One module-scoped export of the tiny_cnn fixture to ONNX fp32 and TFLite fp32 + int8 with uint8 I/O; verify
+The tiny_cnn fixture's ONNX fp32 and TFLite fp32 + int8 with uint8 I/O (conftest's shared exports); verify
 passes on the fresh export and names the cause when the model file, the preprocessing or the runtime's
 outputs disagree.
 """
@@ -17,20 +17,19 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
-from tiny_checkpoint import CLASS_NAMES, make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    from export.api import export_model
-
-    bundle = synthetic_bundle()
-    run = make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
+def export_dir(tmp_path_factory, export_all, phone_exports) -> Path:
+    """ONNX fp32 from conftest's every-format export beside (in ``tfl/``) TFLite fp32 and int8 with uint8 I/O from
+    its phone-input export: three artifacts export wrote for the same tiny_cnn run, copied into one folder."""
     out = tmp_path_factory.mktemp("export") / "out"
-    export_model(run, out, "onnx", "fp32", dataset=bundle, calib_samples=60, external=None)
-    export_model(run, out / "tfl", "tflite", "fp32,int8", dataset=bundle, calib_samples=60, int8_io=True, external=None)
+    shutil.copytree(export_all[0] / "tiny_cnn_onnx_fp32", out / "tiny_cnn_onnx_fp32")
+    shutil.copytree(phone_exports["fp32"], out / "tfl/tiny_cnn_tflite_fp32")
+    shutil.copytree(phone_exports["int8-io"], out / "tfl/tiny_cnn_tflite_int8")
     return out
 
 

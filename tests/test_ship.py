@@ -46,17 +46,11 @@ def test_an_int8_only_export_is_held_to_pytorch() -> None:
 
 
 @pytest.mark.slow
-def test_export_report_and_cli_say_what_to_ship(tmp_path, capsys) -> None:
+def test_export_report_and_cli_say_what_to_ship(small_export) -> None:
+    """conftest's small_export: a tiny_cnn exported to ONNX fp32 + fp16 (eval and calibration on 28 images)."""
     import json
 
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
-
-    from export.api import export_model
-
-    bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
-    ckpt = make_tiny_checkpoint(tmp_path / "run", bundle)
-    export_model(ckpt, tmp_path / "out", "onnx", "fp32,fp16", dataset=bundle, eval_samples=28, calib_samples=28)
-    doc = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    doc = json.loads((small_export / "export_report.json").read_text())
     (rec,) = doc["ship"]
     assert rec["format"] == "onnx" and rec["ship"] in ("tiny_cnn_onnx_fp32", "tiny_cnn_onnx_fp16")
-    assert "Which precision to ship" in (tmp_path / "out" / "export_report.md").read_text()
+    assert "Which precision to ship" in (small_export / "export_report.md").read_text()

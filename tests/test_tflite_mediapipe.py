@@ -1,10 +1,10 @@
 """Exported TFLite in the phone's task runtime: metadata present, MediaPipe's ImageClassifier loads every file.
 
-One module-scoped export of the tiny_cnn fixture (tests/tiny_checkpoint.py) to TFLite fp32/fp16/int8 and
-int8 with integer I/O (uint8 pixels in, uint8 probabilities out), with the default phone input (``auto``: a
-256 px input downscaled to the model's 32 px inside the graph), and one fp32 export with it off (the model's own
-32 px input). MediaPipe gets the test images as they are (48x40 RGB, resized by MediaPipe itself to the input),
-as an app would give them.
+One export of the tiny_cnn fixture (tests/tiny_checkpoint.py) to TFLite fp32/fp16/int8 and int8 with integer
+I/O (uint8 pixels in, uint8 probabilities out), with the default phone input (``auto``: a 256 px input downscaled
+to the model's 32 px inside the graph), and one fp32 export with it off (the model's own 32 px input): both
+conftest's session fixtures (``phone_exports``, ``export_all``), shared with other modules. MediaPipe gets the
+test images as they are (48x40 RGB, resized by MediaPipe itself to the input), as an app would give them.
 """
 from __future__ import annotations
 
@@ -17,43 +17,26 @@ pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("mediapipe")
 
-from tiny_checkpoint import CLASS_NAMES, make_tiny_checkpoint, synthetic_bundle
+from tiny_checkpoint import CLASS_NAMES
 
-#: one module fixture exports five TFLite files and their twins without the in-graph resize (~4 min alone on one
-#: core of the 2-vCPU host; more when the core is shared)
+#: the session fixture exports five TFLite files and their twins without the in-graph resize (~4 min alone on one
+#: core of the 2-vCPU host; more when the core is shared) unless test_export.py made it already
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 MIN_AGREEMENT = 0.97
 PHONE = 256  # --phone-input-size auto for the 32 px fixture model: the smallest multiple of 32 >= 256
 
 
-class _Split(list):
-    """A list split that also answers ``load_image(i)`` like the project's datasets."""
-
-    def load_image(self, i: int):
-        return self[i][0]
+@pytest.fixture(scope="module")
+def bundle(phone_bundle):
+    return phone_bundle
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    b = synthetic_bundle()
-    b.train, b.val, b.test = _Split(b.train), _Split(b.val), _Split(b.test)
-    return b
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, bundle) -> dict[str, Path]:
-    from export.api import export_model
-
-    run = make_tiny_checkpoint(tmp_path_factory.mktemp("run") / "tiny", bundle)
-    out = tmp_path_factory.mktemp("tflite")
-    # no external set: this module is about the phone runtime, and each artifact is also converted (and run)
-    # without the in-graph resize to measure its cost
-    export_model(run, out / "float_io", "tflite", "fp32,fp16,int8", dataset=bundle, calib_samples=100, external=None,
-                 phone_input_cost=True)
-    export_model(run, out / "int_io", "tflite", "int8", dataset=bundle, calib_samples=100, int8_io=True, external=None,
-                 phone_input_cost=True)
-    return {"fp32": out / "float_io/tiny_cnn_tflite_fp32", "fp16": out / "float_io/tiny_cnn_tflite_fp16",
-            "int8": out / "float_io/tiny_cnn_tflite_int8", "int8-io": out / "int_io/tiny_cnn_tflite_int8"}
+def exported(phone_exports) -> dict[str, Path]:
+    """conftest's session export (test_export's int8-I/O test reads the same ``int8-io`` artifact). No external set:
+    this module is about the phone runtime, and each artifact is also converted (and run) without the in-graph
+    resize to measure its cost."""
+    return phone_exports
 
 
 @pytest.mark.parametrize("which", ["fp32", "fp16", "int8", "int8-io"])
@@ -158,15 +141,12 @@ def test_verify_passes_on_the_phone_input_artifacts(exported, capsys):
     assert "3 of 3 artifact(s) passed" in capsys.readouterr().out
 
 
-def test_phone_input_off_gives_the_models_own_input(tmp_path, bundle):
-    from export.api import export_model
+def test_phone_input_off_gives_the_models_own_input(export_all, bundle):
     from export.mediapipe_check import classify
     from lesionlite.manifest import read_manifest
 
-    run = make_tiny_checkpoint(tmp_path / "tiny", bundle)
-    export_model(run, tmp_path / "out", "tflite", "fp32", dataset=bundle, calib_samples=50, phone_input_size=0,
-                 external=None)
-    art = tmp_path / "out" / "tiny_cnn_tflite_fp32"
+    out, _ = export_all  # conftest's every-format export, with --phone-input-size none
+    art = out / "tiny_cnn_tflite_fp32"
     m = read_manifest(art / "manifest.json")
     assert m.input["shape"] == [1, 32, 32, 3] and m.preprocessing.input_size == 32
     assert "in_graph_resize" not in m.preprocessing.extra and "in_graph_resize" not in m.extra

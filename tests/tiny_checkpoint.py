@@ -20,6 +20,11 @@ from lesionlite.preprocessing import PreprocessConfig
 
 CLASS_NAMES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 PREPROCESSING = PreprocessConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+#: calibration images of conftest's shared every-format export (``export_all``)
+EXPORT_ALL_CALIB = 100
+#: conftest's small shared ONNX export (``small_export``): ``synthetic_bundle(**SMALL_BUNDLE_ARGS)``, these options
+SMALL_BUNDLE_ARGS = dict(n_train=70, n_val=14, n_test=42)
+SMALL_EXPORT_KW = dict(formats="onnx", precisions="fp32,fp16", eval_samples=28, calib_samples=28)
 
 
 @dataclass
@@ -85,3 +90,16 @@ def make_tiny_checkpoint(run_dir: str | Path, bundle: SyntheticBundle | None = N
     )
     save_student(run_dir, model, manifest)
     return Path(run_dir)
+
+
+class _Split(list):
+    """A list split that also answers ``load_image(i)`` like the project's datasets."""
+
+    def load_image(self, i: int):
+        return self[i][0]
+
+
+def with_load_image(bundle: SyntheticBundle) -> SyntheticBundle:
+    """``bundle`` with splits that answer ``load_image(i)`` (what export's MediaPipe check feeds raw images from)."""
+    bundle.train, bundle.val, bundle.test = _Split(bundle.train), _Split(bundle.val), _Split(bundle.test)
+    return bundle
