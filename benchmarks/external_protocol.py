@@ -133,6 +133,7 @@ def table(records: Path, n_boot: int) -> dict[str, Any]:
                                                                   for s in blocks},
                                    "per_seed": {s: {f: _value(b, f) for f in FIGURES} for s, b in blocks.items()}}
             row["mean"] = {f: _mean([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
+            row["sd"] = {f: _sd([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
             base = by_method.get("scratch", {})
             common = [s for s in blocks if s in base and base[s]["external"].get(model)]
             if key != "scratch" and common:
@@ -150,6 +151,12 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _sd(values: Sequence[float | None]) -> float | None:
+    """Sample standard deviation over seeds (None below two seeds)."""
+    vals = [v for v in values if v is not None]
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
+
+
 def _external_description(recs: Sequence[dict]) -> dict[str, Any] | None:
     if not recs:
         return None
@@ -165,6 +172,10 @@ def markdown(doc: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.1f} %"
 
+    def auc(r: dict, f: str) -> str:
+        sd = r["sd"][f]
+        return f3(r["mean"][f]) + ("" if sd is None else f" ± {sd:.3f}")
+
     def delta(d: dict | None) -> str:
         if not d:
             return "—"
@@ -172,7 +183,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
     ext = doc["external"] or {}
     lines = [f"External set: {ext.get('name')} ({ext.get('n')} images, {ext.get('melanomas')} melanomas). "
-             "Means over the seeds listed; per seed in the JSON. Δ vs scratch: paired on the same images and "
+             "Means (± sd) over the seeds listed; per seed in the JSON. Δ vs scratch: paired on the same images and "
              f"seeds, bootstrap 95 % CI over images ({doc['n_boot']} resamples).", "",
              "| method | model | seeds | internal Bal-ACC (PyTorch) | ext. mel AUC P(mel) | ext. mel AUC P(mel)/(P(mel)+P(nv)) "
              "| ext. Bal-ACC (bkl, mel, nv) | ext. mel sens. @ op | Δ vs scratch P(mel) | Δ vs scratch P(mel)/(P(mel)+P(nv)) |",
@@ -181,7 +192,7 @@ def markdown(doc: dict[str, Any]) -> str:
         m = r["mean"]
         bal = _mean(list(r["internal_balanced_accuracy"].values()))
         lines.append(f"| {r['label']} | {r['model']} | {', '.join(map(str, r['seeds']))} | {pct(bal)} | "
-                     f"{f3(m['melanoma_auc'])} | {f3(m['melanocytic_auc'])} | {pct(m['balanced_accuracy_present'])} | "
+                     f"{auc(r, 'melanoma_auc')} | {auc(r, 'melanocytic_auc')} | {pct(m['balanced_accuracy_present'])} | "
                      f"{pct(m['sensitivity'])} | {delta(r.get('vs_scratch_mel_auc'))} | "
                      f"{delta(r.get('vs_scratch_melanocytic_auc'))} |")
     return "\n".join(lines) + "\n"
