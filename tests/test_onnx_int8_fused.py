@@ -18,8 +18,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
-
 from lesionlite.manifest import read_manifest
 from mobile_benchmarks.remote_runner import MARKER
 
@@ -27,14 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_onnx_int8_has_uint8_activations_and_no_float_conv(tmp_path):
-    from export.api import export_model
-
-    bundle = synthetic_bundle()
-    run = make_tiny_checkpoint(tmp_path / "tiny", bundle)
-    out = tmp_path / "export"
-    report = export_model(run, out, "onnx", "int8", dataset=bundle, calib_samples=40, external="none")
-    assert [a.status for a in report.artifacts] == ["written"]
+def test_onnx_int8_has_uint8_activations_and_no_float_conv(export_all):
+    out, report = export_all  # conftest's every-format export of the tiny_cnn fixture (read-only)
+    assert [a.status for a in report.artifacts if a.name == "tiny_cnn_onnx_int8"] == ["written"]
     d = out / "tiny_cnn_onnx_int8"
     m = read_manifest(d)
     assert m.extra["quantization"]["activations"] == "uint8 per-tensor"

@@ -168,17 +168,16 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_export_cli_writes_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_cli_writes_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_run: Path) -> None:
     """``lesionlite export --triton-repo DIR``: the fp32, fp16 and int8 ONNX exports become three Triton models."""
-    pytest.importorskip("torch")
-    from tiny_checkpoint import make_tiny_checkpoint, synthetic_bundle
+    from tiny_checkpoint import SMALL_BUNDLE_ARGS, synthetic_bundle
 
     import export.data
     from export.cli import main as export_main
 
-    bundle = synthetic_bundle(n_train=70, n_val=14, n_test=42)
+    bundle = synthetic_bundle(**SMALL_BUNDLE_ARGS)
     monkeypatch.setattr(export.data, "load_bundle", lambda spec, root, seed=0: bundle)
-    run = make_tiny_checkpoint(tmp_path / "run", bundle)
+    run = small_run  # conftest's: tiny_cnn trained on this bundle (read-only)
     repo_dir = tmp_path / "triton"
     rc = export_main(["--checkpoint", str(run), "--format", "onnx", "--precision", "fp32,fp16,int8", "--out",
                       str(tmp_path / "out"), "--data", "synthetic", "--calib-samples", "28", "--eval-samples", "28",
