@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from distill import replicate_stats as rs
 from distill.bootstrap import N_BOOT, bootstrap
-from distill.metrics import balanced_accuracy, binary_auc, ece
 from lesionlite.classes import class_index
 from lesionlite.errors import LesionliteError
 from lesionlite.referral import (
@@ -135,29 +135,28 @@ def clinical_metrics(labels: np.ndarray, probs: np.ndarray, class_names: Sequenc
     pred = p.argmax(1)
     mel = class_index(list(class_names), "mel")
     stats: dict[str, Any] = {
-        "accuracy": lambda i: float((pred[i] == y[i]).mean()) if i.size else None,
-        "balanced_accuracy_present": lambda i: balanced_accuracy(y[i], pred[i]),
-        "ece": lambda i: ece(y[i], p[i]) if i.size else None,
+        "accuracy": rs.rate(pred == y),
+        "balanced_accuracy_present": rs.balanced_accuracy(y, pred),
+        "ece": rs.ece(y, p),
     }
     mc = melanocytic_scores(p, class_names)
     if mel is not None:
-        stats["melanoma_auc"] = lambda i: binary_auc(y[i] == mel, p[i, mel])
+        stats["melanoma_auc"] = rs.auc(y == mel, p[:, mel])
     if mc is not None:
-        stats["melanocytic_auc"] = lambda i: binary_auc(y[i] == mel, mc[i])
+        stats["melanocytic_auc"] = rs.auc(y == mel, mc)
     if mel is not None:
-        stats["melanoma_sensitivity_argmax"] = (
-            lambda i: float((pred[i][y[i] == mel] == mel).mean()) if (y[i] == mel).any() else None)
+        stats["melanoma_sensitivity_argmax"] = rs.rate(pred == mel, among=y == mel)
     if op is not None:
         pos_idx = [class_names.index(c) for c in op.positive_classes if c in class_names]
         score = op.scores(p, class_names)
+        refer = score >= op.threshold
         is_pos = np.isin(y, pos_idx)
-        stats["target_auc"] = lambda i: binary_auc(is_pos[i], score[i])
-        stats["sensitivity"] = lambda i: sensitivity_specificity(score[i], is_pos[i], op.threshold)[0]
-        stats["specificity"] = lambda i: sensitivity_specificity(score[i], is_pos[i], op.threshold)[1]
-        stats["referral_rate"] = lambda i: float((score[i] >= op.threshold).mean()) if i.size else None
+        stats["target_auc"] = rs.auc(is_pos, score)
+        stats["sensitivity"] = rs.rate(refer, among=is_pos)
+        stats["specificity"] = rs.rate(~refer, among=~is_pos)
+        stats["referral_rate"] = rs.rate(refer)
     if ood is not None:
-        flags = np.asarray(ood, dtype=bool)
-        stats["ood_rate"] = lambda i: float(flags[i].mean()) if i.size else None
+        stats["ood_rate"] = rs.rate(np.asarray(ood, dtype=bool))
     result = bootstrap(stats, y, groups, n_boot=n_boot, seed=seed)
     present = [class_names[c] for c in np.unique(y)]
     counts = {class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
@@ -181,25 +180,18 @@ def paired_deltas(labels: np.ndarray, probs: np.ndarray, ref_probs: np.ndarray, 
     pred, ref_pred = p.argmax(1), r.argmax(1)
     mel = class_index(list(class_names), "mel")
     stats: dict[str, Any] = {
-        "balanced_accuracy_present": lambda i: _delta(balanced_accuracy(y[i], pred[i]),
-                                                      balanced_accuracy(y[i], ref_pred[i])),
-        "top1_agreement": lambda i: float((pred[i] == ref_pred[i]).mean()) if i.size else None,
+        "balanced_accuracy_present": rs.delta(rs.balanced_accuracy(y, pred), rs.balanced_accuracy(y, ref_pred)),
+        "top1_agreement": rs.rate(pred == ref_pred),
     }
     if mel is not None:
-        stats["melanoma_auc"] = lambda i: _delta(binary_auc(y[i] == mel, p[i, mel]), binary_auc(y[i] == mel, r[i, mel]))
+        stats["melanoma_auc"] = rs.delta(rs.auc(y == mel, p[:, mel]), rs.auc(y == mel, r[:, mel]))
     mc, mc_ref = melanocytic_scores(p, class_names), melanocytic_scores(r, class_names)
     if mc is not None and mc_ref is not None:
-        stats["melanocytic_auc"] = lambda i: _delta(binary_auc(y[i] == mel, mc[i]), binary_auc(y[i] == mel, mc_ref[i]))
+        stats["melanocytic_auc"] = rs.delta(rs.auc(y == mel, mc), rs.auc(y == mel, mc_ref))
     if op is not None:
         pos_idx = [list(class_names).index(c) for c in op.positive_classes if c in class_names]
-        s, s_ref = op.scores(p, class_names), op.scores(r, class_names)
+        refer, refer_ref = op.scores(p, class_names) >= op.threshold, op.scores(r, class_names) >= op.threshold
         is_pos = np.isin(y, pos_idx)
-        stats["sensitivity"] = lambda i: _delta(sensitivity_specificity(s[i], is_pos[i], op.threshold)[0],
-                                                sensitivity_specificity(s_ref[i], is_pos[i], op.threshold)[0])
-        stats["specificity"] = lambda i: _delta(sensitivity_specificity(s[i], is_pos[i], op.threshold)[1],
-                                                sensitivity_specificity(s_ref[i], is_pos[i], op.threshold)[1])
+        stats["sensitivity"] = rs.delta(rs.rate(refer, among=is_pos), rs.rate(refer_ref, among=is_pos))
+        stats["specificity"] = rs.delta(rs.rate(~refer, among=~is_pos), rs.rate(~refer_ref, among=~is_pos))
     return bootstrap(stats, y, groups, n_boot=n_boot, seed=seed)
-
-
-def _delta(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else float(a) - float(b)
