@@ -284,15 +284,40 @@ def model_size(cfg: PreprocessConfig) -> int:
     return int((cfg.extra.get(IN_GRAPH_RESIZE) or {}).get("to", cfg.input_size))
 
 
+@functools.lru_cache(maxsize=16)
+def banded_pillow_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pillow_weights` as its bands: ``taps[o]`` the input pixels output ``o`` reads (padded with the
+    window's last pixel at weight 0) and ``weights[o]`` theirs, both ``[n_out, width]`` (read-only, cached).
+
+    Why: the matrix is a band a few pixels wide; applied densely (two matmuls per channel) it cost serve
+    ~16 ms of every request to a 448 px phone-input artifact, and building it ~5 ms more (benchmarks/RESULTS.md 3a).
+    """
+    dense = pillow_weights(n_in, n_out)
+    nonzero = dense != 0
+    first = nonzero.argmax(axis=1)
+    width = int((n_in - nonzero[:, ::-1].argmax(axis=1) - first).max())
+    taps = np.minimum(first[:, None] + np.arange(width)[None, :], n_in - 1)
+    weights = np.take_along_axis(dense, taps, axis=1)
+    weights[first[:, None] + np.arange(width)[None, :] > n_in - 1] = 0.0  # a clipped tap reads nothing
+    taps.setflags(write=False)
+    weights.setflags(write=False)
+    return taps, weights
+
+
 def model_view(x_chw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """A preprocessed C,H,W image as the model sees it after the graph's own downscale (float, the same
     filter as the graph), so that image statistics fitted at the training size (the out-of-distribution
-    check) are computed at that size; the image itself where the graph does no resize."""
+    check) are computed at that size; the image itself where the graph does no resize.
+
+    The filter is applied as its bands (:func:`banded_pillow_weights`): rows, then columns, in float64."""
     n = model_size(cfg)
     if n == x_chw.shape[-1] and n == x_chw.shape[-2]:
         return x_chw
-    rh, rw = pillow_weights(x_chw.shape[-2], n), pillow_weights(x_chw.shape[-1], n)
-    return np.stack([rh @ np.asarray(c, np.float64) @ rw.T for c in x_chw]).astype(np.float32)
+    (th, wh), (tw, ww) = banded_pillow_weights(x_chw.shape[-2], n), banded_pillow_weights(x_chw.shape[-1], n)
+    x = np.asarray(x_chw, np.float64)
+    rows = np.einsum("ot,cotw->cow", wh, x[:, th, :])
+    # C-contiguous as the dense form gave it: the statistics' reductions over a strided einsum result cost 5x
+    return np.ascontiguousarray(np.einsum("pt,copt->cop", ww, rows[:, :, tw]), dtype=np.float32)
 
 
 def preprocess(
