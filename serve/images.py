@@ -67,6 +67,17 @@ def assess_ood(entry: LoadedModel, x: np.ndarray | None, logits: np.ndarray,
     return assess(_prepared(cal), stats, logits)
 
 
+#: model-side pixels from which an idle model's request computes the OOD statistics beside inference instead of
+#: before it: at 224 px they cost ~1 ms (~4 ms with a 448 px phone input's downscale), more than the extra thread
+#: hand-off; at 64 px (~0.16 ms) the hand-off would cost more than it hides (benchmarks/RESULTS.md 3a)
+OVERLAP_OOD_MIN_PIXELS = 128 * 128
+
+
+def overlap_ood(entry: LoadedModel) -> bool:
+    """Whether ``entry``'s OOD statistics are worth computing on another thread while its model runs."""
+    return entry.ood_calibration is not None and entry.manifest.preprocessing.input_size ** 2 >= OVERLAP_OOD_MIN_PIXELS
+
+
 def decode_for_prediction(data: bytes, entry: LoadedModel, max_pixels: int,
                           min_side: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`decode_image` and the image's :func:`ood_statistics`, in one call (one thread hand-off)."""

@@ -77,6 +77,16 @@ class LeanPool:
         self._jobs.put((loop, fut, fn, args))
         return fut
 
+    def run_threadsafe(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future, fn: Callable[..., Any],
+                       *args: Any) -> None:
+        """:meth:`run` from any thread: ``fut`` (created on ``loop``'s thread) gets ``fn(*args)``'s result.
+
+        ``/predict`` uses it from the model's inference thread: an image decoded there has its out-of-distribution
+        statistics computed here while the model runs (RESULTS.md 3a)."""
+        if self._closed:
+            raise RuntimeError("the pool is shut down")
+        self._jobs.put((loop, fut, fn, args))
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> ThreadResult:
         """Run ``fn(*args)`` on a pool thread for another thread to collect (:meth:`ThreadResult.result`).
 

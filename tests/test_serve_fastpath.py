@@ -27,6 +27,7 @@ pytest.importorskip("onnxruntime")
 
 from fastapi.testclient import TestClient
 
+import serve.images as serve_images
 from lesionlite.ood import assess, fit, image_statistics, unnormalize
 from serve.app import create_app
 from serve.batching import MicroBatcher
@@ -35,6 +36,7 @@ from serve.images import decode_image
 from serve.postprocess import summarize
 from serve.schemas import Prediction
 from serve.settings import Settings
+from serve.threads import LeanPool
 
 REPO = Path(__file__).resolve().parents[1]
 #: a real 64 px int8 TFLite student (NHWC), when this checkout has it (artifacts/ is not in git)
@@ -125,14 +127,20 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, data_root: Path | None) 
     return found
 
 
-@pytest.mark.parametrize("decode_path", ["inference_thread", "preprocessing_pool"])
+@pytest.mark.parametrize("decode_path", ["inference_thread", "preprocessing_pool", "ood_beside_inference"])
 def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: Path | None, decode_path: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     if decode_path == "preprocessing_pool":  # as when the model is busy: decoded in the pool
         monkeypatch.setattr(MicroBatcher, "idle", property(lambda self: False))
+    # an idle model with a large input computes the OOD statistics on the pool while it runs (every size here)
+    monkeypatch.setattr(serve_images, "OVERLAP_OOD_MIN_PIXELS", 0 if decode_path == "ood_beside_inference" else 10**9)
+    beside = []  # the jobs started on the pool from the inference thread
+    run_threadsafe = LeanPool.run_threadsafe
+    monkeypatch.setattr(LeanPool, "run_threadsafe", lambda self, *a: (beside.append(a[2]), run_threadsafe(self, *a)))
     images = _images(data_root)
     settings = Settings()
     for art in artifacts:
+        beside.clear()
         app = create_app(art, settings)
         state = app.state.server
         (entry,) = state.models.values()
@@ -153,6 +161,7 @@ def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: P
                 verdicts.add(got["out_of_distribution"])
                 assert got["referral"] is not None
             assert verdicts == {True, False}, (art.name, verdicts)  # both OOD verdicts were exercised
+            assert len(beside) == (len(images) if decode_path == "ood_beside_inference" else 0), decode_path
 
             for name, data in _bad_payloads(images[0]).items():
                 r = client.post("/predict", files={"file": (name, data, "application/octet-stream")})

@@ -60,3 +60,25 @@ def test_jobs_submitted_before_shutdown_still_run_and_later_ones_are_refused() -
     assert first.result() is True and second.result() == "ran"  # nobody is left waiting forever
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(lambda: None)
+
+
+def test_run_threadsafe_delivers_to_the_loop_a_job_started_from_another_thread() -> None:
+    pool = LeanPool(1, "t")
+
+    async def go() -> tuple[str, type]:
+        loop = asyncio.get_running_loop()
+        ok, bad = loop.create_future(), loop.create_future()
+        starter = threading.Thread(target=lambda: (pool.run_threadsafe(loop, ok, lambda: threading.current_thread().name),
+                                                   pool.run_threadsafe(loop, bad, _raise, OSError("stats"))))
+        starter.start()
+        starter.join(5)
+        with pytest.raises(OSError, match="stats") as err:
+            await bad
+        return await ok, err.type
+
+    try:
+        assert asyncio.run(go()) == ("t_0", OSError)
+    finally:
+        pool.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.run_threadsafe(None, None, print)  # type: ignore[arg-type]
