@@ -70,11 +70,9 @@ class LeanPool:
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """Run ``fn(*args)`` on a pool thread; its result or exception arrives in the returned future."""
-        if self._closed:
-            raise RuntimeError("the pool is shut down")
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._jobs.put((loop, fut, fn, args))
+        self.run_threadsafe(loop, fut, fn, *args)
         return fut
 
     def run_threadsafe(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future, fn: Callable[..., Any],
