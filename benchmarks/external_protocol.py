@@ -86,9 +86,10 @@ def _value(block: dict | None, name: str) -> float | None:
     return None if m is None else m.get("value")
 
 
-def _paired_delta(a: Sequence[dict], b: Sequence[dict], score: str, n_boot: int) -> dict[str, Any]:
+def _paired_delta(a: Sequence[dict], b: Sequence[dict] | None, score: str, n_boot: int) -> dict[str, Any]:
     """Mean over seeds of AUC(a) − AUC(b) on the same external images, with a bootstrap CI over images
-    (the same resample for every seed). ``score``: ``mel`` (P(mel)) or ``melanocytic`` (P(mel)/(P(mel)+P(nv)))."""
+    (the same resample for every seed); ``b`` None: the mean AUC of ``a`` itself, with its CI.
+    ``score``: ``mel`` (P(mel)) or ``melanocytic`` (P(mel)/(P(mel)+P(nv)))."""
     labels = np.asarray(a[0]["labels"])
     mel = a[0]["class_names"].index("mel")
     is_mel = labels == mel
@@ -100,9 +101,12 @@ def _paired_delta(a: Sequence[dict], b: Sequence[dict], score: str, n_boot: int)
         s = p + np.asarray(block["nv_prob"], float)
         return np.divide(p, s, out=np.zeros_like(p), where=s > 0)
 
-    sa, sb = [scores(x) for x in a], [scores(x) for x in b]
+    sa = [scores(x) for x in a]
+    sb = [scores(x) for x in b] if b is not None else None
 
     def delta(idx: np.ndarray) -> float | None:
+        if sb is None:
+            return float(np.mean([binary_auc(is_mel[idx], x[idx]) for x in sa]))
         ds = [binary_auc(is_mel[idx], x[idx]) - binary_auc(is_mel[idx], y[idx]) for x, y in zip(sa, sb)]
         return float(np.mean(ds))
 
@@ -134,6 +138,8 @@ def table(records: Path, n_boot: int) -> dict[str, Any]:
                                    "per_seed": {s: {f: _value(b, f) for f in FIGURES} for s, b in blocks.items()}}
             row["mean"] = {f: _mean([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
             row["sd"] = {f: _sd([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
+            row["mean_ci"] = {f"{score}_auc": _paired_delta(list(blocks.values()), None, score, n_boot)
+                              for score in ("mel", "melanocytic")}
             base = by_method.get("scratch", {})
             common = [s for s in blocks if s in base and base[s]["external"].get(model)]
             if key != "scratch" and common:
@@ -172,9 +178,10 @@ def markdown(doc: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "—" if v is None else f"{100 * v:.1f} %"
 
-    def auc(r: dict, f: str) -> str:
-        sd = r["sd"][f]
-        return f3(r["mean"][f]) + ("" if sd is None else f" ± {sd:.3f}")
+    def auc(r: dict, f: str, score: str) -> str:
+        sd, ci = r["sd"][f], (r.get("mean_ci") or {}).get(f"{score}_auc")
+        return (f3(r["mean"][f]) + ("" if sd is None else f" ± {sd:.3f}")
+                + ("" if not ci or ci.get("ci_low") is None else f" [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"))
 
     def delta(d: dict | None) -> str:
         if not d:
@@ -183,8 +190,9 @@ def markdown(doc: dict[str, Any]) -> str:
 
     ext = doc["external"] or {}
     lines = [f"External set: {ext.get('name')} ({ext.get('n')} images, {ext.get('melanomas')} melanomas). "
-             "Means (± sd) over the seeds listed; per seed in the JSON. Δ vs scratch: paired on the same images and "
-             f"seeds, bootstrap 95 % CI over images ({doc['n_boot']} resamples).", "",
+             "Means (± sd) over the seeds listed, [95 % CI of the seed mean, bootstrap over images]; per seed (with its own "
+             "CIs) in the JSON. Δ vs scratch: paired on the same images and seeds, bootstrap 95 % CI over images "
+             f"({doc['n_boot']} resamples).", "",
              "| method | model | seeds | internal Bal-ACC (PyTorch) | ext. mel AUC P(mel) | ext. mel AUC P(mel)/(P(mel)+P(nv)) "
              "| ext. Bal-ACC (bkl, mel, nv) | ext. mel sens. @ op | Δ vs scratch P(mel) | Δ vs scratch P(mel)/(P(mel)+P(nv)) |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -192,7 +200,8 @@ def markdown(doc: dict[str, Any]) -> str:
         m = r["mean"]
         bal = _mean(list(r["internal_balanced_accuracy"].values()))
         lines.append(f"| {r['label']} | {r['model']} | {', '.join(map(str, r['seeds']))} | {pct(bal)} | "
-                     f"{auc(r, 'melanoma_auc')} | {auc(r, 'melanocytic_auc')} | {pct(m['balanced_accuracy_present'])} | "
+                     f"{auc(r, 'melanoma_auc', 'mel')} | {auc(r, 'melanocytic_auc', 'melanocytic')} | "
+                     f"{pct(m['balanced_accuracy_present'])} | "
                      f"{pct(m['sensitivity'])} | {delta(r.get('vs_scratch_mel_auc'))} | "
                      f"{delta(r.get('vs_scratch_melanocytic_auc'))} |")
     return "\n".join(lines) + "\n"

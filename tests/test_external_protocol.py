@@ -41,8 +41,13 @@ def test_rows_per_method_with_a_paired_change_against_scratch(tmp_path: Path) ->
     delta = rows["kd"]["vs_scratch_mel_auc"]
     assert delta["ci_low"] > 0.2 and delta["value"] > delta["ci_low"]  # better ranking, paired on the same images
     assert "vs_scratch_mel_auc" not in rows["scratch"]
+    ci = rows["kd"]["mean_ci"]["mel_auc"]  # the seed mean's own interval, recomputed from the per-image scores
+    assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["ci_low"] > 0.75
+    scratch_ci = rows["scratch"]["mean_ci"]["mel_auc"]
+    assert scratch_ci["ci_low"] < 0.5 < scratch_ci["ci_high"]  # chance ranking: the interval holds 0.5
     assert doc["external"]["melanomas"] == int((labels == 4).sum())
     assert "| Kd, mobilenet_v2 | pytorch | 0, 1 |" in markdown(doc)
+    assert f"[{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]" in markdown(doc)
 
 
 def test_records_without_an_external_block_are_left_out(tmp_path: Path) -> None:
