@@ -134,7 +134,7 @@ def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: P
         monkeypatch.setattr(MicroBatcher, "idle", property(lambda self: False))
     # an idle model with a large input computes the OOD statistics on the pool while it runs (every size here)
     monkeypatch.setattr(serve_images, "OVERLAP_OOD_MIN_PIXELS", 0 if decode_path == "ood_beside_inference" else 10**9)
-    beside = []  # the jobs started on the pool from the inference thread
+    beside = []  # the functions queued on the pools (the OOD statistics: from the inference thread)
     run_threadsafe = LeanPool.run_threadsafe
     monkeypatch.setattr(LeanPool, "run_threadsafe", lambda self, *a: (beside.append(a[2]), run_threadsafe(self, *a)))
     images = _images(data_root)
@@ -161,7 +161,8 @@ def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: P
                 verdicts.add(got["out_of_distribution"])
                 assert got["referral"] is not None
             assert verdicts == {True, False}, (art.name, verdicts)  # both OOD verdicts were exercised
-            assert len(beside) == (len(images) if decode_path == "ood_beside_inference" else 0), decode_path
+            n_beside = sum(fn is serve_images.ood_statistics for fn in beside)
+            assert n_beside == (len(images) if decode_path == "ood_beside_inference" else 0), decode_path
 
             for name, data in _bad_payloads(images[0]).items():
                 r = client.post("/predict", files={"file": (name, data, "application/octet-stream")})
