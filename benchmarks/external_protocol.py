@@ -86,9 +86,9 @@ def _value(block: dict | None, name: str) -> float | None:
     return None if m is None else m.get("value")
 
 
-def _paired_delta(a: Sequence[dict], b: Sequence[dict] | None, score: str, n_boot: int) -> dict[str, Any]:
-    """Mean over seeds of AUC(a) − AUC(b) on the same external images, with a bootstrap CI over images
-    (the same resample for every seed); ``b`` None: the mean AUC of ``a`` itself, with its CI.
+def _seed_mean_auc(a: Sequence[dict], b: Sequence[dict] | None, score: str, n_boot: int) -> dict[str, Any]:
+    """Mean over seeds of AUC(a), or of AUC(a) − AUC(b) (paired: the same images), with a bootstrap CI over
+    images (the same resample for every seed).
     ``score``: ``mel`` (P(mel)) or ``melanocytic`` (P(mel)/(P(mel)+P(nv)))."""
     labels = np.asarray(a[0]["labels"])
     mel = a[0]["class_names"].index("mel")
@@ -138,14 +138,14 @@ def table(records: Path, n_boot: int) -> dict[str, Any]:
                                    "per_seed": {s: {f: _value(b, f) for f in FIGURES} for s, b in blocks.items()}}
             row["mean"] = {f: _mean([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
             row["sd"] = {f: _sd([row["per_seed"][s][f] for s in blocks]) for f in FIGURES}
-            row["mean_ci"] = {f"{score}_auc": _paired_delta(list(blocks.values()), None, score, n_boot)
+            row["mean_ci"] = {f"{score}_auc": _seed_mean_auc(list(blocks.values()), None, score, n_boot)
                               for score in ("mel", "melanocytic")}
             base = by_method.get("scratch", {})
             common = [s for s in blocks if s in base and base[s]["external"].get(model)]
             if key != "scratch" and common:
                 row["vs_scratch_seeds"] = common
                 for score in ("mel", "melanocytic"):
-                    row[f"vs_scratch_{score}_auc"] = _paired_delta([blocks[s] for s in common],
+                    row[f"vs_scratch_{score}_auc"] = _seed_mean_auc([blocks[s] for s in common],
                                                                    [base[s]["external"][model] for s in common],
                                                                    score, n_boot)
             rows.append(row)
