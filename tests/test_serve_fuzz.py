@@ -247,6 +247,71 @@ def test_micro_batcher_does_not_wait_while_the_model_is_idle() -> None:
     asyncio.run(run())
 
 
+def test_run_alone_shares_the_queue_bound_metrics_and_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """MicroBatcher.run_alone (a model that takes one image per call): the image is made and run on a pool
+    thread, counts against the queue bound with queued images, is recorded as a batch of one, and a bad image's
+    own error is raised as it is while a runtime failure is logged and raised."""
+    import threading
+
+    from serve.threads import LeanPool
+
+    sizes: list[int] = []
+    depths: list[int] = []
+    release = threading.Event()
+    threads: set[str] = set()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        release.wait(5)
+        return batch.reshape(batch.shape[0], -1)[:, :1] * 3
+
+    def make(i: float):
+        return lambda: (np.full((1, 1, 1), i, np.float32), f"extra{i}")
+
+    async def run() -> None:
+        pool = LeanPool(2, "decode")
+        b = MicroBatcher("m", predict, max_batch=4, max_wait_ms=0, queue_size=2, one_per_call=True,
+                         on_batch=lambda n, s: sizes.append(n), on_queue_depth=depths.append)
+        await b.start()
+        try:
+            first = asyncio.ensure_future(b.run_alone(pool, make(1)))
+            second = asyncio.ensure_future(b.run_alone(pool, make(2)))
+            await asyncio.sleep(0.05)
+            assert b.depth == 2 and b.full and not b.idle  # two running alone = the bound of 2
+            with pytest.raises(Overloaded, match="is full"):
+                await b.run_alone(pool, make(9))
+            with pytest.raises(Overloaded, match="is full"):
+                await b.submit(np.zeros((1, 1, 1), np.float32))
+            release.set()
+            logits, extra = await first
+            assert float(logits[0]) == 3.0 and extra == "extra1"
+            assert float((await second)[0][0]) == 6.0
+            assert float((await b.submit(np.full((1, 1, 1), 5, np.float32)))[0]) == 15.0  # the queue still serves
+            assert {"decode_0", "decode_1"} <= threads  # the two alone ran at once, on the pool's threads
+            assert b.idle and b.depth == 0 and depths[-1] == 0
+            assert sizes == [1, 1, 1]  # each recorded as a batch of one
+
+            def bad() -> tuple[np.ndarray, str]:
+                raise ValueError("not an image")
+
+            with pytest.raises(ValueError, match="not an image"):
+                await b.run_alone(pool, bad)
+            b.predict_fn = lambda batch: (_ for _ in ()).throw(RuntimeError("boom"))
+            n_before = len(sizes)
+            with caplog.at_level("ERROR", logger="serve"), pytest.raises(RuntimeError, match="boom"):
+                await b.run_alone(pool, make(4))
+            assert "model m failed on a batch of 1: RuntimeError: boom" in caplog.text
+            assert len(sizes) == n_before  # a failed call is not recorded as a batch
+            assert b.idle  # nothing left counted against the bound
+        finally:
+            await b.stop()
+            pool.shutdown()
+        with pytest.raises(Overloaded, match="not running"):
+            await b.run_alone(pool, make(5))
+
+    asyncio.run(run())
+
+
 def test_quantized_tflite_io(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """int8 in / uint8 out, NHWC, fixed batch 1: (de)quantised with the tensor details' parameters."""
     import types
