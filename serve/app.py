@@ -106,7 +106,6 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 on_batch=lambda n, s, sizes=sizes, seconds=seconds, images=images: (
                     sizes.observe(n), seconds.observe(s), images.inc(n)),
                 on_queue_depth=metrics.queue_depth.labels(name).set,
-                one_per_call=entry.runtime.max_batch == 1,
             )
             await b.start()
             state.batchers[name] = b

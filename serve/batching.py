@@ -13,9 +13,7 @@ zero-argument callable that returns the image: the worker thread calls it just b
 instead of two), and one that takes the image from the decoding pool when it is busy (no event-loop hop
 between decoding and inference); a callable that raises fails its own caller only. New images wait in the
 queue; when it is full, :meth:`submit` refuses at once
-(:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up. A model that takes one image
-per call gains nothing from grouping: :meth:`MicroBatcher.run_alone` runs ``/predict``'s image on the decoding
-thread itself, under the same queue bound and metrics.
+(:class:`Overloaded` → HTTP 503 + Retry-After) rather than letting work pile up.
 """
 from __future__ import annotations
 
@@ -24,7 +22,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import numpy as np
 
@@ -39,8 +36,6 @@ SHUTTING_DOWN = "server is shutting down"
 class Overloaded(Exception):
     """The model's queue cannot take the request's images now."""
 
-
-T = TypeVar("T")
 
 #: a preprocessed image, or a callable that makes one on the worker thread (and may raise for a bad image)
 Item = np.ndarray | Callable[[], np.ndarray]
@@ -57,7 +52,6 @@ class MicroBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         max_in_flight: int = 2,
-        one_per_call: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -77,11 +71,6 @@ class MicroBatcher:
         self._executor = LeanPool(1, f"infer-{name}")
         #: set while the batcher waits for companions: a new image or a finished batch wakes it
         self._wake: asyncio.Future | None = None
-        #: the model takes one image per call (a fixed batch of 1, as exported TFLite): grouping buys it nothing,
-        #: so ``/predict`` may run its image with :meth:`run_alone` instead of through the batch queue
-        self.one_per_call = one_per_call
-        #: images running through :meth:`run_alone` now (they count against ``queue_size`` like queued ones)
-        self._alone = 0
 
     @property
     def running(self) -> bool:
@@ -90,17 +79,16 @@ class MicroBatcher:
     @property
     def idle(self) -> bool:
         """No batch is running or waiting and no image is queued: an image submitted now runs at once."""
-        return not self._in_flight and not self._alone and (self._queue is None or self._queue.empty())
+        return not self._in_flight and (self._queue is None or self._queue.empty())
 
     @property
     def full(self) -> bool:
         """The queue has no room: :meth:`submit` refuses an image now."""
-        return self._queue is not None and self._queue.qsize() + self._alone >= self._queue.maxsize
+        return self._queue is not None and self._queue.full()
 
     @property
     def depth(self) -> int:
-        """Images waiting for or being made ready for the runtime (queued, or in :meth:`run_alone`)."""
-        return (self._queue.qsize() if self._queue is not None else 0) + self._alone
+        return self._queue.qsize() if self._queue is not None else 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.queue_size)
@@ -132,7 +120,7 @@ class MicroBatcher:
         q = self._queue
         if q is None or not self.running:
             raise Overloaded("the model's batcher is not running")
-        if q.maxsize - q.qsize() - self._alone < len(images):
+        if q.maxsize - q.qsize() < len(images):
             raise Overloaded(f"queue for model {self.name!r} is full ({q.qsize()}/{q.maxsize} images waiting)")
         loop = asyncio.get_running_loop()
         futs = []
@@ -140,7 +128,7 @@ class MicroBatcher:
             fut = loop.create_future()
             q.put_nowait((x, fut))
             futs.append(fut)
-        self._on_depth(q.qsize() + self._alone)
+        self._on_depth(q.qsize())
         _wake(self._wake)
         try:
             if len(futs) == 1:  # /predict: no gathering future and callbacks for one image
@@ -154,38 +142,6 @@ class MicroBatcher:
     async def submit(self, image: Item) -> np.ndarray:
         return (await self.submit_many([image]))[0]
 
-    async def run_alone(self, pool: LeanPool, make: Callable[[], tuple[np.ndarray, T]]) -> tuple[np.ndarray, T]:
-        """One image, made and run on a thread of ``pool`` without the batch queue: ``make()`` gives the image
-        and something to return beside its logits (``/predict``: its OOD statistics).
-
-        For a model that takes one image per call (:attr:`one_per_call`) the queue and the batcher's thread only
-        add hand-offs: the image would still run alone. Here it is decoded and run on the same decoding thread
-        (the runtime's lock serialises the calls; another decoding thread meanwhile decodes the next image) —
-        one thread hand-off per request instead of two, as a minimal endpoint does (benchmarks/RESULTS.md 3a).
-        Everything else holds as for :meth:`submit`: the image counts against ``queue_size`` (503 when full),
-        the runtime's time and a batch of one are recorded, a runtime failure is logged and raised, and
-        ``make``'s own exception (a bad image) is raised as it is.
-        """
-        q = self._queue
-        if q is None or not self.running:
-            raise Overloaded("the model's batcher is not running")
-        if q.qsize() + self._alone >= q.maxsize:
-            raise Overloaded(f"queue for model {self.name!r} is full ({q.qsize() + self._alone}/{q.maxsize} images "
-                             "waiting)")
-        self._alone += 1
-        self._on_depth(q.qsize() + self._alone)
-        try:
-            result = await pool.run(_make_and_run, self.predict_fn, make)
-        finally:
-            self._alone -= 1
-            self._on_depth(q.qsize() + self._alone)
-        if isinstance(result, _RuntimeFailed):
-            log.error("model %s failed on a batch of 1: %s: %s", self.name, type(result.error).__name__, result.error)
-            raise result.error
-        logits, extra, seconds = result
-        self._on_batch(1, seconds)
-        return logits[0], extra
-
     async def _loop(self) -> None:
         assert self._queue is not None and self._slots is not None
         q, slots = self._queue, self._slots
@@ -197,7 +153,7 @@ class MicroBatcher:
             except BaseException:
                 slots.release()
                 raise
-            self._on_depth(q.qsize() + self._alone)
+            self._on_depth(q.qsize())
             live = [(x, f) for x, f in items if not f.done()]
             if not live:
                 slots.release()
@@ -314,27 +270,6 @@ def _prepare_and_run(predict: Callable[[np.ndarray], np.ndarray], items: list[It
         except Exception as exc:
             res.error = exc
     return res
-
-
-class _RuntimeFailed:
-    """The runtime's exception on a :meth:`MicroBatcher.run_alone` image (told apart from ``make``'s own)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _make_and_run(predict: Callable[[np.ndarray], np.ndarray],
-                  make: Callable[[], tuple[np.ndarray, T]]) -> tuple[np.ndarray, T, float] | _RuntimeFailed:
-    """Runs on a decoding thread: make the image (its exception propagates), then one runtime call, timed."""
-    x, extra = make()
-    t0 = time.perf_counter()
-    try:
-        logits = predict(x[None])
-    except Exception as exc:
-        return _RuntimeFailed(exc)
-    return logits, extra, time.perf_counter() - t0
 
 
 def _wake(fut: asyncio.Future | None) -> None:

@@ -7,11 +7,10 @@ and its bounded queue), so the same limits hold whichever protocol a client spea
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
@@ -21,8 +20,6 @@ from serve.metrics import Metrics
 from serve.models import BrokenArtifact, LoadedModel
 from serve.settings import Settings
 from serve.threads import LeanPool
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -83,15 +80,5 @@ class ServerState:
         """Logits for preprocessed images through the model's micro-batcher (503 when its queue is full)."""
         try:
             return await self.batchers[entry.name].submit_many(images)
-        except Overloaded as exc:
-            raise self._overloaded(entry, f"{exc}; retry later") from None
-
-    async def classify_alone(self, entry: LoadedModel, make: Callable[[], tuple[np.ndarray, T]]) -> tuple[np.ndarray, T]:
-        """One image's logits, ``make()`` run on a decoding thread and the model called there
-        (:meth:`MicroBatcher.run_alone`: a model that takes one image per call); 503 when its queue is full."""
-        if self.decode_pool is None:
-            raise self._overloaded(entry, "the server is stopping; retry later")
-        try:
-            return await self.batchers[entry.name].run_alone(self.decode_pool, make)
         except Overloaded as exc:
             raise self._overloaded(entry, f"{exc}; retry later") from None

@@ -121,13 +121,9 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, data_root: Path | None) 
         pytest.importorskip("ai_edge_litert")
         found.append(_with_ood_and_referral(REAL_ARTIFACT, base / "real_tflite_int8", images))
     pytest.importorskip("torch")
-    from test_serve_support import model_root, tflite_root
+    from test_serve_support import model_root
 
     found.append(_with_ood_and_referral(model_root(tmp_path_factory.getbasetemp()) / "onnx", base / "onnx", images))
-    if not REAL_ARTIFACT.is_dir():  # a model that takes one image per call (MicroBatcher.run_alone) in every checkout
-        pytest.importorskip("ai_edge_litert")
-        found.append(_with_ood_and_referral(tflite_root(tmp_path_factory.getbasetemp()) / "tiny_cnn_tflite_int8",
-                                            base / "tiny_tflite_int8", images))
     return found
 
 
@@ -141,14 +137,10 @@ def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: P
     beside = []  # the functions queued on the pools (the OOD statistics: from the inference thread)
     run_threadsafe = LeanPool.run_threadsafe
     monkeypatch.setattr(LeanPool, "run_threadsafe", lambda self, *a: (beside.append(a[2]), run_threadsafe(self, *a)))
-    alone = []  # the models whose /predict images ran on the decoding thread (MicroBatcher.run_alone)
-    run_alone = MicroBatcher.run_alone
-    monkeypatch.setattr(MicroBatcher, "run_alone", lambda self, *a: (alone.append(self.name), run_alone(self, *a))[1])
     images = _images(data_root)
     settings = Settings()
     for art in artifacts:
         beside.clear()
-        alone.clear()
         app = create_app(art, settings)
         state = app.state.server
         (entry,) = state.models.values()
@@ -171,8 +163,6 @@ def test_predict_answers_are_the_old_answers(artifacts: list[Path], data_root: P
             assert verdicts == {True, False}, (art.name, verdicts)  # both OOD verdicts were exercised
             n_beside = sum(fn is serve_images.ood_statistics for fn in beside)
             assert n_beside == (len(images) if decode_path == "ood_beside_inference" else 0), decode_path
-            # a fixed batch of one (exported TFLite) runs alone, a dynamic batch (the ONNX model) through the queue
-            assert len(alone) == (len(images) if entry.runtime.max_batch == 1 else 0), (art.name, entry.runtime.max_batch)
 
             for name, data in _bad_payloads(images[0]).items():
                 r = client.post("/predict", files={"file": (name, data, "application/octet-stream")})

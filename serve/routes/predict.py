@@ -135,7 +135,6 @@ async def predict(
             decoded = [await asyncio.get_running_loop().run_in_executor(
                 state.preprocess_pool, decode_for_prediction, data, entry, settings.max_pixels, settings.min_image_side)]
             (logits,) = await state.classify(entry, [decoded[0][0]])
-            stats = decoded[0][1]
         else:
             # The image reaches the model's thread as a callable that gives it. Idle model: the inference
             # thread decodes it itself (one hand-off instead of two). Busy model: the decoding pool starts
@@ -144,18 +143,15 @@ async def predict(
             # (A full queue refuses the request anyway: no decoding is started for it then.)
             # An idle model with a large input: its OOD statistics (~1-4 ms) are computed on the decoding pool
             # while the model runs, instead of before it (c=1 latency at 224 px).
-            # A model that takes one image per call (exported TFLite) gains nothing from the batch queue: its image
-            # is decoded and run on one decoding thread (MicroBatcher.run_alone), one hand-off per request.
             decoded: list[tuple[np.ndarray, np.ndarray | None]] = []
             decode: Callable[[], tuple[np.ndarray, np.ndarray | None]]
             stats_later: asyncio.Future | None = None
-            alone = batcher is not None and batcher.one_per_call
             if batcher is not None and batcher.idle and overlap_ood(entry):
                 loop = asyncio.get_running_loop()
                 stats_later = loop.create_future()
                 decode = functools.partial(_decode_then_statistics_beside, pool, loop, stats_later, data, entry,
                                            settings)
-            elif alone or batcher is None or batcher.idle or batcher.full:
+            elif batcher is None or batcher.idle or batcher.full:
                 decode = functools.partial(decode_for_prediction, data, entry, settings.max_pixels,
                                            settings.min_image_side)
             else:
@@ -167,20 +163,16 @@ async def predict(
                 return decoded[0][0]
 
             try:
-                if alone:
-                    logits, stats = await state.classify_alone(entry, decode)
-                else:
-                    (logits,) = await state.classify(entry, [prepare])
-                    stats = decoded[0][1]
+                (logits,) = await state.classify(entry, [prepare])
                 if stats_later is not None:
-                    stats = await stats_later
+                    decoded[0] = (decoded[0][0], await stats_later)
             finally:
                 if stats_later is not None:
                     stats_later.cancel()  # a no-op once it has its result; never left pending on an error
-            del prepare, decode, decoded  # they hold the upload and the image: freed with `data` below
+            del prepare, decode  # they hold the upload: freed with `data` below
         del data
     out = summarize(logits, entry.class_names, entry.temperature, _clamp_top_k(top_k, entry, settings),
-                    settings.abstain_threshold, assess_ood(entry, None, logits, stats), entry.operating_point)
+                    settings.abstain_threshold, assess_ood(entry, None, logits, decoded[0][1]), entry.operating_point)
     # The body is built here and already has Prediction's shape and types (tests/test_serve_fastpath.py
     # checks it against the model): rendered directly, without FastAPI re-validating it through pydantic.
     # response_model stays on the route for the OpenAPI schema.
