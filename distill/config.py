@@ -64,6 +64,9 @@ class DataConfig:
     workers: int | None = None
     #: training augmentation strength (distill.transforms.train_transform)
     augment: Literal["default", "light", "none"] = "default"
+    #: colour-constancy augmentation (distill.transforms.RandomIlluminant): each training image re-lit under a
+    #: random illuminant, per-channel log-gains within ±this spread (0 = off; issue 28's study used 0.3)
+    illuminant_augment: float = 0.0
     #: decode every image once per run into RAM (distill.data.cache): training images downscaled to
     #: ``cache_short_side``, val/test as their exact eval tensors. Off = decode from disk every epoch.
     cache: bool = True

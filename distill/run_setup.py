@@ -331,7 +331,7 @@ def build_loaders(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, bu
                  "antialiased downscale to %dpx (model.teacher_input=native)", view_pre.input_size,
                  view_pre.input_size, s.pre.input_size)
     train_source, eval_sources = cached_splits(cfg, bundle, s.pre, info, view_pre.input_size)
-    train_ds = MultiViewDataset(train_source, train_transform(view_pre, cfg.data.augment),
+    train_ds = MultiViewDataset(train_source, train_transform(view_pre, cfg.data.augment, cfg.data.illuminant_augment),
                                 method_cls.num_views, method_cls.view_mode)
     sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=info.world_size, rank=info.rank,
                                                   shuffle=True, seed=cfg.run.seed, drop_last=False)

@@ -202,6 +202,45 @@ class LinearColorJitter:
                 f"saturation={self.saturation}, hue={self.hue})")
 
 
+class RandomIlluminant:
+    """Re-light the image under a random illuminant: colour-constancy augmentation for other clinics' cameras.
+
+    After Galdran et al. 2017 ("Data-driven color augmentation techniques for deep skin image analysis"): the
+    image's illuminant is estimated with Shades of Gray (the Minkowski p-norm of each channel, p = 6, as in
+    Barata et al. 2015 for dermoscopy), divided out (the lesion as under a neutral light), and a random
+    illuminant put in its place: ``exp(u)`` per channel, ``u ~ U(-spread, spread)``, at the old light's mean
+    level (brightness is the jitter's business). A diagonal map: one multiply per pixel. Applied with
+    probability ``p``. Why: the other clinic's images differ first of all in their light — bluish-grey
+    backgrounds against HAM10000's pink (``../shared/notes/external.md``) — which a hue nudge of ±0.02 does not
+    cover. Training-only: evaluation, export and serving see the images as they come.
+    """
+
+    def __init__(self, spread: float, p: float = 0.8, norm: float = 6.0) -> None:
+        if spread < 0 or not 0 <= p <= 1:
+            raise LesionliteError(f"illuminant augmentation needs spread >= 0 and 0 <= p <= 1, got {spread}, {p}")
+        self.spread, self.p, self.norm = float(spread), float(p), float(norm)
+
+    def gains(self, arr: np.ndarray) -> np.ndarray | None:
+        """Per-channel gains for ``arr`` (uint8 RGB), or None when this draw leaves the image alone."""
+        if self.spread <= 0 or float(torch.rand(1).item()) >= self.p:
+            return None
+        u = torch.empty(3).uniform_(-self.spread, self.spread).double().numpy()
+        x = arr.reshape(-1, 3).astype(np.float64) / 255.0
+        estimate = np.power(np.mean(np.power(x, self.norm), axis=0), 1.0 / self.norm) + 1e-6
+        light = np.exp(u)
+        light /= light.mean()  # the new light at the old one's mean level
+        return light * estimate.mean() / estimate  # the estimated light divided out, the new one put in
+
+    def __call__(self, arr: np.ndarray) -> np.ndarray:
+        g = self.gains(arr)
+        if g is None:
+            return arr
+        return np.clip(np.rint(arr.astype(np.float32) * g.astype(np.float32)), 0, 255).astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return f"RandomIlluminant(spread={self.spread}, p={self.p}, norm={self.norm})"
+
+
 class TrainTransform:
     """Dermoscopy augmentation, then the same normalisation as :func:`preprocess`.
 
@@ -218,12 +257,18 @@ class TrainTransform:
     mode needs: with both flips, vflip(x) = hflip(rot180(x)) would make rotation labels ambiguous.
     """
 
-    def __init__(self, cfg: PreprocessConfig, strength: Strength = "default", vertical_flip: bool = True) -> None:
+    def __init__(self, cfg: PreprocessConfig, strength: Strength = "default", vertical_flip: bool = True,
+                 illuminant: float = 0.0) -> None:
         if strength not in ("default", "light", "none"):
             raise LesionliteError(f"unknown augmentation strength {strength!r}; expected default, light or none")
         self.cfg = cfg
         self.strength = strength
         self.vertical_flip = vertical_flip
+        #: :class:`RandomIlluminant` spread (0 = off), applied before the jitter
+        self.illuminant = RandomIlluminant(illuminant) if illuminant != 0 else None
+        if self.illuminant is not None and strength == "none":
+            raise LesionliteError("data.illuminant_augment needs an augmentation (data.augment default or light), "
+                                  "not data.augment none")
         size = cfg.input_size
         interp = _INTERP.get(cfg.interpolation, InterpolationMode.BILINEAR)
         if strength == "none":
@@ -246,22 +291,25 @@ class TrainTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.aug is None:
             return torch.from_numpy(preprocess(img, self.cfg, layout="NCHW"))
-        img = to_rgb(img)
-        return torch.from_numpy(normalize(self.jitter(self.aug(img)), self.cfg, "NCHW"))
+        img = self.aug(to_rgb(img))
+        if self.illuminant is not None:
+            img = Image.fromarray(self.illuminant(np.asarray(img, dtype=np.uint8)))
+        return torch.from_numpy(normalize(self.jitter(img), self.cfg, "NCHW"))
 
     def rotation_safe(self) -> TrainTransform:
         """This transform without the vertical flip (for the "rotations" view mode)."""
         if not self.vertical_flip:
             return self
-        return TrainTransform(self.cfg, self.strength, vertical_flip=False)
+        return TrainTransform(self.cfg, self.strength, vertical_flip=False,
+                              illuminant=self.illuminant.spread if self.illuminant is not None else 0.0)
 
     def __repr__(self) -> str:
         return (f"TrainTransform(strength={self.strength!r}, vertical_flip={self.vertical_flip}, aug={self.aug}, "
-                f"jitter={self.jitter})")
+                f"illuminant={self.illuminant}, jitter={self.jitter})")
 
 
-def train_transform(cfg: PreprocessConfig, strength: Strength = "default") -> TrainTransform:
-    return TrainTransform(cfg, strength)
+def train_transform(cfg: PreprocessConfig, strength: Strength = "default", illuminant: float = 0.0) -> TrainTransform:
+    return TrainTransform(cfg, strength, illuminant=illuminant)
 
 
 _ROT = {0: None, 1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}

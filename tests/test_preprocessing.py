@@ -147,3 +147,39 @@ def test_normalize_refuses_what_is_not_uint8_rgb():
         normalize(np.zeros((4, 4), np.uint8), cfg)
     with pytest.raises(LesionliteError, match="layout"):
         normalize(np.zeros((4, 4, 3), np.uint8), cfg, "CHW")  # type: ignore[arg-type]
+
+
+def test_random_illuminant_divides_out_the_light_and_puts_a_random_one() -> None:
+    """Colour-constancy augmentation (data.illuminant_augment): Shades of Gray estimates the light, which is
+    divided out; the random illuminant keeps the old one's level; off (spread 0) changes nothing, bit for bit."""
+    from distill.transforms import RandomIlluminant
+
+    torch.manual_seed(0)
+    tinted = np.zeros((30, 40, 3), np.uint8)
+    tinted[...] = (200, 150, 100)  # a grey card under a warm light
+    neutral = RandomIlluminant(spread=1e-12, p=1.0)(tinted)
+    assert np.ptp(neutral.reshape(-1, 3).mean(0)) <= 1  # the light divided out: grey again
+    assert abs(float(neutral.mean()) - 150) <= 1  # at the image's own level
+    relit = RandomIlluminant(spread=0.5, p=1.0)
+    for _ in range(20):
+        g = relit.gains(tinted)
+        assert g is not None
+        light = g * np.array([200, 150, 100]) / 150  # the new light, relative to the neutral grey
+        assert abs(float(light.mean()) - 1) < 1e-6  # at the old light's level
+        assert np.all(light <= np.exp(1.0) + 1e-9) and np.all(light >= np.exp(-1.0) - 1e-9)
+    assert RandomIlluminant(spread=0.5, p=0.0)(tinted) is tinted  # p = 0: never applied
+    with pytest.raises(Exception, match="spread"):
+        RandomIlluminant(spread=-0.1)
+
+    cfg = PreprocessConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    img = Image.fromarray(_rgb(60, 45), "RGB")
+    torch.manual_seed(1)
+    off = train_transform(cfg, "default", illuminant=0.0)(img)
+    torch.manual_seed(1)
+    assert torch.equal(off, train_transform(cfg, "default")(img))  # off: the default augmentation exactly
+    torch.manual_seed(1)
+    on = train_transform(cfg, "default", illuminant=0.3)
+    assert on.rotation_safe().illuminant is not None and on.rotation_safe().illuminant.spread == 0.3
+    assert not torch.equal(on(img), off)
+    with pytest.raises(Exception, match="illuminant_augment"):
+        train_transform(cfg, "none", illuminant=0.3)
