@@ -1,0 +1,162 @@
+"""Issue 28's generalization study: candidate recipes against a baseline run, internally and at the other clinic.
+
+Each run is given by the folder ``lesionlite evaluate`` wrote for it, ``runs/eval_NAME`` with ``internal/`` (the
+HAM10000 test split) and ``external/`` (``--data isic-archive``), each holding ``<run>/evaluation.json`` with the
+per-image predictions. For every candidate and split: its own figures (from its evaluation, with their CIs) and the
+change against the baseline on the same images, paired: every bootstrap replicate resamples the images once and
+computes both runs on it (class-stratified; internally by lesion, as the project's evaluation does; externally by
+image). Melanoma AUC on P(mel) and on the melanocytic score P(mel) / (P(mel) + P(nv)), balanced accuracy over the
+classes present.
+
+    python -m benchmarks.generalization_study --baseline scratch_s0=runs/eval_scratch_s0 \\
+        illuminant_0.3=runs/eval_study_illum03_s0 --out benchmarks/results/generalization_study.json
+
+Choosing between named recipes may look at these external (dev-half) figures, and RESULTS.md says so; nothing here
+fits anything on them. Writes JSON and a Markdown table beside it; prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill import replicate_stats as rs
+from distill.bootstrap import bootstrap
+from lesionlite.atomic import write_json_atomic, write_text_atomic
+
+HERE = Path(__file__).resolve().parent
+SPLITS = ("internal", "external")
+#: the figures compared (names of the evaluation's clinical metrics)
+METRICS = ("melanoma_auc", "melanocytic_auc", "balanced_accuracy_present")
+
+
+def parse_named(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=EVAL_DIR, e.g. scratch_s0=runs/eval_scratch_s0")
+    return name, Path(path)
+
+
+def load_evaluation(eval_dir: Path, split: str) -> dict[str, Any]:
+    """The one ``evaluation.json`` under ``eval_dir/split``."""
+    found = sorted((eval_dir / split).glob("*/evaluation.json"))
+    if len(found) != 1:
+        raise SystemExit(f"{eval_dir / split}: expected one <run>/evaluation.json (from lesionlite evaluate), "
+                         f"found {len(found)}")
+    return json.loads(found[0].read_text())
+
+
+def lesion_groups(ids: Sequence[str], data_root: Path | None) -> list[str] | None:
+    """HAM10000 image id → lesion id (for lesion-clustered resampling), or None when the metadata is not found."""
+    meta = data_root / "ham10000_200x150" / "HAM10000_metadata.csv" if data_root is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    with meta.open(newline="") as f:
+        lesion = {row["image_id"]: row["lesion_id"] for row in csv.DictReader(f)}
+    if any(i not in lesion for i in ids):
+        return None
+    return [lesion[i] for i in ids]
+
+
+def _vectors(ev: dict[str, Any]) -> dict[str, np.ndarray]:
+    p = ev["predictions"]
+    mel, nv = np.asarray(p["mel_prob"], np.float64), np.asarray(p["nv_prob"], np.float64)
+    return {"labels": np.asarray(p["labels"], np.int64), "mel": mel, "melanocytic": mel / np.maximum(mel + nv, 1e-12),
+            "pred": np.asarray(p["pred"], np.int64)}
+
+
+def paired(candidate: dict[str, Any], baseline: dict[str, Any], groups: list[str] | None, mel_index: int,
+           n_boot: int) -> dict[str, Any]:
+    """Candidate − baseline on the same images, with paired bootstrap CIs."""
+    if candidate["predictions"]["ids"] != baseline["predictions"]["ids"]:
+        raise SystemExit("the two evaluations are not on the same images in the same order; no paired comparison")
+    c, b = _vectors(candidate), _vectors(baseline)
+    y = c["labels"]
+    if not np.array_equal(y, b["labels"]):
+        raise SystemExit("the two evaluations disagree on the labels of the same images")
+    is_mel = y == mel_index
+    stats = {
+        "melanoma_auc": rs.delta(rs.auc(is_mel, c["mel"]), rs.auc(is_mel, b["mel"])),
+        "melanocytic_auc": rs.delta(rs.auc(is_mel, c["melanocytic"]), rs.auc(is_mel, b["melanocytic"])),
+        "balanced_accuracy_present": rs.delta(rs.balanced_accuracy(y, c["pred"]), rs.balanced_accuracy(y, b["pred"])),
+    }
+    return bootstrap(stats, y, groups, n_boot=n_boot, seed=0)
+
+
+def own_figures(ev: dict[str, Any]) -> dict[str, Any]:
+    m = ev["clinical"]["metrics"]
+    return {k: m.get(k) for k in METRICS} | {"n": ev["clinical"]["n"], "n_melanoma": ev["clinical"].get("n_melanoma")}
+
+
+def study(baseline: tuple[str, Path], candidates: Sequence[tuple[str, Path]], data_root: Path | None,
+          n_boot: int) -> dict[str, Any]:
+    base_name, base_dir = baseline
+    rows = []
+    for name, eval_dir in [baseline, *candidates]:
+        row: dict[str, Any] = {"name": name, "eval_dir": str(eval_dir)}
+        for split in SPLITS:
+            ev, ref = load_evaluation(eval_dir, split), load_evaluation(base_dir, split)
+            names = list(ev["report"]["per_class"])  # the model's classes, in its output order
+            if "mel" not in names:
+                raise SystemExit(f"{eval_dir}: the model has no 'mel' class; no melanoma AUC to compare")
+            mel_index = names.index("mel")
+            block = {"own": own_figures(ev), "data": ev["data"]["source"], "model": ev["model"]["name"]}
+            if name != base_name:
+                groups = lesion_groups(ev["predictions"]["ids"], data_root) if split == "internal" else None
+                block["vs_baseline"] = paired(ev, ref, groups, mel_index, n_boot)
+            row[split] = block
+        rows.append(row)
+    return {"baseline": base_name, "n_boot": n_boot, "rows": rows,
+            "note": "external = the dev half of isic2017_msk_256; choosing between named recipes may look at it "
+                    "(RESULTS.md says so); nothing is fitted on it"}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    def ci(m: dict[str, Any] | None, signed: bool = False, pct: bool = False) -> str:
+        if not m or m.get("value") is None:
+            return "—"
+        k = 100.0 if pct else 1.0
+        f = (lambda v: f"{v * k:+.1f}" if pct else f"{v:+.3f}") if signed else (
+            lambda v: f"{v * k:.1f}" if pct else f"{v:.3f}")
+        lo, hi = m.get("ci_low"), m.get("ci_high")
+        return f(m["value"]) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else "")
+
+    lines = [f"Baseline: `{doc['baseline']}`. Δ paired on the same images, 95 % bootstrap CI ({doc['n_boot']} "
+             "replicates; internal by lesion, external by image).", "",
+             "| run | split | melanoma AUC, P(mel) | Δ | melanocytic-score AUC | Δ | Bal-ACC (classes present), % | Δ pt |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        for split in SPLITS:
+            own, d = r[split]["own"], r[split].get("vs_baseline", {}).get("metrics", {})
+            lines.append(f"| {r['name']} | {split} | {ci(own['melanoma_auc'])} | {ci(d.get('melanoma_auc'), True)} | "
+                         f"{ci(own['melanocytic_auc'])} | {ci(d.get('melanocytic_auc'), True)} | "
+                         f"{ci(own['balanced_accuracy_present'], pct=True)} | "
+                         f"{ci(d.get('balanced_accuracy_present'), True, True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidates", nargs="+", type=parse_named, metavar="NAME=EVAL_DIR")
+    ap.add_argument("--baseline", required=True, type=parse_named, metavar="NAME=EVAL_DIR")
+    ap.add_argument("--data-root", type=Path, default=Path(os.environ["LESIONLITE_DATA"])
+                    if os.environ.get("LESIONLITE_DATA") else None,
+                    help="for HAM10000's lesion ids (lesion-clustered internal CIs); default $LESIONLITE_DATA")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "generalization_study.json")
+    args = ap.parse_args(argv)
+    doc = study(args.baseline, args.candidates, args.data_root, args.n_boot)
+    md = markdown(doc)
+    write_json_atomic(args.out, doc)
+    write_text_atomic(args.out.with_suffix(".md"), md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
