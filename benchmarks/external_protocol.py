@@ -207,6 +207,17 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged_attachments(out: Path, new: list[dict]) -> list[dict]:
+    """Every attachment check so far: the previous file's, with this invocation's replacing the same (record, run).
+
+    Attaching one more seed must not drop the evidence of the earlier ones from the JSON (it did: the file
+    listed only the last invocation's checks, although the records kept every external block)."""
+    previous = read_json(out) if out.is_file() else None
+    by_key = {(a["record"], a["run"]): a for a in (previous or {}).get("attached", [])}
+    by_key.update({(a["record"], a["run"]): a for a in new})
+    return [by_key[k] for k in sorted(by_key)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("pairs", nargs="*", type=parse_pair, metavar="RECORD=RUN[,EXPORT_DIR]",
@@ -219,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     attached = [attach(name, run, art, args.records, args.data_root) for name, run, art in args.pairs]
     for a in attached:
         print(("attached " if a["identical_test_predictions"] else "NOT the record's run (skipped) ") + json.dumps(a))
-    doc = {"attached": attached, **table(args.records, args.n_boot),
+    doc = {"attached": merged_attachments(args.out, attached), **table(args.records, args.n_boot),
            "host": {"machine": platform.machine(), "python": platform.python_version()}}
     write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     md = markdown(doc)

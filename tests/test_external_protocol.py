@@ -64,3 +64,16 @@ def test_pairs_and_artifact_lookup(tmp_path: Path) -> None:
     assert int8_artifact(tmp_path) is None  # no manifest: not an artifact
     (tmp_path / "mobilenet_v2_tflite_int8" / "manifest.json").write_text("{}")
     assert int8_artifact(tmp_path) == tmp_path / "mobilenet_v2_tflite_int8"
+
+
+def test_attachment_checks_accumulate_across_invocations(tmp_path: Path) -> None:
+    from benchmarks.external_protocol import merged_attachments
+
+    out = tmp_path / "external_protocol_cpu.json"
+    first = [{"record": "seed0_kd", "run": "runs/kd_s0", "identical_test_predictions": True}]
+    assert merged_attachments(out, first) == first  # no earlier file
+    out.write_text(json.dumps({"attached": first}))
+    again = {"record": "seed0_kd", "run": "runs/kd_s0", "identical_test_predictions": False}
+    other = {"record": "seed1_kd", "run": "runs/kd_s1", "identical_test_predictions": True}
+    assert merged_attachments(out, [other]) == [first[0], other]  # the earlier check is kept
+    assert merged_attachments(out, [again]) == [again]  # the same record and run: the latest check
