@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -64,8 +65,9 @@ class DataConfig:
     workers: int | None = None
     #: training augmentation strength (distill.transforms.train_transform)
     augment: Literal["default", "light", "none"] = "default"
-    #: colour-constancy augmentation (distill.transforms.RandomIlluminant): each training image re-lit under a
-    #: random illuminant, per-channel log-gains within ±this spread (0 = off; issue 28's study used 0.3)
+    #: colour-constancy augmentation (distill.transforms.RandomIlluminant): with probability 0.8 a training image's
+    #: light (Shades-of-Gray estimate) is divided out and a random one put in, exp(u) per channel with
+    #: u ~ U(-spread, spread) before it is brought to the old light's mean level (0 = off; issue 28's study: 0.3)
     illuminant_augment: float = 0.0
     #: decode every image once per run into RAM (distill.data.cache): training images downscaled to
     #: ``cache_short_side``, val/test as their exact eval tensors. Off = decode from disk every epoch.
@@ -595,6 +597,10 @@ def validate(cfg: TrainConfig) -> None:
          "run.max_steps_per_epoch must be >= 1"),
         (cfg.run.threads is None or cfg.run.threads >= 1, "run.threads must be >= 1"),
         (cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (math.isfinite(cfg.data.illuminant_augment) and cfg.data.illuminant_augment >= 0,
+         "data.illuminant_augment must be a finite number >= 0 (0 = off)"),
+        (cfg.data.illuminant_augment == 0 or cfg.data.augment != "none",
+         "data.illuminant_augment needs an augmentation: data.augment default or light, not data.augment none"),
         (bool(cfg.run.out), "run.out (--out) must name a run directory"),
     ]
     for ok, msg in checks:

@@ -177,9 +177,18 @@ def test_random_illuminant_divides_out_the_light_and_puts_a_random_one() -> None
     off = train_transform(cfg, "default", illuminant=0.0)(img)
     torch.manual_seed(1)
     assert torch.equal(off, train_transform(cfg, "default")(img))  # off: the default augmentation exactly
-    torch.manual_seed(1)
     on = train_transform(cfg, "default", illuminant=0.3)
     assert on.rotation_safe().illuminant is not None and on.rotation_safe().illuminant.spread == 0.3
-    assert not torch.equal(on(img), off)
+    torch.manual_seed(1)
+    relit_img = on(img)
+    gains = RandomIlluminant.gains
+    # the same random draws, the re-lighting's gains forced to 1: only the colour differs
+    RandomIlluminant.gains = lambda self, arr: None if gains(self, arr) is None else np.ones(3)  # type: ignore[method-assign]
+    try:
+        torch.manual_seed(1)
+        unlit = on(img)
+    finally:
+        RandomIlluminant.gains = gains  # type: ignore[method-assign]
+    assert not torch.equal(relit_img, unlit)
     with pytest.raises(Exception, match="illuminant_augment"):
         train_transform(cfg, "none", illuminant=0.3)

@@ -313,6 +313,23 @@ def test_resume_of_a_method_with_its_own_sampling_generator_is_exact(method: str
         assert torch.equal(a["method_state"]["sampling_generator_state"], b["method_state"]["sampling_generator_state"])
 
 
+def test_illuminant_augmentation_reaches_the_training_views(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import distill.run_setup as run_setup
+
+    seen = []
+    real = run_setup.train_transform
+    monkeypatch.setattr(run_setup, "train_transform", lambda *a: (seen.append(a), real(*a))[1])
+    train(resolve_config(flags={**TINY, "run.epochs": 1, "run.out": str(tmp_path / "r"), "data.illuminant_augment": 0.3}))
+    assert seen and seen[0][2] == 0.3
+    for bad, msg in ((-0.1, "data.illuminant_augment must be a finite number >= 0"),
+                     (float("nan"), "data.illuminant_augment must be a finite number >= 0")):
+        with pytest.raises(LesionliteError, match=msg):
+            resolve_config(flags={**TINY, "run.out": str(tmp_path / "x"), "data.illuminant_augment": bad})
+    with pytest.raises(LesionliteError, match="data.augment none"):
+        resolve_config(flags={**TINY, "run.out": str(tmp_path / "x"), "data.illuminant_augment": 0.3,
+                              "data.augment": "none"})
+
+
 def test_resume_refuses_fewer_epochs_than_already_run(full_run, tmp_path: Path) -> None:
     import shutil
 

@@ -602,3 +602,37 @@ def test_ccd_scale_with_the_codes_heads_vs_shared_ema_heads() -> None:
     assert code[-1]["wce"] < code[0]["wce"]
     for key in ("ccd_s", "ccd_t"):
         assert 0.75 < code[-1][key] / code[0][key] < 1.3, code
+
+
+def test_sampling_generator_state_round_trips_and_degrades_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """The checkpoint holds UDCD's sampling generator: an unused one (warm-up) resumes silently from its seed, a used
+    one continues (also when saved again before sampling), and one that cannot continue — a checkpoint from before
+    the generator was saved, or a CUDA generator resumed on CPU — starts from its seed with a warning."""
+    cpu = torch.device("cpu")
+    m = _method("udcd")
+    unused = m.extra_state_dict()
+    assert unused["sampling_generator_state"].numel() == 0
+    with caplog.at_level("WARNING", logger="distill.methods.udcd"):
+        fresh = _method("udcd")
+        fresh.load_extra_state_dict(unused)
+    assert "sampling generator" not in caplog.text
+    assert torch.equal(fresh._gen(cpu).get_state(), _method("udcd")._gen(cpu).get_state())  # from its seed
+
+    torch.randint(0, 100, (5,), generator=m._gen(cpu))  # sampled: the state moved on
+    used = m.extra_state_dict()
+    assert used["sampling_generator_device"] == "cpu"
+    resumed = _method("udcd")
+    resumed.load_extra_state_dict(used)
+    again = resumed.extra_state_dict()  # saved before sampling again: the loaded state stands
+    assert torch.equal(again["sampling_generator_state"], used["sampling_generator_state"])
+    assert torch.equal(resumed._gen(cpu).get_state(), m._gen(cpu).get_state())
+
+    for broken, why in (({k: v for k, v in used.items() if not k.startswith("sampling_generator")}, "no state"),
+                        ({**used, "sampling_generator_device": "cuda"}, "cannot continue on cpu")):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="distill.methods.udcd"):
+            other = _method("udcd")
+            other.load_extra_state_dict(broken)
+            state = other._gen(cpu).get_state()
+        assert why in caplog.text and "bit-identical" in caplog.text
+        assert torch.equal(state, _method("udcd")._gen(cpu).get_state())  # from its seed

@@ -122,6 +122,7 @@ from lesionlite.errors import LesionliteError
 _log = logging.getLogger("distill.methods.udcd")
 #: the sampling generator's state in :meth:`_UDCDBase.extra_state_dict` (not a module buffer)
 _GENERATOR_KEY = "sampling_generator_state"
+_GENERATOR_DEVICE_KEY = "sampling_generator_device"
 
 # The authors' trainer: Adam (weight decay 1e-5 on every parameter), torch's OneCycleLR(max_lr=3e-4)
 # with its defaults (div_factor 25, final_div_factor 1e4, pct_start 0.3, cosine, beta1 cycled), one
@@ -292,8 +293,8 @@ class _UDCDBase(DistillMethod):
         self.register_buffer("bank_labels", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._generator: torch.Generator | None = None
-        #: a checkpoint's generator state, applied when the generator is next made (on the training device)
-        self._pending_generator_state: torch.Tensor | None = None
+        #: a checkpoint's generator state and its device type, applied when the generator is next made
+        self._pending_generator_state: tuple[torch.Tensor, str | None] | None = None
         self._indices_checked = False
         # Host-side min over classes of the number of other-class bank rows, known once every row's
         # label is (set in ``prepare``); lets negative sampling pick K without a device sync.
@@ -370,31 +371,49 @@ class _UDCDBase(DistillMethod):
 
         The generator runs on across epochs (the training loop's per-epoch reseeding does not reach it), so a
         resumed run that restarted it from its seed sampled other triplets than the uninterrupted run: a CPU
-        protocol seed resumed at epoch 17 matched its record to epoch 17 and differed from epoch 18 on."""
+        protocol seed resumed at epoch 17 matched its record to epoch 17 and differed from epoch 18 on. An empty
+        state means the generator was not used yet (warm-up epochs, ``lambda_cra = 0``): it starts from its seed."""
         state = super().extra_state_dict()
         if self._generator is not None:
             state[_GENERATOR_KEY] = self._generator.get_state()
+            state[_GENERATOR_DEVICE_KEY] = self._generator.device.type
+        elif self._pending_generator_state is not None:  # resumed, not sampled since: the loaded state stands
+            state[_GENERATOR_KEY], state[_GENERATOR_DEVICE_KEY] = self._pending_generator_state
+        else:
+            state[_GENERATOR_KEY] = torch.zeros(0, dtype=torch.uint8)
         return state
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         generator_state = state.pop(_GENERATOR_KEY, None)
+        device_type = state.pop(_GENERATOR_DEVICE_KEY, None)
         super().load_extra_state_dict(state)
         self._generator = None
-        self._pending_generator_state = generator_state
-        if generator_state is None and int(self.ema_updates) > 0:
+        self._pending_generator_state = None
+        if generator_state is None:
             _log.warning("this checkpoint has no state of UDCD's sampling generator (written before it was saved): "
                          "the resumed run samples its triplets/negatives from the seed again, so it will not be "
                          "bit-identical to an uninterrupted run")
+        elif generator_state.numel():
+            self._pending_generator_state = (generator_state, device_type)
 
     # ------------------------------------------------------------------ helpers
     def _gen(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device)
             self._generator.manual_seed(int(self.cfg.seed) + 2)
-            if self._pending_generator_state is not None:  # resumed: continue where the checkpoint stood
-                self._generator.set_state(self._pending_generator_state)
-                self._pending_generator_state = None
+            pending, self._pending_generator_state = self._pending_generator_state, None
+            if pending is not None:  # resumed: continue where the checkpoint stood
+                state, device_type = pending
+                try:  # a CUDA generator's state does not fit a CPU one (run.device may change on resume)
+                    if device_type not in (None, device.type):
+                        raise RuntimeError(f"it ran on {device_type}")
+                    self._generator.set_state(state)
+                except RuntimeError as exc:
+                    self._generator.manual_seed(int(self.cfg.seed) + 2)
+                    _log.warning("the checkpoint's UDCD sampling generator cannot continue on %s (%s): it starts "
+                                 "from its seed, so the resumed run is not bit-identical to an uninterrupted one",
+                                 device.type, exc)
         return self._generator
 
     def _views(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
