@@ -213,6 +213,8 @@ def merged_attachments(out: Path, new: list[dict]) -> list[dict]:
     Attaching one more seed must not drop the evidence of the earlier ones from the JSON (it did: the file
     listed only the last invocation's checks, although the records kept every external block)."""
     previous = read_json(out) if out.is_file() else None
+    if out.is_file() and previous is None:
+        raise SystemExit(f"{out} exists but is not readable JSON: its attachment checks would be lost; fix or move it")
     by_key = {(a["record"], a["run"]): a for a in (previous or {}).get("attached", [])}
     by_key.update({(a["record"], a["run"]): a for a in new})
     return [by_key[k] for k in sorted(by_key)]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import numpy as np
 
 from distill import replicate_stats as rs
 from distill.bootstrap import bootstrap
+from distill.data.ham10000 import DIR_NAMES, METADATA
+from distill.data.paths import data_root, describe_root
 from lesionlite.atomic import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -52,20 +53,26 @@ def load_evaluation(eval_dir: Path, split: str) -> dict[str, Any]:
     return json.loads(found[0].read_text())
 
 
-def lesion_groups(ids: Sequence[str], data_root: Path | None) -> list[str] | None:
-    """HAM10000 image id → lesion id (for lesion-clustered resampling), or None when the metadata is not found."""
-    meta = data_root / "ham10000_200x150" / "HAM10000_metadata.csv" if data_root is not None else None
-    if meta is None or not meta.is_file():
-        return None
+def lesion_groups(ids: Sequence[str], root: Path | None) -> list[str]:
+    """HAM10000 image id → lesion id, for lesion-clustered resampling of the internal split (as the evaluation's
+    own CIs are). Refuses rather than quietly resampling by image: the intervals would be too narrow."""
+    folders = [root / name for name in DIR_NAMES] if root is not None else []
+    meta = next((f / METADATA for f in folders if (f / METADATA).is_file()), None)
+    if meta is None:
+        raise SystemExit(f"HAM10000's {METADATA} not found under the data root {describe_root(root)}: the internal "
+                         "split's CIs need its lesion ids (pass --data-root or set LESIONLITE_DATA)")
     with meta.open(newline="") as f:
         lesion = {row["image_id"]: row["lesion_id"] for row in csv.DictReader(f)}
-    if any(i not in lesion for i in ids):
-        return None
+    missing = [i for i in ids if i not in lesion]
+    if missing:
+        raise SystemExit(f"{len(missing)} internal image ids (e.g. {missing[0]}) are not in {meta}")
     return [lesion[i] for i in ids]
 
 
 def _vectors(ev: dict[str, Any]) -> dict[str, np.ndarray]:
     p = ev["predictions"]
+    if p.get("nv_prob") is None:
+        raise SystemExit(f"{ev['model']['name']}: no nevus probabilities (a model without 'nv'): no melanocytic score")
     mel, nv = np.asarray(p["mel_prob"], np.float64), np.asarray(p["nv_prob"], np.float64)
     return {"labels": np.asarray(p["labels"], np.int64), "mel": mel, "melanocytic": mel / np.maximum(mel + nv, 1e-12),
             "pred": np.asarray(p["pred"], np.int64)}
@@ -127,8 +134,11 @@ def markdown(doc: dict[str, Any]) -> str:
         lo, hi = m.get("ci_low"), m.get("ci_high")
         return f(m["value"]) + (f" [{f(lo)}, {f(hi)}]" if lo is not None and hi is not None else "")
 
+    by = {split: next((r[split]["vs_baseline"]["bootstrap"]["resampled_by"] for r in doc["rows"]
+                       if "vs_baseline" in r[split]), "—") for split in SPLITS}
     lines = [f"Baseline: `{doc['baseline']}`. Δ paired on the same images, 95 % bootstrap CI ({doc['n_boot']} "
-             "replicates; internal by lesion, external by image).", "",
+             f"replicates, class-stratified; internal resampled by {by['internal']}, external by {by['external']}).",
+             "",
              "| run | split | melanoma AUC, P(mel) | Δ | melanocytic-score AUC | Δ | Bal-ACC (classes present), % | Δ pt |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in doc["rows"]:
@@ -145,13 +155,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("candidates", nargs="+", type=parse_named, metavar="NAME=EVAL_DIR")
     ap.add_argument("--baseline", required=True, type=parse_named, metavar="NAME=EVAL_DIR")
-    ap.add_argument("--data-root", type=Path, default=Path(os.environ["LESIONLITE_DATA"])
-                    if os.environ.get("LESIONLITE_DATA") else None,
-                    help="for HAM10000's lesion ids (lesion-clustered internal CIs); default $LESIONLITE_DATA")
+    ap.add_argument("--data-root", default=None,
+                    help="for HAM10000's lesion ids (lesion-clustered internal CIs); default: LESIONLITE_DATA, "
+                         "else ../shared/data")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "generalization_study.json")
     args = ap.parse_args(argv)
-    doc = study(args.baseline, args.candidates, args.data_root, args.n_boot)
+    doc = study(args.baseline, args.candidates, data_root(args.data_root), args.n_boot)
     md = markdown(doc)
     write_json_atomic(args.out, doc)
     write_text_atomic(args.out.with_suffix(".md"), md)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.generalization_study import main, study
+from benchmarks.generalization_study import main, markdown, study
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -37,15 +37,28 @@ def _run(root: Path, name: str, noise: float, seed: int) -> Path:
     return root / f"eval_{name}"
 
 
+def _ham_root(tmp_path: Path) -> Path:
+    """A data root whose HAM10000 metadata gives the generated images lesion ids (two images per lesion)."""
+    folder = tmp_path / "data" / "ham10000_200x150"
+    folder.mkdir(parents=True)
+    rows = ["lesion_id,image_id,dx"] + [f"L{i // 2},img{i},nv" for i in range(100)]
+    (folder / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "data"
+
+
 def test_a_run_against_itself_changes_nothing_and_a_better_run_gains(tmp_path: Path) -> None:
     base = _run(tmp_path, "base", noise=0.3, seed=1)
     better = _run(tmp_path, "better", noise=0.05, seed=2)
-    doc = study(("base", base), [("same", base), ("better", better)], None, n_boot=200)
+    doc = study(("base", base), [("same", base), ("better", better)], _ham_root(tmp_path), n_boot=200)
     same = doc["rows"][1]["external"]["vs_baseline"]["metrics"]
     assert all(m["value"] == 0 and m["ci_low"] == 0 and m["ci_high"] == 0 for m in same.values())
     gain = doc["rows"][2]["external"]["vs_baseline"]["metrics"]["melanoma_auc"]
     assert gain["value"] > 0 and gain["ci_low"] > 0  # less noise on P(mel): a higher AUC, paired CI above 0
     assert "vs_baseline" not in doc["rows"][0]["external"]
+    assert doc["rows"][2]["internal"]["vs_baseline"]["bootstrap"]["resampled_by"] == "lesion"
+    assert "internal resampled by lesion, external by image" in markdown(doc)
+    with pytest.raises(SystemExit, match="lesion ids"):  # never a quiet fall-back to resampling by image
+        study(("base", base), [("better", better)], tmp_path / "empty", n_boot=50)
 
 
 def test_refuses_evaluations_on_other_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -56,6 +69,7 @@ def test_refuses_evaluations_on_other_images(tmp_path: Path, capsys: pytest.Capt
     ev["predictions"]["ids"][0] = "somewhere_else"
     ev_path.write_text(json.dumps(ev))
     with pytest.raises(SystemExit, match="not on the same images"):
-        main(["--baseline", f"base={base}", f"other={other}", "--out", str(tmp_path / "s.json"), "--n-boot", "50"])
+        main(["--baseline", f"base={base}", f"other={other}", "--out", str(tmp_path / "s.json"), "--n-boot", "50",
+              "--data-root", str(_ham_root(tmp_path))])
     with pytest.raises(SystemExit, match="expected one"):
         main(["--baseline", f"base={base}", f"missing={tmp_path / 'nowhere'}", "--out", str(tmp_path / "s.json")])
