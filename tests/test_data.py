@@ -135,6 +135,27 @@ def test_ham10000_generated_split_by_lesion(tmp_path: Path) -> None:
     assert load_dataset(f"ham10000:{d}", seed=2).fingerprint != b.fingerprint
 
 
+def test_ham10000_train_exclude_dx_type_changes_the_training_split_only(tmp_path: Path) -> None:
+    """Issue 28's case-mix option: follow-up nevi left out of training; validation and test unchanged (paired)."""
+    d = make_ham(tmp_path / "ham", lesions_per_class=12)
+    meta = (d / "HAM10000_metadata.csv").read_text().splitlines()
+    rows = [meta[0]] + [line.replace(",nv,histo,", ",nv,follow_up,") if i % 2 else line
+                        for i, line in enumerate(meta[1:])]
+    (d / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
+    follow_up = {line.split(",")[1] for line in rows[1:] if ",follow_up," in line}
+    assert follow_up
+    plain = load_dataset(f"ham10000:{d}", seed=0)
+    fewer = load_dataset(f"ham10000:{d}", seed=0, train_exclude_dx_type=["follow_up"])
+    assert fewer.val.ids == plain.val.ids and fewer.test.ids == plain.test.ids
+    assert set(fewer.train.ids) == set(plain.train.ids) - follow_up
+    assert len(fewer.train) < len(plain.train) and fewer.fingerprint != plain.fingerprint
+    assert "without dx_type follow_up" in fewer.source
+    with pytest.raises(LesionliteError, match="'folow_up'.*not among"):
+        load_dataset(f"ham10000:{d}", seed=0, train_exclude_dx_type=["folow_up"])
+    with pytest.raises(LesionliteError, match="leaves no training image"):
+        load_dataset(f"ham10000:{d}", seed=0, train_exclude_dx_type=["histo", "follow_up"])
+
+
 def test_ham10000_isic8_labelling(tmp_path: Path) -> None:
     d = make_ham(tmp_path / "ham")
     b = load_dataset(f"ham10000-isic8:{d}")

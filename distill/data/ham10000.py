@@ -11,6 +11,7 @@ Images are found in ``images/``, ``HAM10000_images_part_1/``, ``HAM10000_images_
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,11 @@ def _labeller(d: Path, labelling: str):
 @register_dataset("ham10000", "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]")
 def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                   labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, split_by: str = "lesion",
-                  **_: object) -> DatasetBundle:
+                  train_exclude_dx_type: Sequence[str] = (), **_: object) -> DatasetBundle:
+    """``train_exclude_dx_type`` (``data.options``): leave images whose diagnosis was confirmed this way (HAM10000's
+    ``dx_type``: histo, follow_up, consensus, confocal) out of the *training* split only — validation and test are
+    the same images as without it (split first, filtered after), so runs compare paired. Issue 28's case-mix
+    study: ``[follow_up]`` trains on excised and consensus nevi only (benchmarks/RESULTS.md 8g)."""
     if split_by not in ("lesion", "image"):
         raise LesionliteError(f"HAM10000 split_by must be 'lesion' or 'image', got {split_by!r}")
     root_p = data_root(root)
@@ -105,6 +110,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     index = index_images(folders)
     paths, labels, groups, ids, missing = [], [], [], [], []
     attributes: list[dict[str, str]] = []  # what subgroup reports need (model card)
+    confirmations: list[str] = []  # dx_type: how each diagnosis was confirmed
     seen: set[str] = set()
     for n, r in enumerate(meta, start=2):
         iid, lid, dx = r["image_id"], r["lesion_id"], r["dx"].lower()
@@ -123,6 +129,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         groups.append(lid)
         ids.append(iid)
         attributes.append({k: (r.get(k) or "").strip() for k in SUBGROUP_FIELDS})
+        confirmations.append((r.get("dx_type") or "").strip())
     if missing:
         raise missing_images_error(f"HAM10000 at {d}", missing, folders)
 
@@ -134,6 +141,18 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     split_of = np.zeros(len(paths), dtype=np.int64)
     for s, idx in enumerate(splits):
         split_of[idx] = s
+    excluded = sorted(set(train_exclude_dx_type))
+    if excluded:
+        known = sorted(set(confirmations) - {""})
+        unknown = [t for t in excluded if t not in known]
+        if unknown:
+            raise LesionliteError(f"data.options.train_exclude_dx_type: {unknown} not among this metadata's dx_type "
+                                  f"values {known}")
+        keep = np.array([confirmations[i] not in excluded for i in splits[0]], dtype=bool)
+        if not keep.any():
+            raise LesionliteError(f"data.options.train_exclude_dx_type {excluded} leaves no training image")
+        splits = [splits[0][keep], *splits[1:]]
+        split_of[np.setdiff1d(np.arange(len(paths)), np.concatenate(splits))] = -1  # in no split: not trained on
 
     def part(idx: np.ndarray) -> FileDataset:
         return FileDataset([paths[i] for i in idx], y_arr[idx], len(class_names),
@@ -142,7 +161,8 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
 
     fp = files_fingerprint(paths, y_arr, split_of, d,
                            extra=["ham10000", labelling, seed, tuple(fractions), len(paths)]
-                           + (["per-image"] if per_image else []))
+                           + (["per-image"] if per_image else [])
+                           + ([f"train without dx_type {','.join(excluded)}"] if excluded else []))
     name = "ham10000" if labelling != "isic8" else "ham10000-isic8"
     name += "-image-split" if per_image else ""
     how = ("per image (photos of one lesion may be in train and test; for comparison with per-image-split "
@@ -152,9 +172,12 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         train=part(splits[0]), val=part(splits[1]), test=part(splits[2]), class_names=class_names,
         name=name, fingerprint=fp, synthetic=False,
         source=(f"HAM10000 at {d}: {len(paths)} images of {len(set(groups))} lesions, {lab_desc}, "
-                f"split {'/'.join(str(round(f * 100)) for f in fractions)} {how} (seed {seed})"),
+                f"split {'/'.join(str(round(f * 100)) for f in fractions)} {how} (seed {seed})"
+                + (f"; training split without dx_type {', '.join(excluded)} ({int((~keep).sum())} images left out)"
+                   if excluded else "")),
         native_size=None, extra={"dir": str(d), "seed": seed,
-                                 "split": "per image" if per_image else "grouped by lesion_id"},
+                                 "split": "per image" if per_image else "grouped by lesion_id",
+                                 **({"train_exclude_dx_type": excluded} if excluded else {})},
     )
 
 
