@@ -53,20 +53,25 @@ def load_evaluation(eval_dir: Path, split: str) -> dict[str, Any]:
     return json.loads(found[0].read_text())
 
 
-def lesion_groups(ids: Sequence[str], root: Path | None) -> list[str]:
-    """HAM10000 image id → lesion id, for lesion-clustered resampling of the internal split (as the evaluation's
-    own CIs are). Refuses rather than quietly resampling by image: the intervals would be too narrow."""
+def ham_metadata(root: Path | None) -> dict[str, dict[str, str]]:
+    """image_id → its HAM10000 metadata row (lesion_id, dx_type, …), found under the data root."""
     folders = [root / name for name in DIR_NAMES] if root is not None else []
     meta = next((f / METADATA for f in folders if (f / METADATA).is_file()), None)
     if meta is None:
-        raise SystemExit(f"HAM10000's {METADATA} not found under the data root {describe_root(root)}: the internal "
-                         "split's CIs need its lesion ids (pass --data-root or set LESIONLITE_DATA)")
+        raise SystemExit(f"HAM10000's {METADATA} not found under the data root {describe_root(root)} (pass "
+                         "--data-root or set LESIONLITE_DATA)")
     with meta.open(newline="") as f:
-        lesion = {row["image_id"]: row["lesion_id"] for row in csv.DictReader(f)}
-    missing = [i for i in ids if i not in lesion]
+        return {row["image_id"]: row for row in csv.DictReader(f)}
+
+
+def lesion_groups(ids: Sequence[str], root: Path | None) -> list[str]:
+    """HAM10000 image id → lesion id, for lesion-clustered resampling of the internal split (as the evaluation's
+    own CIs are). Refuses rather than quietly resampling by image: the intervals would be too narrow."""
+    meta = ham_metadata(root)
+    missing = [i for i in ids if i not in meta]
     if missing:
-        raise SystemExit(f"{len(missing)} internal image ids (e.g. {missing[0]}) are not in {meta}")
-    return [lesion[i] for i in ids]
+        raise SystemExit(f"{len(missing)} internal image ids (e.g. {missing[0]}) are not in HAM10000's {METADATA}")
+    return [meta[i]["lesion_id"] for i in ids]
 
 
 def _vectors(ev: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -57,7 +57,7 @@ def test_a_run_against_itself_changes_nothing_and_a_better_run_gains(tmp_path: P
     assert "vs_baseline" not in doc["rows"][0]["external"]
     assert doc["rows"][2]["internal"]["vs_baseline"]["bootstrap"]["resampled_by"] == "lesion"
     assert "internal resampled by lesion, external by image" in markdown(doc)
-    with pytest.raises(SystemExit, match="lesion ids"):  # never a quiet fall-back to resampling by image
+    with pytest.raises(SystemExit, match="metadata.csv not found"):  # never a quiet fall-back to resampling by image
         study(("base", base), [("better", better)], tmp_path / "empty", n_boot=50)
 
 
