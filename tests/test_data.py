@@ -154,6 +154,18 @@ def test_ham10000_train_exclude_dx_type_changes_the_training_split_only(tmp_path
         load_dataset(f"ham10000:{d}", seed=0, train_exclude_dx_type=["folow_up"])
     with pytest.raises(LesionliteError, match="leaves no training image"):
         load_dataset(f"ham10000:{d}", seed=0, train_exclude_dx_type=["histo", "follow_up"])
+    # a fraction of the follow-up lesions (all images of a kept lesion), seeded; 1 = all, 0 = none
+    half = load_dataset(f"ham10000:{d}", seed=0, train_dx_type_fraction={"follow_up": 0.5})
+    assert half.val.ids == plain.val.ids and half.test.ids == plain.test.ids
+    kept = set(half.train.ids) & follow_up
+    assert 0 < len(kept) < len(set(plain.train.ids) & follow_up)
+    assert set(half.train.ids) - follow_up == set(plain.train.ids) - follow_up
+    assert load_dataset(f"ham10000:{d}", seed=0, train_dx_type_fraction={"follow_up": 0.5}).train.ids == half.train.ids
+    assert load_dataset(f"ham10000:{d}", seed=0, train_dx_type_fraction={"follow_up": 1}).fingerprint == plain.fingerprint
+    none = load_dataset(f"ham10000:{d}", seed=0, train_dx_type_fraction={"follow_up": 0})
+    assert none.fingerprint == fewer.fingerprint and none.train.ids == fewer.train.ids
+    with pytest.raises(LesionliteError, match="not a fraction"):
+        load_dataset(f"ham10000:{d}", seed=0, train_dx_type_fraction={"follow_up": 1.5})
 
 
 def test_ham10000_isic8_labelling(tmp_path: Path) -> None:

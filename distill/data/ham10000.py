@@ -93,11 +93,14 @@ def _labeller(d: Path, labelling: str):
 @register_dataset("ham10000", "HAM10000 7 classes, 70/10/20 split by lesion_id; ham10000[:PATH]")
 def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: int = 0,
                   labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, split_by: str = "lesion",
-                  train_exclude_dx_type: Sequence[str] = (), **_: object) -> DatasetBundle:
+                  train_exclude_dx_type: Sequence[str] = (), train_dx_type_fraction: dict[str, float] | None = None,
+                  **_: object) -> DatasetBundle:
     """``train_exclude_dx_type`` (``data.options``): leave images whose diagnosis was confirmed this way (HAM10000's
     ``dx_type``: histo, follow_up, consensus, confocal) out of the *training* split only — validation and test are
     the same images as without it (split first, filtered after), so runs compare paired. Issue 28's case-mix
-    study: ``[follow_up]`` trains on excised and consensus nevi only (benchmarks/RESULTS.md 8g)."""
+    study: ``[follow_up]`` trains on excised and consensus nevi only (benchmarks/RESULTS.md 8g).
+    ``train_dx_type_fraction`` (e.g. ``{follow_up: 0.25}``): keep that fraction of the training split's lesions of
+    a confirmation type (all their images; seeded by ``seed``), instead of none or all."""
     if split_by not in ("lesion", "image"):
         raise LesionliteError(f"HAM10000 split_by must be 'lesion' or 'image', got {split_by!r}")
     root_p = data_root(root)
@@ -142,13 +145,27 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     for s, idx in enumerate(splits):
         split_of[idx] = s
     excluded = sorted(set(train_exclude_dx_type))
-    if excluded:
+    fractions_kept = {str(k): float(v) for k, v in (train_dx_type_fraction or {}).items()}
+    for t, f in fractions_kept.items():
+        if not 0 <= f <= 1:
+            raise LesionliteError(f"data.options.train_dx_type_fraction: {t}: {f} is not a fraction in [0, 1]")
+    excluded += sorted(t for t, f in fractions_kept.items() if f == 0 and t not in excluded)
+    thinned = {t: f for t, f in fractions_kept.items() if 0 < f < 1 and t not in excluded}
+    keep = np.ones(len(splits[0]), dtype=bool)
+    if excluded or thinned:
         known = sorted(set(confirmations) - {""})
-        unknown = [t for t in excluded if t not in known]
+        unknown = [t for t in [*excluded, *thinned] if t not in known]
         if unknown:
-            raise LesionliteError(f"data.options.train_exclude_dx_type: {unknown} not among this metadata's dx_type "
-                                  f"values {known}")
-        keep = np.array([confirmations[i] not in excluded for i in splits[0]], dtype=bool)
+            raise LesionliteError(f"data.options.train_exclude_dx_type / train_dx_type_fraction: {unknown} not among "
+                                  f"this metadata's dx_type values {known}")
+        rng = np.random.default_rng(seed)
+        dropped_lesions = set()
+        for t, f in sorted(thinned.items()):
+            lesions = sorted({groups[i] for i in splits[0] if confirmations[i] == t})
+            dropped_lesions |= set(rng.permutation(lesions)[round(f * len(lesions)):].tolist())
+        keep = np.array([confirmations[i] not in excluded
+                         and not (confirmations[i] in thinned and groups[i] in dropped_lesions) for i in splits[0]],
+                        dtype=bool)
         if not keep.any():
             raise LesionliteError(f"data.options.train_exclude_dx_type {excluded} leaves no training image")
         splits = [splits[0][keep], *splits[1:]]
@@ -162,7 +179,8 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     fp = files_fingerprint(paths, y_arr, split_of, d,
                            extra=["ham10000", labelling, seed, tuple(fractions), len(paths)]
                            + (["per-image"] if per_image else [])
-                           + ([f"train without dx_type {','.join(excluded)}"] if excluded else []))
+                           + ([f"train without dx_type {','.join(excluded)}"] if excluded else [])
+                           + ([f"train dx_type fractions {sorted(thinned.items())}"] if thinned else []))
     name = "ham10000" if labelling != "isic8" else "ham10000-isic8"
     name += "-image-split" if per_image else ""
     how = ("per image (photos of one lesion may be in train and test; for comparison with per-image-split "
@@ -173,11 +191,14 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         name=name, fingerprint=fp, synthetic=False,
         source=(f"HAM10000 at {d}: {len(paths)} images of {len(set(groups))} lesions, {lab_desc}, "
                 f"split {'/'.join(str(round(f * 100)) for f in fractions)} {how} (seed {seed})"
-                + (f"; training split without dx_type {', '.join(excluded)} ({int((~keep).sum())} images left out)"
-                   if excluded else "")),
+                + (f"; training split without dx_type {', '.join(excluded)}" if excluded else "")
+                + ("; training split keeping " + ", ".join(f"{f:g} of its {t} lesions" for t, f in sorted(thinned.items()))
+                   if thinned else "")
+                + (f" ({int((~keep).sum())} training images left out)" if excluded or thinned else "")),
         native_size=None, extra={"dir": str(d), "seed": seed,
                                  "split": "per image" if per_image else "grouped by lesion_id",
-                                 **({"train_exclude_dx_type": excluded} if excluded else {})},
+                                 **({"train_exclude_dx_type": excluded} if excluded else {}),
+                                 **({"train_dx_type_fraction": thinned} if thinned else {})},
     )
 
 
