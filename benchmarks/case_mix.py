@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import publish
 from benchmarks.generalization_study import ham_metadata, load_evaluation, parse_named
 from distill import replicate_stats as rs
 from distill.bootstrap import bootstrap
 from distill.data.paths import data_root
-from lesionlite.atomic import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 #: internal comparisons: melanoma against the nevi confirmed this way ("all": every nevus, and every other class)
@@ -101,10 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     doc = {"rows": rows, "n_boot": args.n_boot,
            "note": "internal = HAM10000 test split, nevi by dx_type; external = isic2017_msk_256 (dev half), whose "
                    "labels carry no confirmation type"}
-    md = markdown(doc)
-    write_json_atomic(args.out, doc)
-    write_text_atomic(args.out.with_suffix(".md"), md)
-    print(md)
+    publish(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

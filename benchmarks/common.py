@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lesionlite.atomic import write_json_atomic, write_text_atomic
+
 #: the repository root (benchmarks/ is one of its folders)
 REPO = Path(__file__).resolve().parents[1]
 #: where the committed benchmark results live
@@ -17,3 +19,10 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def publish(out: Path, doc: dict[str, Any], md: str) -> None:
+    """Write a result as JSON at ``out`` and its Markdown table beside it (``.md``), both atomically; print the table."""
+    write_json_atomic(out, doc)
+    write_text_atomic(Path(out).with_suffix(".md"), md)
+    print(md)

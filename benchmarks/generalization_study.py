@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import publish
 from distill import replicate_stats as rs
 from distill.bootstrap import bootstrap
 from distill.data.ham10000 import DIR_NAMES, METADATA
 from distill.data.paths import data_root, describe_root
-from lesionlite.atomic import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 SPLITS = ("internal", "external")
@@ -167,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "generalization_study.json")
     args = ap.parse_args(argv)
     doc = study(args.baseline, args.candidates, data_root(args.data_root), args.n_boot)
-    md = markdown(doc)
-    write_json_atomic(args.out, doc)
-    write_text_atomic(args.out.with_suffix(".md"), md)
-    print(md)
+    publish(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":
