@@ -95,12 +95,7 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
                   labelling: str = "dx7", fractions=DEFAULT_FRACTIONS, split_by: str = "lesion",
                   train_exclude_dx_type: Sequence[str] = (), train_dx_type_fraction: dict[str, float] | None = None,
                   **_: object) -> DatasetBundle:
-    """``train_exclude_dx_type`` (``data.options``): leave images whose diagnosis was confirmed this way (HAM10000's
-    ``dx_type``: histo, follow_up, consensus, confocal) out of the *training* split only — validation and test are
-    the same images as without it (split first, filtered after), so runs compare paired. Issue 28's case-mix
-    study: ``[follow_up]`` trains on excised and consensus nevi only (benchmarks/RESULTS.md 8g).
-    ``train_dx_type_fraction`` (e.g. ``{follow_up: 0.25}``): keep that fraction of the training split's lesions of
-    a confirmation type (all their images; seeded by ``seed``), instead of none or all."""
+    """``train_exclude_dx_type`` / ``train_dx_type_fraction`` (``data.options``): see :func:`_training_subset`."""
     if split_by not in ("lesion", "image"):
         raise LesionliteError(f"HAM10000 split_by must be 'lesion' or 'image', got {split_by!r}")
     root_p = data_root(root)
@@ -144,30 +139,9 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
     split_of = np.zeros(len(paths), dtype=np.int64)
     for s, idx in enumerate(splits):
         split_of[idx] = s
-    excluded = sorted(set(train_exclude_dx_type))
-    fractions_kept = {str(k): float(v) for k, v in (train_dx_type_fraction or {}).items()}
-    for t, f in fractions_kept.items():
-        if not 0 <= f <= 1:
-            raise LesionliteError(f"data.options.train_dx_type_fraction: {t}: {f} is not a fraction in [0, 1]")
-    excluded += sorted(t for t, f in fractions_kept.items() if f == 0 and t not in excluded)
-    thinned = {t: f for t, f in fractions_kept.items() if 0 < f < 1 and t not in excluded}
-    keep = np.ones(len(splits[0]), dtype=bool)
+    keep, excluded, thinned = _training_subset(splits[0], groups, confirmations, train_exclude_dx_type,
+                                               train_dx_type_fraction or {}, seed)
     if excluded or thinned:
-        known = sorted(set(confirmations) - {""})
-        unknown = [t for t in [*excluded, *thinned] if t not in known]
-        if unknown:
-            raise LesionliteError(f"data.options.train_exclude_dx_type / train_dx_type_fraction: {unknown} not among "
-                                  f"this metadata's dx_type values {known}")
-        rng = np.random.default_rng(seed)
-        dropped_lesions = set()
-        for t, f in sorted(thinned.items()):
-            lesions = sorted({groups[i] for i in splits[0] if confirmations[i] == t})
-            dropped_lesions |= set(rng.permutation(lesions)[round(f * len(lesions)):].tolist())
-        keep = np.array([confirmations[i] not in excluded
-                         and not (confirmations[i] in thinned and groups[i] in dropped_lesions) for i in splits[0]],
-                        dtype=bool)
-        if not keep.any():
-            raise LesionliteError(f"data.options.train_exclude_dx_type {excluded} leaves no training image")
         splits = [splits[0][keep], *splits[1:]]
         split_of[np.setdiff1d(np.arange(len(paths)), np.concatenate(splits))] = -1  # in no split: not trained on
 
@@ -191,15 +165,55 @@ def load_ham10000(arg: str | None = None, root: str | Path | None = None, seed: 
         name=name, fingerprint=fp, synthetic=False,
         source=(f"HAM10000 at {d}: {len(paths)} images of {len(set(groups))} lesions, {lab_desc}, "
                 f"split {'/'.join(str(round(f * 100)) for f in fractions)} {how} (seed {seed})"
-                + (f"; training split without dx_type {', '.join(excluded)}" if excluded else "")
-                + ("; training split keeping " + ", ".join(f"{f:g} of its {t} lesions" for t, f in sorted(thinned.items()))
-                   if thinned else "")
-                + (f" ({int((~keep).sum())} training images left out)" if excluded or thinned else "")),
+                + _training_note(excluded, thinned, int((~keep).sum()))),
         native_size=None, extra={"dir": str(d), "seed": seed,
                                  "split": "per image" if per_image else "grouped by lesion_id",
                                  **({"train_exclude_dx_type": excluded} if excluded else {}),
                                  **({"train_dx_type_fraction": thinned} if thinned else {})},
     )
+
+
+def _training_note(excluded: list[str], thinned: dict[str, float], left_out: int) -> str:
+    """What the dataset's ``source`` says about a thinned training split (empty when it is not)."""
+    note = f"; training split without dx_type {', '.join(excluded)}" if excluded else ""
+    if thinned:
+        note += "; training split keeping " + ", ".join(f"{f:g} of its {t} lesions" for t, f in sorted(thinned.items()))
+    return note + (f" ({left_out} training images left out)" if excluded or thinned else "")
+
+
+def _training_subset(train: np.ndarray, groups: list[str], confirmations: list[str], exclude: Sequence[str],
+                     fractions: dict[str, float], seed: int) -> tuple[np.ndarray, list[str], dict[str, float]]:
+    """Which training images stay: a mask over ``train``, the confirmation types left out, those thinned.
+
+    ``train_exclude_dx_type`` leaves images whose diagnosis was confirmed this way (HAM10000's ``dx_type``: histo,
+    follow_up, consensus, confocal) out of the *training* split only — validation and test are the same images as
+    without it (split first, filtered after), so runs compare paired. ``train_dx_type_fraction`` (e.g.
+    ``{follow_up: 0.25}``) keeps that fraction of a type's training lesions (all their images; seeded by the split
+    seed). Issue 28's case-mix study (benchmarks/RESULTS.md 8g): HAM10000's followed-up nevi are easy and many."""
+    excluded = sorted(set(exclude))
+    kept = {str(k): float(v) for k, v in fractions.items()}
+    for t, f in kept.items():
+        if not 0 <= f <= 1:
+            raise LesionliteError(f"data.options.train_dx_type_fraction: {t}: {f} is not a fraction in [0, 1]")
+    excluded += sorted(t for t, f in kept.items() if f == 0 and t not in excluded)
+    thinned = {t: f for t, f in kept.items() if 0 < f < 1 and t not in excluded}
+    if not excluded and not thinned:
+        return np.ones(len(train), dtype=bool), excluded, thinned
+    known = sorted(set(confirmations) - {""})
+    unknown = [t for t in [*excluded, *thinned] if t not in known]
+    if unknown:
+        raise LesionliteError(f"data.options.train_exclude_dx_type / train_dx_type_fraction: {unknown} not among "
+                              f"this metadata's dx_type values {known}")
+    rng = np.random.default_rng(seed)
+    dropped_lesions = set()
+    for t, f in sorted(thinned.items()):
+        lesions = sorted({groups[i] for i in train if confirmations[i] == t})
+        dropped_lesions |= set(rng.permutation(lesions)[round(f * len(lesions)):].tolist())
+    keep = np.array([confirmations[i] not in excluded
+                     and not (confirmations[i] in thinned and groups[i] in dropped_lesions) for i in train], dtype=bool)
+    if not keep.any():
+        raise LesionliteError(f"data.options.train_exclude_dx_type {excluded} leaves no training image")
+    return keep, excluded, thinned
 
 
 @register_dataset("ham10000-isic8", "HAM10000 with ISIC 2019 8-class labels (labels.csv label8); ham10000-isic8[:PATH]")
