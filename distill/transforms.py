@@ -210,9 +210,11 @@ class RandomIlluminant:
     Barata et al. 2015 for dermoscopy), divided out (the lesion as under a neutral light), and a random
     illuminant put in its place: ``exp(u)`` per channel, ``u ~ U(-spread, spread)``, at the old light's mean
     level (brightness is the jitter's business). A diagonal map: one multiply per pixel. Applied with
-    probability ``p``. Why: the other clinic's images differ first of all in their light — bluish-grey
-    backgrounds against HAM10000's pink (``../shared/notes/external.md``) — which a hue nudge of ±0.02 does not
-    cover. Training-only: evaluation, export and serving see the images as they come.
+    probability ``p``. Why it was tried: the other clinic's images look differently lit — bluish-grey backgrounds
+    against HAM10000's pink (``../shared/notes/external.md``) — which a hue nudge of ±0.02 does not cover. Measured:
+    no external gain and a lower internal P(mel) AUC (benchmarks/RESULTS.md 8g: the case mix, not the light, is what
+    differs); kept as a named option, off by default. Training-only: evaluation, export and serving see the images
+    as they come.
     """
 
     def __init__(self, spread: float, p: float = 0.8, norm: float = 6.0) -> None:
