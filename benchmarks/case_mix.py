@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import publish
-from benchmarks.generalization_study import ham_metadata, load_evaluation, parse_named
+from benchmarks.generalization_study import ham_metadata, load_evaluation, parse_named, score_vectors
 from distill import replicate_stats as rs
 from distill.bootstrap import bootstrap
 from distill.data.paths import data_root
@@ -29,7 +29,6 @@ from distill.data.paths import data_root
 HERE = Path(__file__).resolve().parent
 #: internal comparisons: melanoma against the nevi confirmed this way ("all": every nevus, and every other class)
 INTERNAL = ("histo", "consensus", "follow_up")
-SCORES = ("P(mel)", "melanocytic")
 
 
 def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], keep: np.ndarray, mel: int,
@@ -45,21 +44,21 @@ def _auc_block(y: np.ndarray, scores: dict[str, np.ndarray], keep: np.ndarray, m
 def analyse(ev: dict[str, Any], split: str, meta: dict[str, dict[str, str]] | None, n_boot: int) -> dict[str, Any]:
     names = list(ev["report"]["per_class"])
     mel, nv = names.index("mel"), names.index("nv")
-    p = ev["predictions"]
-    y = np.asarray(p["labels"], np.int64)
-    pm, pn = np.asarray(p["mel_prob"], np.float64), np.asarray(p["nv_prob"], np.float64)
-    scores = {"P(mel)": pm, "melanocytic": pm / np.maximum(pm + pn, 1e-12)}
+    v = score_vectors(ev)
+    y = v["labels"]
+    scores = {"P(mel)": v["mel"], "melanocytic": v["melanocytic"]}
     is_mel = y == mel
-    out: dict[str, Any] = {"all": _auc_block(y, scores, np.ones_like(is_mel), mel, None, n_boot)}
+    everything = np.ones_like(is_mel)
     if split == "internal":
         assert meta is not None
-        rows = [meta[i] for i in p["ids"]]
+        rows = [meta[i] for i in ev["predictions"]["ids"]]
         groups = [r["lesion_id"] for r in rows]
         confirmed = np.array([r.get("dx_type", "") for r in rows])
-        out["all"] = _auc_block(y, scores, np.ones_like(is_mel), mel, groups, n_boot)
+        out: dict[str, Any] = {"all": _auc_block(y, scores, everything, mel, groups, n_boot)}
         for how in INTERNAL:
             out[f"nv ({how})"] = _auc_block(y, scores, is_mel | ((y == nv) & (confirmed == how)), mel, groups, n_boot)
     else:
+        out = {"all": _auc_block(y, scores, everything, mel, None, n_boot)}
         out["nv"] = _auc_block(y, scores, is_mel | (y == nv), mel, None, n_boot)
         bkl = names.index("bkl") if "bkl" in names else None
         if bkl is not None and (y == bkl).any():

@@ -64,17 +64,18 @@ def ham_metadata(root: Path | None) -> dict[str, dict[str, str]]:
         return {row["image_id"]: row for row in csv.DictReader(f)}
 
 
-def lesion_groups(ids: Sequence[str], root: Path | None) -> list[str]:
-    """HAM10000 image id → lesion id, for lesion-clustered resampling of the internal split (as the evaluation's
-    own CIs are). Refuses rather than quietly resampling by image: the intervals would be too narrow."""
-    meta = ham_metadata(root)
+def lesion_groups(ids: Sequence[str], meta: dict[str, dict[str, str]]) -> list[str]:
+    """HAM10000 image id → lesion id (``meta``: :func:`ham_metadata`), for lesion-clustered resampling of the
+    internal split (as the evaluation's own CIs are). Refuses rather than quietly resampling by image: the
+    intervals would be too narrow."""
     missing = [i for i in ids if i not in meta]
     if missing:
         raise SystemExit(f"{len(missing)} internal image ids (e.g. {missing[0]}) are not in HAM10000's {METADATA}")
     return [meta[i]["lesion_id"] for i in ids]
 
 
-def _vectors(ev: dict[str, Any]) -> dict[str, np.ndarray]:
+def score_vectors(ev: dict[str, Any]) -> dict[str, np.ndarray]:
+    """An evaluation's labels, P(mel), melanocytic score P(mel) / (P(mel) + P(nv)) and argmax, per image."""
     p = ev["predictions"]
     if p.get("nv_prob") is None:
         raise SystemExit(f"{ev['model']['name']}: no nevus probabilities (a model without 'nv'): no melanocytic score")
@@ -88,7 +89,7 @@ def paired(candidate: dict[str, Any], baseline: dict[str, Any], groups: list[str
     """Candidate − baseline on the same images, with paired bootstrap CIs."""
     if candidate["predictions"]["ids"] != baseline["predictions"]["ids"]:
         raise SystemExit("the two evaluations are not on the same images in the same order; no paired comparison")
-    c, b = _vectors(candidate), _vectors(baseline)
+    c, b = score_vectors(candidate), score_vectors(baseline)
     y = c["labels"]
     if not np.array_equal(y, b["labels"]):
         raise SystemExit("the two evaluations disagree on the labels of the same images")
@@ -109,18 +110,20 @@ def own_figures(ev: dict[str, Any]) -> dict[str, Any]:
 def study(baseline: tuple[str, Path], candidates: Sequence[tuple[str, Path]], data_root: Path | None,
           n_boot: int) -> dict[str, Any]:
     base_name, base_dir = baseline
+    refs = {split: load_evaluation(base_dir, split) for split in SPLITS}
+    meta = ham_metadata(data_root) if candidates else None
     rows = []
     for name, eval_dir in [baseline, *candidates]:
         row: dict[str, Any] = {"name": name, "eval_dir": str(eval_dir)}
         for split in SPLITS:
-            ev, ref = load_evaluation(eval_dir, split), load_evaluation(base_dir, split)
+            ev, ref = (refs[split] if name == base_name else load_evaluation(eval_dir, split)), refs[split]
             names = list(ev["report"]["per_class"])  # the model's classes, in its output order
             if "mel" not in names:
                 raise SystemExit(f"{eval_dir}: the model has no 'mel' class; no melanoma AUC to compare")
             mel_index = names.index("mel")
             block = {"own": own_figures(ev), "data": ev["data"]["source"], "model": ev["model"]["name"]}
             if name != base_name:
-                groups = lesion_groups(ev["predictions"]["ids"], data_root) if split == "internal" else None
+                groups = lesion_groups(ev["predictions"]["ids"], meta) if split == "internal" and meta else None
                 block["vs_baseline"] = paired(ev, ref, groups, mel_index, n_boot)
             row[split] = block
         rows.append(row)

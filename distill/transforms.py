@@ -174,7 +174,7 @@ class LinearColorJitter:
         steps = [(("brightness", b), ("contrast", c), ("saturation", s), ("hue", h))[i] for i in order]
         return np.eye(3), np.zeros(3), [(n, v) for n, v in steps if v is not None]
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
+    def __call__(self, img: Image.Image | np.ndarray) -> np.ndarray:
         arr = np.asarray(img, dtype=np.uint8)
         m, off, steps = self.params()
         if not steps:
@@ -294,8 +294,8 @@ class TrainTransform:
         if self.aug is None:
             return torch.from_numpy(preprocess(img, self.cfg, layout="NCHW"))
         img = self.aug(to_rgb(img))
-        if self.illuminant is not None:
-            img = Image.fromarray(self.illuminant(np.asarray(img, dtype=np.uint8)))
+        if self.illuminant is not None:  # an array: the jitter takes one as it is (no PIL round trip)
+            img = self.illuminant(np.asarray(img, dtype=np.uint8))
         return torch.from_numpy(normalize(self.jitter(img), self.cfg, "NCHW"))
 
     def rotation_safe(self) -> TrainTransform:
