@@ -15,7 +15,7 @@ each replicate's row as before. ``tests/test_bootstrap_fast.py`` checks equality
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,3 +135,17 @@ def delta(a: Vectorised, b: Vectorised) -> Vectorised:
         return None if va is None or vb is None else float(va) - float(vb)
 
     return Vectorised(on_indices, lambda block: a.on_block(block) - b.on_block(block))
+
+
+def mean(stats: Sequence[Vectorised]) -> Vectorised:
+    """The mean of several statistics on the same replicate — a figure averaged over seeds, each seed's model
+    evaluated on the same resampled images — undefined where any of them is."""
+    stats = list(stats)
+    if not stats:
+        raise ValueError("mean of no statistics")
+
+    def on_indices(i: np.ndarray) -> float | None:
+        values = [s(i) for s in stats]
+        return None if any(v is None for v in values) else float(np.mean([float(v) for v in values]))
+
+    return Vectorised(on_indices, lambda block: np.mean(np.stack([s.on_block(block) for s in stats]), axis=0))

@@ -173,6 +173,7 @@ def _building_blocks(y, p, r, rng):
         "balanced_accuracy_pred_beyond": rs.balanced_accuracy(np.minimum(y, 5), p.argmax(1)),
         "ece": rs.ece(y, p),
         "delta": rs.delta(rs.auc(rare, p[:, 0]), rs.auc(y == MEL, r[:, MEL])),
+        "mean_of_seeds": rs.mean([rs.auc(y == MEL, p[:, MEL]), rs.auc(y == MEL, r[:, MEL]), rs.auc(rare, p[:, 1])]),
     }
 
 

@@ -73,3 +73,27 @@ def test_refuses_evaluations_on_other_images(tmp_path: Path, capsys: pytest.Capt
               "--data-root", str(_ham_root(tmp_path))])
     with pytest.raises(SystemExit, match="expected one"):
         main(["--baseline", f"base={base}", f"missing={tmp_path / 'nowhere'}", "--out", str(tmp_path / "s.json")])
+
+
+def test_a_seed_group_averages_each_seeds_paired_change_and_refuses_unmatched_seeds(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bases = [_run(tmp_path, f"base{s}", noise=0.3, seed=10 + s) for s in range(3)]
+    betters = [_run(tmp_path, f"better{s}", noise=0.1, seed=20 + s) for s in range(3)]
+    root = _ham_root(tmp_path)
+    single = [study((f"b{s}", [bases[s]]), [(f"c{s}", [betters[s]])], root, n_boot=100)["rows"][1] for s in range(3)]
+    doc = study(("base", bases), [("better", betters)], root, n_boot=100)
+    assert doc["rows"][1]["seeds"] == 3 and "(mean of 3 seeds)" in markdown(doc)
+    for split in ("internal", "external"):
+        pooled = doc["rows"][1][split]["vs_baseline"]["metrics"]["melanoma_auc"]
+        per_seed = [r[split]["vs_baseline"]["metrics"]["melanoma_auc"]["value"] for r in single]
+        assert pooled["value"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert pooled["ci_low"] <= pooled["value"] <= pooled["ci_high"]
+        own = doc["rows"][0][split]["own"]["melanoma_auc"]  # the baseline group's own figure: its seed mean
+        base_values = [study((f"b{s}", [bases[s]]), [], root, n_boot=10)["rows"][0][split]["own"]["melanoma_auc"]
+                       ["value"] for s in range(3)]
+        assert own["value"] == pytest.approx(np.mean(base_values), abs=1e-12)
+    with pytest.raises(SystemExit, match="give one per seed"):
+        study(("base", bases), [("better", betters[:2])], root, n_boot=10)
+    with pytest.raises(SystemExit):
+        main(["--baseline", f"base={bases[0]},", f"better={betters[0]}"])
+    assert "expected NAME=EVAL_DIR[,EVAL_DIR...]" in capsys.readouterr().err
