@@ -65,6 +65,11 @@ def attach(record_name: str, run: Path, export_dir: Path | None, records: Path, 
     differ = sum(a != b for a, b in zip(internal["pred"], rec.get("test_pred") or []))
     status = {"record": record_name, "run": str(run), "identical_test_predictions": same,
               "test_predictions_differing": differ if same or rec.get("test_pred") else None}
+    early = early_stop_check(run, rec)
+    if early is not None:
+        status["stopped_early"] = early
+        same = same and early["same_best_epoch"]
+        status["identical_test_predictions"] = same
     if not same:  # another run's weights: its external figures are not the record's
         return status
     block: dict[str, Any] = {"pytorch": external_block(run, data_root=data_root)}
@@ -75,10 +80,37 @@ def attach(record_name: str, run: Path, export_dir: Path | None, records: Path, 
         block["tflite_int8"] = external_block(int8, data_root=data_root)
     block["source"] = (f"re-trained run {run} (same prediction on all {len(internal['pred'])} test images as this "
                        "record), evaluated with benchmarks/external_protocol.py")
+    if early is not None:
+        block["source"] += (f"; stopped by run.early_stop after epoch {early['epochs_run']} of {rec.get('epochs_run')}, "
+                            f"keeping the record's best epoch {early['best_epoch']} (no later epoch of the record's "
+                            "curve is better on validation)")
     rec["external"] = block
     write_json_atomic(path, rec)  # the format benchmarks/protocol writes records in
     status["int8"] = str(int8) if int8 else None
     return status
+
+
+def early_stop_check(run: Path, rec: dict) -> dict[str, Any] | None:
+    """For a re-trained run that ``run.early_stop`` ended before the record's last epoch (to re-train only as far as
+    the record's best epoch and a few beyond): whether it kept the record's best epoch, and through which epoch its
+    curve (train loss, validation balanced accuracy) equals the record's bit for bit. None for a run not stopped
+    early. A run stopped early is the record's only if its best epoch is the record's: the record's curve then
+    says that no epoch it did not train would have replaced it."""
+    extra = (read_json(run / "manifest.json") or {}).get("extra") or {}
+    if not extra.get("stopped_early"):
+        return None
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()] \
+        if (run / "train_log.jsonl").is_file() else []
+    identical = 0
+    for mine, theirs in zip(log, rec.get("curve") or []):
+        if (mine.get("epoch"), mine.get("train_loss"), mine.get("val_balanced_accuracy")) != \
+                (theirs.get("epoch"), theirs.get("train_loss"), theirs.get("val_balanced_accuracy")):
+            break
+        identical += 1
+    best = extra.get("best_epoch")
+    return {"epochs_run": extra.get("epochs_run"), "best_epoch": best, "record_best_epoch": rec.get("best_epoch"),
+            "same_best_epoch": best is not None and best == rec.get("best_epoch"),
+            "curve_identical_through_epoch": identical}
 
 
 def _value(block: dict | None, name: str) -> float | None:

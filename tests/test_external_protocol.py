@@ -77,3 +77,21 @@ def test_attachment_checks_accumulate_across_invocations(tmp_path: Path) -> None
     other = {"record": "seed1_kd", "run": "runs/kd_s1", "identical_test_predictions": True}
     assert merged_attachments(out, [other]) == [first[0], other]  # the earlier check is kept
     assert merged_attachments(out, [again]) == [again]  # the same record and run: the latest check
+
+
+def test_a_run_stopped_early_counts_only_with_the_records_best_epoch(tmp_path: Path) -> None:
+    from benchmarks.external_protocol import early_stop_check
+
+    curve = [{"epoch": e, "train_loss": 1.0 / e, "val_balanced_accuracy": 0.5 + 0.01 * e} for e in range(1, 21)]
+    rec = {"best_epoch": 5, "epochs_run": 20, "curve": curve}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"extra": {"stopped_early": False, "epochs_run": 20, "best_epoch": 5}}))
+    assert early_stop_check(run, rec) is None  # a full run: nothing to check beyond the test predictions
+    (run / "manifest.json").write_text(json.dumps({"extra": {"stopped_early": True, "epochs_run": 8, "best_epoch": 5}}))
+    mine = [dict(c) for c in curve[:8]]
+    mine[6]["train_loss"] += 1e-12  # epoch 7 differs in the last bits
+    (run / "train_log.jsonl").write_text("".join(json.dumps(c) + "\n" for c in mine))
+    got = early_stop_check(run, rec)
+    assert got["same_best_epoch"] and got["curve_identical_through_epoch"] == 6 and got["epochs_run"] == 8
+    assert not early_stop_check(run, rec | {"best_epoch": 12})["same_best_epoch"]  # it stopped before the record's best
