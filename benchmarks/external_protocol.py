@@ -68,9 +68,8 @@ def attach(record_name: str, run: Path, export_dir: Path | None, records: Path, 
     early = early_stop_check(run, rec)
     if early is not None:
         status["stopped_early"] = early
-        same = same and early["same_best_epoch"]
-        status["identical_test_predictions"] = same
-    if not same:  # another run's weights: its external figures are not the record's
+    status["attached"] = same and (early is None or early["same_best_epoch"])
+    if not status["attached"]:  # another run's weights: its external figures are not the record's
         return status
     block: dict[str, Any] = {"pytorch": external_block(run, data_root=data_root)}
     if block["pytorch"] is None:
@@ -263,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     attached = [attach(name, run, art, args.records, args.data_root) for name, run, art in args.pairs]
     for a in attached:
-        print(("attached " if a["identical_test_predictions"] else "NOT the record's run (skipped) ") + json.dumps(a))
+        print(("attached " if a["attached"] else "NOT the record's run (skipped) ") + json.dumps(a))
     doc = {"attached": merged_attachments(args.out, attached), **table(args.records, args.n_boot),
            "host": {"machine": platform.machine(), "python": platform.python_version()}}
     write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
