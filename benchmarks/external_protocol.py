@@ -98,10 +98,9 @@ def early_stop_check(run: Path, rec: dict) -> dict[str, Any] | None:
     extra = (read_json(run / "manifest.json") or {}).get("extra") or {}
     if not extra.get("stopped_early"):
         return None
-    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()] \
-        if (run / "train_log.jsonl").is_file() else []
+    history = (read_json(run / "metrics.json") or {}).get("history") or []  # what the record's curve was made from
     identical = 0
-    for mine, theirs in zip(log, rec.get("curve") or []):
+    for mine, theirs in zip(history, rec.get("curve") or []):
         if (mine.get("epoch"), mine.get("train_loss"), mine.get("val_balanced_accuracy")) != \
                 (theirs.get("epoch"), theirs.get("train_loss"), theirs.get("val_balanced_accuracy")):
             break

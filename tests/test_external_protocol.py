@@ -91,7 +91,7 @@ def test_a_run_stopped_early_counts_only_with_the_records_best_epoch(tmp_path: P
     (run / "manifest.json").write_text(json.dumps({"extra": {"stopped_early": True, "epochs_run": 8, "best_epoch": 5}}))
     mine = [dict(c) for c in curve[:8]]
     mine[6]["train_loss"] += 1e-12  # epoch 7 differs in the last bits
-    (run / "train_log.jsonl").write_text("".join(json.dumps(c) + "\n" for c in mine))
+    (run / "metrics.json").write_text(json.dumps({"history": mine}))
     got = early_stop_check(run, rec)
     assert got["same_best_epoch"] and got["curve_identical_through_epoch"] == 6 and got["epochs_run"] == 8
     assert not early_stop_check(run, rec | {"best_epoch": 12})["same_best_epoch"]  # it stopped before the record's best
