@@ -50,6 +50,7 @@ from fastapi_offline import FastAPIOffline
 
 from lesionlite import __version__
 from lesionlite.errors import LesionliteError
+from serve import fast_predict
 from serve.batching import MicroBatcher
 from serve.dependencies import protected
 from serve.errors import install_handlers
@@ -86,6 +87,7 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     pages.mount_static(app)
     predict.declare_batch_limit(app, state.max_files)
     publish_model_names(app, list(found.models), [e.version for e in found.models.values()])
+    fast_predict.install(app, state)
     return app
 
 
