@@ -86,10 +86,14 @@ def declare_batch_limit(app: FastAPI, max_files: int) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+#: FastAPI's JSONResponse rendering (compact UTF-8 JSON, no NaN), built once: ``json.dumps`` with these options
+#: builds a new encoder on every call
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def prediction_response(body: dict[str, Any]) -> Response:
     """``/predict``'s answer as FastAPI's JSONResponse would render it (compact UTF-8 JSON, no NaN)."""
-    return Response(json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8"),
-                    media_type="application/json")
+    return Response(_JSON.encode(body).encode("utf-8"), media_type="application/json")
 
 
 def _clamp_top_k(top_k: int | None, entry: LoadedModel, settings: Settings) -> int:
