@@ -1,5 +1,5 @@
 """Page faults and kernel-time share of a CPU training step, with glibc's default malloc and with
-:func:`distill.cpu_malloc.tune_glibc_malloc` — each in a fresh subprocess (mallopt cannot be undone).
+:func:`lesionlite.cpu_malloc.tune_glibc_malloc` — each in a fresh subprocess (mallopt cannot be undone).
 
     taskset -c 1 python benchmarks/malloc_probe.py --batch 128 --size 128   # SSD-KD's 4 views × 32 at 128 px
 
@@ -25,7 +25,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch, torch.nn.functional as F
 if {tuned}:
-    from distill.cpu_malloc import tune_glibc_malloc
+    from lesionlite.cpu_malloc import tune_glibc_malloc
     tune_glibc_malloc()
 from distill.models import build_model
 torch.set_num_threads(1); torch.manual_seed(0)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(HERE / "results" / "malloc_probe.json"))
     args = p.parse_args(argv)
     rows = {}
-    for label, tuned in (("glibc default", False), ("tuned (distill.cpu_malloc)", True)):
+    for label, tuned in (("glibc default", False), ("tuned (lesionlite.cpu_malloc)", True)):
         code = CHILD.format(tuned=tuned, arch=args.arch, batch=args.batch, size=args.size,
                             steps=args.steps, warmup=args.warmup)
         env = dict(os.environ, OMP_NUM_THREADS="1", LESIONLITE_MALLOC_TUNING="1")

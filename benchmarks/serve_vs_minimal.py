@@ -5,7 +5,9 @@ serve``: h11, asyncio, access log at ``info``) with one route, ``POST /predict``
 parsing, then in a worker thread ``lesionlite.preprocessing.load_image_bytes`` + ``preprocess`` + the
 same serve runtime (``serve.models.load_models``, same ``--threads``) on a batch of one, and a JSON of
 the calibrated probabilities. It has none of serve's checks, limits, metrics, micro-batching, OOD
-check, referral or schema — it is the floor of "decode + preprocess + model + JSON" over HTTP.
+check, referral or schema — it is the floor of "decode + preprocess + model + JSON" over HTTP. It runs
+with the glibc allocator settings serve applies (``lesionlite.cpu_malloc``; ``LESIONLITE_MALLOC_TUNING=0``
+turns them off for both).
 
 Both servers run at once (separate processes, one idle while the other is measured) and are driven
 alternately by the same lean keep-alive client (``benchmarks/loadgen.py``) with real HAM10000 JPEGs,
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.loadgen import KeepAliveConnection, ResponseError, latency_percentiles, multipart_request
+from lesionlite.cpu_malloc import tune_glibc_malloc
 from lesionlite.preprocessing import load_image_bytes, preprocess
 from mobile_benchmarks.hostinfo import cpu_model
 from serve.models import load_models
@@ -84,6 +87,8 @@ def run_minimal_server(argv: list[str]) -> int:
     p.add_argument("--log-level", default="info")
     a = p.parse_args(argv)
     import uvicorn
+
+    tune_glibc_malloc()  # the allocator settings serve's create_app applies: the same work costs the same here
 
     uvicorn.run(minimal_app(a.artifact, a.threads), host="127.0.0.1", port=a.port, log_level=a.log_level,
                 proxy_headers=False, server_header=False)

@@ -16,7 +16,7 @@ Answers issue 13's targets with measurements on the host at hand:
   ``--teacher-image-size 128`` gives the teacher a larger input than the student, distilled at its
   native size (``model.teacher_input=native``), as the ``cpu`` protocol's 128 px MobileNetV2 teacher.
 
-Both loops run with the same glibc allocator settings (:mod:`distill.cpu_malloc`, applied at start
+Both loops run with the same glibc allocator settings (:mod:`lesionlite.cpu_malloc`, applied at start
 unless ``LESIONLITE_MALLOC_TUNING=0``): the project's loop applies them when it configures the backends,
 and a bare loop measured under a different allocator would compare allocators, not loops.
 
@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import resolve_config
-from distill.cpu_malloc import tune_glibc_malloc
 from distill.data import load_dataset
 from distill.models import build_model
 from distill.train import train
+from lesionlite.cpu_malloc import tune_glibc_malloc
 from mobile_benchmarks.hostinfo import cpu_model, simd_flags
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.cpu_malloc import tune_glibc_malloc
 from lesionlite import cpus
+from lesionlite.cpu_malloc import tune_glibc_malloc
 from lesionlite.errors import LesionliteError
 
 
@@ -75,7 +75,7 @@ def autocast(device: torch.device, enabled: bool) -> Any:
 
 def configure_backends(deterministic: bool, device: torch.device) -> None:
     """Deterministic kernels when asked (also on CUDA); otherwise cuDNN autotuning and TF32 on CUDA; on CPU,
-    glibc malloc kept from re-faulting large buffers every step (:mod:`distill.cpu_malloc`)."""
+    glibc malloc kept from re-faulting large buffers every step (:mod:`lesionlite.cpu_malloc`)."""
     if device.type == "cpu":
         tune_glibc_malloc()
     if deterministic:

@@ -1,4 +1,4 @@
-"""distill.cpu_malloc: applied once on glibc, off by environment, and numerically neutral."""
+"""lesionlite.cpu_malloc: applied once on glibc, off by environment, and numerically neutral."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from distill import cpu_malloc
+from lesionlite import cpu_malloc
 
 TRAIN = r"""
 import hashlib, sys, torch, torch.nn.functional as F
-from distill.cpu_malloc import tune_glibc_malloc
+from lesionlite.cpu_malloc import tune_glibc_malloc
 print("applied", tune_glibc_malloc())
 from distill.models import build_model
 torch.set_num_threads(1); torch.manual_seed(0)
@@ -54,3 +54,25 @@ def test_off_switch_and_missing_mallopt_are_no_ops(monkeypatch) -> None:
     monkeypatch.setenv(cpu_malloc.ENV_VAR, "1")
     monkeypatch.setattr(cpu_malloc.ctypes.util, "find_library", lambda name: None)  # no C library found
     assert cpu_malloc.tune_glibc_malloc() is None
+
+
+SERVE = r"""
+import sys
+from lesionlite import cpu_malloc
+from serve.app import create_app
+create_app(sys.argv[1])
+print(sorted(cpu_malloc._applied or {}))
+"""
+
+
+def test_serve_applies_the_tuning_when_it_builds_its_app(models_dir) -> None:
+    """serve's per-request image buffers (the OOD statistics of a large phone input) stay in the heap too."""
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning applies to glibc only; elsewhere tune_glibc_malloc is a no-op")
+    env = dict(os.environ, LESIONLITE_MALLOC_TUNING="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", SERVE, str(models_dir)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(sorted(cpu_malloc.SETTINGS))

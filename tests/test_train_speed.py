@@ -175,7 +175,7 @@ def test_throughput_benchmark_measures_a_native_size_teacher_under_the_loops_all
     import os
 
     from benchmarks import train_throughput
-    from distill import cpu_malloc
+    from lesionlite import cpu_malloc
 
     rc = train_throughput.main([
         "--data", "synthetic", "--model", "tiny_cnn", "--teacher-arch", "tiny_cnn", "--image-size", "32",

@@ -1,4 +1,4 @@
-"""Keep glibc from handing large tensor buffers back to the kernel after every step (CPU training).
+"""Keep glibc from handing large buffers back to the kernel after every use (CPU training, serving).
 
 glibc serves allocations above its mmap threshold (at most 32 MB, adapted at run time) with fresh ``mmap``
 pages and returns them with ``munmap`` when freed, and trims the heap top whenever 128 KB are free. A CPU
@@ -6,8 +6,13 @@ training step allocates and frees the same large activations every iteration, so
 them in again: measured on a MobileNetV2 forward/backward at batch 128 × 128 px (SSD-KD's four views
 through the 128 px teacher), ~450 k minor faults and 27 % of the process's CPU time in the kernel per step;
 with the three settings below, 0 faults, 0 % kernel time and 30 % less CPU per step
-(``benchmarks/malloc_probe.py``, ``benchmarks/results/malloc_probe.json``). Arithmetic is unchanged (only where
-buffers live), so results are bit-identical. The cost is that the process keeps its peak heap instead of returning it to the OS.
+(``benchmarks/malloc_probe.py``, ``benchmarks/results/malloc_probe.json``). ``serve`` has the same pattern per
+request: the out-of-distribution statistics of a 448 px phone input go through ~20 MB of float64 temporaries.
+glibc's adaptive threshold keeps them in the heap after a warm-up (a server measured 523 minor faults per
+request over its first 300 requests, ~0 later); with these settings there is no such cold start
+(benchmarks/RESULTS.md 3a; in a tight loop of those statistics, 11-14 -> 5-6 ms per image).
+Arithmetic is unchanged (only where buffers live), so results are bit-identical. The cost is that the process
+keeps its peak heap instead of returning it to the OS.
 
 ``LESIONLITE_MALLOC_TUNING=0`` turns it off. A no-op where the C library has no ``mallopt`` (macOS, musl).
 """
@@ -53,8 +58,8 @@ def tune_glibc_malloc() -> dict[str, int] | None:
         if mallopt(param, value) == 1:
             applied[key] = value
         else:
-            log.warning("mallopt(%s, %d) was refused; CPU training may page-fault every step", key, value)
+            log.warning("mallopt(%s, %d) was refused; large buffers may be page-faulted in on every use", key, value)
     _applied = applied
-    log.info("glibc malloc: large tensor buffers stay in the heap between steps (%s; %s=0 turns it off)",
+    log.info("glibc malloc: large buffers stay in the heap between uses (%s; %s=0 turns it off)",
              ", ".join(f"{k}={v}" for k, v in applied.items()), ENV_VAR)
     return applied
