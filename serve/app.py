@@ -69,9 +69,6 @@ log = logging.getLogger("serve")
 def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastAPI:
     """Load the models under ``model_dir`` and build the app (batchers start with the app)."""
     settings = settings or Settings()
-    # per-request image buffers (a 448 px phone input's OOD statistics: ~20 MB of temporaries) stay in the
-    # heap from the first request on, not only once glibc's adaptive threshold has caught up (lesionlite.cpu_malloc)
-    tune_glibc_malloc()
     found = load_models(model_dir, threads=settings.threads, spin_wait=settings.runtime_spin, strict=settings.strict,
                         allow_unverified=settings.allow_unverified)
     default = settings.default_model or default_model_name(found.models)
@@ -81,6 +78,10 @@ def create_app(model_dir: str | Path, settings: Settings | None = None) -> FastA
     state = ServerState(settings=settings, models=found.models, default_model=default, metrics=Metrics(),
                         max_pending=2 * settings.queue_size + settings.max_batch + settings.effective_preprocess_threads,
                         broken=list(found.broken))
+    # per-request image buffers (a 448 px phone input's OOD statistics: ~20 MB of temporaries) stay in the
+    # heap from the first request on, not only once glibc's adaptive threshold has caught up (lesionlite.cpu_malloc);
+    # here, after every check of the models and settings, so that a refused start prints its error alone
+    tune_glibc_malloc()
     app = _new_app(state)
     keyed = protected(settings)
     app.include_router(predict.router, dependencies=keyed)

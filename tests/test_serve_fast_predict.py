@@ -133,3 +133,18 @@ def test_a_server_with_an_api_key_keeps_fastapi_for_predict(models_dir: Path) ->
     with TestClient(app) as c:
         assert c.post("/predict", **image).status_code == 401
         assert c.post("/predict", headers={"X-API-Key": "secret"}, **image).status_code == 200
+
+
+def test_a_router_with_middleware_of_its_own_keeps_fastapi(models_dir: Path) -> None:
+    """The fast path would sit outside router-level middleware and skip it: then it is not installed."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_predict, "install", lambda app, state: False)
+        app = create_app(models_dir, Settings())
+    inner = app.router.middleware_stack
+
+    async def router_middleware(scope, receive, send):  # stands for e.g. Starlette's router body-size limit
+        await inner(scope, receive, send)
+
+    app.router.middleware_stack = router_middleware
+    assert fast_predict.install(app, app.state.server) is False
+    assert app.router.middleware_stack is router_middleware
