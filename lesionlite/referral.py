@@ -96,6 +96,19 @@ def referral_scores(probs: np.ndarray, positives: Sequence[int], given: Sequence
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
+def referral_score(p: np.ndarray, positives: Sequence[int], given: Sequence[int] | None = None) -> float:
+    """:func:`referral_scores` for one image's probabilities ``p`` (1-D), equal to it bit for bit (the same numpy
+    sums, on the row itself). Why a second form: ``serve`` scores one image per request on its event loop, where
+    the batch form's 2-D copies and masked divide cost ~15 µs (benchmarks/RESULTS.md 3a)."""
+    if not positives:
+        return 0.0
+    score = float(p[list(positives)].sum())
+    if given is None:
+        return score
+    den = float(p[list(given)].sum())
+    return score / den if den > 0 else 0.0
+
+
 def operating_point_indices(class_names: Sequence[str], op: dict) -> tuple[list[int], list[int] | None]:
     """(positive output indices, conditioning output indices or None) of a stored operating point (a manifest's
     ``calibration.operating_point``) for these classes. Older manifests carry no ``given_classes``: None."""

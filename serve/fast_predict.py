@@ -1,7 +1,7 @@
 """``POST /predict`` past FastAPI's per-request machinery when that machinery has nothing to decide.
 
 At 64 px the model is a small part of a request, and FastAPI's router (nested ``include_router`` entries,
-route matching), its request wrapper and its dependency solving took about 0.3 ms of event-loop CPU per
+route matching), its request wrapper and its dependency solving took 0.2-0.3 ms of event-loop CPU per
 ``/predict`` on 2 cores — the largest item left between ``lesionlite serve`` and a bare Starlette endpoint
 doing the same work (benchmarks/RESULTS.md, section 3a). For most requests there is nothing for it to
 decide: the path is ``/predict``, the method POST, there is no query string (so no ``model`` or ``top_k``

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionlite.referral import operating_point_indices
+from lesionlite.referral import operating_point_indices, referral_score
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -32,19 +32,12 @@ def referral(p: np.ndarray, class_names: list[str], op: dict[str, Any] | None) -
     reaches the threshold.
 
     ``op`` is the manifest's ``calibration.operating_point`` (chosen on the validation split by export);
-    None when the artifact carries none. The score is :func:`lesionlite.referral.referral_scores`' for one
-    row, computed with the same numpy sums on the row itself (bit for bit the same: tests/test_serve_postprocess.py)
-    — that function's batch form (2-D copies, a masked divide) cost ~15 µs per request on the event loop.
+    None when the artifact carries none.
     """
     if not op:
         return None
     idx, given = operating_point_indices(class_names, op)
-    score = 0.0
-    if idx:
-        score = float(p[idx].sum())
-        if given is not None:
-            den = float(p[given].sum())
-            score = score / den if den > 0 else 0.0
+    score = referral_score(p, idx, given)
     threshold = float(op["threshold"])
     return {"target": op.get("target"), "positive_classes": [class_names[i] for i in idx], "score": score,
             "given_classes": op.get("given_classes"), "threshold": threshold, "refer": bool(score >= threshold),

@@ -70,3 +70,17 @@ def test_auto_target_is_melanocytic_where_the_model_has_mel_and_nv_else_mel() ->
     p /= p.sum(1, keepdims=True)
     op = choose_operating_point(p, y, NAMES)  # default target: auto
     assert op.target == "melanocytic" and op.given_classes == ["mel", "nv"]
+
+
+def test_the_one_image_score_equals_the_batch_score_bit_for_bit() -> None:
+    from lesionlite.referral import referral_score, referral_scores
+
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((3000, 7)) * rng.choice([0.1, 1.0, 8.0, 60.0], size=(3000, 1))
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    probs[::50, [4, 5]] = 0.0  # no mass on the conditioning classes: both score 0
+    for positives, given in (([4], None), ([0, 1, 4], None), ([4], [4, 5]), ([], None), ([0, 1, 4], [0, 1, 4, 5])):
+        batch = referral_scores(probs, positives, given) if positives else np.zeros(len(probs))
+        one = np.array([referral_score(p, positives, given) for p in probs])
+        assert np.array_equal(one, batch), (positives, given)
