@@ -27,8 +27,8 @@ from distill.metrics import classification_report, reliability_bins
 from lesionlite.classes import class_index, class_mapping
 from lesionlite.errors import LesionliteError
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
-from lesionlite.ood import image_statistics, out_of_distribution, unnormalize
-from lesionlite.preprocessing import model_view, preprocess_batch
+from lesionlite.ood import model_view_statistics, out_of_distribution
+from lesionlite.preprocessing import preprocess_batch
 
 BATCH = 64
 
@@ -171,7 +171,7 @@ def prepare_split(dataset: Any, manifest: Manifest, data_classes: Sequence[str],
     x = np.concatenate(chunks)
     stats = None
     if (manifest.calibration or {}).get("ood"):
-        stats = np.stack([image_statistics(model_view(unnormalize(im, cfg.mean, cfg.std), cfg)) for im in x])
+        stats = np.stack([model_view_statistics(im, cfg) for im in x])
     mapped = np.asarray([mapping[int(c)] for c in labels[keep]], dtype=np.int64)
     prepared = PreparedSplit(x=x, labels_data=mapped, keep=keep, stats=stats)
     if key is not None:

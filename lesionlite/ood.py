@@ -114,3 +114,24 @@ def out_of_distribution(cal: dict[str, Any], stats: np.ndarray, logits: np.ndarr
     if logits is not None and cal.get("energy_threshold") is not None:
         flags |= energy(logits, float(cal.get("temperature", 1.0))) < float(cal["energy_threshold"])
     return flags
+
+
+def model_view_statistics(x: np.ndarray, cfg: Any, layout: str = "NCHW") -> np.ndarray:
+    """:func:`image_statistics` of one preprocessed image (``cfg``: its ``PreprocessConfig``) as the model sees
+    it: back to [0, 1] pixels and, where the artifact's graph downscales a larger input (a TFLite phone input),
+    at the model's own side, where the statistics were fitted. ``serve`` and ``export``'s evidence both call it,
+    so a served verdict and the exported OOD rate are computed alike.
+
+    With an in-graph downscale the view is taken first and unnormalised after (the filter's weights sum to
+    one, so the order changes only float rounding) on a quarter of the pixels; such artifacts normalise in
+    their graph (mean 0, std 1), where unnormalising is the identity and is skipped."""
+    from lesionlite.preprocessing import model_size, model_view
+
+    side = x.shape[-1] if layout == "NCHW" else x.shape[1]
+    if model_size(cfg) == side:
+        chw = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(2, 0, 1))
+        return image_statistics(unnormalize(chw, cfg.mean, cfg.std, "NCHW"))
+    view = model_view(x, cfg, layout)  # type: ignore[arg-type]
+    if any(float(m) != 0.0 for m in cfg.mean) or any(float(s) != 1.0 for s in cfg.std):
+        view = unnormalize(view, cfg.mean, cfg.std, "NCHW")
+    return image_statistics(view)

@@ -304,20 +304,29 @@ def banded_pillow_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray
     return taps, weights
 
 
-def model_view(x_chw: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """A preprocessed C,H,W image as the model sees it after the graph's own downscale (float, the same
-    filter as the graph), so that image statistics fitted at the training size (the out-of-distribution
-    check) are computed at that size; the image itself where the graph does no resize.
+def model_view(x: np.ndarray, cfg: PreprocessConfig, layout: Literal["NCHW", "NHWC"] = "NCHW") -> np.ndarray:
+    """A preprocessed image (C,H,W, or H,W,C with ``layout="NHWC"``) as the model sees it after the graph's own
+    downscale, as C,H,W float (the same filter as the graph), so that image statistics fitted at the training
+    size (the out-of-distribution check) are computed at that size; the image itself (channels first) where
+    the graph does no resize.
 
-    The filter is applied as its bands (:func:`banded_pillow_weights`): rows, then columns, in float64."""
+    A whole factor (448 → 224) is a few strided slices (:mod:`lesionlite.whole_factor_resample`, float32);
+    any other is the filter's bands (:func:`banded_pillow_weights`): rows, then columns, in float64."""
+    from lesionlite.whole_factor_resample import axis_plan, downscale_chw
+
+    h, w = (x.shape[-2], x.shape[-1]) if layout == "NCHW" else (x.shape[0], x.shape[1])
     n = model_size(cfg)
-    if n == x_chw.shape[-1] and n == x_chw.shape[-2]:
-        return x_chw
-    (th, wh), (tw, ww) = banded_pillow_weights(x_chw.shape[-2], n), banded_pillow_weights(x_chw.shape[-1], n)
-    x = np.asarray(x_chw, np.float64)
-    rows = np.einsum("ot,cotw->cow", wh, x[:, th, :])
+    if n == h and n == w:
+        return x if layout == "NCHW" else np.ascontiguousarray(x.transpose(2, 0, 1))
+    rows, cols = axis_plan(h, n), axis_plan(w, n)
+    if rows is not None and cols is not None:
+        return downscale_chw(x, rows, cols, layout)
+    x_chw = x if layout == "NCHW" else x.transpose(2, 0, 1)
+    (th, wh), (tw, ww) = banded_pillow_weights(h, n), banded_pillow_weights(w, n)
+    xd = np.asarray(x_chw, np.float64)
+    band_rows = np.einsum("ot,cotw->cow", wh, xd[:, th, :])
     # C-contiguous as the dense form gave it: the statistics' reductions over a strided einsum result cost 5x
-    return np.ascontiguousarray(np.einsum("pt,copt->cop", ww, rows[:, :, tw]), dtype=np.float32)
+    return np.ascontiguousarray(np.einsum("pt,copt->cop", ww, band_rows[:, :, tw]), dtype=np.float32)
 
 
 def preprocess(

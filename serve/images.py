@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from lesionlite.ood import assess, image_statistics, unnormalize
-from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, model_size, model_view, preprocess
+from lesionlite.ood import assess, model_view_statistics
+from lesionlite.preprocessing import ImageDecodeError, load_image_bytes, model_size, preprocess
 from serve.errors import ApiError
 from serve.models import LoadedModel
 from serve.uploads import ACCEPTED_FORMATS, describe_non_image, sniff_image_format
@@ -30,14 +30,10 @@ def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
     They need only the image, so routes compute them on the thread that decodes it, off the event loop."""
     if entry.ood_calibration is None:
         return None
-    pre = entry.manifest.preprocessing
-    # an NHWC image is made channel-first and contiguous first (the layout export fitted the statistics on):
-    # the per-channel reductions over a channel-last view cost ~3x as much (benchmarks/RESULTS.md 3a) and
-    # differ from these only in the last bits (~1e-15), which no verdict depends on (tests/test_serve_fastpath.py)
-    chw = np.ascontiguousarray(x.transpose(2, 0, 1)) if entry.runtime.layout == "NHWC" else x
-    # an artifact whose graph downscales a larger input (TFLite phone input): the statistics were fitted at the
-    # model's own side, so they are computed on the image as the graph's downscale gives it to the model
-    return image_statistics(model_view(unnormalize(chw, pre.mean, pre.std, "NCHW"), pre))
+    # one function with export's evidence: back to [0, 1] pixels, at the model's own side where the graph
+    # downscales a larger input (TFLite phone input), channels first (an NHWC image is made channel-first and
+    # contiguous: the per-channel reductions over a channel-last view cost ~3x as much, benchmarks/RESULTS.md 3a)
+    return model_view_statistics(x, entry.manifest.preprocessing, entry.runtime.layout)
 
 
 #: each model's OOD calibration with its mean and precision already as arrays:

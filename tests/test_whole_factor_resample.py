@@ -1,0 +1,81 @@
+"""The whole-factor downscale (serve's per-request model view of a phone-input artifact) against the filter's
+float64 definition, and the out-of-distribution statistics computed through it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lesionlite.ood import assess, fit, image_statistics, model_view_statistics, unnormalize
+from lesionlite.preprocessing import PreprocessConfig, model_view, pillow_weights
+from lesionlite.whole_factor_resample import axis_plan, downscale_chw
+
+
+def _dense_view(x_chw: np.ndarray, n_out: int) -> np.ndarray:
+    """The definition: Pillow's resampling matrices applied in float64."""
+    rh, rw = pillow_weights(x_chw.shape[1], n_out), pillow_weights(x_chw.shape[2], n_out)
+    return np.stack([rh @ c.astype(np.float64) @ rw.T for c in x_chw])
+
+
+@pytest.mark.parametrize("n_in,n_out", [(448, 224), (256, 64), (384, 128), (96, 32), (300, 100), (12, 3)])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_equals_the_dense_filter(n_in, n_out, layout):
+    x = np.random.default_rng(n_in + n_out).random((3, n_in, n_in)).astype(np.float32)
+    rows = cols = axis_plan(n_in, n_out)
+    assert rows is not None and rows.factor == n_in // n_out and rows.n_out == n_out
+    got = downscale_chw(x if layout == "NCHW" else np.ascontiguousarray(x.transpose(1, 2, 0)), rows, cols, layout)
+    assert got.shape == (3, n_out, n_out) and got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(got, _dense_view(x, n_out), rtol=0, atol=3e-7)
+
+
+def test_border_rows_are_renormalised():
+    """A constant image stays constant, border rows included (Pillow renormalises a clipped window)."""
+    plan = axis_plan(448, 224)
+    assert plan.border and {o for o, _, _ in plan.border} == {0, 223}
+    got = downscale_chw(np.full((3, 448, 448), 0.7, np.float32), plan, plan)
+    np.testing.assert_allclose(got, 0.7, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(451, 97), (64, 65), (64, 64), (4, 2), (100, 33)])
+def test_other_sizes_have_no_plan(n_in, n_out):
+    """Not a whole factor (or no interior row): model_view keeps the banded float64 filter."""
+    assert axis_plan(n_in, n_out) is None
+
+
+def test_non_square_input_uses_one_plan_per_axis():
+    cfg = PreprocessConfig(input_size=448, mean=(0, 0, 0), std=(1, 1, 1), extra={"in_graph_resize": {"from": 448, "to": 64}})
+    x = np.random.default_rng(5).random((3, 128, 192)).astype(np.float32)
+    got = model_view(x, cfg)
+    rh, rw = pillow_weights(128, 64), pillow_weights(192, 64)
+    np.testing.assert_allclose(got, np.stack([rh @ c.astype(np.float64) @ rw.T for c in x]), rtol=0, atol=3e-7)
+
+
+@pytest.mark.parametrize("mean,std", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+def test_view_statistics_match_the_definition_and_keep_every_verdict(mean, std):
+    """serve/export's statistics of a 448 px phone input: unnormalised after the whole-factor view instead of
+    before the float64 band; equal to float32 rounding, and no verdict of a fitted check changes."""
+    from lesionlite.preprocessing import normalize
+
+    cfg = PreprocessConfig(input_size=448, mean=mean, std=std, extra={"in_graph_resize": {"from": 448, "to": 224}})
+    rng = np.random.default_rng(7)
+    # smooth "photos": low-frequency colour fields plus noise of varying strength
+    base = rng.random((40, 1, 1, 3)) * 200 + 20
+    ramp = np.linspace(-1, 1, 448)[None, :, None, None] * rng.random((40, 1, 1, 3)) * 30
+    noise = rng.normal(size=(40, 448, 448, 3)) * rng.random((40, 1, 1, 1)) * 20
+    images = np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
+    xs = [normalize(im, cfg, "NHWC") for im in images]
+    reference = np.stack([image_statistics(_dense_view(unnormalize(x, mean, std, "NHWC"), 224)) for x in xs])
+    got = np.stack([model_view_statistics(x, cfg, "NHWC") for x in xs])
+    np.testing.assert_allclose(got, reference, rtol=0, atol=2e-6)
+    cal = fit(reference[:20], None, quantile=0.5)
+    verdicts = [assess(cal, s, None)["out_of_distribution"] for s in reference[20:]]
+    assert 0 < sum(verdicts) < 20  # the check decides both ways on these images
+    assert [assess(cal, s, None)["out_of_distribution"] for s in got[20:]] == verdicts
+
+
+def test_view_statistics_without_in_graph_resize_are_unchanged():
+    """A model that sees its input as given: the statistics are exactly those of the unnormalised image."""
+    cfg = PreprocessConfig(input_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    x = np.random.default_rng(3).normal(size=(64, 64, 3)).astype(np.float32)
+    chw = np.ascontiguousarray(x.transpose(2, 0, 1))
+    assert np.array_equal(model_view_statistics(x, cfg, "NHWC"), image_statistics(unnormalize(chw, cfg.mean, cfg.std)))
+    assert np.array_equal(model_view_statistics(chw, cfg), image_statistics(unnormalize(chw, cfg.mean, cfg.std)))
