@@ -79,3 +79,36 @@ def test_view_statistics_without_in_graph_resize_are_unchanged():
     chw = np.ascontiguousarray(x.transpose(2, 0, 1))
     assert np.array_equal(model_view_statistics(x, cfg, "NHWC"), image_statistics(unnormalize(chw, cfg.mean, cfg.std)))
     assert np.array_equal(model_view_statistics(chw, cfg), image_statistics(unnormalize(chw, cfg.mean, cfg.std)))
+
+
+def _photos(data_root, tmp_path) -> list:
+    """80 HAM10000 and 80 ISIC 2017 JPEGs from the real-data root, else a generated HAM10000-like folder's."""
+    from _fixtures_data import make_ham
+
+    from lesionlite.preprocessing import load_image_file
+
+    if data_root is not None and (data_root / "ham10000_200x150").is_dir():
+        files = sorted((data_root / "ham10000_200x150" / "images").glob("*.jpg"))[:80]
+        files += sorted((data_root / "isic2017_msk_256" / "images").glob("*.jpg"))[:80]
+    else:
+        files = sorted((make_ham(tmp_path / "ham", lesions_per_class=6) / "images").glob("*.jpg"))
+    return [load_image_file(str(f)) for f in files]
+
+
+def test_phone_input_statistics_on_photos(data_root, tmp_path):
+    """Real dermoscopy images (where present) through a 448 px phone input's preprocessing: the served statistics
+    equal the definition (the float64 dense view of the unnormalised image) to float32 rounding, and a check
+    fitted on half of them gives every other image the verdict the definition gives it."""
+    from lesionlite.preprocessing import preprocess
+
+    cfg = PreprocessConfig(input_size=448, mean=(0, 0, 0), std=(1, 1, 1),
+                           extra={"in_graph_resize": {"from": 448, "to": 224}})
+    xs = [preprocess(im, cfg, "NHWC") for im in _photos(data_root, tmp_path)]
+    reference = np.stack([image_statistics(_dense_view(np.ascontiguousarray(x.transpose(2, 0, 1)), 224)) for x in xs])
+    got = np.stack([model_view_statistics(x, cfg, "NHWC") for x in xs])
+    np.testing.assert_allclose(got, reference, rtol=0, atol=2e-6)
+    half = len(xs) // 2
+    cal = fit(reference[::2], None, quantile=0.8)
+    verdicts = [assess(cal, s, None)["out_of_distribution"] for s in reference[1::2]]
+    assert 0 < sum(verdicts) < half
+    assert [assess(cal, s, None)["out_of_distribution"] for s in got[1::2]] == verdicts
