@@ -8,7 +8,7 @@ border reads the same ``2f`` taps ``f`` rows apart with the same weights, so one
 handful of strided slices of the input; taps of equal weight (the triangle is symmetric) are added before
 they are multiplied, which halves the multiplications. The one or two rows at each border, where Pillow
 renormalises a window that leaves the image, are taken from the dense weights. float32 throughout: the
-result is within float32 rounding (~1e-7) of the float64 band (tests/test_resize_in_graph.py).
+result is within float32 rounding (~1e-7) of the float64 definition (tests/test_whole_factor_resample.py).
 """
 from __future__ import annotations
 
@@ -57,9 +57,15 @@ def axis_plan(n_in: int, n_out: int) -> AxisPlan | None:
     shared: dict[float, list[int]] = {}
     for k, w in enumerate(taps):
         shared.setdefault(float(w), []).append(offset + k)
-    border = tuple((o, int(first[o]), dense[o, first[o]:last[o] + 1].astype(np.float32))
+    border = tuple((o, int(first[o]), _read_only(dense[o, first[o]:last[o] + 1].astype(np.float32)))
                    for o in [*range(lo), *range(hi, n_out)])
     return AxisPlan(f, n_out, lo, hi, tuple((np.float32(w), tuple(js)) for w, js in shared.items()), border)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a``, unwritable: plans are cached and shared by every request's thread."""
+    a.setflags(write=False)
+    return a
 
 
 def downscale_axis(x: np.ndarray, axis: int, plan: AxisPlan) -> np.ndarray:
