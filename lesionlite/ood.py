@@ -124,13 +124,25 @@ def model_view_statistics(x: np.ndarray, cfg: Any, layout: str = "NCHW") -> np.n
 
     With an in-graph downscale the view is taken first and unnormalised after (the filter's weights sum to
     one, so the order changes only float rounding) on a quarter of the pixels; such artifacts normalise in
-    their graph (mean 0, std 1), where unnormalising is the identity and is skipped."""
+    their graph (mean 0, std 1), where unnormalising is the identity and is skipped. A whole-factor downscale
+    goes through OpenCV where it is installed (:mod:`lesionlite.opencv_view`), else through numpy; the two
+    agree to float32 rounding."""
     from lesionlite.preprocessing import model_size, model_view
 
     side = x.shape[-1] if layout == "NCHW" else x.shape[1]
-    if model_size(cfg) == side:
+    n = model_size(cfg)
+    if n == side:
         chw = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(2, 0, 1))
         return image_statistics(unnormalize(chw, cfg.mean, cfg.std, "NCHW"))
+    from lesionlite.opencv_view import view_statistics
+    from lesionlite.whole_factor_resample import axis_plan
+
+    hwc = x if layout == "NHWC" else x.transpose(1, 2, 0)
+    rows, cols = axis_plan(hwc.shape[0], n), axis_plan(hwc.shape[1], n)
+    if rows is not None and cols is not None:  # OpenCV where installed (~0.8 vs ~1.7 ms at 448 px), else numpy
+        fast = view_statistics(hwc, rows, cols, cfg.mean, cfg.std)
+        if fast is not None:
+            return fast
     view = model_view(x, cfg, layout)  # type: ignore[arg-type]
     if any(float(m) != 0.0 for m in cfg.mean) or any(float(s) != 1.0 for s in cfg.std):
         view = unnormalize(view, cfg.mean, cfg.std, "NCHW")

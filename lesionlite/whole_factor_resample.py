@@ -30,6 +30,12 @@ class AxisPlan:
     hi: int
     groups: tuple[tuple[np.float32, tuple[int, ...]], ...]
     border: tuple[tuple[int, int, np.ndarray], ...]
+    #: the interior rows' weights (float32) and the input offset of the first, ``f·o + offset`` for output ``o``
+    kernel: np.ndarray
+    offset: int
+    #: per border output, the factor that turns the interior kernel cut to the image (the rest read as 0) into
+    #: Pillow's renormalised window; None when some border window is not such a cut
+    border_gain: tuple[tuple[int, float], ...] | None
 
 
 @functools.lru_cache(maxsize=16)
@@ -59,7 +65,25 @@ def axis_plan(n_in: int, n_out: int) -> AxisPlan | None:
         shared.setdefault(float(w), []).append(offset + k)
     border = tuple((o, int(first[o]), _read_only(dense[o, first[o]:last[o] + 1].astype(np.float32)))
                    for o in [*range(lo), *range(hi, n_out)])
-    return AxisPlan(f, n_out, lo, hi, tuple((np.float32(w), tuple(js)) for w, js in shared.items()), border)
+    return AxisPlan(f, n_out, lo, hi, tuple((np.float32(w), tuple(js)) for w, js in shared.items()), border,
+                    _read_only(taps.astype(np.float32)), offset, _border_gain(dense, taps, f, offset, [b[0] for b in border]))
+
+
+def _border_gain(dense: np.ndarray, taps: np.ndarray, f: int, offset: int, outputs: list[int]) -> tuple | None:
+    """For each border output, 1 / (the sum of the interior weights that fall inside the image), when Pillow's
+    weights there are exactly those weights renormalised (true for Pillow's triangle); else None."""
+    n_in = dense.shape[1]
+    gains = []
+    for o in outputs:
+        idx = f * o + offset + np.arange(len(taps))
+        inside = (idx >= 0) & (idx < n_in)
+        cut = np.zeros(n_in)
+        cut[idx[inside]] = taps[inside]
+        total = cut.sum()
+        if total <= 0 or not np.allclose(cut / total, dense[o], rtol=0, atol=1e-12):
+            return None
+        gains.append((o, float(1.0 / total)))
+    return tuple(gains)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ def test_non_square_input_uses_one_plan_per_axis():
 
 
 @pytest.mark.parametrize("mean,std", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-def test_view_statistics_match_the_definition_and_keep_every_verdict(mean, std):
+def test_view_statistics_match_the_definition_and_keep_every_verdict(backend, mean, std):
     """serve/export's statistics of a 448 px phone input: unnormalised after the whole-factor view instead of
     before the float64 band; equal to float32 rounding, and no verdict of a fitted check changes."""
     from lesionlite.preprocessing import normalize
@@ -95,7 +95,7 @@ def _photos(data_root, tmp_path) -> list:
     return [load_image_file(str(f)) for f in files]
 
 
-def test_phone_input_statistics_on_photos(data_root, tmp_path):
+def test_phone_input_statistics_on_photos(backend, data_root, tmp_path):
     """Real dermoscopy images (where present) through a 448 px phone input's preprocessing: the served statistics
     equal the definition (the float64 dense view of the unnormalised image) to float32 rounding, and a check
     fitted on half of them gives every other image the verdict the definition gives it."""
@@ -112,3 +112,37 @@ def test_phone_input_statistics_on_photos(data_root, tmp_path):
     verdicts = [assess(cal, s, None)["out_of_distribution"] for s in reference[1::2]]
     assert 0 < sum(verdicts) < half
     assert [assess(cal, s, None)["out_of_distribution"] for s in got[1::2]] == verdicts
+
+
+@pytest.fixture(params=["opencv", "numpy"])
+def backend(request, monkeypatch):
+    """The statistics through OpenCV (where installed) and through numpy alone (OpenCV made unavailable)."""
+    import lesionlite.opencv_view as opencv_view
+
+    if request.param == "numpy":
+        monkeypatch.setattr(opencv_view, "opencv", lambda: None)
+    elif opencv_view.opencv() is None:
+        pytest.skip("OpenCV is not installed here (it comes with the export extra)")
+    return request.param
+
+
+@pytest.mark.parametrize("n_in,n_out", [(448, 224), (256, 64), (384, 128), (300, 100), (12, 3)])
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("mean,std", [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_both_backends_equal_the_definition(backend, n_in, n_out, layout, mean, std):
+    cfg = PreprocessConfig(input_size=n_in, mean=mean, std=std, extra={"in_graph_resize": {"from": n_in, "to": n_out}})
+    rng = np.random.default_rng(n_in)
+    pixels = np.clip(rng.random((3, 1, 1)) * 0.6 + 0.2 + rng.normal(size=(3, n_in, n_in)) * 0.1, 0, 1)
+    x_chw = ((pixels - np.asarray(mean).reshape(3, 1, 1)) / np.asarray(std).reshape(3, 1, 1)).astype(np.float32)
+    reference = image_statistics(_dense_view(unnormalize(x_chw, mean, std), n_out))
+    x = x_chw if layout == "NCHW" else np.ascontiguousarray(x_chw.transpose(1, 2, 0))
+    np.testing.assert_allclose(model_view_statistics(x, cfg, layout), reference, rtol=0, atol=2e-6)
+
+
+def test_whole_factor_plans_renormalise_their_borders_as_pillow():
+    """OpenCV's path needs every border window to be the interior kernel cut to the image: true for Pillow's
+    triangle at every whole factor used here."""
+    for n_in, n_out in [(448, 224), (256, 64), (384, 128), (300, 100), (12, 3)]:
+        plan = axis_plan(n_in, n_out)
+        assert plan.border_gain is not None and len(plan.border_gain) == len(plan.border)
+        assert all(g > 1.0 for _, g in plan.border_gain)
