@@ -43,6 +43,12 @@ def image_statistics(pixels: np.ndarray) -> np.ndarray:
     mean = px.mean(axis=(1, 2))
     std = px.std(axis=(1, 2))
     texture = 0.5 * (np.abs(np.diff(px, axis=1)).mean() + np.abs(np.diff(px, axis=2)).mean()) if min(px.shape[1:]) > 1 else 0.0
+    return features(mean, std, texture)
+
+
+def features(mean: np.ndarray, std: np.ndarray, texture: float) -> np.ndarray:
+    """The seven :data:`FEATURES` from per-channel mean and std and the texture level: one formula for numpy's
+    :func:`image_statistics` and OpenCV's (:mod:`lesionlite.opencv_view`)."""
     return np.concatenate([mean, np.log(std + _EPS), [np.log(texture + _EPS)]])
 
 

@@ -23,7 +23,7 @@ from types import ModuleType
 
 import numpy as np
 
-from lesionlite.ood import _EPS
+from lesionlite.ood import features
 from lesionlite.whole_factor_resample import AxisPlan
 
 
@@ -66,4 +66,4 @@ def view_statistics(x_hwc: np.ndarray, rows: AxisPlan, cols: AxisPlan,
     across = cv2.absdiff(view[:, 1:], view[:, :-1])
     texture = 0.5 * (sum(cv2.sumElems(down)[:channels]) / down.size
                      + sum(cv2.sumElems(across)[:channels]) / across.size)
-    return np.concatenate([means[:, 0], np.log(stds[:, 0] + _EPS), [np.log(texture + _EPS)]])
+    return features(means[:, 0], stds[:, 0], texture)
