@@ -153,3 +153,18 @@ def model_view_statistics(x: np.ndarray, cfg: Any, layout: str = "NCHW") -> np.n
     if any(float(m) != 0.0 for m in cfg.mean) or any(float(s) != 1.0 for s in cfg.std):
         view = unnormalize(view, cfg.mean, cfg.std, "NCHW")
     return image_statistics(view)
+
+
+def view_backend(cfg: Any) -> str | None:
+    """What computes :func:`model_view_statistics` for images preprocessed by ``cfg``: ``"opencv"``, ``"numpy"``,
+    or None where the model sees its input as given (no view). ``serve`` logs it at start-up, because on a box
+    without OpenCV a phone-input artifact's check costs ~1.7 instead of ~0.8 ms per request."""
+    from lesionlite.opencv_view import opencv
+    from lesionlite.preprocessing import model_size
+    from lesionlite.whole_factor_resample import axis_plan
+
+    n, side = model_size(cfg), int(cfg.input_size)
+    if n == side:
+        return None
+    plan = axis_plan(side, n)
+    return "opencv" if plan is not None and plan.border_gain is not None and opencv() is not None else "numpy"

@@ -25,6 +25,8 @@ from lesionlite.discovery import MAX_DEPTH, walk
 from lesionlite.errors import LesionliteError
 from lesionlite.hashing import file_sha256
 from lesionlite.manifest import MANIFEST_NAME, Manifest, read_manifest
+from lesionlite.ood import view_backend
+from lesionlite.preprocessing import model_size
 from serve.runtimes import Runtime, load_runtime, servable_kinds
 
 log = logging.getLogger("serve")
@@ -295,10 +297,25 @@ def load_model_set(model_dir: str | Path, threads: int = 0, spin_wait: bool = Fa
         result.models[name] = loaded
         log.info("loaded model %s (%s, %s, version %s) from %s", name, loaded.manifest.kind,
                  loaded.manifest.architecture, loaded.version, d)
+        _log_ood_view(name, loaded)
     if hidden:
         log.warning("ignored %d hidden folder(s) (an interrupted export's staging; the next export removes them): %s",
                     len(hidden), ", ".join(str(h) for h in hidden))
     return result
+
+
+def _log_ood_view(name: str, loaded: LoadedModel) -> None:
+    """Say what computes the OOD check's view of a model whose graph downscales its input (a phone input):
+    without OpenCV it is numpy's slower path, which a user tuning throughput should know."""
+    pre = loaded.manifest.preprocessing
+    backend = view_backend(pre) if loaded.ood_calibration is not None else None
+    if backend == "opencv":
+        log.info("%s: the out-of-distribution check reads the model's %d px view of its %d px input through OpenCV",
+                 name, model_size(pre), pre.input_size)
+    elif backend == "numpy":
+        log.info("%s: the out-of-distribution check reads the model's %d px view of its %d px input through numpy "
+                 "(OpenCV is not importable here; `pip install opencv-python-headless` makes it ~2x cheaper)",
+                 name, model_size(pre), pre.input_size)
 
 
 def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False,

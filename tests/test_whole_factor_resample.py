@@ -146,3 +146,25 @@ def test_whole_factor_plans_renormalise_their_borders_as_pillow():
         plan = axis_plan(n_in, n_out)
         assert plan.border_gain is not None and len(plan.border_gain) == len(plan.border)
         assert all(g > 1.0 for _, g in plan.border_gain)
+
+
+def test_view_backend_and_serves_start_up_line(backend, caplog):
+    """serve says at start-up what computes a phone-input model's OOD view (numpy is ~2x dearer per request)."""
+    import logging
+    from types import SimpleNamespace
+
+    from lesionlite.ood import view_backend
+    from serve.models import _log_ood_view
+
+    plain = PreprocessConfig(input_size=224, mean=(0, 0, 0), std=(1, 1, 1))
+    phone = PreprocessConfig(input_size=448, mean=(0, 0, 0), std=(1, 1, 1), extra={"in_graph_resize": {"from": 448, "to": 224}})
+    assert view_backend(plain) is None
+    assert view_backend(phone) == backend
+    with caplog.at_level(logging.INFO, logger="serve"):
+        _log_ood_view("phone", SimpleNamespace(manifest=SimpleNamespace(preprocessing=phone), ood_calibration={}))
+        _log_ood_view("plain", SimpleNamespace(manifest=SimpleNamespace(preprocessing=plain), ood_calibration={}))
+        _log_ood_view("uncalibrated", SimpleNamespace(manifest=SimpleNamespace(preprocessing=phone), ood_calibration=None))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("phone: ") and "224 px view of its 448 px input" in lines[0]
+    assert ("through OpenCV" in lines[0]) == (backend == "opencv")
+    assert ("opencv-python-headless" in lines[0]) == (backend == "numpy")
