@@ -159,7 +159,7 @@ def view_backend(cfg: Any) -> str | None:
     """What computes :func:`model_view_statistics` for images preprocessed by ``cfg``: ``"opencv"``, ``"numpy"``,
     or None where the model sees its input as given (no view). ``serve`` logs it at start-up, because on a box
     without OpenCV a phone-input artifact's check costs ~1.7 instead of ~0.8 ms per request."""
-    from lesionlite.opencv_view import opencv
+    from lesionlite.opencv_view import usable
     from lesionlite.preprocessing import model_size
     from lesionlite.whole_factor_resample import axis_plan
 
@@ -167,4 +167,4 @@ def view_backend(cfg: Any) -> str | None:
     if n == side:
         return None
     plan = axis_plan(side, n)
-    return "opencv" if plan is not None and plan.border_gain is not None and opencv() is not None else "numpy"
+    return "opencv" if plan is not None and usable(plan, plan) else "numpy"

@@ -41,14 +41,20 @@ def opencv() -> ModuleType | None:
     return cv2
 
 
+def usable(rows: AxisPlan, cols: AxisPlan) -> bool:
+    """Whether :func:`view_statistics` can take this view: OpenCV importable, and every border window Pillow's
+    renormalised cut of the interior kernel."""
+    return opencv() is not None and rows.border_gain is not None and cols.border_gain is not None
+
+
 def view_statistics(x_hwc: np.ndarray, rows: AxisPlan, cols: AxisPlan,
                     mean: Sequence[float], std: Sequence[float]) -> np.ndarray | None:
     """:func:`lesionlite.ood.image_statistics` of the whole-factor view of one normalised H,W,C image, back to
     [0, 1] pixels with ``mean``/``std``; None when OpenCV is unavailable or a border window is not Pillow's
     renormalised cut of the interior kernel (then the caller takes the numpy path)."""
-    cv2 = opencv()
-    if cv2 is None or rows.border_gain is None or cols.border_gain is None:
+    if not usable(rows, cols):
         return None
+    cv2 = opencv()
     x = np.ascontiguousarray(x_hwc, np.float32)
     channels = x.shape[2]
     filtered = cv2.sepFilter2D(x, cv2.CV_32F, cols.kernel, rows.kernel, anchor=(-cols.offset, -rows.offset),
