@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lesionlite import opencv_view
 from lesionlite.classes import display_name
 from lesionlite.discovery import MAX_DEPTH, walk
 from lesionlite.errors import LesionliteError
@@ -313,9 +314,10 @@ def _log_ood_view(name: str, loaded: LoadedModel) -> None:
         log.info("%s: the out-of-distribution check reads the model's %d px view of its %d px input through OpenCV",
                  name, model_size(pre), pre.input_size)
     elif backend == "numpy":
-        log.info("%s: the out-of-distribution check reads the model's %d px view of its %d px input through numpy "
-                 "(OpenCV is not importable here; `pip install opencv-python-headless` makes it ~2x cheaper)",
-                 name, model_size(pre), pre.input_size)
+        why = ("OpenCV is not importable here; `pip install opencv-python-headless` makes it ~2x cheaper"
+               if opencv_view.opencv() is None else "not a whole-factor downscale, which OpenCV's path needs")
+        log.info("%s: the out-of-distribution check reads the model's %d px view of its %d px input through numpy (%s)",
+                 name, model_size(pre), pre.input_size, why)
 
 
 def load_models(model_dir: str | Path, threads: int = 0, spin_wait: bool = False,

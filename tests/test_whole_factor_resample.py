@@ -168,3 +168,18 @@ def test_view_backend_and_serves_start_up_line(backend, caplog):
     assert len(lines) == 1 and lines[0].startswith("phone: ") and "224 px view of its 448 px input" in lines[0]
     assert ("through OpenCV" in lines[0]) == (backend == "opencv")
     assert ("opencv-python-headless" in lines[0]) == (backend == "numpy")
+
+
+def test_start_up_line_for_a_view_opencv_cannot_take(caplog):
+    """A downscale that is not a whole factor goes through numpy, and the line says why (not a missing package)."""
+    import logging
+    from types import SimpleNamespace
+
+    from serve.models import _log_ood_view
+
+    odd = PreprocessConfig(input_size=451, mean=(0, 0, 0), std=(1, 1, 1), extra={"in_graph_resize": {"from": 451, "to": 97}})
+    with caplog.at_level(logging.INFO, logger="serve"):
+        _log_ood_view("odd", SimpleNamespace(manifest=SimpleNamespace(preprocessing=odd), ood_calibration={}))
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "through numpy" in line and "97 px view of its 451 px input" in line
+    assert ("not a whole-factor downscale" in line) != ("opencv-python-headless" in line)
