@@ -137,9 +137,8 @@ def model_view_statistics(x: np.ndarray, cfg: Any, layout: str = "NCHW") -> np.n
 
     side = x.shape[-1] if layout == "NCHW" else x.shape[1]
     n = model_size(cfg)
-    if n == side:
-        chw = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(2, 0, 1))
-        return image_statistics(unnormalize(chw, cfg.mean, cfg.std, "NCHW"))
+    if n == side:  # the image itself, channels first
+        return image_statistics(unnormalize(model_view(x, cfg, layout), cfg.mean, cfg.std, "NCHW"))  # type: ignore[arg-type]
     from lesionlite.opencv_view import view_statistics
     from lesionlite.whole_factor_resample import axis_plan
 
@@ -150,9 +149,15 @@ def model_view_statistics(x: np.ndarray, cfg: Any, layout: str = "NCHW") -> np.n
         if fast is not None:
             return fast
     view = model_view(x, cfg, layout)  # type: ignore[arg-type]
-    if any(float(m) != 0.0 for m in cfg.mean) or any(float(s) != 1.0 for s in cfg.std):
+    if not identity_normalization(cfg.mean, cfg.std):
         view = unnormalize(view, cfg.mean, cfg.std, "NCHW")
     return image_statistics(view)
+
+
+def identity_normalization(mean: Iterable[float], std: Iterable[float]) -> bool:
+    """Whether ``(x - mean) / std`` is the identity (mean 0, std 1: an artifact that normalises in its graph),
+    so that a view's unnormalising can be skipped."""
+    return all(float(m) == 0.0 for m in mean) and all(float(s) == 1.0 for s in std)
 
 
 def view_backend(cfg: Any) -> str | None:

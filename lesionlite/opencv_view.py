@@ -23,7 +23,7 @@ from types import ModuleType
 
 import numpy as np
 
-from lesionlite.ood import features
+from lesionlite.ood import features, identity_normalization
 from lesionlite.whole_factor_resample import AxisPlan
 
 
@@ -64,7 +64,7 @@ def view_statistics(x_hwc: np.ndarray, rows: AxisPlan, cols: AxisPlan,
         view[o] *= np.float32(gain)
     for o, gain in cols.border_gain:
         view[:, o] *= np.float32(gain)
-    if any(float(m) != 0.0 for m in mean) or any(float(s) != 1.0 for s in std):
+    if not identity_normalization(mean, std):
         view = view * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
     np.clip(view, 0.0, 1.0, out=view)
     means, stds = cv2.meanStdDev(view)

@@ -31,8 +31,8 @@ def ood_statistics(entry: LoadedModel, x: np.ndarray) -> np.ndarray | None:
     if entry.ood_calibration is None:
         return None
     # one function with export's evidence: back to [0, 1] pixels, at the model's own side where the graph
-    # downscales a larger input (TFLite phone input), channels first (an NHWC image is made channel-first and
-    # contiguous: the per-channel reductions over a channel-last view cost ~3x as much, benchmarks/RESULTS.md 3a)
+    # downscales a larger input (TFLite phone input; through OpenCV where installed), numpy's reductions on a
+    # channel-first contiguous image (over a channel-last view they cost ~3x as much, benchmarks/RESULTS.md 3a)
     return model_view_statistics(x, entry.manifest.preprocessing, entry.runtime.layout)
 
 
